@@ -1,0 +1,3 @@
+module github.com/communications/communications/e2e
+
+go 1.26

@@ -1,0 +1,118 @@
+// Package busapi defines the JSON payloads of the NATS requests between
+// services and the envelope of their replies. The subjects are built by
+// package subjects; the websocket protocol lives in package protocol.
+package busapi
+
+import (
+	"errors"
+	"time"
+
+	"github.com/communications/communications/libs/protocol"
+)
+
+// Error is the error half of a reply. Code is one of the protocol codes, so a
+// gateway can pass it to the client unchanged.
+type Error struct {
+	Code    protocol.Code `json:"code"`
+	Message string        `json:"message"`
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// Errorf returns a coded error.
+func Errorf(code protocol.Code, msg string) *Error { return &Error{Code: code, Message: msg} }
+
+// CodeOf returns the code of err if it is (or wraps) an *Error, else
+// protocol.CodeInternal.
+func CodeOf(err error) protocol.Code {
+	if e, ok := errors.AsType[*Error](err); ok {
+		return e.Code
+	}
+	return protocol.CodeInternal
+}
+
+// Reply is the envelope of every reply: exactly one of Error and Data is set.
+type Reply[T any] struct {
+	Error *Error `json:"error,omitempty"`
+	Data  T      `json:"data,omitzero"`
+}
+
+// RegisterRequest asks the auth service to create an account.
+type RegisterRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// User is an account as other services see it.
+type User struct {
+	ID       int64  `json:"id"`
+	Username string `json:"username"`
+}
+
+// LoginRequest asks the auth service to open a session.
+type LoginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// Session is an open session. Token is secret: it is only ever sent to the
+// user who logged in, never logged.
+type Session struct {
+	Token     string    `json:"token"`
+	User      User      `json:"user"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// SessionRequest asks the auth service whom a session token belongs to, or
+// to revoke it (logout).
+type SessionRequest struct {
+	Token string `json:"token"`
+}
+
+// UserChatsRequest asks the chat service for a user's chats.
+type UserChatsRequest struct {
+	UserID int64 `json:"user_id"`
+}
+
+// UserChats lists the ids of a user's chats.
+type UserChats struct {
+	ChatIDs []int64 `json:"chat_ids"`
+}
+
+// SendRequest asks the chat service to accept a message.
+type SendRequest struct {
+	ChatID      int64  `json:"chat_id"`
+	SenderID    int64  `json:"sender_id"`
+	Sender      string `json:"sender"`
+	ClientMsgID string `json:"client_msg_id"`
+	Text        string `json:"text"`
+}
+
+// SendResult says a message is durable in the message stream.
+type SendResult struct {
+	Duplicate bool `json:"duplicate"`
+}
+
+// StreamMessage is the payload of a message in the JetStream message stream,
+// written by the chat service and read by the history writer.
+type StreamMessage struct {
+	ChatID      int64     `json:"chat_id"`
+	SenderID    int64     `json:"sender_id"`
+	Sender      string    `json:"sender"`
+	ClientMsgID string    `json:"client_msg_id"`
+	Text        string    `json:"text"`
+	AcceptedAt  time.Time `json:"accepted_at"`
+}
+
+// HistoryRequest asks the history service for the newest Limit messages of a
+// chat with a sequence below BeforeSeq (0: the newest messages).
+type HistoryRequest struct {
+	ChatID    int64 `json:"chat_id"`
+	BeforeSeq int64 `json:"before_seq,omitempty"`
+	Limit     int   `json:"limit"`
+}
+
+// HistoryPage holds messages in ascending sequence order.
+type HistoryPage struct {
+	Messages []protocol.Message `json:"messages"`
+}

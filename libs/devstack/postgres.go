@@ -1,0 +1,221 @@
+package devstack
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PostgresOptions tunes StartPostgres.
+type PostgresOptions struct {
+	// Ephemeral trades durability for speed (fsync off), for test runs
+	// whose data is thrown away. Default false: durable.
+	Ephemeral bool
+	// Log receives the server's output. Default: discarded.
+	Log io.Writer
+	// Notice receives one-line notes for the person running the stack
+	// (such as a moved data folder). Default: discarded.
+	Notice io.Writer
+}
+
+// Postgres is a running PostgreSQL server.
+type Postgres struct {
+	*Process
+	Port int
+	// Dir is the data folder actually used.
+	Dir string
+}
+
+// URL returns the connection URL of database db as superuser postgres.
+func (p *Postgres) URL(db string) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.Port, db)
+}
+
+// CreateDatabase creates database name unless it exists.
+func (p *Postgres) CreateDatabase(ctx context.Context, name string) error {
+	conn, err := pgx.Connect(ctx, p.URL("postgres"))
+	if err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+// Stop stops the server with a fast shutdown.
+func (p *Postgres) Stop() error { return p.Process.Stop(30 * time.Second) }
+
+// StartPostgres starts a PostgreSQL server on a free loopback port with its
+// data in dir, creating the cluster (superuser postgres, trust auth on
+// loopback) on first use and reusing it after. PostgreSQL refuses to run as
+// root, so when the caller is root the server runs as the system user
+// "postgres", which must own dir; if that user cannot reach dir (a home
+// folder closed to others), a folder under the system's temporary directory
+// named after dir is used instead and reported on opts.Notice.
+func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Postgres, error) {
+	bindir, err := postgresBinDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := postgresCredential()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, fmt.Errorf("postgres data dir: %w", err)
+	}
+	if cred != nil && !reachableBy(filepath.Dir(dir), cred) {
+		sum := sha256.Sum256([]byte(dir))
+		moved := filepath.Join(os.TempDir(), "communications-pg-"+hex.EncodeToString(sum[:6]))
+		if opts.Notice != nil {
+			fmt.Fprintf(opts.Notice, "postgres: user postgres cannot reach %s; keeping the data in %s\n", dir, moved)
+		}
+		dir = moved
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("postgres data dir: %w", err)
+	}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, fmt.Errorf("postgres data dir: %w", err)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("postgres data dir: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); os.IsNotExist(err) {
+		args := []string{"-D", dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"}
+		if opts.Ephemeral {
+			args = append(args, "--no-sync")
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(bindir, "initdb"), args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+		}
+	}
+	return withPortRetry(func(port int) (*Postgres, error) {
+		args := []string{"-D", dir, "-p", itoa(port),
+			"-c", "listen_addresses=127.0.0.1",
+			"-c", "unix_socket_directories=",
+			"-c", "max_connections=400",
+		}
+		if opts.Ephemeral {
+			args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+		}
+		cmd := exec.Command(filepath.Join(bindir, "postgres"), args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = dir
+		proc, err := start("postgres", cmd, syscall.SIGINT, opts.Log)
+		if err != nil {
+			return nil, err
+		}
+		pg := &Postgres{Process: proc, Port: port, Dir: dir}
+		err = waitFor(ctx, proc, 60*time.Second, func(ctx context.Context) error {
+			c, err := pgx.Connect(ctx, pg.URL("postgres"))
+			if err != nil {
+				return err
+			}
+			return c.Close(ctx)
+		})
+		if err != nil {
+			_ = proc.Stop(10 * time.Second)
+			return nil, err
+		}
+		return pg, nil
+	})
+}
+
+// postgresBinDir finds the newest installed PostgreSQL server programs.
+func postgresBinDir() (string, error) {
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
+	sort.Slice(matches, func(i, j int) bool { return pgMajor(matches[i]) > pgMajor(matches[j]) })
+	if len(matches) > 0 {
+		return filepath.Dir(matches[0]), nil
+	}
+	p, err := lookBin("postgres")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(p), nil
+}
+
+func pgMajor(path string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(path))))
+	return v
+}
+
+// postgresCredential returns the credential to run PostgreSQL with: nil
+// when the caller is not root, else the system user postgres.
+func postgresCredential() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root needs the system user postgres (Debian's postgresql package creates it): %w", err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// reachableBy reports whether every folder from / down to dir can be
+// searched by cred's user (other-execute, or owner/group execute when they
+// match).
+func reachableBy(dir string, cred *syscall.Credential) bool {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return false
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return false
+		}
+		mode := st.Mode().Perm()
+		switch {
+		case sys.Uid == cred.Uid:
+			if mode&0o100 == 0 {
+				return false
+			}
+		case sys.Gid == cred.Gid:
+			if mode&0o010 == 0 {
+				return false
+			}
+		default:
+			if mode&0o001 == 0 {
+				return false
+			}
+		}
+		if d == filepath.Dir(d) {
+			return true
+		}
+	}
+}

@@ -1,0 +1,258 @@
+// Package natsbus is the request/reply layer between services on NATS:
+// JSON payloads in the busapi envelope, a timeout on every request, and the
+// OpenTelemetry trace context carried in NATS headers both ways.
+package natsbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/telemetry"
+)
+
+// DefaultTimeout bounds a request whose context has no earlier deadline.
+const DefaultTimeout = 5 * time.Second
+
+// Connect dials NATS with the options every service uses: a client name,
+// unlimited reconnects with a bounded buffer, and logging of connection
+// changes.
+func Connect(url, name string, logger *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectBufSize(8<<20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				logger.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { logger.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			logger.Error("nats async error", "subject", subj, "err", err)
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// HeaderCarrier adapts nats.Header to the OpenTelemetry TextMapCarrier.
+type HeaderCarrier nats.Header
+
+// Get returns the first value of key.
+func (c HeaderCarrier) Get(key string) string { return nats.Header(c).Get(key) }
+
+// Set sets key to value.
+func (c HeaderCarrier) Set(key, value string) { nats.Header(c).Set(key, value) }
+
+// Keys lists the header keys.
+func (c HeaderCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// Inject writes the trace context of ctx into msg's headers.
+func Inject(ctx context.Context, msg *nats.Msg) {
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	telemetry.Propagator().Inject(ctx, HeaderCarrier(msg.Header))
+}
+
+// Extract returns ctx with the trace context found in msg's headers.
+func Extract(ctx context.Context, msg *nats.Msg) context.Context {
+	if msg.Header == nil {
+		return ctx
+	}
+	return telemetry.Propagator().Extract(ctx, HeaderCarrier(msg.Header))
+}
+
+// Client sends requests.
+type Client struct {
+	nc     *nats.Conn
+	tracer trace.Tracer
+}
+
+// NewClient returns a client using nc, creating spans with tp.
+func NewClient(nc *nats.Conn, tp trace.TracerProvider) *Client {
+	return &Client{nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus")}
+}
+
+// ErrUnavailable is returned when no service answered in time.
+var ErrUnavailable = busapi.Errorf(protocol.CodeUnavailable, "the service did not answer in time")
+
+// Request sends req to subject and decodes the reply's data into resp. A
+// coded error in the reply is returned as *busapi.Error; no responder or a
+// timeout is returned as ErrUnavailable (wrapped).
+func (c *Client) Request(ctx context.Context, subject string, req, resp any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+	}
+	ctx, span := c.tracer.Start(ctx, "request "+subject, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
+	defer span.End()
+
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("request %s: encode: %w", subject, err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	Inject(ctx, msg)
+	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("request %s: %w: %w", subject, ErrUnavailable, err)
+		}
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	var env struct {
+		Error *busapi.Error   `json:"error"`
+		Data  json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(reply.Data, &env); err != nil {
+		return fmt.Errorf("request %s: decode reply: %w", subject, err)
+	}
+	if env.Error != nil {
+		span.SetAttributes(attribute.String("error.code", string(env.Error.Code)))
+		return env.Error
+	}
+	if resp != nil && len(env.Data) > 0 {
+		if err := json.Unmarshal(env.Data, resp); err != nil {
+			return fmt.Errorf("request %s: decode data: %w", subject, err)
+		}
+	}
+	return nil
+}
+
+// Handler serves one decoded request. It returns the reply data, or an
+// error: a bare *busapi.Error goes to the requester as it is; a *busapi.Error
+// wrapped together with a cause is sent and its cause logged; anything else
+// is logged and answered with protocol.CodeInternal.
+type Handler[Req, Resp any] func(ctx context.Context, req Req) (Resp, error)
+
+// Server answers requests.
+type Server struct {
+	nc      *nats.Conn
+	tracer  trace.Tracer
+	logger  *slog.Logger
+	timeout time.Duration
+}
+
+// NewServer returns a server answering on nc. Each request is handled with a
+// context bounded by timeout (DefaultTimeout when zero).
+func NewServer(nc *nats.Conn, tp trace.TracerProvider, logger *slog.Logger, timeout time.Duration) *Server {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return &Server{nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus"), logger: logger, timeout: timeout}
+}
+
+// Handle subscribes h to subject in queue group queue. The subscription ends
+// when the connection is drained or closed.
+func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string, h Handler[Req, Resp]) (*nats.Subscription, error) {
+	sub, err := s.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) {
+		s.serve(ctx, msg, func(ctx context.Context, data []byte) (any, error) {
+			var req Req
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
+			}
+			return h(ctx, req)
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subject, err)
+	}
+	return sub, nil
+}
+
+func (s *Server) serve(base context.Context, msg *nats.Msg, h func(context.Context, []byte) (any, error)) {
+	ctx := Extract(base, msg)
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	ctx, span := s.tracer.Start(ctx, "handle "+msg.Subject, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject)))
+	defer span.End()
+
+	data, err := h(ctx, msg.Data)
+	var reply []byte
+	if err != nil {
+		be, ok := errors.AsType[*busapi.Error](err)
+		if !ok || error(be) != err {
+			// Not a plain client error: something failed inside.
+			s.logger.ErrorContext(ctx, "request failed", "subject", msg.Subject, "err", err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		if !ok {
+			be = busapi.Errorf(protocol.CodeInternal, "internal error")
+		}
+		span.SetAttributes(attribute.String("error.code", string(be.Code)))
+		reply, err = json.Marshal(busapi.Reply[struct{}]{Error: be})
+	} else {
+		reply, err = json.Marshal(busapi.Reply[any]{Data: data})
+	}
+	if err != nil {
+		s.logger.ErrorContext(ctx, "encode reply", "subject", msg.Subject, "err", err)
+		return
+	}
+	out := nats.NewMsg(msg.Reply)
+	out.Data = reply
+	Inject(ctx, out)
+	if err := msg.RespondMsg(out); err != nil {
+		s.logger.WarnContext(ctx, "respond", "subject", msg.Subject, "err", err)
+	}
+}
+
+// Check returns a readiness check that passes while nc is connected.
+func Check(nc *nats.Conn) func(context.Context) error {
+	return func(context.Context) error {
+		if !nc.IsConnected() {
+			return fmt.Errorf("nats: %s", nc.Status())
+		}
+		return nil
+	}
+}
+
+// Drain stops nc's subscriptions from taking new messages, lets handlers in
+// flight finish and flushes what they published, then closes nc. It returns
+// when nc is closed or ctx ends (then nc is closed at once).
+func Drain(ctx context.Context, nc *nats.Conn) error {
+	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		nc.Close()
+		return fmt.Errorf("drain nats: %w", err)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !nc.IsClosed() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return fmt.Errorf("drain nats: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+// Package subjects builds every NATS subject, stream, consumer and queue
+// group name used by communications. No other package concatenates subject
+// strings. All names start with a configurable prefix so that environments and
+// tests sharing a NATS server do not collide.
+package subjects
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// DefaultPrefix is the subject prefix used when none is configured.
+const DefaultPrefix = "comms"
+
+// Queue groups: every replica of a service joins its service's group, so a
+// request is answered by exactly one replica.
+const (
+	QueueAuth    = "auth"
+	QueueChat    = "chat"
+	QueueHistory = "history"
+)
+
+// Subjects builds names under one prefix. The zero value is not usable; use
+// New.
+type Subjects struct {
+	prefix string
+}
+
+// New validates prefix (one or more dot-separated tokens of letters, digits,
+// '-' and '_') and returns a builder for it.
+func New(prefix string) (Subjects, error) {
+	if prefix == "" {
+		return Subjects{}, fmt.Errorf("subject prefix is empty")
+	}
+	for tok := range strings.SplitSeq(prefix, ".") {
+		if err := ValidToken(tok); err != nil {
+			return Subjects{}, fmt.Errorf("subject prefix %q: %w", prefix, err)
+		}
+	}
+	return Subjects{prefix: prefix}, nil
+}
+
+// ValidToken reports whether tok can be one token of a subject: not empty and
+// only letters, digits, '-' and '_' (no '.', '*', '>' or whitespace).
+func ValidToken(tok string) error {
+	if tok == "" {
+		return fmt.Errorf("empty subject token")
+	}
+	for _, r := range tok {
+		ok := r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
+		if !ok {
+			return fmt.Errorf("subject token %q has invalid character %q", tok, r)
+		}
+	}
+	return nil
+}
+
+// Prefix returns the prefix.
+func (s Subjects) Prefix() string { return s.prefix }
+
+// Request subjects served by the auth service (queue group QueueAuth).
+
+// AuthRegister creates an account.
+func (s Subjects) AuthRegister() string { return s.prefix + ".auth.register" }
+
+// AuthLogin checks a password and opens a session.
+func (s Subjects) AuthLogin() string { return s.prefix + ".auth.login" }
+
+// AuthLogout revokes a session.
+func (s Subjects) AuthLogout() string { return s.prefix + ".auth.logout" }
+
+// AuthSession resolves a session token to its user.
+func (s Subjects) AuthSession() string { return s.prefix + ".auth.session" }
+
+// Request subjects served by the chat service (queue group QueueChat).
+
+// ChatSend accepts a message: membership check, validation, durable publish.
+func (s Subjects) ChatSend() string { return s.prefix + ".chat.send" }
+
+// ChatUserChats lists the chats a user is a member of.
+func (s Subjects) ChatUserChats() string { return s.prefix + ".chat.userchats" }
+
+// Request subjects served by the history service (queue group QueueHistory).
+
+// HistoryPage returns a page of a chat's stored messages.
+func (s Subjects) HistoryPage() string { return s.prefix + ".history.page" }
+
+// The message stream, owned by the chat service and consumed by the history
+// writer.
+
+// MessagesStream is the JetStream stream holding accepted messages.
+func (s Subjects) MessagesStream() string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(s.prefix)) + "_MESSAGES"
+}
+
+// MessagesAll matches every subject of the message stream.
+func (s Subjects) MessagesAll() string { return s.prefix + ".msg.>" }
+
+// Message is the stream subject of one chat's messages.
+func (s Subjects) Message(chatID int64) string {
+	return s.prefix + ".msg." + strconv.FormatInt(chatID, 10)
+}
+
+// HistoryWriterConsumer is the durable consumer name shared by all history
+// writer replicas.
+func (s Subjects) HistoryWriterConsumer() string { return "history-writer" }

@@ -1,0 +1,128 @@
+// Package chatsvc wires the chat service: its configuration and Run, which
+// main calls and the end-to-end tests start in-process.
+package chatsvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/communications/communications/libs/debugsrv"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/pgdb"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/services/chat/internal/chats"
+	"github.com/communications/communications/services/chat/internal/chatstore"
+	"github.com/communications/communications/services/chat/internal/msgstream"
+	"github.com/communications/communications/services/chat/internal/natsapi"
+)
+
+// EnvPrefix prefixes every environment variable of the service.
+const EnvPrefix = "CHAT_"
+
+// Config is the chat service's configuration, read from CHAT_* variables.
+type Config struct {
+	NATSURL         string        `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	PostgresURL     string        `env:"POSTGRES_URL" envDefault:"postgres://postgres@127.0.0.1:5432/communications?sslmode=disable"`
+	PostgresMaxConn int32         `env:"POSTGRES_MAX_CONNS" envDefault:"16"`
+	SubjectPrefix   string        `env:"SUBJECT_PREFIX" envDefault:"comms"`
+	DebugAddr       string        `env:"DEBUG_ADDR" envDefault:"127.0.0.1:9102"`
+	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	StreamReplicas  int           `env:"STREAM_REPLICAS" envDefault:"1"`
+	StreamMaxBytes  int64         `env:"STREAM_MAX_BYTES" envDefault:"1073741824"`
+	DuplicateWindow time.Duration `env:"DUPLICATE_WINDOW" envDefault:"2m"`
+	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
+	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := subjects.New(c.SubjectPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
+	}
+	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("REQUEST_TIMEOUT and SHUTDOWN_TIMEOUT must be positive"))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		errs = append(errs, errors.New("STREAM_REPLICAS must be 1 to 5"))
+	}
+	if c.StreamMaxBytes < 1<<20 {
+		errs = append(errs, errors.New("STREAM_MAX_BYTES must be at least 1 MiB"))
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs the chat service until ctx is cancelled, then shuts down within
+// cfg.ShutdownTimeout.
+func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
+	log := tel.Logger
+	subj, err := subjects.New(cfg.SubjectPrefix)
+	if err != nil {
+		return err
+	}
+
+	pool, err := pgdb.Open(ctx, cfg.PostgresURL, cfg.PostgresMaxConn, tel.TracerProvider)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := pgdb.Migrate(ctx, pool, chatstore.Migrations(), chatstore.MigrationTable, log); err != nil {
+		return err
+	}
+
+	nc, err := natsbus.Connect(cfg.NATSURL, "chat", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	stream, err := msgstream.Ensure(ctx, nc, subj, msgstream.Config{
+		Replicas: cfg.StreamReplicas, MaxBytes: cfg.StreamMaxBytes, DuplicateWindow: cfg.DuplicateWindow,
+	})
+	if err != nil {
+		return err
+	}
+
+	svc := chats.NewService(chatstore.New(pool), stream)
+	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
+	// Handlers run on a context that outlives ctx, so that requests in
+	// flight at shutdown finish while the connection drains.
+	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+	if _, err := natsapi.Register(handlerCtx, srv, subj, svc); err != nil {
+		return err
+	}
+
+	ready := debugsrv.NewReadiness(map[string]debugsrv.Check{
+		"postgres": pool.Ping,
+		"nats":     natsbus.Check(nc),
+	})
+	debug := debugsrv.NewServer(cfg.DebugAddr, ready, tel.Registry)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := debug.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("debug server: %w", err)
+		}
+		return nil
+	})
+	log.InfoContext(ctx, "chat service started", "debug_addr", cfg.DebugAddr, "subject_prefix", cfg.SubjectPrefix)
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down")
+		ready.StartDrain()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := natsbus.Drain(sctx, nc); err != nil {
+			log.Warn("nats drain", "err", err)
+		}
+		return debug.Shutdown(sctx)
+	})
+	return g.Wait()
+}
