@@ -27,10 +27,10 @@ type Process struct {
 	err  error
 }
 
-// start runs cmd in its own process group (so a terminal's Ctrl-C reaches
+// Start runs cmd in its own process group (so a terminal's Ctrl-C reaches
 // only the supervisor, which stops children in order) and asks the kernel to
 // signal it if the supervisor dies.
-func start(name string, cmd *exec.Cmd, stop syscall.Signal, log io.Writer) (*Process, error) {
+func Start(name string, cmd *exec.Cmd, stop syscall.Signal, log io.Writer) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}

@@ -75,7 +75,7 @@ func StartNATS(ctx context.Context, dir string, opts NATSOptions) (*NATS, error)
 		if err := os.WriteFile(conf, []byte(NATSConfig(port, mport, filepath.Join(dir, "jetstream"))), 0o644); err != nil {
 			return nil, fmt.Errorf("write nats config: %w", err)
 		}
-		proc, err := start("nats", exec.Command(bin, "-c", conf), syscall.SIGTERM, opts.Log)
+		proc, err := Start("nats", exec.Command(bin, "-c", conf), syscall.SIGTERM, opts.Log)
 		if err != nil {
 			return nil, err
 		}

@@ -132,7 +132,7 @@ func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Post
 		cmd := exec.Command(filepath.Join(bindir, "postgres"), args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		cmd.Dir = dir
-		proc, err := start("postgres", cmd, syscall.SIGINT, opts.Log)
+		proc, err := Start("postgres", cmd, syscall.SIGINT, opts.Log)
 		if err != nil {
 			return nil, err
 		}

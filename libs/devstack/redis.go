@@ -55,7 +55,7 @@ func StartRedis(ctx context.Context, dir string, opts RedisOptions) (*Redis, err
 		} else {
 			args = append(args, "--appendonly", "yes", "--appendfsync", "everysec")
 		}
-		proc, err := start("redis", exec.Command(bin, args...), syscall.SIGTERM, opts.Log)
+		proc, err := Start("redis", exec.Command(bin, args...), syscall.SIGTERM, opts.Log)
 		if err != nil {
 			return nil, err
 		}

@@ -34,8 +34,12 @@ const (
 
 // Limits of the protocol. The gateway enforces them.
 const (
-	// MaxFrameBytes is the largest websocket message a client may send.
+	// MaxFrameBytes is the largest websocket message a client may send; a
+	// larger one is answered with error frame_too_large and ignored.
 	MaxFrameBytes = 16 << 10
+	// HardFrameLimit is the size past which the gateway stops reading a
+	// frame and closes the connection with 1009 (message too big).
+	HardFrameLimit = 64 << 10
 	// MaxTextRunes is the longest message text, in Unicode code points.
 	MaxTextRunes = 4000
 	// MaxClientMsgIDLen is the longest client message id, in bytes.

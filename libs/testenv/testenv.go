@@ -121,7 +121,7 @@ func Redis(t testing.TB) (redisURL, prefix string) {
 	if u == "" {
 		t.Fatalf("%s is not set: run the tests with the test command, or call testenv.Main from TestMain", EnvRedisURL)
 	}
-	return u, UniqueName("t") + ":"
+	return u, UniqueName("t")
 }
 
 // NATS starts an embedded nats-server with JetStream (file storage in a

@@ -98,6 +98,10 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	if _, err := natsapi.Register(handlerCtx, srv, subj, svc); err != nil {
 		return err
 	}
+	// Readiness must not pass before the server has the subscriptions.
+	if err := nc.FlushTimeout(cfg.RequestTimeout); err != nil {
+		return fmt.Errorf("flush nats subscriptions: %w", err)
+	}
 
 	ready := debugsrv.NewReadiness(map[string]debugsrv.Check{
 		"postgres": pool.Ping,

@@ -1,0 +1,191 @@
+// Package gatewaysvc wires the gateway: its configuration and Run, which
+// main calls and the end-to-end tests start in-process (two replicas).
+package gatewaysvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/communications/communications/libs/debugsrv"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/services/gateway/internal/httpapi"
+	"github.com/communications/communications/services/gateway/internal/hub"
+	"github.com/communications/communications/services/gateway/internal/upstream"
+	"github.com/communications/communications/services/gateway/internal/ws"
+)
+
+// EnvPrefix prefixes every environment variable of the gateway.
+const EnvPrefix = "GATEWAY_"
+
+// Config is the gateway's configuration, read from GATEWAY_* variables.
+type Config struct {
+	HTTPAddr        string        `env:"HTTP_ADDR" envDefault:"127.0.0.1:8080"`
+	DebugAddr       string        `env:"DEBUG_ADDR" envDefault:"127.0.0.1:9100"`
+	NATSURL         string        `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	RedisURL        string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
+	RedisPrefix     string        `env:"REDIS_PREFIX" envDefault:"comms"`
+	SubjectPrefix   string        `env:"SUBJECT_PREFIX" envDefault:"comms"`
+	AllowedOrigins  []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
+	SecureCookies   bool          `env:"SECURE_COOKIES" envDefault:"false"`
+	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
+	SendQueue       int           `env:"SEND_QUEUE" envDefault:"256"`
+	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s"`
+	PongWait        time.Duration `env:"PONG_WAIT" envDefault:"60s"`
+	DrainBatch      int           `env:"DRAIN_BATCH" envDefault:"200"`
+	DrainInterval   time.Duration `env:"DRAIN_INTERVAL" envDefault:"100ms"`
+	DrainTimeout    time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
+	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := subjects.New(c.SubjectPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
+	}
+	if c.RedisPrefix == "" {
+		errs = append(errs, errors.New("REDIS_PREFIX is empty"))
+	}
+	if c.SendQueue < 1 || c.SendQueue > 1<<16 {
+		errs = append(errs, errors.New("SEND_QUEUE must be 1 to 65536"))
+	}
+	if c.DrainBatch < 1 {
+		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
+	}
+	for name, d := range map[string]time.Duration{
+		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait,
+		"DRAIN_INTERVAL": c.DrainInterval, "DRAIN_TIMEOUT": c.DrainTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	if c.DrainTimeout >= c.ShutdownTimeout {
+		errs = append(errs, errors.New("DRAIN_TIMEOUT must be shorter than SHUTDOWN_TIMEOUT"))
+	}
+	return errors.Join(errs...)
+}
+
+// Started reports the addresses a gateway listens on, once it listens.
+type Started struct {
+	HTTPAddr  string
+	DebugAddr string
+}
+
+// Run runs a gateway until ctx is cancelled, then drains its websockets and
+// shuts down within cfg.ShutdownTimeout. If started is not nil it receives
+// the bound addresses (useful with port 0).
+func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan<- Started) error {
+	log := tel.Logger
+	subj, err := subjects.New(cfg.SubjectPrefix)
+	if err != nil {
+		return err
+	}
+
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("parse redis url: %w", err)
+	}
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(tel.TracerProvider)); err != nil {
+		return fmt.Errorf("redis tracing: %w", err)
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+
+	nc, err := natsbus.Connect(cfg.NATSURL, "gateway", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider), subj, cfg.RequestTimeout)
+
+	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHub()
+	h := hub.New(hubCtx, rdb, cfg.RedisPrefix, log, tel.TracerProvider, tel.Registry)
+	wss := ws.NewServer(ws.Config{SendQueue: cfg.SendQueue, WriteTimeout: cfg.WriteTimeout, PongWait: cfg.PongWait},
+		up, h, log, tel.TracerProvider, tel.Registry)
+
+	ready := debugsrv.NewReadiness(map[string]debugsrv.Check{
+		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		"nats":  natsbus.Check(nc),
+	})
+	gin.SetMode(gin.ReleaseMode)
+	engine := gin.New()
+	httpapi.New(httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies},
+		up, wss, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
+	httpSrv := &http.Server{Handler: engine, ReadHeaderTimeout: 10 * time.Second}
+	debug := debugsrv.NewServer(cfg.DebugAddr, ready, tel.Registry)
+
+	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
+	}
+	debugLn, err := net.Listen("tcp", cfg.DebugAddr)
+	if err != nil {
+		httpLn.Close()
+		return fmt.Errorf("listen %s: %w", cfg.DebugAddr, err)
+	}
+	log.InfoContext(ctx, "gateway started", "http_addr", httpLn.Addr().String(), "debug_addr", debugLn.Addr().String())
+	if started != nil {
+		started <- Started{HTTPAddr: httpLn.Addr().String(), DebugAddr: debugLn.Addr().String()}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return h.Run(hubCtx) })
+	g.Go(func() error {
+		if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := debug.Serve(debugLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("debug server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "connections", wss.Count())
+		ready.StartDrain()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		// Stop accepting while the websockets drain: Shutdown does not wait
+		// for hijacked connections, Drain does.
+		var sg errgroup.Group
+		sg.Go(func() error { return httpSrv.Shutdown(sctx) })
+		sg.Go(func() error {
+			dctx, cancel := context.WithTimeout(sctx, cfg.DrainTimeout)
+			defer cancel()
+			wss.Drain(dctx, cfg.DrainBatch, cfg.DrainInterval)
+			return nil
+		})
+		err := sg.Wait()
+		stopHub()
+		if derr := natsbus.Drain(sctx, nc); derr != nil {
+			log.Warn("nats drain", "err", derr)
+		}
+		if derr := debug.Shutdown(sctx); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		log.Info("shut down")
+		return err
+	})
+	return g.Wait()
+}

@@ -1,0 +1,215 @@
+// Package hub fans chat events out to the gateway's local connections. It
+// keeps one Redis pub/sub connection per gateway, subscribed to the channel
+// of every chat that at least one local connection is in, and hands each
+// event to every local member's connection without blocking.
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/fanout"
+	"github.com/communications/communications/libs/telemetry"
+)
+
+// Sink receives events for one connection. Deliver must not block: a sink
+// that cannot take an event disconnects its client.
+type Sink interface {
+	Deliver(event []byte)
+}
+
+type channelState struct {
+	refs      int
+	confirmed chan struct{}
+	once      sync.Once
+}
+
+func (s *channelState) confirm() { s.once.Do(func() { close(s.confirmed) }) }
+
+// Hub routes events from Redis to sinks.
+type Hub struct {
+	prefix string
+	ps     *redis.PubSub
+	msgs   <-chan any
+	log    *slog.Logger
+	tracer trace.Tracer
+
+	mu       sync.RWMutex
+	chats    map[int64]map[Sink]struct{}
+	channels map[string]*channelState
+
+	delivered prometheus.Counter
+	received  prometheus.Counter
+	dropped   prometheus.Counter
+}
+
+// New subscribes nothing yet; Run must be running for Join to complete.
+func New(ctx context.Context, rdb *redis.Client, prefix string, log *slog.Logger, tp trace.TracerProvider, reg prometheus.Registerer) *Hub {
+	ps := rdb.Subscribe(ctx)
+	h := &Hub{
+		prefix:   prefix,
+		ps:       ps,
+		msgs:     ps.ChannelWithSubscriptions(redis.WithChannelSize(8192)),
+		log:      log,
+		tracer:   tp.Tracer("github.com/communications/communications/services/gateway/internal/hub"),
+		chats:    map[int64]map[Sink]struct{}{},
+		channels: map[string]*channelState{},
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_fanout_events_received_total", Help: "Chat events received from Redis pub/sub.",
+		}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_fanout_deliveries_total", Help: "Chat events handed to local connections.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_fanout_events_malformed_total", Help: "Events from Redis that could not be decoded.",
+		}),
+	}
+	reg.MustRegister(h.received, h.delivered, h.dropped)
+	return h
+}
+
+// Join adds s to the given chats, subscribing the chats' channels that no
+// local connection had yet, and returns when Redis has confirmed them all.
+func (h *Hub) Join(ctx context.Context, s Sink, chatIDs []int64) error {
+	var newChannels []string
+	var waits []chan struct{}
+	h.mu.Lock()
+	for _, id := range chatIDs {
+		members := h.chats[id]
+		if members == nil {
+			members = map[Sink]struct{}{}
+			h.chats[id] = members
+		}
+		members[s] = struct{}{}
+		ch := fanout.Channel(h.prefix, id)
+		st := h.channels[ch]
+		if st == nil {
+			st = &channelState{confirmed: make(chan struct{})}
+			h.channels[ch] = st
+			newChannels = append(newChannels, ch)
+		}
+		st.refs++
+		waits = append(waits, st.confirmed)
+	}
+	h.mu.Unlock()
+	if len(newChannels) > 0 {
+		if err := h.ps.Subscribe(ctx, newChannels...); err != nil {
+			h.Leave(s, chatIDs)
+			return fmt.Errorf("subscribe %d chats: %w", len(newChannels), err)
+		}
+	}
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			h.Leave(s, chatIDs)
+			return fmt.Errorf("wait for subscription: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Leave removes s from the chats, unsubscribing channels no local
+// connection needs any more.
+func (h *Hub) Leave(s Sink, chatIDs []int64) {
+	var gone []string
+	h.mu.Lock()
+	for _, id := range chatIDs {
+		members, ok := h.chats[id]
+		if !ok {
+			continue
+		}
+		if _, ok := members[s]; !ok {
+			continue
+		}
+		delete(members, s)
+		if len(members) == 0 {
+			delete(h.chats, id)
+		}
+		ch := fanout.Channel(h.prefix, id)
+		if st := h.channels[ch]; st != nil {
+			st.refs--
+			if st.refs <= 0 {
+				delete(h.channels, ch)
+				gone = append(gone, ch)
+			}
+		}
+	}
+	h.mu.Unlock()
+	if len(gone) > 0 {
+		if err := h.ps.Unsubscribe(context.Background(), gone...); err != nil {
+			h.log.Warn("unsubscribe", "channels", len(gone), "err", err)
+		}
+	}
+}
+
+// Run dispatches events until ctx ends, then closes the subscription.
+func (h *Hub) Run(ctx context.Context) error {
+	defer h.ps.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m, ok := <-h.msgs:
+			if !ok {
+				return nil
+			}
+			switch m := m.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					h.mu.RLock()
+					st := h.channels[m.Channel]
+					h.mu.RUnlock()
+					if st != nil {
+						st.confirm()
+					}
+				}
+			case *redis.Message:
+				h.dispatch(ctx, m)
+			}
+		}
+	}
+}
+
+func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
+	h.received.Inc()
+	chatID, ok := h.chatOf(m.Channel)
+	var env fanout.Envelope
+	if !ok || json.Unmarshal([]byte(m.Payload), &env) != nil || len(env.Event) == 0 {
+		h.dropped.Inc()
+		h.log.Warn("malformed fanout event", "channel", m.Channel)
+		return
+	}
+	ctx = telemetry.Propagator().Extract(ctx, propagation.MapCarrier(env.Trace))
+	_, span := h.tracer.Start(ctx, "fanout deliver", trace.WithSpanKind(trace.SpanKindConsumer))
+	defer span.End()
+	h.mu.RLock()
+	n := 0
+	for s := range h.chats[chatID] {
+		s.Deliver(env.Event)
+		n++
+	}
+	h.mu.RUnlock()
+	h.delivered.Add(float64(n))
+	span.SetAttributes(attribute.Int64("chat.id", chatID), attribute.Int("fanout.recipients", n))
+}
+
+func (h *Hub) chatOf(channel string) (int64, bool) {
+	rest, ok := strings.CutPrefix(channel, strings.TrimSuffix(fanout.Channel(h.prefix, 0), "0"))
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	return id, err == nil
+}

@@ -1,0 +1,69 @@
+// Package upstream is the gateway's client of the other services: every
+// call is a NATS request with a timeout and the caller's trace context.
+package upstream
+
+import (
+	"context"
+	"time"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/subjects"
+)
+
+// Client calls auth, chat and history.
+type Client struct {
+	bus     *natsbus.Client
+	subj    subjects.Subjects
+	timeout time.Duration
+}
+
+// New returns a client whose requests time out after timeout.
+func New(bus *natsbus.Client, subj subjects.Subjects, timeout time.Duration) *Client {
+	return &Client{bus: bus, subj: subj, timeout: timeout}
+}
+
+func call[Resp any](ctx context.Context, c *Client, subject string, req any) (Resp, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var resp Resp
+	err := c.bus.Request(ctx, subject, req, &resp)
+	return resp, err
+}
+
+// Register creates an account.
+func (c *Client) Register(ctx context.Context, username, password string) (busapi.User, error) {
+	return call[busapi.User](ctx, c, c.subj.AuthRegister(), busapi.RegisterRequest{Username: username, Password: password})
+}
+
+// Login opens a session.
+func (c *Client) Login(ctx context.Context, username, password string) (busapi.Session, error) {
+	return call[busapi.Session](ctx, c, c.subj.AuthLogin(), busapi.LoginRequest{Username: username, Password: password})
+}
+
+// Logout revokes a session.
+func (c *Client) Logout(ctx context.Context, token string) error {
+	_, err := call[struct{}](ctx, c, c.subj.AuthLogout(), busapi.SessionRequest{Token: token})
+	return err
+}
+
+// Session resolves a session token.
+func (c *Client) Session(ctx context.Context, token string) (busapi.Session, error) {
+	return call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
+}
+
+// UserChats lists a user's chat ids.
+func (c *Client) UserChats(ctx context.Context, userID int64) ([]int64, error) {
+	r, err := call[busapi.UserChats](ctx, c, c.subj.ChatUserChats(), busapi.UserChatsRequest{UserID: userID})
+	return r.ChatIDs, err
+}
+
+// Send asks the chat service to accept a message.
+func (c *Client) Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error) {
+	return call[busapi.SendResult](ctx, c, c.subj.ChatSend(), req)
+}
+
+// History reads a page of a chat's messages.
+func (c *Client) History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+	return call[busapi.HistoryPage](ctx, c, c.subj.HistoryPage(), req)
+}

@@ -1,0 +1,226 @@
+// Package ws holds the gateway's websocket connections: one reader and one
+// writer goroutine each, a bounded send queue, a deadline on every write,
+// and a close code that tells the client whether to reconnect and resume.
+package ws
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
+)
+
+// maxEventsPerFrame bounds how many queued events one frame coalesces.
+const maxEventsPerFrame = 64
+
+// Conn is one client connection.
+type Conn struct {
+	srv   *Server
+	ws    *websocket.Conn
+	user  busapi.User
+	chats []int64
+
+	send      chan []byte
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeCode int
+	closeText string
+}
+
+// Deliver queues an event without blocking; a full queue disconnects the
+// client with CloseSlowConsumer (it then resumes).
+func (c *Conn) Deliver(event []byte) {
+	select {
+	case c.send <- event:
+	case <-c.closed:
+	default:
+		c.srv.metrics.slowConsumers.Inc()
+		c.Close(protocol.CloseSlowConsumer, "send queue full; reconnect and resume")
+	}
+}
+
+// Close starts closing the connection with code: the writer sends a close
+// frame and closes the socket. It is safe to call more than once.
+func (c *Conn) Close(code int, text string) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeText = code, text
+		close(c.closed)
+	})
+}
+
+func (c *Conn) deliverJSON(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.srv.log.Error("encode event", "err", err)
+		return
+	}
+	c.Deliver(b)
+}
+
+// writeLoop sends queued events, several per frame when more than one
+// waits, and pings the client. It owns all writes to the socket.
+func (c *Conn) writeLoop() {
+	cfg := c.srv.cfg
+	ping := time.NewTicker(cfg.PingInterval)
+	defer ping.Stop()
+	defer c.ws.Close()
+	buf := make([]byte, 0, 1024)
+	for {
+		select {
+		case ev := <-c.send:
+			buf = append(buf[:0], ev...)
+			n := 1
+		coalesce:
+			for n < maxEventsPerFrame {
+				select {
+				case more := <-c.send:
+					buf = append(buf, '\n')
+					buf = append(buf, more...)
+					n++
+				default:
+					break coalesce
+				}
+			}
+			_ = c.ws.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
+			if err := c.ws.WriteMessage(websocket.TextMessage, buf); err != nil {
+				c.Close(protocol.CloseServerError, "write failed")
+				return
+			}
+			c.srv.metrics.framesOut.Inc()
+			c.srv.metrics.eventsOut.Add(float64(n))
+			if cap(buf) > 64<<10 {
+				buf = make([]byte, 0, 1024)
+			}
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteTimeout)); err != nil {
+				c.Close(protocol.CloseServerError, "ping failed")
+				return
+			}
+		case <-c.closed:
+			if c.closeCode != protocol.CloseSlowConsumer {
+				c.flush(buf[:0])
+			}
+			msg := websocket.FormatCloseMessage(c.closeCode, c.closeText)
+			_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+			return
+		}
+	}
+}
+
+// flush writes what is still queued (such as the error that explains a
+// close) in one frame, without waiting for more.
+func (c *Conn) flush(buf []byte) {
+	for {
+		select {
+		case ev := <-c.send:
+			if len(buf) > 0 {
+				buf = append(buf, '\n')
+			}
+			buf = append(buf, ev...)
+		default:
+			if len(buf) > 0 {
+				_ = c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+				_ = c.ws.WriteMessage(websocket.TextMessage, buf)
+			}
+			return
+		}
+	}
+}
+
+// readLoop reads frames until the connection fails or closes. Sends are
+// handled one after another, so one connection's messages are accepted in
+// the order they were sent.
+func (c *Conn) readLoop(ctx context.Context) {
+	cfg := c.srv.cfg
+	// Frames up to MaxFrameBytes are read; larger ones up to the hard limit
+	// get an error event and the connection stays open; beyond it gorilla
+	// closes the connection with 1009 (message too big).
+	c.ws.SetReadLimit(protocol.HardFrameLimit)
+	_ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+	c.ws.SetPongHandler(func(string) error {
+		return c.ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+	})
+	for {
+		typ, frame, err := c.ws.ReadMessage()
+		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				c.Close(websocket.CloseMessageTooBig, "frame too large")
+			} else {
+				c.Close(websocket.CloseNormalClosure, "")
+			}
+			return
+		}
+		_ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+		c.srv.metrics.framesIn.Inc()
+		if len(frame) > protocol.MaxFrameBytes {
+			c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeFrameTooLarge,
+				Message: "frame larger than 16 KiB; nothing in it was processed"})
+			continue
+		}
+		if typ != websocket.TextMessage {
+			c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeBadRequest, Message: "frames must be text"})
+			continue
+		}
+		events, err := protocol.SplitFrame(frame)
+		if err != nil {
+			c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeBadRequest, Message: err.Error()})
+			continue
+		}
+		for _, raw := range events {
+			c.handle(ctx, raw)
+		}
+	}
+}
+
+func (c *Conn) handle(ctx context.Context, raw []byte) {
+	c.srv.metrics.eventsIn.Inc()
+	ev, err := protocol.DecodeClientEvent(raw)
+	if err != nil {
+		// Echo the request id when the event has a readable one.
+		var idOnly struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(raw, &idOnly)
+		c.deliverJSON(protocol.Error{Type: protocol.TypeError, ID: idOnly.ID, Code: protocol.CodeBadRequest, Message: err.Error()})
+		return
+	}
+	switch ev.Type {
+	case protocol.TypePing:
+		c.deliverJSON(protocol.Pong{Type: protocol.TypePong, ID: ev.ID})
+	case protocol.TypeSend:
+		c.handleSend(ctx, ev)
+	}
+}
+
+func (c *Conn) handleSend(ctx context.Context, ev protocol.ClientEvent) {
+	ctx, span := c.srv.tracer.Start(ctx, "ws send", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.Int64("chat.id", ev.ChatID), attribute.Int64("user.id", c.user.ID)))
+	defer span.End()
+	res, err := c.srv.up.Send(ctx, busapi.SendRequest{
+		ChatID: ev.ChatID, SenderID: c.user.ID, Sender: c.user.Username,
+		ClientMsgID: ev.ClientMsgID, Text: ev.Text,
+	})
+	if err != nil {
+		code := busapi.CodeOf(err)
+		msg := "internal error"
+		if be, ok := errors.AsType[*busapi.Error](err); ok {
+			msg = be.Message
+		}
+		if code == protocol.CodeInternal || code == protocol.CodeUnavailable {
+			c.srv.log.WarnContext(ctx, "send failed", "err", err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		c.deliverJSON(protocol.Error{Type: protocol.TypeError, ID: ev.ID, Code: code, Message: msg, Retryable: code.Retryable()})
+		return
+	}
+	c.deliverJSON(protocol.Ack{Type: protocol.TypeAck, ID: ev.ID, ChatID: ev.ChatID, ClientMsgID: ev.ClientMsgID, Duplicate: res.Duplicate})
+}

@@ -1,0 +1,233 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/services/gateway/internal/hub"
+)
+
+// Config tunes connections. Zero fields take the defaults given.
+type Config struct {
+	// SendQueue is the number of events queued per connection before the
+	// client counts as slow and is disconnected. Default 256.
+	SendQueue int
+	// WriteTimeout bounds every write. Default 10s.
+	WriteTimeout time.Duration
+	// PongWait is how long a connection may stay silent (no frame, no pong)
+	// before it is closed. Default 60s.
+	PongWait time.Duration
+	// PingInterval is how often the server pings. Default PongWait*9/10.
+	PingInterval time.Duration
+}
+
+// Upstream is what connections need from the other services.
+type Upstream interface {
+	UserChats(ctx context.Context, userID int64) ([]int64, error)
+	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
+}
+
+type metrics struct {
+	connections   prometheus.Gauge
+	framesIn      prometheus.Counter
+	framesOut     prometheus.Counter
+	eventsIn      prometheus.Counter
+	eventsOut     prometheus.Counter
+	slowConsumers prometheus.Counter
+}
+
+// Server accepts websocket connections and keeps track of them.
+type Server struct {
+	cfg      Config
+	up       Upstream
+	hub      *hub.Hub
+	log      *slog.Logger
+	tracer   trace.Tracer
+	upgrader websocket.Upgrader
+	metrics  metrics
+
+	mu       sync.Mutex
+	conns    map[*Conn]struct{}
+	draining bool
+	// base is the context of every connection; cancelled when the server
+	// is closed for good.
+	base   context.Context
+	cancel context.CancelFunc
+}
+
+// ErrDraining is returned by Serve while the gateway shuts down.
+var ErrDraining = errors.New("gateway is shutting down")
+
+// NewServer returns a server. The caller checks origins and sessions before
+// calling Serve.
+func NewServer(cfg Config, up Upstream, h *hub.Hub, log *slog.Logger, tp trace.TracerProvider, reg prometheus.Registerer) *Server {
+	if cfg.SendQueue <= 0 {
+		cfg.SendQueue = 256
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.PongWait <= 0 {
+		cfg.PongWait = 60 * time.Second
+	}
+	if cfg.PingInterval <= 0 || cfg.PingInterval >= cfg.PongWait {
+		cfg.PingInterval = cfg.PongWait * 9 / 10
+	}
+	base, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg: cfg, up: up, hub: h, log: log,
+		tracer: tp.Tracer("github.com/communications/communications/services/gateway/internal/ws"),
+		upgrader: websocket.Upgrader{
+			ReadBufferSize:  4096,
+			WriteBufferSize: 4096,
+			// The HTTP layer checked the Origin before calling Serve.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+		conns: map[*Conn]struct{}{},
+		base:  base, cancel: cancel,
+		metrics: metrics{
+			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
+			framesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
+			framesOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_out_total", Help: "Websocket frames sent."}),
+			eventsIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_in_total", Help: "Protocol events received."}),
+			eventsOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_out_total", Help: "Protocol events sent."}),
+			slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send queue was full."}),
+		},
+	}
+	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers)
+	return s
+}
+
+// Serve upgrades the request for an authenticated user and runs the
+// connection until it ends. It answers 503 while the server drains.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	chats, err := s.up.UserChats(ctx, user.ID)
+	cancel()
+	if err != nil {
+		s.log.WarnContext(r.Context(), "list chats for connection", "err", err)
+		http.Error(w, `{"error":{"code":"unavailable","message":"the chat service did not answer"}}`, http.StatusServiceUnavailable)
+		return
+	}
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		http.Error(w, `{"error":{"code":"unavailable","message":"gateway is shutting down; reconnect"}}`, http.StatusServiceUnavailable)
+		return
+	}
+	wsConn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered the client
+	}
+	c := &Conn{
+		srv: s, ws: wsConn, user: user, chats: chats,
+		send:   make(chan []byte, s.cfg.SendQueue),
+		closed: make(chan struct{}),
+	}
+	if !s.add(c) {
+		_ = wsConn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(protocol.CloseGoingAway, "gateway is shutting down"), time.Now().Add(time.Second))
+		_ = wsConn.Close()
+		return
+	}
+	defer s.remove(c)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.writeLoop()
+	}()
+	jctx, cancel := context.WithTimeout(s.base, 10*time.Second)
+	err = s.hub.Join(jctx, c, chats)
+	cancel()
+	if err != nil {
+		s.log.Warn("join fanout", "err", err)
+		c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
+		<-done
+		return
+	}
+	defer s.hub.Leave(c, chats)
+	c.deliverJSON(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: chats})
+	c.readLoop(s.base)
+	c.Close(websocket.CloseNormalClosure, "")
+	<-done
+}
+
+func (s *Server) add(c *Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.metrics.connections.Inc()
+	return true
+}
+
+func (s *Server) remove(c *Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; ok {
+		delete(s.conns, c)
+		s.metrics.connections.Dec()
+	}
+}
+
+// Count returns the number of open connections.
+func (s *Server) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Drain refuses new connections and closes the open ones with
+// CloseGoingAway, batch at a time every interval, so that their clients do
+// not all reconnect to the other replicas at once. It returns when every
+// connection has ended, or when ctx ends (then the rest are closed at once).
+func (s *Server) Drain(ctx context.Context, batch int, interval time.Duration) {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	if batch <= 0 {
+		batch = len(conns)
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for i, c := range conns {
+		c.Close(protocol.CloseGoingAway, "gateway is shutting down; reconnect and resume")
+		if (i+1)%batch == 0 && i+1 < len(conns) {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				for _, rest := range conns[i+1:] {
+					rest.Close(protocol.CloseGoingAway, "gateway is shutting down; reconnect and resume")
+				}
+			}
+		}
+	}
+	wait := time.NewTicker(10 * time.Millisecond)
+	defer wait.Stop()
+	for s.Count() > 0 {
+		select {
+		case <-ctx.Done():
+			s.cancel()
+			return
+		case <-wait.C:
+		}
+	}
+	s.cancel()
+}

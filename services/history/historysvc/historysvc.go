@@ -1,0 +1,187 @@
+// Package historysvc wires the history service: its configuration and Run,
+// which main calls and the end-to-end tests start in-process.
+package historysvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/communications/communications/libs/debugsrv"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/pgdb"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/services/history/internal/fanoutpub"
+	"github.com/communications/communications/services/history/internal/history"
+	"github.com/communications/communications/services/history/internal/msgstore"
+	"github.com/communications/communications/services/history/internal/natsapi"
+	"github.com/communications/communications/services/history/internal/writer"
+)
+
+// EnvPrefix prefixes every environment variable of the service.
+const EnvPrefix = "HISTORY_"
+
+// Config is the history service's configuration, read from HISTORY_*
+// variables.
+type Config struct {
+	NATSURL         string        `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	PostgresURL     string        `env:"POSTGRES_URL" envDefault:"postgres://postgres@127.0.0.1:5432/communications?sslmode=disable"`
+	PostgresMaxConn int32         `env:"POSTGRES_MAX_CONNS" envDefault:"16"`
+	RedisURL        string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
+	RedisPrefix     string        `env:"REDIS_PREFIX" envDefault:"comms"`
+	SubjectPrefix   string        `env:"SUBJECT_PREFIX" envDefault:"comms"`
+	DebugAddr       string        `env:"DEBUG_ADDR" envDefault:"127.0.0.1:9103"`
+	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
+	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"20ms"`
+	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"30s"`
+	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
+	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := subjects.New(c.SubjectPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
+	}
+	if _, err := redis.ParseURL(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("REDIS_URL: %w", err))
+	}
+	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, " \t\r\n") {
+		errs = append(errs, errors.New("REDIS_PREFIX must be non-empty without whitespace"))
+	}
+	if c.PostgresMaxConn < 0 {
+		errs = append(errs, errors.New("POSTGRES_MAX_CONNS must not be negative"))
+	}
+	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("REQUEST_TIMEOUT and SHUTDOWN_TIMEOUT must be positive"))
+	}
+	if c.BatchSize < 1 || c.BatchSize > 10000 {
+		errs = append(errs, errors.New("BATCH_SIZE must be 1 to 10000"))
+	}
+	if c.BatchWait < time.Millisecond || c.BatchWait > 10*time.Second {
+		errs = append(errs, errors.New("BATCH_WAIT must be 1ms to 10s"))
+	}
+	if c.AckWait < time.Second || c.AckWait <= 2*c.BatchWait {
+		errs = append(errs, errors.New("ACK_WAIT must be at least 1s and more than twice BATCH_WAIT"))
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs the history service until ctx is cancelled, then shuts down
+// within cfg.ShutdownTimeout.
+func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
+	log := tel.Logger
+	subj, err := subjects.New(cfg.SubjectPrefix)
+	if err != nil {
+		return err
+	}
+
+	pool, err := pgdb.Open(ctx, cfg.PostgresURL, cfg.PostgresMaxConn, tel.TracerProvider)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := pgdb.Migrate(ctx, pool, msgstore.Migrations(), msgstore.MigrationTable, log); err != nil {
+		return err
+	}
+
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("parse redis url: %w", err)
+	}
+	rdb := redis.NewClient(ropts)
+	defer func() {
+		if err := rdb.Close(); err != nil {
+			log.Warn("close redis", "err", err)
+		}
+	}()
+	if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(tel.TracerProvider)); err != nil {
+		return fmt.Errorf("instrument redis: %w", err)
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+
+	nc, err := natsbus.Connect(cfg.NATSURL, "history", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	store := msgstore.New(pool)
+	w, err := writer.New(js, store, fanoutpub.New(rdb, cfg.RedisPrefix), writer.Config{
+		Stream:    subj.MessagesStream(),
+		Consumer:  subj.HistoryWriterConsumer(),
+		BatchSize: cfg.BatchSize,
+		BatchWait: cfg.BatchWait,
+		AckWait:   cfg.AckWait,
+	}, log, tel.TracerProvider, tel.Registry)
+	if err != nil {
+		return err
+	}
+
+	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
+	// Handlers run on a context that outlives ctx, so that requests in
+	// flight at shutdown finish while the connection drains.
+	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+	if _, err := natsapi.Register(handlerCtx, srv, subj, history.NewService(store)); err != nil {
+		return err
+	}
+
+	ready := debugsrv.NewReadiness(map[string]debugsrv.Check{
+		"postgres": pool.Ping,
+		"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		"nats":     natsbus.Check(nc),
+	})
+	debug := debugsrv.NewServer(cfg.DebugAddr, ready, tel.Registry)
+
+	g, gctx := errgroup.WithContext(ctx)
+	writerDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(writerDone)
+		return w.Run(gctx)
+	})
+	g.Go(func() error {
+		if err := debug.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("debug server: %w", err)
+		}
+		return nil
+	})
+	log.InfoContext(ctx, "history service started", "debug_addr", cfg.DebugAddr, "subject_prefix", cfg.SubjectPrefix)
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down")
+		ready.StartDrain()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		// The writer finishes its current batch (store, ack, publish)
+		// before NATS is drained.
+		select {
+		case <-writerDone:
+		case <-sctx.Done():
+			log.Warn("history writer did not stop in time")
+		}
+		if err := natsbus.Drain(sctx, nc); err != nil {
+			log.Warn("nats drain", "err", err)
+		}
+		return debug.Shutdown(sctx)
+	})
+	return g.Wait()
+}

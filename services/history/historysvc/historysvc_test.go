@@ -1,0 +1,151 @@
+package historysvc_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/config"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/libs/testenv"
+	"github.com/communications/communications/services/history/historysvc"
+	"github.com/communications/communications/services/history/internal/streamtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+	}{
+		{name: "defaults"},
+		{name: "bad subject prefix", env: map[string]string{"HISTORY_SUBJECT_PREFIX": "a b"}, wantErr: "SUBJECT_PREFIX"},
+		{name: "bad redis url", env: map[string]string{"HISTORY_REDIS_URL": "http://x"}, wantErr: "REDIS_URL"},
+		{name: "redis prefix with a space", env: map[string]string{"HISTORY_REDIS_PREFIX": "a b"}, wantErr: "REDIS_PREFIX"},
+		{name: "batch too large", env: map[string]string{"HISTORY_BATCH_SIZE": "100000"}, wantErr: "BATCH_SIZE"},
+		{name: "no batch wait", env: map[string]string{"HISTORY_BATCH_WAIT": "0s"}, wantErr: "BATCH_WAIT"},
+		{name: "short ack wait", env: map[string]string{"HISTORY_ACK_WAIT": "100ms"}, wantErr: "ACK_WAIT"},
+		{name: "no timeout", env: map[string]string{"HISTORY_REQUEST_TIMEOUT": "0s"}, wantErr: "REQUEST_TIMEOUT"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			cfg, err := config.LoadFrom[historysvc.Config](historysvc.EnvPrefix, env)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("load: %v", err)
+				}
+				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.AckWait != 30*time.Second || cfg.RedisPrefix != "comms" {
+					t.Errorf("defaults not applied: %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("err = %v, want one naming %s", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestRun(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	redisURL, redisPrefix := testenv.Redis(t)
+	cfg, err := config.LoadFrom[historysvc.Config](historysvc.EnvPrefix, map[string]string{
+		"HISTORY_NATS_URL":       ns.ClientURL(),
+		"HISTORY_POSTGRES_URL":   testenv.Postgres(t),
+		"HISTORY_REDIS_URL":      redisURL,
+		"HISTORY_REDIS_PREFIX":   strings.TrimSuffix(redisPrefix, ":"),
+		"HISTORY_SUBJECT_PREFIX": testenv.SubjectPrefix(),
+		"HISTORY_DEBUG_ADDR":     "127.0.0.1:0",
+		"HISTORY_LOG_LEVEL":      "warn",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj, err := subjects.New(cfg.SubjectPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := streamtest.Connect(t, ns.ClientURL())
+	streamtest.CreateStream(t, js, subj)
+	tel, err := telemetry.New(context.Background(), telemetry.Config{ServiceName: "history", LogLevel: "warn"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- historysvc.Run(ctx, cfg, tel) }()
+	t.Cleanup(cancel)
+
+	for i := range 12 {
+		m := busapi.StreamMessage{ChatID: 3, SenderID: 1, Sender: "ann", ClientMsgID: fmt.Sprint(i), Text: fmt.Sprint("m", i+1), AcceptedAt: time.Now()}
+		streamtest.Publish(context.Background(), t, js, subj, m, streamtest.MsgID(m))
+	}
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	client := natsbus.NewClient(nc, noop.NewTracerProvider())
+	page := func(req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var p busapi.HistoryPage
+		err := client.Request(ctx, subj.HistoryPage(), req, &p)
+		return p, err
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		p, err := page(busapi.HistoryRequest{ChatID: 3, Limit: 100})
+		return err == nil && len(p.Messages) == 12
+	}, "the 12 messages are not all in history")
+
+	p, err := page(busapi.HistoryRequest{ChatID: 3, BeforeSeq: 10, Limit: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []string
+	for _, m := range p.Messages {
+		seqs = append(seqs, fmt.Sprintf("%d:%s", m.Seq, m.Text))
+	}
+	if got, want := strings.Join(seqs, " "), "6:m6 7:m7 8:m8 9:m9"; got != want {
+		t.Errorf("page before 10 = %s, want %s", got, want)
+	}
+	_, err = page(busapi.HistoryRequest{ChatID: 3, Limit: 101})
+	if code := busapi.CodeOf(err); code != protocol.CodeInvalidInput {
+		t.Errorf("limit 101: err = %v, want code %s", err, protocol.CodeInvalidInput)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		ok, err := streamtest.Drained(context.Background(), js, subj)
+		return err == nil && ok
+	}, "stored messages are not all acked")
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}

@@ -1,0 +1,81 @@
+// Package history is the history service's domain: a stored chat message,
+// the result of writing a batch of them, and the rules of a history page.
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Page limits.
+const (
+	// DefaultPageLimit is the page size when a request gives none.
+	DefaultPageLimit = 50
+	// MaxPageLimit is the largest page a request may ask for.
+	MaxPageLimit = 100
+)
+
+// ErrInvalidPage is returned for a page request with a bad chat id,
+// sequence or limit.
+var ErrInvalidPage = errors.New("invalid page request")
+
+// Message is a chat message. Seq is 0 until the message is stored; then it
+// is the message's place in its chat (1, 2, 3, ...).
+type Message struct {
+	ChatID      int64
+	Seq         int64
+	SenderID    int64
+	Sender      string
+	ClientMsgID string
+	Text        string
+	SentAt      time.Time
+}
+
+// Stored is one message of a written batch as it is stored. Duplicate is
+// true when a message with the same chat, sender and client message id had
+// been stored before (by an earlier batch or earlier in the same batch): the
+// message then is that original, with its original Seq.
+type Stored struct {
+	Message
+	Duplicate bool
+}
+
+// PageStore reads stored messages.
+type PageStore interface {
+	// Page returns at most limit messages of chat with a sequence below
+	// beforeSeq (any sequence when beforeSeq is 0): the newest of them, in
+	// ascending sequence order.
+	Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([]Message, error)
+}
+
+// Service answers history page requests. It does not check membership: the
+// caller (the gateway, after asking the chat service) does.
+type Service struct{ store PageStore }
+
+// NewService returns a Service reading from store.
+func NewService(store PageStore) *Service { return &Service{store: store} }
+
+// Page returns the newest limit messages of chat below beforeSeq (0: the
+// newest messages), ascending. A limit of 0 means DefaultPageLimit.
+func (s *Service) Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([]Message, error) {
+	switch {
+	case chatID <= 0:
+		return nil, fmt.Errorf("%w: chat_id must be positive", ErrInvalidPage)
+	case beforeSeq < 0:
+		return nil, fmt.Errorf("%w: before_seq must not be negative", ErrInvalidPage)
+	case limit < 0 || limit > MaxPageLimit:
+		return nil, fmt.Errorf("%w: limit must be 1 to %d", ErrInvalidPage, MaxPageLimit)
+	case limit == 0:
+		limit = DefaultPageLimit
+	}
+	if beforeSeq == 1 {
+		return []Message{}, nil
+	}
+	msgs, err := s.store.Page(ctx, chatID, beforeSeq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("history page: %w", err)
+	}
+	return msgs, nil
+}

@@ -1,0 +1,231 @@
+package msgstore_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/communications/communications/libs/pgdb"
+	"github.com/communications/communications/libs/testenv"
+	"github.com/communications/communications/services/history/internal/history"
+	"github.com/communications/communications/services/history/internal/msgstore"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func newStore(t testing.TB) (*msgstore.Store, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 8, noop.NewTracerProvider())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := pgdb.Migrate(ctx, pool, msgstore.Migrations(), msgstore.MigrationTable, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	return msgstore.New(pool), pool
+}
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func msg(chat, sender int64, client, text string) history.Message {
+	return history.Message{ChatID: chat, SenderID: sender, Sender: fmt.Sprintf("user%d", sender), ClientMsgID: client, Text: text, SentAt: t0}
+}
+
+// seqs returns the seq and duplicate flag of each stored message.
+func seqs(stored []history.Stored) []string {
+	out := make([]string, len(stored))
+	for i, s := range stored {
+		out[i] = fmt.Sprintf("%d/%d", s.ChatID, s.Seq)
+		if s.Duplicate {
+			out[i] += " dup"
+		}
+	}
+	return out
+}
+
+func TestStoreBatch(t *testing.T) {
+	t.Parallel()
+	store, _ := newStore(t)
+	ctx := context.Background()
+
+	// Interleaved chats: each chat numbered from 1 in batch order.
+	got, err := store.StoreBatch(ctx, []history.Message{
+		msg(1, 10, "a", "1a"), msg(2, 10, "b", "2b"), msg(1, 11, "c", "1c"),
+		msg(3, 12, "d", "3d"), msg(2, 11, "e", "2e"), msg(1, 10, "f", "1f"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"1/1", "2/1", "1/2", "3/1", "2/2", "1/3"}, seqs(got)); diff != "" {
+		t.Errorf("first batch (-want +got):\n%s", diff)
+	}
+
+	// A retry of a stored message (even with other text) and a message
+	// repeated inside the batch get the original back; no number is spent.
+	got, err = store.StoreBatch(ctx, []history.Message{
+		msg(1, 11, "g", "1g"), msg(1, 11, "c", "retried"), msg(2, 10, "h", "2h"),
+		msg(1, 11, "g", "1g again"), msg(1, 12, "c", "other sender, same id"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"1/4", "1/2 dup", "2/3", "1/4 dup", "1/5"}, seqs(got)); diff != "" {
+		t.Errorf("second batch (-want +got):\n%s", diff)
+	}
+	if got[1].Text != "1c" || got[3].Text != "1g" {
+		t.Errorf("duplicates carry texts %q, %q; want the originals 1c, 1g", got[1].Text, got[3].Text)
+	}
+
+	// Only duplicates: nothing changes.
+	got, err = store.StoreBatch(ctx, []history.Message{msg(3, 12, "d", "3d"), msg(3, 12, "d", "3d")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"3/1 dup", "3/1 dup"}, seqs(got)); diff != "" {
+		t.Errorf("duplicate batch (-want +got):\n%s", diff)
+	}
+	got, err = store.StoreBatch(ctx, []history.Message{msg(3, 12, "i", "3i")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"3/2"}, seqs(got)); diff != "" {
+		t.Errorf("after duplicates (-want +got):\n%s", diff)
+	}
+}
+
+func TestStoreBatchConcurrent(t *testing.T) {
+	t.Parallel()
+	store, pool := newStore(t)
+	ctx := context.Background()
+	const workers, batches, perBatch = 6, 15, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*batches)
+	for w := range workers {
+		wg.Go(func() {
+			for b := range batches {
+				msgs := make([]history.Message, 0, perBatch)
+				for i := range perBatch {
+					// Each worker goes through its batch in another order,
+					// so chats come in different orders; workers 2k and
+					// 2k+1 send the same keys.
+					n := b*perBatch + (i+3*w)%perBatch
+					chat := int64(n%4 + 1)
+					msgs = append(msgs, msg(chat, int64(w/2), fmt.Sprintf("k%d", n), "x"))
+				}
+				if _, err := store.StoreBatch(ctx, msgs); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("store batch: %v", err)
+	}
+	rows, err := pool.Query(ctx, `SELECT chat_id, count(*), min(seq), max(seq),
+		(SELECT last_seq FROM chat_counters c WHERE c.chat_id = m.chat_id)
+		FROM messages m GROUP BY chat_id ORDER BY chat_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	total := int64(0)
+	for rows.Next() {
+		var chat, n, lo, hi, last int64
+		if err := rows.Scan(&chat, &n, &lo, &hi, &last); err != nil {
+			t.Fatal(err)
+		}
+		if lo != 1 || hi != n || last != n {
+			t.Errorf("chat %d: %d messages with seqs %d..%d, counter %d; want contiguous from 1", chat, n, lo, hi, last)
+		}
+		total += n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Workers 2k and 2k+1 send the same keys: half the messages are unique.
+	if want := int64(workers * batches * perBatch / 2); total != want {
+		t.Errorf("stored %d messages, want %d", total, want)
+	}
+}
+
+func TestPage(t *testing.T) {
+	t.Parallel()
+	store, _ := newStore(t)
+	ctx := context.Background()
+	var batch []history.Message
+	for i := range 10 {
+		batch = append(batch, msg(7, 1, fmt.Sprintf("c%d", i), fmt.Sprintf("t%d", i+1)))
+	}
+	batch = append(batch, msg(8, 1, "other", "other chat"))
+	if _, err := store.StoreBatch(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		chat      int64
+		beforeSeq int64
+		limit     int
+		want      []int64
+	}{
+		{name: "newest", chat: 7, limit: 3, want: []int64{8, 9, 10}},
+		{name: "all", chat: 7, limit: 100, want: []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}},
+		{name: "before", chat: 7, beforeSeq: 8, limit: 3, want: []int64{5, 6, 7}},
+		{name: "before, short page", chat: 7, beforeSeq: 3, limit: 5, want: []int64{1, 2}},
+		{name: "before past the end", chat: 7, beforeSeq: 99, limit: 2, want: []int64{9, 10}},
+		{name: "before the first", chat: 7, beforeSeq: 1, limit: 5, want: []int64{}},
+		{name: "other chat", chat: 8, limit: 5, want: []int64{1}},
+		{name: "empty chat", chat: 9, limit: 5, want: []int64{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			msgs, err := store.Page(ctx, tc.chat, tc.beforeSeq, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make([]int64, len(msgs))
+			for i, m := range msgs {
+				got[i] = m.Seq
+				if m.ChatID != tc.chat || !m.SentAt.Equal(t0) || (tc.chat == 7 && m.Text != fmt.Sprintf("t%d", m.Seq)) {
+					t.Errorf("message %+v does not match what was stored", m)
+				}
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("seqs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// BenchmarkStoreBatch stores batches of 500 new messages over 100 chats;
+// msgs/s is the writer's ceiling on this database.
+func BenchmarkStoreBatch(b *testing.B) {
+	store, _ := newStore(b)
+	ctx := context.Background()
+	const size = 500
+	n := 0
+	for b.Loop() {
+		batch := make([]history.Message, size)
+		for i := range batch {
+			batch[i] = msg(int64(n%100+1), 1, fmt.Sprint(n), "a typical chat message of some length")
+			n++
+		}
+		if _, err := store.StoreBatch(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+}

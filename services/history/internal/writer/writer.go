@@ -1,0 +1,413 @@
+// Package writer is the history writer: it consumes the message stream in
+// batches as a durable JetStream pull consumer, stores each batch in one
+// transaction, acknowledges it, and then publishes the stored messages for
+// fanout.
+//
+// A message is acknowledged only after the transaction holding it has
+// committed, so a crash anywhere before that redelivers it (P1); the store's
+// unique key turns every redelivery into a duplicate that keeps its original
+// sequence number (P3).
+package writer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/services/history/internal/history"
+)
+
+// Store writes batches of messages.
+type Store interface {
+	// StoreBatch stores msgs (in stream order) in one transaction and
+	// returns each of them as stored: with its sequence number, or, for a
+	// message stored before, the original and Duplicate set.
+	StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error)
+}
+
+// Event is a stored message to fan out, with the W3C trace context of its
+// write.
+type Event struct {
+	Message history.Message
+	Trace   map[string]string
+}
+
+// Publisher fans stored messages out to the gateways. Delivery is at most
+// once: clients fill gaps from history.
+type Publisher interface {
+	Publish(ctx context.Context, events []Event) error
+}
+
+// Config configures a Writer. Zero fields take the defaults given.
+type Config struct {
+	// Stream is the name of the message stream. Required.
+	Stream string
+	// Consumer is the durable consumer name shared by all replicas.
+	// Required.
+	Consumer string
+	// BatchSize is the most messages fetched and stored at once. Default
+	// 500.
+	BatchSize int
+	// BatchWait is the longest a fetch waits to fill a batch. Default 20ms.
+	BatchWait time.Duration
+	// AckWait is how long JetStream waits for an ack before redelivering;
+	// a batch not stored within it is abandoned. Default 30s.
+	AckWait time.Duration
+	// MaxAckPending bounds the messages delivered and not yet acked, over
+	// all replicas. Default 10 x BatchSize.
+	MaxAckPending int
+	// RetryMin and RetryMax bound the backoff after a failure (and the
+	// redelivery delay of a failed batch). Defaults 100ms and 5s.
+	RetryMin, RetryMax time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 500
+	}
+	if c.BatchWait <= 0 {
+		c.BatchWait = 20 * time.Millisecond
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 10 * c.BatchSize
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = 100 * time.Millisecond
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = max(5*time.Second, c.RetryMin)
+	}
+}
+
+// consumerCheckInterval is how often an idle writer checks that its
+// consumer still exists (a fetch on a deleted consumer just times out).
+const consumerCheckInterval = 5 * time.Second
+
+// Writer moves messages from the stream into the store.
+type Writer struct {
+	js     jetstream.JetStream
+	store  Store
+	pub    Publisher
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
+	m      *metrics
+}
+
+// New returns a Writer. Its metrics are registered on reg.
+func New(js jetstream.JetStream, store Store, pub Publisher, cfg Config, logger *slog.Logger, tp trace.TracerProvider, reg prometheus.Registerer) (*Writer, error) {
+	if cfg.Stream == "" || cfg.Consumer == "" {
+		return nil, errors.New("writer: stream and consumer names are required")
+	}
+	cfg.setDefaults()
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{
+		js: js, store: store, pub: pub, cfg: cfg, log: logger, m: m,
+		tracer: tp.Tracer("github.com/communications/communications/services/history/internal/writer"),
+		prop:   telemetry.Propagator(),
+	}, nil
+}
+
+// Run consumes the stream until ctx ends. A batch already fetched is
+// finished (stored, acked, published) before Run returns, so cancelling
+// ctx stops the writer after its current batch. Run returns nil when ctx
+// ends; it has no other way to stop: failures are logged and retried.
+func (w *Writer) Run(ctx context.Context) error {
+	cons, ok := w.consumer(ctx)
+	if !ok {
+		return nil
+	}
+	w.log.InfoContext(ctx, "history writer consuming", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
+		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait)
+	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
+	lastCheck := time.Now()
+	for ctx.Err() == nil {
+		msgs, fetchErr := w.fetch(cons)
+		failed := false
+		if len(msgs) > 0 {
+			// The batch runs to its end even when ctx ends meanwhile.
+			failed = w.process(context.WithoutCancel(ctx), msgs, retry.delay()) != nil
+		}
+		if fetchErr != nil {
+			w.log.WarnContext(ctx, "fetch from message stream", "err", fetchErr, "retry_in", retry.delay())
+			failed = true
+		}
+		if failed {
+			// Wait a little past the redelivery delay: a failed batch's
+			// messages are then due again, and JetStream hands out due
+			// redeliveries before newer messages, so a chat's messages
+			// keep their stream order.
+			if !sleep(ctx, retry.delay()*3/2) {
+				break
+			}
+			retry.grow()
+		} else {
+			retry.reset()
+		}
+		if (fetchErr != nil && consumerGone(fetchErr)) || (len(msgs) == 0 && time.Since(lastCheck) > consumerCheckInterval) {
+			lastCheck = time.Now()
+			if _, err := cons.Info(ctx); consumerGone(err) {
+				w.log.WarnContext(ctx, "history writer consumer is gone; declaring it again", "err", err)
+				if cons, ok = w.consumer(ctx); !ok {
+					break
+				}
+			}
+		}
+	}
+	w.log.InfoContext(ctx, "history writer stopped")
+	return nil
+}
+
+func consumerGone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// consumer declares the durable consumer, waiting with backoff until the
+// stream exists: the chat service owns and creates it. It reports false
+// when ctx ended first.
+func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
+	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
+	logged := false
+	for {
+		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.cfg.Stream, jetstream.ConsumerConfig{
+			Durable:       w.cfg.Consumer,
+			Description:   "History writer: stores accepted messages and numbers them per chat.",
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       w.cfg.AckWait,
+			MaxAckPending: w.cfg.MaxAckPending,
+			// Never give up on a message: it is acked once stored, or
+			// terminated when it cannot be decoded.
+			MaxDeliver: -1,
+		})
+		if err == nil {
+			if logged {
+				w.log.InfoContext(ctx, "history writer consumer declared", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer)
+			}
+			return cons, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		if !logged {
+			logged = true
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				w.log.WarnContext(ctx, "message stream does not exist yet; waiting for the chat service to create it", "stream", w.cfg.Stream)
+			} else {
+				w.log.WarnContext(ctx, "declare history writer consumer; retrying", "stream", w.cfg.Stream, "err", err)
+			}
+		}
+		if !sleep(ctx, retry.delay()) {
+			return nil, false
+		}
+		retry.grow()
+	}
+}
+
+// fetch returns up to BatchSize messages, waiting at most BatchWait to fill
+// the batch. It may return messages and an error together.
+func (w *Writer) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
+	batch, err := cons.Fetch(w.cfg.BatchSize, jetstream.FetchMaxWait(w.cfg.BatchWait))
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil {
+		return msgs, fmt.Errorf("fetch: %w", err)
+	}
+	return msgs, nil
+}
+
+// item is one decoded message of a batch, with its span.
+type item struct {
+	raw  jetstream.Msg
+	msg  history.Message
+	ctx  context.Context
+	span trace.Span
+}
+
+// process stores, acks and publishes one batch. When the store fails, the
+// messages are negatively acked with nakDelay and the error returned.
+func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time.Duration) error {
+	// Past AckWait JetStream redelivers the batch anyway.
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.AckWait)
+	defer cancel()
+
+	items := make([]item, 0, len(raw))
+	links := make([]trace.Link, 0, len(raw))
+	for _, r := range raw {
+		m, err := decode(r)
+		if err != nil {
+			// A message that can never be stored must not block the stream.
+			w.m.terminated.Inc()
+			w.log.ErrorContext(ctx, "malformed stream message terminated", "subject", r.Subject(), "err", err)
+			if err := r.Term(); err != nil {
+				w.log.WarnContext(ctx, "terminate malformed stream message", "subject", r.Subject(), "err", err)
+			}
+			continue
+		}
+		mctx := w.prop.Extract(ctx, natsbus.HeaderCarrier(r.Headers()))
+		links = append(links, trace.LinkFromContext(mctx))
+		items = append(items, item{raw: r, msg: m, ctx: mctx})
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	w.m.batchSize.Observe(float64(len(items)))
+
+	bctx, bspan := w.tracer.Start(ctx, "history write batch",
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.consumer.group.name", w.cfg.Consumer),
+			attribute.Int("messaging.batch.message_count", len(items))))
+	defer bspan.End()
+	// Each message's own trace continues here, linked to the batch.
+	batchLink := trace.LinkFromContext(bctx)
+	msgs := make([]history.Message, len(items))
+	for i := range items {
+		it := &items[i]
+		it.ctx, it.span = w.tracer.Start(it.ctx, "history store message",
+			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(batchLink),
+			trace.WithAttributes(
+				attribute.String("messaging.system", "nats"),
+				attribute.String("messaging.destination.name", it.raw.Subject()),
+				attribute.Int64("chat.id", it.msg.ChatID)))
+		msgs[i] = it.msg
+	}
+	defer func() {
+		for _, it := range items {
+			it.span.End()
+		}
+	}()
+
+	start := time.Now()
+	stored, err := w.store.StoreBatch(bctx, msgs)
+	if err != nil {
+		w.m.failedBatches.Inc()
+		bspan.RecordError(err)
+		bspan.SetStatus(codes.Error, "store batch failed")
+		for _, it := range items {
+			it.span.SetStatus(codes.Error, "store batch failed")
+			if err := it.raw.NakWithDelay(nakDelay); err != nil {
+				// Without the nak, AckWait brings the message back.
+				w.log.DebugContext(it.ctx, "nak stream message", "err", err)
+			}
+		}
+		w.log.ErrorContext(bctx, "store batch failed; its messages will be redelivered",
+			"messages", len(items), "redeliver_in", nakDelay, "err", err)
+		return err
+	}
+	w.m.commitSeconds.Observe(time.Since(start).Seconds())
+
+	// Committed: now ack. Ack does not wait for the server's confirmation
+	// (AckSync would cost a round trip per message). An ack that is lost
+	// only brings the message back after AckWait, and the store then finds
+	// it stored and returns its original sequence number.
+	var ackErr error
+	for _, it := range items {
+		if err := it.raw.Ack(); err != nil && ackErr == nil {
+			ackErr = err
+		}
+	}
+	if ackErr != nil {
+		w.log.WarnContext(bctx, "ack stored messages; they will be redelivered and found stored", "err", ackErr)
+	}
+
+	// Publish every stored message, duplicates included: a retrying sender
+	// learns its message's original sequence number from it.
+	events := make([]Event, len(stored))
+	dups := 0
+	for i, s := range stored {
+		it := items[i]
+		it.span.SetAttributes(attribute.Int64("chat.seq", s.Seq), attribute.Bool("history.duplicate", s.Duplicate))
+		carrier := propagation.MapCarrier{}
+		w.prop.Inject(it.ctx, carrier)
+		events[i] = Event{Message: s.Message, Trace: carrier}
+		if s.Duplicate {
+			dups++
+		}
+	}
+	w.m.stored.Add(float64(len(stored) - dups))
+	w.m.duplicates.Add(float64(dups))
+	if err := w.pub.Publish(bctx, events); err != nil {
+		w.m.fanoutErrors.Inc()
+		bspan.RecordError(err)
+		w.log.WarnContext(bctx, "publish stored messages for fanout; clients fill the gap from history",
+			"messages", len(events), "err", err)
+	}
+	return nil
+}
+
+// decode reads a stream message. A message it rejects can never be stored.
+func decode(r jetstream.Msg) (history.Message, error) {
+	var sm busapi.StreamMessage
+	if err := json.Unmarshal(r.Data(), &sm); err != nil {
+		return history.Message{}, fmt.Errorf("decode stream message: %w", err)
+	}
+	if sm.ChatID <= 0 || sm.ClientMsgID == "" {
+		return history.Message{}, errors.New("stream message lacks chat_id or client_msg_id")
+	}
+	sentAt := sm.AcceptedAt
+	if sentAt.IsZero() {
+		if md, err := r.Metadata(); err == nil {
+			sentAt = md.Timestamp
+		}
+	}
+	return history.Message{
+		ChatID: sm.ChatID, SenderID: sm.SenderID, Sender: sm.Sender,
+		ClientMsgID: sm.ClientMsgID, Text: sm.Text, SentAt: sentAt,
+	}, nil
+}
+
+// backoff is a doubling delay between min and max.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) delay() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	}
+	return b.cur
+}
+
+func (b *backoff) grow()  { b.cur = min(2*b.delay(), b.max) }
+func (b *backoff) reset() { b.cur = b.min }
+
+// sleep waits d, reporting false when ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,501 @@
+package writer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/fanout"
+	"github.com/communications/communications/libs/pgdb"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/libs/testenv"
+	"github.com/communications/communications/services/history/internal/fanoutpub"
+	"github.com/communications/communications/services/history/internal/history"
+	"github.com/communications/communications/services/history/internal/msgstore"
+	"github.com/communications/communications/services/history/internal/streamtest"
+	"github.com/communications/communications/services/history/internal/writer"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+const waitFor = 20 * time.Second
+
+// env is one test's infrastructure: NATS with the message stream's names,
+// a migrated database and a Redis prefix.
+type env struct {
+	natsURL     string
+	subj        subjects.Subjects
+	js          jetstream.JetStream // the test's own connection, for publishing
+	pool        *pgxpool.Pool
+	store       *msgstore.Store
+	rdb         *redis.Client
+	redisPrefix string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	ns := testenv.NATS(t)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 8, noop.NewTracerProvider())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := pgdb.Migrate(ctx, pool, msgstore.Migrations(), msgstore.MigrationTable, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	redisURL, prefix := testenv.Redis(t)
+	ropts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(ropts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return &env{
+		natsURL: ns.ClientURL(), subj: subj, js: streamtest.Connect(t, ns.ClientURL()),
+		pool: pool, store: msgstore.New(pool), rdb: rdb, redisPrefix: strings.TrimSuffix(prefix, ":"),
+	}
+}
+
+// writerOpts vary a test writer.
+type writerOpts struct {
+	store     writer.Store // default: the env's store
+	batchSize int
+	tp        trace.TracerProvider
+	log       io.Writer
+}
+
+// startWriter runs a writer on its own NATS connection until the test ends
+// and returns its metrics registry.
+func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
+	t.Helper()
+	if o.store == nil {
+		o.store = e.store
+	}
+	if o.tp == nil {
+		o.tp = noop.NewTracerProvider()
+	}
+	if o.log == nil {
+		o.log = t.Output()
+	}
+	reg := prometheus.NewRegistry()
+	w, err := writer.New(streamtest.Connect(t, e.natsURL), o.store, fanoutpub.New(e.rdb, e.redisPrefix), writer.Config{
+		Stream: e.subj.MessagesStream(), Consumer: e.subj.HistoryWriterConsumer(),
+		BatchSize: o.batchSize, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+	}, slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelWarn})), o.tp, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("writer: %v", err)
+			}
+		case <-time.After(waitFor):
+			t.Error("writer did not stop")
+		}
+	})
+	return reg
+}
+
+// event is one fanout publication, decoded.
+type event struct {
+	msg   protocol.Message
+	trace map[string]string
+}
+
+// subscribe subscribes to the fanout channels of chats and returns their
+// messages.
+func (e *env) subscribe(t *testing.T, chats ...int64) <-chan *redis.Message {
+	t.Helper()
+	ctx := context.Background()
+	chans := make([]string, len(chats))
+	for i, c := range chats {
+		chans[i] = fanout.Channel(e.redisPrefix, c)
+	}
+	sub := e.rdb.Subscribe(ctx, chans...)
+	t.Cleanup(func() { _ = sub.Close() })
+	for range chans {
+		if _, err := sub.Receive(ctx); err != nil {
+			t.Fatalf("subscribe: %v", err)
+		}
+	}
+	return sub.Channel(redis.WithChannelSize(10000))
+}
+
+// collect receives n events from ch, failing the test at the deadline.
+func (e *env) collect(t *testing.T, ch <-chan *redis.Message, n int) []event {
+	t.Helper()
+	deadline := time.After(waitFor)
+	out := make([]event, 0, n)
+	for len(out) < n {
+		select {
+		case rm := <-ch:
+			var env fanout.Envelope
+			var ev event
+			if err := json.Unmarshal([]byte(rm.Payload), &env); err != nil {
+				t.Fatalf("decode envelope: %v", err)
+			}
+			if err := json.Unmarshal(env.Event, &ev.msg); err != nil {
+				t.Fatalf("decode event: %v", err)
+			}
+			if rm.Channel != fanout.Channel(e.redisPrefix, ev.msg.ChatID) {
+				t.Errorf("event of chat %d on channel %s", ev.msg.ChatID, rm.Channel)
+			}
+			ev.trace = env.Trace
+			out = append(out, ev)
+		case <-deadline:
+			t.Fatalf("received %d of %d fanout events", len(out), n)
+		}
+	}
+	return out
+}
+
+func (e *env) waitDrained(t *testing.T) {
+	t.Helper()
+	testenv.Eventually(t, waitFor, func() bool {
+		ok, err := streamtest.Drained(context.Background(), e.js, e.subj)
+		return err == nil && ok
+	}, "consumer has messages pending or unacked")
+}
+
+func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if h := m.GetHistogram(); h != nil {
+			return float64(h.GetSampleCount())
+		}
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+var sentAt = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+
+func streamMsg(chat, sender int64, client, text string) busapi.StreamMessage {
+	return busapi.StreamMessage{ChatID: chat, SenderID: sender, Sender: fmt.Sprintf("user%d", sender), ClientMsgID: client, Text: text, AcceptedAt: sentAt}
+}
+
+func TestWriterNumbersChatsInStreamOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	recorder := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recorder))
+	events := e.subscribe(t, 1, 2, 3)
+
+	// 60 messages over three chats, interleaved, each sent under its own
+	// trace, all in the stream before the writer starts: one batch.
+	type sent struct {
+		msg  busapi.StreamMessage
+		span trace.SpanContext
+	}
+	var all []sent
+	wantSeq := map[string]int64{}
+	next := map[int64]int64{}
+	for i := range 60 {
+		chat := int64(i%3 + 1)
+		if i%7 == 0 {
+			chat = 2
+		}
+		m := streamMsg(chat, int64(i%4), fmt.Sprintf("c%d", i), fmt.Sprintf("text %d", i))
+		ctx, span := tp.Tracer("test").Start(context.Background(), "send")
+		streamtest.Publish(ctx, t, e.js, e.subj, m, streamtest.MsgID(m))
+		span.End()
+		next[chat]++
+		wantSeq[m.ClientMsgID] = next[chat]
+		all = append(all, sent{msg: m, span: span.SpanContext()})
+	}
+	reg := e.startWriter(t, writerOpts{tp: tp})
+
+	got := e.collect(t, events, len(all))
+	byClient := map[string]event{}
+	for _, ev := range got {
+		byClient[ev.msg.ClientMsgID] = ev
+	}
+	for _, s := range all {
+		ev, ok := byClient[s.msg.ClientMsgID]
+		if !ok {
+			t.Fatalf("no fanout event for %s", s.msg.ClientMsgID)
+		}
+		want := protocol.Message{
+			Type: protocol.TypeMessage, ChatID: s.msg.ChatID, Seq: wantSeq[s.msg.ClientMsgID], SenderID: s.msg.SenderID,
+			Sender: s.msg.Sender, ClientMsgID: s.msg.ClientMsgID, Text: s.msg.Text, SentAt: sentAt,
+		}
+		if diff := cmp.Diff(want, ev.msg); diff != "" {
+			t.Errorf("event (-want +got):\n%s", diff)
+		}
+		// The fanout event continues the message's trace.
+		sc := trace.SpanContextFromContext(telemetry.Propagator().Extract(context.Background(), propagation.MapCarrier(ev.trace)))
+		if sc.TraceID() != s.span.TraceID() {
+			t.Errorf("event %s has trace %s, want the send's %s", s.msg.ClientMsgID, sc.TraceID(), s.span.TraceID())
+		}
+	}
+	e.waitDrained(t)
+
+	// Stored as published, per chat.
+	for chat, n := range next {
+		msgs, err := e.store.Page(context.Background(), chat, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(msgs)) != n || msgs[0].Seq != 1 || msgs[len(msgs)-1].Seq != n {
+			t.Errorf("chat %d: stored %d messages, want seqs 1..%d", chat, len(msgs), n)
+		}
+	}
+	if got := metric(t, reg, "history_writer_messages_stored_total"); got != 60 {
+		t.Errorf("stored counter = %v, want 60", got)
+	}
+
+	// Spans: one per message, child of the send's span, and the batch
+	// span linked to every message.
+	sendSpans := map[trace.SpanID]bool{}
+	for _, s := range all {
+		sendSpans[s.span.SpanID()] = true
+	}
+	var msgSpans, linked int
+	for _, s := range recorder.Ended() {
+		switch s.Name() {
+		case "history store message":
+			msgSpans++
+			if !sendSpans[s.Parent().SpanID()] || s.Parent().TraceID() != s.SpanContext().TraceID() {
+				t.Errorf("message span %s is not a child of a send span", s.SpanContext().SpanID())
+			}
+		case "history write batch":
+			linked += len(s.Links())
+		}
+	}
+	if msgSpans != 60 || linked != 60 {
+		t.Errorf("%d message spans and %d batch links, want 60 each", msgSpans, linked)
+	}
+}
+
+func TestWriterStoresDuplicatesOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	events := e.subscribe(t, 5)
+	ctx := context.Background()
+
+	// A retry in the same batch: another Nats-Msg-Id, as after the
+	// stream's duplicate window, so the stream keeps both.
+	first := streamMsg(5, 1, "hello", "hello")
+	streamtest.Publish(ctx, t, e.js, e.subj, first, "a")
+	streamtest.Publish(ctx, t, e.js, e.subj, first, "b")
+	reg := e.startWriter(t, writerOpts{})
+	got := e.collect(t, events, 2)
+	for _, ev := range got {
+		if ev.msg.Seq != 1 || ev.msg.Text != "hello" {
+			t.Errorf("event %+v, want seq 1", ev.msg)
+		}
+	}
+
+	// A retry in a later batch, with other text, keeps the original; the
+	// next message is numbered as if there had been no retry.
+	retry := first
+	retry.Text = "changed"
+	streamtest.Publish(ctx, t, e.js, e.subj, retry, "c")
+	e.waitDrained(t)
+	streamtest.Publish(ctx, t, e.js, e.subj, streamMsg(5, 1, "second", "second"), "d")
+	got = e.collect(t, events, 2)
+	if got[0].msg.Seq != 1 || got[0].msg.Text != "hello" || got[1].msg.Seq != 2 || got[1].msg.ClientMsgID != "second" {
+		t.Errorf("events %+v, %+v; want the original with seq 1, then second with seq 2", got[0].msg, got[1].msg)
+	}
+	e.waitDrained(t)
+	var n int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM messages`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("%d messages stored, want 2", n)
+	}
+	if got := metric(t, reg, "history_writer_duplicates_total"); got != 2 {
+		t.Errorf("duplicates counter = %v, want 2", got)
+	}
+}
+
+func TestWriterTerminatesMalformedMessages(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	events := e.subscribe(t, 1)
+	ctx := context.Background()
+	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte("{not json"), "bad-1")
+	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte(`{"chat_id":1}`), "bad-2")
+	streamtest.Publish(ctx, t, e.js, e.subj, streamMsg(1, 1, "ok", "fine"), "ok")
+	reg := e.startWriter(t, writerOpts{})
+	if got := e.collect(t, events, 1); got[0].msg.Seq != 1 || got[0].msg.ClientMsgID != "ok" {
+		t.Errorf("event %+v, want ok with seq 1", got[0].msg)
+	}
+	e.waitDrained(t)
+	if got := metric(t, reg, "history_writer_malformed_messages_total"); got != 2 {
+		t.Errorf("malformed counter = %v, want 2", got)
+	}
+}
+
+// flakyStore fails its first calls.
+type flakyStore struct {
+	writer.Store
+	failures atomic.Int32
+}
+
+func (s *flakyStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
+	if s.failures.Add(-1) >= 0 {
+		return nil, errors.New("database is down")
+	}
+	return s.Store.StoreBatch(ctx, msgs)
+}
+
+func TestWriterRedeliversFailedBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	events := e.subscribe(t, 9)
+	for i := range 5 {
+		streamtest.Publish(context.Background(), t, e.js, e.subj, streamMsg(9, 1, fmt.Sprint(i), fmt.Sprint(i)), fmt.Sprint(i))
+	}
+	store := &flakyStore{Store: e.store}
+	store.failures.Store(2)
+	reg := e.startWriter(t, writerOpts{store: store})
+	for i, ev := range e.collect(t, events, 5) {
+		if ev.msg.Seq != int64(i+1) || ev.msg.ClientMsgID != fmt.Sprint(i) {
+			t.Errorf("event %d: %+v, want seq %d", i, ev.msg, i+1)
+		}
+	}
+	e.waitDrained(t)
+	if got := metric(t, reg, "history_writer_failed_batches_total"); got != 2 {
+		t.Errorf("failed batches = %v, want 2", got)
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestWriterWaitsForTheStream(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	events := e.subscribe(t, 4)
+	var log syncBuffer
+	e.startWriter(t, writerOpts{log: &log})
+	testenv.Eventually(t, waitFor, func() bool {
+		return strings.Contains(log.String(), "message stream does not exist yet")
+	}, "the writer did not report the missing stream")
+
+	streamtest.CreateStream(t, e.js, e.subj)
+	streamtest.Publish(context.Background(), t, e.js, e.subj, streamMsg(4, 1, "x", "late"), "x")
+	if got := e.collect(t, events, 1); got[0].msg.Seq != 1 {
+		t.Errorf("event %+v, want seq 1", got[0].msg)
+	}
+	if n := strings.Count(log.String(), "does not exist yet"); n != 1 {
+		t.Errorf("missing stream logged %d times, want once", n)
+	}
+}
+
+func TestTwoWritersShareTheConsumer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	const publishers, perPublisher, chats = 4, 300, 3
+	regA := e.startWriter(t, writerOpts{batchSize: 25})
+	regB := e.startWriter(t, writerOpts{batchSize: 25})
+
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range perPublisher {
+				m := streamMsg(int64(i%chats+1), int64(p), fmt.Sprintf("p%d-%d", p, i), "x")
+				streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
+				if i%10 == 0 {
+					// A retry past the stream's duplicate window.
+					streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m)+":retry")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	e.waitDrained(t)
+
+	rows, err := e.pool.Query(context.Background(), `SELECT chat_id, count(*), min(seq), max(seq) FROM messages GROUP BY chat_id ORDER BY chat_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	total := int64(0)
+	for rows.Next() {
+		var chat, n, lo, hi int64
+		if err := rows.Scan(&chat, &n, &lo, &hi); err != nil {
+			t.Fatal(err)
+		}
+		if lo != 1 || hi != n {
+			t.Errorf("chat %d: %d messages with seqs %d..%d, want contiguous from 1", chat, n, lo, hi)
+		}
+		total += n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if total != publishers*perPublisher {
+		t.Errorf("stored %d messages, want %d", total, publishers*perPublisher)
+	}
+	a, b := metric(t, regA, "history_writer_messages_stored_total"), metric(t, regB, "history_writer_messages_stored_total")
+	if a+b != publishers*perPublisher || a == 0 || b == 0 {
+		t.Errorf("writers stored %v and %v messages, want both some, %d in all", a, b, publishers*perPublisher)
+	}
+}
