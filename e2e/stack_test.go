@@ -48,6 +48,10 @@ type stack struct {
 	natsURL     string
 	prefix      string // NATS subject prefix
 	spans       *tracetest.InMemoryExporter
+	// stopGateway[i] sends gateway i the shutdown signal; gatewayDone[i]
+	// is closed when its Run has returned.
+	stopGateway []context.CancelFunc
+	gatewayDone []chan struct{}
 }
 
 // newTelemetry gives one service its own tracer provider (so its spans carry
@@ -123,7 +127,14 @@ func startStack(t *testing.T) *stack {
 		})
 		started := make(chan gatewaysvc.Started, 1)
 		tel := newTelemetry(t, "gateway", s.spans)
-		goRun(fmt.Sprintf("gateway-%d", i+1), func() error { return gatewaysvc.Run(ctx, gwCfg, tel, started) })
+		gctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		s.stopGateway = append(s.stopGateway, stop)
+		s.gatewayDone = append(s.gatewayDone, done)
+		goRun(fmt.Sprintf("gateway-%d", i+1), func() error {
+			defer close(done)
+			return gatewaysvc.Run(gctx, gwCfg, tel, started)
+		})
 		select {
 		case st := <-started:
 			s.gateways = append(s.gateways, "http://"+st.HTTPAddr)

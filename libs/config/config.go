@@ -8,6 +8,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -36,7 +37,7 @@ func LoadFrom[T any](prefix string, environ map[string]string) (T, error) {
 		opts.Environment = environ
 	}
 	if err := env.ParseWithOptions(&cfg, opts); err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
+		return cfg, fmt.Errorf("config: %w", nameVariables[T](prefix, err))
 	}
 	if v, ok := any(&cfg).(Validator); ok {
 		if err := v.Validate(); err != nil {
@@ -113,4 +114,25 @@ func redactURL(s string) string {
 		return s
 	}
 	return u.Redacted()
+}
+
+// nameVariables rewrites the parse errors of caarlos0/env, which name the
+// struct field, to name the environment variable the operator set.
+func nameVariables[T any](prefix string, err error) error {
+	agg, ok := errors.AsType[env.AggregateError](err)
+	if !ok {
+		return err
+	}
+	t := reflect.TypeFor[T]()
+	out := make([]error, 0, len(agg.Errors))
+	for _, e := range agg.Errors {
+		if pe, ok := errors.AsType[env.ParseError](e); ok {
+			if f, ok := t.FieldByName(pe.Name); ok && f.Tag.Get("env") != "" {
+				out = append(out, fmt.Errorf("%s%s: %w", prefix, f.Tag.Get("env"), pe.Err))
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
