@@ -1,0 +1,484 @@
+package deploytest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/kustomize/api/krusty"
+	kusttypes "sigs.k8s.io/kustomize/api/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	sigsyaml "sigs.k8s.io/yaml"
+)
+
+// k8sDir is deploy/k8s.
+func k8sDir(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(repoRoot(t), "deploy", "k8s")
+}
+
+// decodeManifests decodes every YAML document of data with client-go's
+// scheme, then again strictly into the same type, so that an unknown or
+// duplicated field fails.
+func decodeManifests(source string, data []byte) ([]runtime.Object, error) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var objs []runtime.Object
+	var errs []error
+	for i := 1; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", source, err)
+		}
+		var probe map[string]any
+		if err := sigsyaml.Unmarshal(doc, &probe); err != nil {
+			errs = append(errs, fmt.Errorf("%s: document %d: %w", source, i, err))
+			continue
+		}
+		if len(probe) == 0 {
+			continue // only comments
+		}
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: document %d: %w", source, i, err))
+			continue
+		}
+		strict := reflect.New(reflect.TypeOf(obj).Elem()).Interface()
+		if err := sigsyaml.UnmarshalStrict(doc, strict); err != nil {
+			errs = append(errs, fmt.Errorf("%s: document %d (%T): %w", source, i, obj, err))
+			continue
+		}
+		objs = append(objs, obj)
+	}
+	return objs, errors.Join(errs...)
+}
+
+// TestK8sFilesDecode decodes every file under deploy/k8s: kustomizations
+// strictly as kustomize's type (with the files they name present), the rest
+// strictly as Kubernetes objects (resources and patches alike).
+func TestK8sFilesDecode(t *testing.T) {
+	t.Parallel()
+	dir := k8sDir(t)
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || (filepath.Ext(p) != ".yaml" && filepath.Ext(p) != ".yml") {
+			return err
+		}
+		n++
+		data := readFile(t, p)
+		if filepath.Base(p) == "kustomization.yaml" {
+			var k kusttypes.Kustomization
+			if err := sigsyaml.UnmarshalStrict(data, &k); err != nil {
+				t.Errorf("%s: %v", p, err)
+				return nil
+			}
+			var refs []string
+			refs = append(refs, k.Resources...)
+			refs = append(refs, k.Components...)
+			for _, patch := range k.Patches {
+				if patch.Path != "" {
+					refs = append(refs, patch.Path)
+				}
+			}
+			for _, ref := range refs {
+				if _, err := os.Stat(filepath.Join(filepath.Dir(p), ref)); err != nil {
+					t.Errorf("%s: %v", p, err)
+				}
+			}
+			return nil
+		}
+		if _, err := decodeManifests(p, data); err != nil {
+			t.Error(err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no YAML under deploy/k8s")
+	}
+}
+
+// kustomizations are the directories kustomize builds: the base and every
+// overlay.
+func kustomizations(t *testing.T) []string {
+	t.Helper()
+	dir := k8sDir(t)
+	dirs := []string{filepath.Join(dir, "base")}
+	overlays, err := filepath.Glob(filepath.Join(dir, "overlays", "*", "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(overlays) == 0 {
+		t.Fatal("no overlay")
+	}
+	for _, o := range overlays {
+		dirs = append(dirs, filepath.Dir(o))
+	}
+	return dirs
+}
+
+// kustomizeBuild runs kustomize build (in-process, offline) on dir.
+func kustomizeBuild(t *testing.T, dir string) []runtime.Object {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	out, err := m.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeManifests("kustomize build "+dir, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+// rendered indexes the objects kustomize rendered.
+type rendered struct {
+	deployments     []*appsv1.Deployment
+	services        []*corev1.Service
+	serviceAccounts map[string]bool
+	configMaps      map[string]*corev1.ConfigMap
+	secrets         map[string]*corev1.Secret
+}
+
+func index(objs []runtime.Object) rendered {
+	r := rendered{serviceAccounts: map[string]bool{}, configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			r.deployments = append(r.deployments, o)
+		case *corev1.Service:
+			r.services = append(r.services, o)
+		case *corev1.ServiceAccount:
+			r.serviceAccounts[o.Name] = true
+		case *corev1.ConfigMap:
+			r.configMaps[o.Name] = o
+		case *corev1.Secret:
+			r.secrets[o.Name] = o
+		}
+	}
+	return r
+}
+
+func TestK8sKustomize(t *testing.T) {
+	t.Parallel()
+	uids := map[string]int64{}
+	for _, svc := range Services {
+		uid, err := imageUID(parseDockerfile(t, svc))
+		if err != nil {
+			t.Fatalf("%s: %v", svc.Dockerfile(), err)
+		}
+		uids[svc.Name] = uid
+	}
+	for _, dir := range kustomizations(t) {
+		rel, _ := filepath.Rel(k8sDir(t), dir)
+		overlay := rel != "base"
+		t.Run(filepath.ToSlash(rel), func(t *testing.T) {
+			t.Parallel()
+			r := index(kustomizeBuild(t, dir))
+			seen := map[string]bool{}
+			for _, d := range r.deployments {
+				checkDeployment(t, r, d, overlay, uids, seen)
+			}
+			for _, svc := range Services {
+				if !seen[svc.Name] {
+					t.Errorf("no Deployment runs %s", svc.Name)
+				}
+			}
+			for _, s := range r.services {
+				checkService(t, r, s)
+			}
+		})
+	}
+}
+
+func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay bool, uids map[string]int64, seen map[string]bool) {
+	where := "Deployment " + d.Name
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("%s: selector %v does not match the template's labels %v", where, d.Spec.Selector, d.Spec.Template.Labels)
+	}
+	pod := d.Spec.Template.Spec
+	if pod.ServiceAccountName == "" || !r.serviceAccounts[pod.ServiceAccountName] {
+		t.Errorf("%s: serviceAccountName %q is not a ServiceAccount of the build", where, pod.ServiceAccountName)
+	}
+	if pod.EnableServiceLinks == nil || *pod.EnableServiceLinks {
+		t.Errorf("%s: enableServiceLinks is not false: service links put <SERVICE>_* variables in the services' prefixes", where)
+	}
+	if len(pod.Containers) != 1 {
+		t.Errorf("%s: %d containers, want 1", where, len(pod.Containers))
+	}
+	for _, c := range pod.Containers {
+		where := where + " container " + c.Name
+		var svc Service
+		found := false
+		for _, s := range Services {
+			if imageName(c.Image) == s.Image() {
+				svc, found = s, true
+			}
+		}
+		if !found {
+			t.Errorf("%s: image %s is none of our services", where, c.Image)
+			continue
+		}
+		seen[svc.Name] = true
+		if overlay {
+			if tag := strings.TrimPrefix(c.Image, imageName(c.Image)); tag == "" || tag == ":latest" {
+				t.Errorf("%s: image %s has no tag", where, c.Image)
+			}
+		}
+		checkSecurity(t, where, pod.SecurityContext, c.SecurityContext, uids[svc.Name])
+		for _, res := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+			if _, ok := c.Resources.Requests[res]; !ok {
+				t.Errorf("%s: no %s request", where, res)
+			}
+			if _, ok := c.Resources.Limits[res]; !ok {
+				t.Errorf("%s: no %s limit", where, res)
+			}
+		}
+
+		// The environment: every variable one the service reads, the whole
+		// configuration valid.
+		env := map[string]string{}
+		for _, e := range c.Env {
+			switch {
+			case e.ValueFrom == nil:
+				env[e.Name] = e.Value
+			case e.ValueFrom.SecretKeyRef != nil:
+				ref := e.ValueFrom.SecretKeyRef
+				s, ok := r.secrets[ref.Name]
+				switch {
+				case ok:
+					v, ok := s.Data[ref.Key]
+					if !ok {
+						t.Errorf("%s: %s: Secret %s has no key %s", where, e.Name, ref.Name, ref.Key)
+					}
+					env[e.Name] = string(v)
+					if v, ok := s.StringData[ref.Key]; ok {
+						env[e.Name] = v
+					}
+				case overlay:
+					t.Errorf("%s: %s: no Secret %s in the overlay", where, e.Name, ref.Name)
+				default:
+					// The base leaves secrets to the cluster's operator.
+					if !svc.Reads(e.Name) {
+						t.Errorf("%s: sets %s, which %s does not read", where, e.Name, svc.Name)
+					}
+				}
+			default:
+				t.Errorf("%s: %s: only values and secretKeyRefs are expected", where, e.Name)
+			}
+		}
+		for _, ef := range c.EnvFrom {
+			switch {
+			case ef.ConfigMapRef != nil:
+				cm, ok := r.configMaps[ef.ConfigMapRef.Name]
+				if !ok {
+					t.Errorf("%s: envFrom: no ConfigMap %s", where, ef.ConfigMapRef.Name)
+					continue
+				}
+				for k, v := range cm.Data {
+					if _, dup := env[ef.Prefix+k]; dup {
+						t.Errorf("%s: %s is set twice", where, ef.Prefix+k)
+					}
+					env[ef.Prefix+k] = v
+				}
+			default:
+				t.Errorf("%s: envFrom: only ConfigMaps are expected", where)
+			}
+		}
+		st, ok := serviceEnv(t, where, svc, env)
+		if !ok {
+			continue
+		}
+		checkPorts(t, where, c, st)
+
+		if svc.Name == "gateway" {
+			checkGatewayTermination(t, where, d, c, st)
+		}
+	}
+}
+
+func checkSecurity(t *testing.T, where string, pod *corev1.PodSecurityContext, c *corev1.SecurityContext, uid int64) {
+	if c == nil {
+		t.Errorf("%s: no securityContext", where)
+		return
+	}
+	if pod == nil {
+		pod = &corev1.PodSecurityContext{}
+	}
+	isTrue := func(b *bool) bool { return b != nil && *b }
+	if !isTrue(c.RunAsNonRoot) && !isTrue(pod.RunAsNonRoot) {
+		t.Errorf("%s: runAsNonRoot is not true", where)
+	}
+	if !isTrue(c.ReadOnlyRootFilesystem) {
+		t.Errorf("%s: readOnlyRootFilesystem is not true", where)
+	}
+	if c.AllowPrivilegeEscalation == nil || *c.AllowPrivilegeEscalation {
+		t.Errorf("%s: allowPrivilegeEscalation is not false", where)
+	}
+	if isTrue(c.Privileged) {
+		t.Errorf("%s: privileged", where)
+	}
+	if c.Capabilities == nil || !slices.Contains(c.Capabilities.Drop, "ALL") || len(c.Capabilities.Add) > 0 {
+		t.Errorf("%s: capabilities do not drop ALL (and add none)", where)
+	}
+	seccomp := c.SeccompProfile
+	if seccomp == nil {
+		seccomp = pod.SeccompProfile
+	}
+	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: seccompProfile is not RuntimeDefault", where)
+	}
+	runAs := c.RunAsUser
+	if runAs == nil {
+		runAs = pod.RunAsUser
+	}
+	if runAs != nil && *runAs != uid {
+		t.Errorf("%s: runAsUser %d, the image's USER is %d", where, *runAs, uid)
+	}
+}
+
+// checkPorts checks that the container's named ports are the ports the
+// service listens on and that the probes reach the debug server.
+func checkPorts(t *testing.T, where string, c corev1.Container, st Settings) {
+	wantPorts := map[string]string{"debug": st.DebugAddr, "http": st.HTTPAddr}
+	got := map[string]int32{}
+	for _, p := range c.Ports {
+		got[p.Name] = p.ContainerPort
+	}
+	for name, addr := range wantPorts {
+		if addr == "" {
+			if _, ok := got[name]; ok {
+				t.Errorf("%s: port %s, but the service has no such listener", where, name)
+			}
+			continue
+		}
+		if !strings.HasPrefix(addr, "0.0.0.0:") && !strings.HasPrefix(addr, ":") {
+			t.Errorf("%s: listens on %s, unreachable from outside the pod", where, addr)
+		}
+		port, err := Port(addr)
+		if err != nil {
+			t.Errorf("%s: %v", where, err)
+			continue
+		}
+		if int(got[name]) != port {
+			t.Errorf("%s: containerPort %s is %d, the service listens on %s", where, name, got[name], addr)
+		}
+		delete(got, name)
+	}
+	for name := range got {
+		t.Errorf("%s: port %q is none of the service's listeners", where, name)
+	}
+
+	debugPort, _ := Port(st.DebugAddr)
+	for _, pr := range []struct {
+		kind  string
+		probe *corev1.Probe
+		path  string
+	}{{"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
+		if pr.probe == nil || pr.probe.HTTPGet == nil {
+			t.Errorf("%s: no HTTP %s probe", where, pr.kind)
+			continue
+		}
+		g := pr.probe.HTTPGet
+		if g.Path != pr.path {
+			t.Errorf("%s: %s probe path %s, want %s", where, pr.kind, g.Path, pr.path)
+		}
+		if resolvePort(c, g.Port) != debugPort {
+			t.Errorf("%s: %s probe port %s is not the debug port %d", where, pr.kind, g.Port.String(), debugPort)
+		}
+	}
+}
+
+// resolvePort returns the number of a probe's or Service's target port.
+func resolvePort(c corev1.Container, p intstr.IntOrString) int {
+	if p.Type == intstr.Int {
+		return p.IntValue()
+	}
+	for _, cp := range c.Ports {
+		if cp.Name == p.StrVal {
+			return int(cp.ContainerPort)
+		}
+	}
+	return -1
+}
+
+// checkGatewayTermination checks the gateway's replicas and that its pods
+// get the time to drain: the preStop sleep, then GATEWAY_SHUTDOWN_TIMEOUT.
+func checkGatewayTermination(t *testing.T, where string, d *appsv1.Deployment, c corev1.Container, st Settings) {
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Errorf("%s: fewer than 2 replicas", where)
+	}
+	var sleep time.Duration
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
+		t.Errorf("%s: no preStop sleep (the image has no shell: use the sleep action)", where)
+	} else {
+		sleep = time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	}
+	grace := 30 * time.Second // Kubernetes' default
+	if g := d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
+	}
+	if grace <= sleep+st.ShutdownTimeout {
+		t.Errorf("%s: terminationGracePeriodSeconds %v, want more than the preStop sleep %v + GATEWAY_SHUTDOWN_TIMEOUT %v",
+			where, grace, sleep, st.ShutdownTimeout)
+	}
+}
+
+// checkService checks that a Service selects exactly one Deployment and
+// targets ports its container has.
+func checkService(t *testing.T, r rendered, s *corev1.Service) {
+	where := "Service " + s.Name
+	if len(s.Spec.Selector) == 0 {
+		t.Errorf("%s: no selector", where)
+		return
+	}
+	sel := labels.SelectorFromSet(s.Spec.Selector)
+	var targets []*appsv1.Deployment
+	for _, d := range r.deployments {
+		if sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+			targets = append(targets, d)
+		}
+	}
+	if len(targets) != 1 {
+		t.Errorf("%s: selector %v selects %d Deployments, want 1", where, s.Spec.Selector, len(targets))
+		return
+	}
+	c := targets[0].Spec.Template.Spec.Containers[0]
+	for _, p := range s.Spec.Ports {
+		target := p.TargetPort
+		if target.Type == intstr.Int && target.IntVal == 0 {
+			target = intstr.FromInt32(p.Port)
+		}
+		if n := resolvePort(c, target); n < 0 || !slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool { return int(cp.ContainerPort) == n }) {
+			t.Errorf("%s: port %s targets %s, which container %s of Deployment %s does not have", where, p.Name, target.String(), c.Name, targets[0].Name)
+		}
+	}
+}
