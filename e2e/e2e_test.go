@@ -6,6 +6,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -95,10 +96,10 @@ func TestOneMessageEndToEnd(t *testing.T) {
 	var page struct {
 		Messages []protocol.Message `json:"messages"`
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool {
+	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
 		err := do(context.Background(), http.MethodGet, s.gateways[1]+"/api/v1/chats/1/messages?limit=10", bob.token, nil, &page)
 		return err == nil && len(page.Messages) == 2
-	}, "history holds 2 messages, has %d", len(page.Messages))
+	}, func() string { return fmt.Sprintf("history holds 2 messages, has %d", len(page.Messages)) })
 	if page.Messages[0].ClientMsgID != "m-1" || page.Messages[1].ClientMsgID != "m-2" {
 		t.Errorf("history order = %q, %q; want m-1, m-2", page.Messages[0].ClientMsgID, page.Messages[1].ClientMsgID)
 	}

@@ -173,12 +173,12 @@ func startStack(t *testing.T) *stack {
 	}
 	for name, probe := range probes {
 		var err error
-		testenv.Eventually(t, 30*time.Second, func() bool {
+		testenv.EventuallyDescribe(t, 30*time.Second, func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			err = probe(ctx)
 			return err == nil
-		}, "%s answers requests (last error: %v)", name, err)
+		}, func() string { return fmt.Sprintf("%s answers requests (last error: %v)", name, err) })
 	}
 	for _, gw := range s.gateways {
 		testenv.Eventually(t, 30*time.Second, func() bool {
@@ -276,11 +276,11 @@ func signUp(t *testing.T, base, username string) *client {
 	ctx := context.Background()
 	const password = "correct horse battery staple"
 	var err error
-	testenv.Eventually(t, 30*time.Second, func() bool {
+	testenv.EventuallyDescribe(t, 30*time.Second, func() bool {
 		err = do(ctx, http.MethodPost, base+"/api/v1/auth/register", "", map[string]string{"username": username, "password": password}, nil)
 		var ae *apiError
 		return err == nil || !(errors.As(err, &ae) && ae.Code == string(protocol.CodeUnavailable))
-	}, "register %s: %v", username, err)
+	}, func() string { return fmt.Sprintf("register %s: %v", username, err) })
 	if err != nil {
 		t.Fatalf("register %s: %v", username, err)
 	}
@@ -364,7 +364,7 @@ func (w *wsConn) send(ev protocol.ClientEvent) {
 func (w *wsConn) waitEvent(match func(map[string]any) bool, what string) map[string]any {
 	w.t.Helper()
 	var found map[string]any
-	testenv.Eventually(w.t, 20*time.Second, func() bool {
+	testenv.EventuallyDescribe(w.t, 20*time.Second, func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		for _, e := range w.events {
@@ -374,7 +374,7 @@ func (w *wsConn) waitEvent(match func(map[string]any) bool, what string) map[str
 			}
 		}
 		return false
-	}, "event %s (connection error: %v)", what, w.closeErr())
+	}, func() string { return fmt.Sprintf("event %s (connection error: %v)", what, w.closeErr()) })
 	return found
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -41,7 +42,7 @@ func TestOneSendIsOneTrace(t *testing.T) {
 	// fanout span ends last, so poll until all are there.
 	want := map[string]bool{"gateway": true, "chat": true, "history": true}
 	var byService map[string][]string
-	testenv.Eventually(t, 10*time.Second, func() bool {
+	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
 		byService = spansOfTrace(s.spans.GetSpans(), root.TraceID())
 		for svc := range want {
 			if len(byService[svc]) == 0 {
@@ -49,7 +50,9 @@ func TestOneSendIsOneTrace(t *testing.T) {
 			}
 		}
 		return contains(byService["gateway"], "fanout deliver")
-	}, "spans of every service in trace %s; have %v", root.TraceID(), byService)
+	}, func() string {
+		return fmt.Sprintf("spans of every service in trace %s; have %v", root.TraceID(), byService)
+	})
 	t.Logf("trace %s: %v", root.TraceID(), byService)
 }
 

@@ -4,7 +4,7 @@
 //
 // Fields use caarlos0/env tags: `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`.
 // A field tagged `secret:"true"` is masked when logged, and a URL with a
-// password has the password masked.
+// password or token has its credentials masked (see Redact).
 package config
 
 import (
@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net/url"
 	"reflect"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v11"
@@ -88,8 +90,10 @@ func LogValue(cfg any) slog.Value {
 			attrs = append(attrs, slog.String(name, mask(fv)))
 		case fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeFor[time.Time]():
 			attrs = append(attrs, slog.Attr{Key: name, Value: LogValue(fv.Interface())})
+		case fv.Type() == reflect.TypeFor[time.Duration]():
+			attrs = append(attrs, slog.String(name, time.Duration(fv.Int()).String()))
 		case fv.Kind() == reflect.String:
-			attrs = append(attrs, slog.String(name, redactURL(fv.String())))
+			attrs = append(attrs, slog.String(name, Redact(fv.String())))
 		default:
 			attrs = append(attrs, slog.Any(name, fv.Interface()))
 		}
@@ -104,17 +108,31 @@ func mask(v reflect.Value) string {
 	return "***"
 }
 
-// redactURL masks the password of a URL; other strings are returned as is.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
+// Redact masks credentials in a connection string: the user information
+// of every URL in a comma-separated list (a password, or a token given as
+// the user, as NATS allows) and the password of a keyword/value DSN
+// ("host=db password=..."). Other strings are returned unchanged.
+func Redact(s string) string {
+	if dsnPassword.MatchString(s) {
+		return dsnPassword.ReplaceAllString(s, "${1}***")
 	}
-	if _, ok := u.User.Password(); !ok {
-		return s
+	parts := strings.Split(s, ",")
+	for i, part := range parts {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil || u.User == nil || u.Scheme == "" {
+			continue
+		}
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx")
+		}
+		parts[i] = u.String()
 	}
-	return u.Redacted()
+	return strings.Join(parts, ",")
 }
+
+var dsnPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('[^']*'|\S+)`)
 
 // nameVariables rewrites the parse errors of caarlos0/env, which name the
 // struct field, to name the environment variable the operator set.

@@ -78,6 +78,9 @@ func TestLogValueMasksSecrets(t *testing.T) {
 			t.Errorf("log line contains secret %q: %s", secret, out)
 		}
 	}
+	if !strings.Contains(out, `"TIMEOUT":"0s"`) {
+		t.Errorf("log line does not show the duration readably: %s", out)
+	}
 	if !strings.Contains(out, `"TOKEN":"***"`) {
 		t.Errorf("log line does not show masked TOKEN: %s", out)
 	}
@@ -89,5 +92,30 @@ func TestNames(t *testing.T) {
 	want := []string{"SVC_URL", "SVC_TOKEN", "SVC_TIMEOUT", "SVC_WORKERS"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("names (-want +got):\n%s", diff)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want string }{
+		{"postgres://u:hunter2@db:5432/x?sslmode=disable", "postgres://u:xxxxx@db:5432/x?sslmode=disable"},
+		{"nats://s3cret@nats:4222", "nats://xxxxx@nats:4222"},
+		{"nats://u:p1@a:4222,nats://u:p2@b:4222", "nats://u:xxxxx@a:4222,nats://u:xxxxx@b:4222"},
+		{"host=db user=u password=hunter2 dbname=x", "host=db user=u password=*** dbname=x"},
+		{"host=db password='hunter 2'", "host=db password=***"},
+		{"redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"},
+		{"127.0.0.1:9090", "127.0.0.1:9090"},
+		{"info", "info"},
+	}
+	for _, tc := range tests {
+		got := Redact(tc.in)
+		if got != tc.want {
+			t.Errorf("Redact(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		for _, secret := range []string{"hunter", "s3cret", "p1@", "p2@"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("Redact(%q) = %q still holds %q", tc.in, got, secret)
+			}
+		}
 	}
 }

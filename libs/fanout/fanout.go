@@ -15,8 +15,16 @@ func Channel(prefix string, chatID int64) string {
 
 // Envelope is the payload published on a chat channel. Event is the
 // protocol event exactly as clients receive it, so a gateway forwards it
-// without re-encoding; Trace carries the W3C trace context of the write.
+// without re-encoding; the other fields let the gateway route it without
+// decoding the event, and Trace carries the W3C trace context of the write.
 type Envelope struct {
-	Trace map[string]string `json:"trace,omitempty"`
-	Event json.RawMessage   `json:"event"`
+	ChatID   int64 `json:"chat_id"`
+	Seq      int64 `json:"seq"`
+	SenderID int64 `json:"sender_id"`
+	// Duplicate marks a message stored earlier and published again
+	// because its sender retried it (or the stream redelivered it). The
+	// gateways deliver it to the sender's connections only.
+	Duplicate bool              `json:"duplicate,omitempty"`
+	Trace     map[string]string `json:"trace,omitempty"`
+	Event     json.RawMessage   `json:"event"`
 }

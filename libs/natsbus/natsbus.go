@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/config"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/telemetry"
 )
@@ -48,7 +50,7 @@ func Connect(url, name string, logger *slog.Logger) (*nats.Conn, error) {
 		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+		return nil, fmt.Errorf("connect nats %s: %w", config.Redact(url), err)
 	}
 	return nc, nil
 }
@@ -154,12 +156,24 @@ func (c *Client) Request(ctx context.Context, subject string, req, resp any) err
 // is logged and answered with protocol.CodeInternal.
 type Handler[Req, Resp any] func(ctx context.Context, req Req) (Resp, error)
 
-// Server answers requests.
+// DefaultConcurrency is how many requests one Server handles at once.
+const DefaultConcurrency = 64
+
+// Server answers requests. nats.go hands a subscription's messages to one
+// goroutine; the server runs each request in a goroutine of its own, at most
+// DefaultConcurrency at a time, so that one slow request does not hold up the
+// others. When all are busy, further messages wait in the subscription's
+// bounded pending buffer.
 type Server struct {
 	nc      *nats.Conn
 	tracer  trace.Tracer
 	logger  *slog.Logger
 	timeout time.Duration
+	slots   chan struct{}
+	running sync.WaitGroup
+
+	mu   sync.Mutex
+	subs []*nats.Subscription
 }
 
 // NewServer returns a server answering on nc. Each request is handled with a
@@ -168,24 +182,78 @@ func NewServer(nc *nats.Conn, tp trace.TracerProvider, logger *slog.Logger, time
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Server{nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus"), logger: logger, timeout: timeout}
+	return &Server{
+		nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus"), logger: logger, timeout: timeout,
+		slots: make(chan struct{}, DefaultConcurrency),
+	}
+}
+
+// Shutdown stops taking requests, lets the requests already received finish
+// and answer, and returns when they have or when ctx ends. Call it before
+// draining or closing the connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	subs := s.subs
+	s.subs = nil
+	s.mu.Unlock()
+	for _, sub := range subs {
+		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			s.logger.Warn("drain subscription", "subject", sub.Subject, "err", err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		// A drained subscription becomes invalid once every message it
+		// had received went to its callback.
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for _, sub := range subs {
+			for sub.IsValid() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+		}
+		s.running.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("requests still running at shutdown: %w", ctx.Err())
+	}
 }
 
 // Handle subscribes h to subject in queue group queue. The subscription ends
 // when the connection is drained or closed.
 func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string, h Handler[Req, Resp]) (*nats.Subscription, error) {
+	handle := func(ctx context.Context, data []byte) (any, error) {
+		var req Req
+		if err := json.Unmarshal(data, &req); err != nil {
+			return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
+		}
+		return h(ctx, req)
+	}
 	sub, err := s.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) {
-		s.serve(ctx, msg, func(ctx context.Context, data []byte) (any, error) {
-			var req Req
-			if err := json.Unmarshal(data, &req); err != nil {
-				return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
-			}
-			return h(ctx, req)
-		})
+		s.slots <- struct{}{}
+		s.running.Add(1)
+		go func() {
+			defer func() {
+				<-s.slots
+				s.running.Done()
+			}()
+			s.serve(ctx, msg, handle)
+		}()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", subject, err)
 	}
+	s.mu.Lock()
+	s.subs = append(s.subs, sub)
+	s.mu.Unlock()
 	return sub, nil
 }
 

@@ -120,3 +120,75 @@ func TestDrain(t *testing.T) {
 		t.Error("connection not closed after Drain")
 	}
 }
+
+// TestShutdownFinishesRequests: requests received before Shutdown are
+// answered; Shutdown returns after them; later requests find no responder.
+func TestShutdownFinishesRequests(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	tp := sdktrace.NewTracerProvider()
+	srv := NewServer(nc, tp, telemetry.NewLogger(io.Discard, 0), 5*time.Second)
+	started := make(chan struct{}, 10)
+	release := make(chan struct{})
+	_, err = Handle(context.Background(), srv, "t.slow", "q", func(ctx context.Context, req echoReq) (echoResp, error) {
+		started <- struct{}{}
+		<-release
+		return echoResp{Said: req.Say}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	client := NewClient(nc, tp)
+	const n = 3
+	results := make(chan error, n)
+	for range n {
+		go func() {
+			var resp echoResp
+			err := client.Request(context.Background(), "t.slow", echoReq{Say: "x"}, &resp)
+			if err == nil && resp.Said != "x" {
+				err = errors.New("wrong answer")
+			}
+			results <- err
+		}()
+	}
+	// All n run at once (they would be serialised without the workers).
+	for range n {
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			t.Fatal("requests were not handled concurrently")
+		}
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- srv.Shutdown(ctx)
+	}()
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) while requests were running", err)
+	default:
+	}
+	close(release)
+	for range n {
+		if err := <-results; err != nil {
+			t.Errorf("request in flight at shutdown: %v", err)
+		}
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	err = client.Request(context.Background(), "t.slow", echoReq{Say: "late"}, nil)
+	if busapi.CodeOf(err) != protocol.CodeUnavailable {
+		t.Errorf("request after shutdown: %v, want unavailable", err)
+	}
+}

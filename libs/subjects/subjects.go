@@ -27,15 +27,21 @@ type Subjects struct {
 	prefix string
 }
 
-// New validates prefix (one or more dot-separated tokens of letters, digits,
-// '-' and '_') and returns a builder for it.
+// New validates prefix (one or more dot-separated tokens of lowercase
+// letters, digits and '-') and returns a builder for it. The narrow alphabet
+// keeps the stream name derived from the prefix unique per prefix.
 func New(prefix string) (Subjects, error) {
 	if prefix == "" {
 		return Subjects{}, fmt.Errorf("subject prefix is empty")
 	}
 	for tok := range strings.SplitSeq(prefix, ".") {
-		if err := ValidToken(tok); err != nil {
-			return Subjects{}, fmt.Errorf("subject prefix %q: %w", prefix, err)
+		if tok == "" {
+			return Subjects{}, fmt.Errorf("subject prefix %q has an empty token", prefix)
+		}
+		for _, r := range tok {
+			if !(r == '-' || (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9')) {
+				return Subjects{}, fmt.Errorf("subject prefix %q: %q is not a lowercase letter, digit or '-'", prefix, r)
+			}
 		}
 	}
 	return Subjects{prefix: prefix}, nil
@@ -91,7 +97,7 @@ func (s Subjects) HistoryPage() string { return s.prefix + ".history.page" }
 
 // MessagesStream is the JetStream stream holding accepted messages.
 func (s Subjects) MessagesStream() string {
-	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(s.prefix)) + "_MESSAGES"
+	return strings.ToUpper(strings.ReplaceAll(s.prefix, ".", "_")) + "_MESSAGES"
 }
 
 // MessagesAll matches every subject of the message stream.

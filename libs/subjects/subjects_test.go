@@ -10,7 +10,9 @@ func TestNew(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "default", prefix: "comms"},
-		{name: "dotted", prefix: "test.run-1_a"},
+		{name: "dotted", prefix: "test.run-1a"},
+		{name: "underscore", prefix: "a_b", wantErr: true},
+		{name: "upper case", prefix: "Comms", wantErr: true},
 		{name: "empty", prefix: "", wantErr: true},
 		{name: "wildcard", prefix: "comms.*", wantErr: true},
 		{name: "tail wildcard", prefix: "a.>", wantErr: true},
@@ -38,7 +40,7 @@ func TestNames(t *testing.T) {
 		{"send", s.ChatSend(), "t1.x-y.chat.send"},
 		{"message", s.Message(42), "t1.x-y.msg.42"},
 		{"all", s.MessagesAll(), "t1.x-y.msg.>"},
-		{"stream", s.MessagesStream(), "T1_X_Y_MESSAGES"},
+		{"stream", s.MessagesStream(), "T1_X-Y_MESSAGES"},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {

@@ -113,8 +113,9 @@ func Postgres(t testing.TB) string {
 	return u.String()
 }
 
-// Redis returns the Redis URL and a key prefix unique to the test. Tests
-// keep all their keys and channels under the prefix.
+// Redis returns the Redis URL and a key prefix unique to the test (letters
+// and digits, no separator). Tests keep all their keys and channels under
+// the prefix.
 func Redis(t testing.TB) (redisURL, prefix string) {
 	t.Helper()
 	u := os.Getenv(EnvRedisURL)
@@ -158,12 +159,19 @@ func NATS(t testing.TB) *natsserver.Server {
 // with msg when timeout passes first.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
+	EventuallyDescribe(t, timeout, cond, func() string { return fmt.Sprintf(msg, args...) })
+}
+
+// EventuallyDescribe is Eventually with a failure message built at the
+// deadline, so that it can show the state the test gave up on.
+func EventuallyDescribe(t testing.TB, timeout time.Duration, cond func() bool, describe func() string) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %s", timeout, fmt.Sprintf(msg, args...))
+			t.Fatalf("condition not met after %s: %s", timeout, describe())
 		}
 		<-tick.C
 	}

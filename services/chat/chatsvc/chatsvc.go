@@ -41,6 +41,9 @@ type Config struct {
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
 }
 
+// TelemetrySettings returns the OTLP endpoint and log level.
+func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) { return c.OTLPEndpoint, c.LogLevel }
+
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
@@ -123,6 +126,11 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		ready.StartDrain()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 		defer cancel()
+		// Requests received so far are answered before the connection
+		// drains.
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("nats requests at shutdown", "err", err)
+		}
 		if err := natsbus.Drain(sctx, nc); err != nil {
 			log.Warn("nats drain", "err", err)
 		}

@@ -50,6 +50,9 @@ type Config struct {
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
 }
 
+// TelemetrySettings returns the OTLP endpoint and log level.
+func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) { return c.OTLPEndpoint, c.LogLevel }
+
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
@@ -127,9 +130,18 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	})
 	gin.SetMode(gin.ReleaseMode)
 	engine := gin.New()
-	httpapi.New(httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies},
+	httpapi.New(log, httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies},
 		up, wss, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
-	httpSrv := &http.Server{Handler: engine, ReadHeaderTimeout: 10 * time.Second}
+	// Hijacked websockets leave these timeouts behind: gorilla clears the
+	// deadlines at the upgrade and the connection sets its own.
+	httpSrv := &http.Server{
+		Handler:           engine,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+	}
 	debug := debugsrv.NewServer(cfg.DebugAddr, ready, tel.Registry)
 
 	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)

@@ -45,9 +45,13 @@ type Config struct {
 	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
 	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"20ms"`
 	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"30s"`
+	PinnedTTL       time.Duration `env:"PINNED_TTL" envDefault:"5s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
 }
+
+// TelemetrySettings returns the OTLP endpoint and log level.
+func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) { return c.OTLPEndpoint, c.LogLevel }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
@@ -72,6 +76,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchWait < time.Millisecond || c.BatchWait > 10*time.Second {
 		errs = append(errs, errors.New("BATCH_WAIT must be 1ms to 10s"))
+	}
+	if c.PinnedTTL < 100*time.Millisecond {
+		errs = append(errs, errors.New("PINNED_TTL must be at least 100ms"))
 	}
 	if c.AckWait < time.Second || c.AckWait <= 2*c.BatchWait {
 		errs = append(errs, errors.New("ACK_WAIT must be at least 1s and more than twice BATCH_WAIT"))
@@ -131,6 +138,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		BatchSize: cfg.BatchSize,
 		BatchWait: cfg.BatchWait,
 		AckWait:   cfg.AckWait,
+		PinnedTTL: cfg.PinnedTTL,
 	}, log, tel.TracerProvider, tel.Registry)
 	if err != nil {
 		return err
@@ -177,6 +185,11 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		case <-writerDone:
 		case <-sctx.Done():
 			log.Warn("history writer did not stop in time")
+		}
+		// Requests received so far are answered before the connection
+		// drains.
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("nats requests at shutdown", "err", err)
 		}
 		if err := natsbus.Drain(sctx, nc); err != nil {
 			log.Warn("nats drain", "err", err)

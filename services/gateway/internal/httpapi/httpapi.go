@@ -3,6 +3,8 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -21,6 +23,9 @@ import (
 
 // SessionCookie is the name of the session cookie.
 const SessionCookie = "session"
+
+// MaxBodyBytes bounds every request body; larger ones get 413.
+const MaxBodyBytes = 64 << 10
 
 // Upstream is what the HTTP API needs from the other services.
 type Upstream interface {
@@ -48,6 +53,7 @@ type Config struct {
 
 // API holds the HTTP handlers.
 type API struct {
+	log        *slog.Logger
 	cfg        Config
 	up         Upstream
 	ws         Websockets
@@ -57,8 +63,43 @@ type API struct {
 }
 
 // New returns the API.
-func New(cfg Config, up Upstream, ws Websockets, ready *debugsrv.Readiness, tp trace.TracerProvider, prop propagation.TextMapPropagator) *API {
-	return &API{cfg: cfg, up: up, ws: ws, ready: ready, tp: tp, propagator: prop}
+func New(log *slog.Logger, cfg Config, up Upstream, ws Websockets, ready *debugsrv.Readiness, tp trace.TracerProvider, prop propagation.TextMapPropagator) *API {
+	return &API{log: log, cfg: cfg, up: up, ws: ws, ready: ready, tp: tp, propagator: prop}
+}
+
+// logErrors logs, once, the internal errors handlers attached to the
+// request; the client only ever sees their code.
+func (a *API) logErrors(c *gin.Context) {
+	c.Next()
+	for _, e := range c.Errors {
+		a.log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "route", c.FullPath(), "status", c.Writer.Status(), "err", e.Err)
+	}
+}
+
+// limitBody caps request bodies at n bytes.
+func limitBody(n int64) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if c.Request.ContentLength > n {
+			fail(c, protocol.CodeRequestTooLarge, fmt.Sprintf("request body larger than %d bytes", n))
+			return
+		}
+		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, n)
+		c.Next()
+	}
+}
+
+// bindJSON decodes the body into v, answering 413 or 400 itself when it
+// cannot.
+func bindJSON(c *gin.Context, v any, what string) bool {
+	if err := c.ShouldBindJSON(v); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			fail(c, protocol.CodeRequestTooLarge, fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes))
+			return false
+		}
+		fail(c, protocol.CodeBadRequest, "body must be JSON with "+what)
+		return false
+	}
+	return true
 }
 
 type errorBody struct {
@@ -82,7 +123,7 @@ func status(code protocol.Code) int {
 		return http.StatusTooManyRequests
 	case protocol.CodeUnavailable:
 		return http.StatusServiceUnavailable
-	case protocol.CodeFrameTooLarge:
+	case protocol.CodeFrameTooLarge, protocol.CodeRequestTooLarge:
 		return http.StatusRequestEntityTooLarge
 	}
 	return http.StatusInternalServerError
@@ -116,8 +157,7 @@ type credentials struct {
 
 func (a *API) register(c *gin.Context) {
 	var req credentials
-	if err := c.ShouldBindJSON(&req); err != nil {
-		fail(c, protocol.CodeBadRequest, "body must be JSON with username and password")
+	if !bindJSON(c, &req, "username and password") {
 		return
 	}
 	u, err := a.up.Register(c.Request.Context(), req.Username, req.Password)
@@ -136,8 +176,7 @@ type loginResponse struct {
 
 func (a *API) login(c *gin.Context) {
 	var req credentials
-	if err := c.ShouldBindJSON(&req); err != nil {
-		fail(c, protocol.CodeBadRequest, "body must be JSON with username and password")
+	if !bindJSON(c, &req, "username and password") {
 		return
 	}
 	s, err := a.up.Login(c.Request.Context(), req.Username, req.Password)

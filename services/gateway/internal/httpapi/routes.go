@@ -11,7 +11,8 @@ import (
 // Routes registers every route of the gateway on r.
 func (a *API) Routes(r *gin.Engine) {
 	r.Use(gin.Recovery(), otelgin.Middleware("gateway",
-		otelgin.WithTracerProvider(a.tp), otelgin.WithPropagators(a.propagator)))
+		otelgin.WithTracerProvider(a.tp), otelgin.WithPropagators(a.propagator)),
+		a.logErrors, limitBody(MaxBodyBytes))
 	r.GET("/healthz", a.healthz)
 	r.GET("/readyz", a.readyz)
 	r.GET("/ws", a.websocket)

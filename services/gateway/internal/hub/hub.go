@@ -27,6 +27,9 @@ import (
 // that cannot take an event disconnects its client.
 type Sink interface {
 	Deliver(event []byte)
+	// UserID is the connection's user; events marked duplicate go to
+	// their sender's connections only.
+	UserID() int64
 }
 
 type channelState struct {
@@ -45,6 +48,11 @@ type Hub struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 
+	// cmdMu orders subscription changes: the decision to subscribe or
+	// unsubscribe a channel and the command sent to Redis happen under it
+	// together, so Redis sees the commands in the order decided.
+	cmdMu sync.Mutex
+	// mu guards the maps; dispatch only needs it for reading.
 	mu       sync.RWMutex
 	chats    map[int64]map[Sink]struct{}
 	channels map[string]*channelState
@@ -84,6 +92,7 @@ func New(ctx context.Context, rdb *redis.Client, prefix string, log *slog.Logger
 func (h *Hub) Join(ctx context.Context, s Sink, chatIDs []int64) error {
 	var newChannels []string
 	var waits []chan struct{}
+	h.cmdMu.Lock()
 	h.mu.Lock()
 	for _, id := range chatIDs {
 		members := h.chats[id]
@@ -103,11 +112,14 @@ func (h *Hub) Join(ctx context.Context, s Sink, chatIDs []int64) error {
 		waits = append(waits, st.confirmed)
 	}
 	h.mu.Unlock()
+	var err error
 	if len(newChannels) > 0 {
-		if err := h.ps.Subscribe(ctx, newChannels...); err != nil {
-			h.Leave(s, chatIDs)
-			return fmt.Errorf("subscribe %d chats: %w", len(newChannels), err)
-		}
+		err = h.ps.Subscribe(ctx, newChannels...)
+	}
+	h.cmdMu.Unlock()
+	if err != nil {
+		h.Leave(s, chatIDs)
+		return fmt.Errorf("subscribe %d chats: %w", len(newChannels), err)
 	}
 	for _, w := range waits {
 		select {
@@ -124,6 +136,8 @@ func (h *Hub) Join(ctx context.Context, s Sink, chatIDs []int64) error {
 // connection needs any more.
 func (h *Hub) Leave(s Sink, chatIDs []int64) {
 	var gone []string
+	h.cmdMu.Lock()
+	defer h.cmdMu.Unlock()
 	h.mu.Lock()
 	for _, id := range chatIDs {
 		members, ok := h.chats[id]
@@ -186,7 +200,7 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 	h.received.Inc()
 	chatID, ok := h.chatOf(m.Channel)
 	var env fanout.Envelope
-	if !ok || json.Unmarshal([]byte(m.Payload), &env) != nil || len(env.Event) == 0 {
+	if !ok || json.Unmarshal([]byte(m.Payload), &env) != nil || len(env.Event) == 0 || env.ChatID != chatID {
 		h.dropped.Inc()
 		h.log.Warn("malformed fanout event", "channel", m.Channel)
 		return
@@ -197,6 +211,11 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 	h.mu.RLock()
 	n := 0
 	for s := range h.chats[chatID] {
+		// A stored message published again for its retrying sender
+		// goes to the sender only: nobody else sees it twice.
+		if env.Duplicate && s.UserID() != env.SenderID {
+			continue
+		}
 		s.Deliver(env.Event)
 		n++
 	}

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -21,9 +22,12 @@ import (
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 type sink struct {
+	user   int64
 	mu     sync.Mutex
 	events []string
 }
+
+func (s *sink) UserID() int64 { return s.user }
 
 func (s *sink) Deliver(ev []byte) {
 	s.mu.Lock()
@@ -37,8 +41,8 @@ func (s *sink) got() []string {
 	return append([]string(nil), s.events...)
 }
 
-func TestFanout(t *testing.T) {
-	t.Parallel()
+func startHub(t *testing.T) (*Hub, *redis.Client, string) {
+	t.Helper()
 	url, prefix := testenv.Redis(t)
 	opts, err := redis.ParseURL(url)
 	if err != nil {
@@ -56,6 +60,23 @@ func TestFanout(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	return h, rdb, prefix
+}
+
+func publishEnvelope(t *testing.T, rdb *redis.Client, prefix string, env fanout.Envelope) {
+	t.Helper()
+	b, err := json.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Publish(context.Background(), fanout.Channel(prefix, env.ChatID), b).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFanout(t *testing.T) {
+	t.Parallel()
+	h, rdb, prefix := startHub(t)
 
 	a, b := &sink{}, &sink{}
 	jctx, jcancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -68,20 +89,14 @@ func TestFanout(t *testing.T) {
 	}
 	publish := func(chat int64, event string) {
 		t.Helper()
-		env, err := json.Marshal(fanout.Envelope{Event: json.RawMessage(event)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rdb.Publish(context.Background(), fanout.Channel(prefix, chat), env).Err(); err != nil {
-			t.Fatal(err)
-		}
+		publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: chat, Event: json.RawMessage(event)})
 	}
 	// Join returned after Redis confirmed the subscriptions, so nothing
 	// published from now on is missed.
 	publish(1, `{"n":1}`)
 	publish(2, `{"n":2}`)
 	publish(3, `{"n":3}`) // nobody local is in chat 3
-	testenv.Eventually(t, 5*time.Second, func() bool { return len(a.got()) == 2 && len(b.got()) == 1 }, "deliveries: a=%v b=%v", a.got(), b.got())
+	testenv.EventuallyDescribe(t, 5*time.Second, func() bool { return len(a.got()) == 2 && len(b.got()) == 1 }, func() string { return fmt.Sprintf("deliveries: a=%v b=%v", a.got(), b.got()) })
 	if got := a.got(); got[0] != `{"n":1}` || got[1] != `{"n":2}` {
 		t.Errorf("a got %v, want events 1 then 2 as published", got)
 	}
@@ -90,7 +105,7 @@ func TestFanout(t *testing.T) {
 	h.Leave(a, []int64{1, 2})
 	publish(1, `{"n":4}`)
 	publish(2, `{"n":5}`)
-	testenv.Eventually(t, 5*time.Second, func() bool { return len(b.got()) == 2 }, "b gets event 5: %v", b.got())
+	testenv.EventuallyDescribe(t, 5*time.Second, func() bool { return len(b.got()) == 2 }, func() string { return fmt.Sprintf("b gets event 5: %v", b.got()) })
 	if got := a.got(); len(got) != 2 {
 		t.Errorf("a got %v after leaving, want no more events", got)
 	}
@@ -99,5 +114,56 @@ func TestFanout(t *testing.T) {
 	h.mu.RUnlock()
 	if still {
 		t.Error("chat 1 still subscribed after its last local member left")
+	}
+}
+
+// TestDuplicateGoesToSenderOnly: a message published again because its
+// sender retried reaches only the sender's connections.
+func TestDuplicateGoesToSenderOnly(t *testing.T) {
+	t.Parallel()
+	h, rdb, prefix := startHub(t)
+	sender, senderTab, other := &sink{user: 1}, &sink{user: 1}, &sink{user: 2}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range []*sink{sender, senderTab, other} {
+		if err := h.Join(ctx, s, []int64{7}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: 7, Seq: 1, SenderID: 1, Duplicate: true, Event: json.RawMessage(`{"dup":1}`)})
+	publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: 7, Seq: 2, SenderID: 2, Event: json.RawMessage(`{"new":2}`)})
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return len(sender.got()) == 2 && len(senderTab.got()) == 2 && len(other.got()) == 1
+	}, "deliveries")
+	if got := other.got(); got[0] != `{"new":2}` {
+		t.Errorf("other user got %v, want only the new message", got)
+	}
+}
+
+// TestJoinLeaveChurn: connections joining and leaving one chat
+// concurrently never leave the chat unsubscribed while a member is
+// connected.
+func TestJoinLeaveChurn(t *testing.T) {
+	t.Parallel()
+	h, rdb, prefix := startHub(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for round := range 200 {
+		a, b := &sink{user: 1}, &sink{user: 2}
+		if err := h.Join(ctx, a, []int64{3}); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() { h.Leave(a, []int64{3}) })
+		wg.Go(func() {
+			if err := h.Join(ctx, b, []int64{3}); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		// b is a member: an event published now must reach it.
+		publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: 3, Seq: int64(round), Event: json.RawMessage(`{}`)})
+		testenv.Eventually(t, 5*time.Second, func() bool { return len(b.got()) == 1 }, "round %d: event reaches the member", round)
+		h.Leave(b, []int64{3})
 	}
 }

@@ -48,6 +48,9 @@ func (c *Conn) Deliver(event []byte) {
 	}
 }
 
+// UserID returns the connection's user.
+func (c *Conn) UserID() int64 { return c.user.ID }
+
 // Close starts closing the connection with code: the writer sends a close
 // frame and closes the socket. It is safe to call more than once.
 func (c *Conn) Close(code int, text string) {
@@ -128,7 +131,7 @@ func (c *Conn) flush(buf []byte) {
 			buf = append(buf, ev...)
 		default:
 			if len(buf) > 0 {
-				_ = c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+				_ = c.ws.SetWriteDeadline(time.Now().Add(time.Second))
 				_ = c.ws.WriteMessage(websocket.TextMessage, buf)
 			}
 			return

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -116,14 +117,14 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User)
 	cancel()
 	if err != nil {
 		s.log.WarnContext(r.Context(), "list chats for connection", "err", err)
-		http.Error(w, `{"error":{"code":"unavailable","message":"the chat service did not answer"}}`, http.StatusServiceUnavailable)
+		writeError(w, protocol.CodeUnavailable, "the chat service did not answer")
 		return
 	}
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
-		http.Error(w, `{"error":{"code":"unavailable","message":"gateway is shutting down; reconnect"}}`, http.StatusServiceUnavailable)
+		writeError(w, protocol.CodeUnavailable, "gateway is shutting down; reconnect")
 		return
 	}
 	wsConn, err := s.upgrader.Upgrade(w, r, nil)
@@ -147,6 +148,8 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User)
 		defer close(done)
 		c.writeLoop()
 	}()
+	// hello is queued first, so it is the first event the client reads.
+	c.deliverJSON(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: chats})
 	jctx, cancel := context.WithTimeout(s.base, 10*time.Second)
 	err = s.hub.Join(jctx, c, chats)
 	cancel()
@@ -157,7 +160,6 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User)
 		return
 	}
 	defer s.hub.Leave(c, chats)
-	c.deliverJSON(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: chats})
 	c.readLoop(s.base)
 	c.Close(websocket.CloseNormalClosure, "")
 	<-done
@@ -224,10 +226,34 @@ func (s *Server) Drain(ctx context.Context, batch int, interval time.Duration) {
 	for s.Count() > 0 {
 		select {
 		case <-ctx.Done():
+			// Out of time: cut the sockets of the connections still
+			// closing (a client not reading its close frame), so that
+			// their goroutines end before NATS and Redis go away.
+			s.mu.Lock()
+			for c := range s.conns {
+				_ = c.ws.NetConn().Close()
+			}
+			s.mu.Unlock()
+			deadline := time.After(2 * time.Second)
+			for s.Count() > 0 {
+				select {
+				case <-deadline:
+					s.cancel()
+					return
+				case <-wait.C:
+				}
+			}
 			s.cancel()
 			return
 		case <-wait.C:
 		}
 	}
 	s.cancel()
+}
+
+// writeError answers a refused upgrade with the API's JSON error body.
+func writeError(w http.ResponseWriter, code protocol.Code, msg string) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": string(code), "message": msg}})
 }

@@ -45,7 +45,10 @@ func (p *Publisher) Publish(ctx context.Context, events []writer.Event) error {
 		if err != nil {
 			return fmt.Errorf("encode message event: %w", err)
 		}
-		payload, err := json.Marshal(fanout.Envelope{Trace: e.Trace, Event: ev})
+		payload, err := json.Marshal(fanout.Envelope{
+			ChatID: m.ChatID, Seq: m.Seq, SenderID: m.SenderID, Duplicate: e.Duplicate,
+			Trace: e.Trace, Event: ev,
+		})
 		if err != nil {
 			return fmt.Errorf("encode fanout envelope: %w", err)
 		}

@@ -38,11 +38,19 @@ type Store interface {
 	StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error)
 }
 
+// priorityGroup is the consumer's one priority group; the replica pinned to
+// it is the only one receiving messages.
+const priorityGroup = "writers"
+
 // Event is a stored message to fan out, with the W3C trace context of its
 // write.
 type Event struct {
 	Message history.Message
 	Trace   map[string]string
+	// Duplicate is true for a message that was already stored (a retry or
+	// a redelivery): it goes back to its sender only, who learns its
+	// original sequence number from it.
+	Duplicate bool
 }
 
 // Publisher fans stored messages out to the gateways. Delivery is at most
@@ -66,8 +74,11 @@ type Config struct {
 	// AckWait is how long JetStream waits for an ack before redelivering;
 	// a batch not stored within it is abandoned. Default 30s.
 	AckWait time.Duration
+	// PinnedTTL is how long the pinned replica may go without pulling
+	// before another replica takes over. Default 5s.
+	PinnedTTL time.Duration
 	// MaxAckPending bounds the messages delivered and not yet acked, over
-	// all replicas. Default 10 x BatchSize.
+	// all replicas. Default 2 x BatchSize.
 	MaxAckPending int
 	// RetryMin and RetryMax bound the backoff after a failure (and the
 	// redelivery delay of a failed batch). Defaults 100ms and 5s.
@@ -85,7 +96,10 @@ func (c *Config) setDefaults() {
 		c.AckWait = 30 * time.Second
 	}
 	if c.MaxAckPending <= 0 {
-		c.MaxAckPending = 10 * c.BatchSize
+		c.MaxAckPending = 2 * c.BatchSize
+	}
+	if c.PinnedTTL <= 0 {
+		c.PinnedTTL = 5 * time.Second
 	}
 	if c.RetryMin <= 0 {
 		c.RetryMin = 100 * time.Millisecond
@@ -197,6 +211,12 @@ func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       w.cfg.AckWait,
 			MaxAckPending: w.cfg.MaxAckPending,
+			// One replica at a time is pinned and receives batches; the
+			// others stand by and take over when it stops pulling for
+			// PinnedTTL. Batches therefore commit in stream order.
+			PriorityPolicy: jetstream.PriorityPolicyPinned,
+			PriorityGroups: []string{priorityGroup},
+			PinnedTTL:      w.cfg.PinnedTTL,
 			// Never give up on a message: it is acked once stored, or
 			// terminated when it cannot be decoded.
 			MaxDeliver: -1,
@@ -228,7 +248,7 @@ func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
 // fetch returns up to BatchSize messages, waiting at most BatchWait to fill
 // the batch. It may return messages and an error together.
 func (w *Writer) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	batch, err := cons.Fetch(w.cfg.BatchSize, jetstream.FetchMaxWait(w.cfg.BatchWait))
+	batch, err := cons.Fetch(w.cfg.BatchSize, jetstream.FetchMaxWait(w.cfg.BatchWait), jetstream.FetchPriorityGroup(priorityGroup))
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
@@ -325,22 +345,10 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 	}
 	w.m.commitSeconds.Observe(time.Since(start).Seconds())
 
-	// Committed: now ack. Ack does not wait for the server's confirmation
-	// (AckSync would cost a round trip per message). An ack that is lost
-	// only brings the message back after AckWait, and the store then finds
-	// it stored and returns its original sequence number.
-	var ackErr error
-	for _, it := range items {
-		if err := it.raw.Ack(); err != nil && ackErr == nil {
-			ackErr = err
-		}
-	}
-	if ackErr != nil {
-		w.log.WarnContext(bctx, "ack stored messages; they will be redelivered and found stored", "err", ackErr)
-	}
-
-	// Publish every stored message, duplicates included: a retrying sender
-	// learns its message's original sequence number from it.
+	// Committed: publish every stored message. Duplicates are marked, so
+	// that gateways send them to their sender only: a retrying sender
+	// learns its message's original sequence number from it, and nobody
+	// else sees the message twice.
 	events := make([]Event, len(stored))
 	dups := 0
 	for i, s := range stored {
@@ -348,7 +356,7 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 		it.span.SetAttributes(attribute.Int64("chat.seq", s.Seq), attribute.Bool("history.duplicate", s.Duplicate))
 		carrier := propagation.MapCarrier{}
 		w.prop.Inject(it.ctx, carrier)
-		events[i] = Event{Message: s.Message, Trace: carrier}
+		events[i] = Event{Message: s.Message, Trace: carrier, Duplicate: s.Duplicate}
 		if s.Duplicate {
 			dups++
 		}
@@ -360,6 +368,22 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 		bspan.RecordError(err)
 		w.log.WarnContext(bctx, "publish stored messages for fanout; clients fill the gap from history",
 			"messages", len(events), "err", err)
+	}
+
+	// Committed and published: now ack, so the next batch (on any replica)
+	// is fetched only after this one's events went out, and fanout follows
+	// sequence order. Ack does not wait for the server's confirmation
+	// (AckSync would cost a round trip per message). An ack that is lost
+	// only brings the message back after AckWait; the store then finds it
+	// stored and returns its original sequence number.
+	var ackErr error
+	for _, it := range items {
+		if err := it.raw.Ack(); err != nil && ackErr == nil {
+			ackErr = err
+		}
+	}
+	if ackErr != nil {
+		w.log.WarnContext(bctx, "ack stored messages; they will be redelivered and found stored", "err", ackErr)
 	}
 	return nil
 }

@@ -91,6 +91,11 @@ type writerOpts struct {
 	batchSize int
 	tp        trace.TracerProvider
 	log       io.Writer
+	pinnedTTL time.Duration
+	// ctx, when set, stops the writer when it ends (else: at test end).
+	ctx context.Context
+	// stopped, when set, is closed once the writer's Run has returned.
+	stopped chan struct{}
 }
 
 // startWriter runs a writer on its own NATS connection until the test ends
@@ -110,13 +115,24 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 	w, err := writer.New(streamtest.Connect(t, e.natsURL), o.store, fanoutpub.New(e.rdb, e.redisPrefix), writer.Config{
 		Stream: e.subj.MessagesStream(), Consumer: e.subj.HistoryWriterConsumer(),
 		BatchSize: o.batchSize, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+		PinnedTTL: o.pinnedTTL,
 	}, slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelWarn})), o.tp, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	parent := o.ctx
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithCancel(parent)
 	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	go func() {
+		err := w.Run(ctx)
+		if o.stopped != nil {
+			close(o.stopped)
+		}
+		done <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -133,8 +149,9 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 
 // event is one fanout publication, decoded.
 type event struct {
-	msg   protocol.Message
-	trace map[string]string
+	msg       protocol.Message
+	trace     map[string]string
+	duplicate bool
 }
 
 // subscribe subscribes to the fanout channels of chats and returns their
@@ -175,7 +192,12 @@ func (e *env) collect(t *testing.T, ch <-chan *redis.Message, n int) []event {
 			if rm.Channel != fanout.Channel(e.redisPrefix, ev.msg.ChatID) {
 				t.Errorf("event of chat %d on channel %s", ev.msg.ChatID, rm.Channel)
 			}
+			if env.ChatID != ev.msg.ChatID || env.Seq != ev.msg.Seq || env.SenderID != ev.msg.SenderID {
+				t.Errorf("envelope routes chat %d seq %d sender %d, event is chat %d seq %d sender %d",
+					env.ChatID, env.Seq, env.SenderID, ev.msg.ChatID, ev.msg.Seq, ev.msg.SenderID)
+			}
 			ev.trace = env.Trace
+			ev.duplicate = env.Duplicate
 			out = append(out, ev)
 		case <-deadline:
 			t.Fatalf("received %d of %d fanout events", len(out), n)
@@ -331,6 +353,9 @@ func TestWriterStoresDuplicatesOnce(t *testing.T) {
 			t.Errorf("event %+v, want seq 1", ev.msg)
 		}
 	}
+	if got[0].duplicate || !got[1].duplicate {
+		t.Errorf("duplicate flags %v, %v; want only the retry marked", got[0].duplicate, got[1].duplicate)
+	}
 
 	// A retry in a later batch, with other text, keeps the original; the
 	// next message is numbered as if there had been no retry.
@@ -342,6 +367,9 @@ func TestWriterStoresDuplicatesOnce(t *testing.T) {
 	got = e.collect(t, events, 2)
 	if got[0].msg.Seq != 1 || got[0].msg.Text != "hello" || got[1].msg.Seq != 2 || got[1].msg.ClientMsgID != "second" {
 		t.Errorf("events %+v, %+v; want the original with seq 1, then second with seq 2", got[0].msg, got[1].msg)
+	}
+	if !got[0].duplicate || got[1].duplicate {
+		t.Errorf("duplicate flags %v, %v; want the retry marked, the new message not", got[0].duplicate, got[1].duplicate)
 	}
 	e.waitDrained(t)
 	var n int
@@ -453,8 +481,13 @@ func TestTwoWritersShareTheConsumer(t *testing.T) {
 	e := newEnv(t)
 	streamtest.CreateStream(t, e.js, e.subj)
 	const publishers, perPublisher, chats = 4, 300, 3
-	regA := e.startWriter(t, writerOpts{batchSize: 25})
-	regB := e.startWriter(t, writerOpts{batchSize: 25})
+	ctxA, stopA := context.WithCancel(context.Background())
+	ctxB, stopB := context.WithCancel(context.Background())
+	defer stopA()
+	defer stopB()
+	stoppedA, stoppedB := make(chan struct{}), make(chan struct{})
+	regA := e.startWriter(t, writerOpts{batchSize: 25, pinnedTTL: time.Second, ctx: ctxA, stopped: stoppedA})
+	regB := e.startWriter(t, writerOpts{batchSize: 25, pinnedTTL: time.Second, ctx: ctxB, stopped: stoppedB})
 
 	var wg sync.WaitGroup
 	for p := range publishers {
@@ -494,8 +527,59 @@ func TestTwoWritersShareTheConsumer(t *testing.T) {
 	if total != publishers*perPublisher {
 		t.Errorf("stored %d messages, want %d", total, publishers*perPublisher)
 	}
-	a, b := metric(t, regA, "history_writer_messages_stored_total"), metric(t, regB, "history_writer_messages_stored_total")
-	if a+b != publishers*perPublisher || a == 0 || b == 0 {
-		t.Errorf("writers stored %v and %v messages, want both some, %d in all", a, b, publishers*perPublisher)
+	// One sender's messages keep their publishing order in every chat,
+	// whichever replica stored them.
+	ordered, err := e.pool.Query(context.Background(), `SELECT chat_id, sender_id, client_msg_id FROM messages ORDER BY chat_id, seq`)
+	if err != nil {
+		t.Fatal(err)
 	}
+	last := map[[2]int64]int{}
+	inversions := 0
+	for ordered.Next() {
+		var chat, sender int64
+		var id string
+		if err := ordered.Scan(&chat, &sender, &id); err != nil {
+			t.Fatal(err)
+		}
+		var p, i int
+		if _, err := fmt.Sscanf(id, "p%d-%d", &p, &i); err != nil {
+			t.Fatalf("client_msg_id %q: %v", id, err)
+		}
+		key := [2]int64{chat, sender}
+		if prev, ok := last[key]; ok && i < prev {
+			inversions++
+		}
+		last[key] = i
+	}
+	if err := ordered.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if inversions > 0 {
+		t.Errorf("%d messages stored before an earlier message of the same sender in the same chat", inversions)
+	}
+	// One replica is pinned and stores everything; the other stands by.
+	a, b := metric(t, regA, "history_writer_messages_stored_total"), metric(t, regB, "history_writer_messages_stored_total")
+	if a+b != publishers*perPublisher || (a != 0 && b != 0) {
+		t.Errorf("writers stored %v and %v messages, want one of them all %d", a, b, publishers*perPublisher)
+	}
+
+	// When the active replica stops, the standby takes over.
+	active, activeStopped, standby := stopA, stoppedA, regB
+	if b > 0 {
+		active, activeStopped, standby = stopB, stoppedB, regA
+	}
+	active()
+	select {
+	case <-activeStopped:
+	case <-time.After(waitFor):
+		t.Fatal("the active writer did not stop")
+	}
+	before := metric(t, standby, "history_writer_messages_stored_total")
+	for i := range 20 {
+		m := streamMsg(1, 99, fmt.Sprintf("after-%d", i), "x")
+		streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
+	}
+	testenv.Eventually(t, waitFor, func() bool {
+		return metric(t, standby, "history_writer_messages_stored_total") == before+20
+	}, "the standby writer stores the messages published after the active one stopped")
 }

@@ -1,0 +1,61 @@
+// Package svcmain is the main function of every service: it reads the
+// service's Config from the environment, sets up telemetry, logs the
+// configuration once with secrets masked, runs the service until SIGINT or
+// SIGTERM, and turns a failure into a log line and exit status 1.
+package svcmain
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/communications/communications/libs/config"
+	"github.com/communications/communications/libs/telemetry"
+)
+
+// Config is what svcmain needs from a service's configuration.
+type Config interface {
+	// TelemetrySettings returns the OTLP endpoint (empty: no export) and
+	// the log level.
+	TelemetrySettings() (otlpEndpoint, logLevel string)
+}
+
+// Main runs a service named name whose environment variables start with
+// prefix and returns the process's exit status. Use it as
+//
+//	func main() { os.Exit(svcmain.Main("chat", chatsvc.EnvPrefix, chatsvc.Run)) }
+func Main[C Config](name, prefix string, run func(context.Context, C, *telemetry.Telemetry) error) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runService(ctx, name, prefix, run); err != nil {
+		slog.New(slog.NewJSONHandler(os.Stderr, nil)).Error(name+" failed", "service", name, "err", err)
+		return 1
+	}
+	return 0
+}
+
+func runService[C Config](ctx context.Context, name, prefix string, run func(context.Context, C, *telemetry.Telemetry) error) error {
+	cfg, err := config.Load[C](prefix)
+	if err != nil {
+		return err
+	}
+	endpoint, level := cfg.TelemetrySettings()
+	tel, err := telemetry.New(ctx, telemetry.Config{ServiceName: name, OTLPEndpoint: endpoint, LogLevel: level}, os.Stdout)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := tel.Shutdown(context.WithoutCancel(ctx)); err != nil {
+			tel.Logger.Warn("telemetry shutdown", "err", err)
+		}
+	}()
+	tel.Logger.Info("config", "config", config.LogValue(cfg))
+	if err := run(ctx, cfg, tel); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	tel.Logger.Info("stopped")
+	return nil
+}
