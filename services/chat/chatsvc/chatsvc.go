@@ -42,7 +42,9 @@ type Config struct {
 }
 
 // TelemetrySettings returns the OTLP endpoint and log level.
-func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) { return c.OTLPEndpoint, c.LogLevel }
+func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) {
+	return c.OTLPEndpoint, c.LogLevel
+}
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
