@@ -20,8 +20,9 @@ import (
 
 // PostgresOptions tunes StartPostgres.
 type PostgresOptions struct {
-	// Ephemeral trades durability for speed (fsync off), for test runs
-	// whose data is thrown away. Default false: durable.
+	// Ephemeral starts from an empty cluster and trades durability for
+	// speed (fsync off), for test runs whose data is thrown away. Default
+	// false: durable, and the cluster in the folder is reused.
 	Ephemeral bool
 	// Log receives the server's output. Default: discarded.
 	Log io.Writer
@@ -96,6 +97,13 @@ func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Post
 			fmt.Fprintf(opts.Notice, "postgres: user postgres cannot reach %s; keeping the data in %s\n", dir, moved)
 		}
 		dir = moved
+	}
+	if opts.Ephemeral {
+		// Throwaway data: start from an empty cluster every time (the
+		// folder may have moved out of the caller's own state folder).
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("postgres data dir: %w", err)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("postgres data dir: %w", err)
