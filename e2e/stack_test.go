@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -124,6 +125,7 @@ func startStack(t *testing.T) *stack {
 		mustDefaults(t, gatewaysvc.EnvPrefix, &gwCfg, map[string]string{
 			"NATS_URL": s.natsURL, "REDIS_URL": redisURL, "REDIS_PREFIX": redisPrefix, "SUBJECT_PREFIX": s.prefix,
 			"HTTP_ADDR": "127.0.0.1:0", "DEBUG_ADDR": "127.0.0.1:0", "SHUTDOWN_TIMEOUT": "10s", "DRAIN_TIMEOUT": "5s",
+			"WEB_DIR": webDir(t),
 		})
 		started := make(chan gatewaysvc.Started, 1)
 		tel := newTelemetry(t, "gateway", s.spans)
@@ -191,6 +193,16 @@ func startStack(t *testing.T) *stack {
 		}, "gateway %s ready", gw)
 	}
 	return s
+}
+
+// webDir is the built web app (scripts/test builds it before the tests).
+func webDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Join("..", "web", "dist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // mustDefaults fills cfg from its env defaults with overrides (keys without
@@ -269,12 +281,15 @@ func do(ctx context.Context, method, url, token string, body, out any) error {
 	return nil
 }
 
+// testPassword is every test user's password.
+const testPassword = "correct horse battery staple"
+
 // signUp registers and logs in a new user through gateway base, retrying
 // while the services behind the gateway are still starting.
 func signUp(t *testing.T, base, username string) *client {
 	t.Helper()
 	ctx := context.Background()
-	const password = "correct horse battery staple"
+	const password = testPassword
 	var err error
 	testenv.EventuallyDescribe(t, 30*time.Second, func() bool {
 		err = do(ctx, http.MethodPost, base+"/api/v1/auth/register", "", map[string]string{"username": username, "password": password}, nil)

@@ -58,4 +58,13 @@ build_devstack() {
 ensure_base() {
 	ensure_go
 	ensure_debian_packages postgresql redis-server
+	if ! command -v npm >/dev/null 2>&1; then
+		ensure_debian_packages nodejs npm
+	fi
+}
+
+# build_web installs the web app's pinned dependencies from its lock file
+# and builds it into web/dist, which the gateways serve.
+build_web() {
+	(cd web && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent build)
 }

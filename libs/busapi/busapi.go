@@ -56,17 +56,85 @@ type LoginRequest struct {
 }
 
 // Session is an open session. Token is secret: it is only ever sent to the
-// user who logged in, never logged.
+// user who logged in, never logged. ID identifies the session without
+// revealing the token (the hex SHA-256 of the token); gateways use it to
+// close a revoked session's websockets.
 type Session struct {
-	Token     string    `json:"token"`
+	Token     string    `json:"token,omitempty"`
+	ID        string    `json:"id"`
 	User      User      `json:"user"`
 	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// SessionRevoked is published on subjects.AuthSessionRevoked at logout.
+type SessionRevoked struct {
+	SessionID string `json:"session_id"`
+	UserID    int64  `json:"user_id"`
+}
+
+// UsersLookupRequest asks the auth service for the users with these
+// usernames (matched regardless of letter case).
+type UsersLookupRequest struct {
+	Usernames []string `json:"usernames"`
+}
+
+// UsersLookup answers a lookup: one user per requested name, in request
+// order. An unknown name fails the whole lookup with code unknown_user
+// naming it.
+type UsersLookup struct {
+	Users []User `json:"users"`
 }
 
 // SessionRequest asks the auth service whom a session token belongs to, or
 // to revoke it (logout).
 type SessionRequest struct {
 	Token string `json:"token"`
+}
+
+// Chat is a chat as clients see it (the protocol's type).
+type Chat = protocol.Chat
+
+// CreateChatRequest creates a chat. The creator is always a member;
+// Members are usernames.
+type CreateChatRequest struct {
+	CreatorID   int64    `json:"creator_id"`
+	CreatorName string   `json:"creator_name"`
+	Name        string   `json:"name"`
+	Description string   `json:"description"`
+	Members     []string `json:"members"`
+}
+
+// UpdateChatRequest edits a chat; nil fields are left alone. Only the
+// creator may edit.
+type UpdateChatRequest struct {
+	ActorID       int64    `json:"actor_id"`
+	ActorName     string   `json:"actor_name"`
+	ChatID        int64    `json:"chat_id"`
+	Name          *string  `json:"name,omitempty"`
+	Description   *string  `json:"description,omitempty"`
+	AddMembers    []string `json:"add_members,omitempty"`
+	RemoveMembers []string `json:"remove_members,omitempty"`
+}
+
+// ChatRequest names a chat and the user asking (get, access).
+type ChatRequest struct {
+	UserID int64 `json:"user_id"`
+	ChatID int64 `json:"chat_id"`
+}
+
+// ChatList is a user's chats, "general" first, then by name.
+type ChatList struct {
+	Chats []Chat `json:"chats"`
+}
+
+// ChatEvent is published on subjects.ChatEvents after a change. Kind is
+// "created", "updated" or "members". Added and Removed are user ids whose
+// membership changed; Chat is the chat after the change.
+type ChatEvent struct {
+	Kind    string  `json:"kind"`
+	Chat    Chat    `json:"chat"`
+	Added   []int64 `json:"added,omitempty"`
+	Removed []int64 `json:"removed,omitempty"`
 }
 
 // UserChatsRequest asks the chat service for a user's chats.

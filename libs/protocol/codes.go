@@ -22,6 +22,11 @@ const (
 	CodeBadCredentials  Code = "bad_credentials"   // unknown user or wrong password
 	CodeFrameTooLarge   Code = "frame_too_large"   // a websocket frame over MaxFrameBytes
 	CodeRequestTooLarge Code = "request_too_large" // an HTTP request body over the limit
+	CodeNameTaken       Code = "name_taken"        // a chat name is taken (regardless of letter case)
+	CodeUnknownUser     Code = "unknown_user"      // a username that does not exist
+	CodeDuplicateMember Code = "duplicate_member"  // the same member listed twice
+	CodeNotCreator      Code = "not_creator"       // only the chat's creator may do this
+	CodeCSRF            Code = "csrf_rejected"     // a cookie-authenticated change from a foreign origin
 )
 
 // Temporary errors: the server could not serve the request now. The same

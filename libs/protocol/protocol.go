@@ -30,6 +30,11 @@ const (
 	TypeMessage = "message" // a stored message of a chat the user is in
 	TypeError   = "error"   // a request failed, or the connection is about to close
 	TypePong    = "pong"    // answer to ping
+	// TypeChat: a chat the user is in was created, renamed, re-described,
+	// or its members changed (also sent when the user is added).
+	TypeChat = "chat"
+	// TypeChatRemoved: the user was removed from a chat.
+	TypeChatRemoved = "chat_removed"
 )
 
 // Limits of the protocol. The gateway enforces them.
@@ -88,6 +93,37 @@ type Message struct {
 	ClientMsgID string    `json:"client_msg_id"`
 	Text        string    `json:"text"`
 	SentAt      time.Time `json:"sent_at"`
+}
+
+// Member is a user in a chat's member list.
+type Member struct {
+	ID       int64  `json:"id"`
+	Username string `json:"username"`
+}
+
+// Chat describes a chat. Members lists the members of a chat with explicit
+// members; a chat every user is in ("general") has Everyone set and no
+// member list.
+type Chat struct {
+	ID          int64     `json:"id"`
+	Name        string    `json:"name"`
+	Description string    `json:"description"`
+	CreatorID   int64     `json:"creator_id,omitempty"`
+	Everyone    bool      `json:"everyone,omitempty"`
+	Members     []Member  `json:"members,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// ChatChanged is the event of type "chat": the chat as it is now.
+type ChatChanged struct {
+	Type string `json:"type"`
+	Chat Chat   `json:"chat"`
+}
+
+// ChatRemoved is the event of type "chat_removed".
+type ChatRemoved struct {
+	Type   string `json:"type"`
+	ChatID int64  `json:"chat_id"`
 }
 
 // Error reports a failed request (ID set) or a connection-level problem.

@@ -79,6 +79,16 @@ func (s Subjects) AuthLogout() string { return s.prefix + ".auth.logout" }
 // AuthSession resolves a session token to its user.
 func (s Subjects) AuthSession() string { return s.prefix + ".auth.session" }
 
+// AuthUsersLookup resolves usernames to users (for the chat service).
+func (s Subjects) AuthUsersLookup() string { return s.prefix + ".auth.users.lookup" }
+
+// Events published by the auth service, received by every gateway (no
+// queue group).
+
+// AuthSessionRevoked announces a session ended by logout: every gateway
+// closes that session's websockets.
+func (s Subjects) AuthSessionRevoked() string { return s.prefix + ".auth.events.session_revoked" }
+
 // Request subjects served by the chat service (queue group QueueChat).
 
 // ChatSend accepts a message: membership check, validation, durable publish.
@@ -86,6 +96,26 @@ func (s Subjects) ChatSend() string { return s.prefix + ".chat.send" }
 
 // ChatUserChats lists the chats a user is a member of.
 func (s Subjects) ChatUserChats() string { return s.prefix + ".chat.userchats" }
+
+// ChatCreate creates a chat.
+func (s Subjects) ChatCreate() string { return s.prefix + ".chat.create" }
+
+// ChatUpdate edits a chat (its creator only).
+func (s Subjects) ChatUpdate() string { return s.prefix + ".chat.update" }
+
+// ChatGet returns one chat to one of its members.
+func (s Subjects) ChatGet() string { return s.prefix + ".chat.get" }
+
+// ChatList returns the chats of a user with their names.
+func (s Subjects) ChatList() string { return s.prefix + ".chat.list" }
+
+// ChatAccess checks that a user may read a chat (before a history read).
+func (s Subjects) ChatAccess() string { return s.prefix + ".chat.access" }
+
+// ChatEvents carries changes of chats (created, renamed, members added or
+// removed), published by the chat service and received by every gateway
+// (no queue group).
+func (s Subjects) ChatEvents() string { return s.prefix + ".chat.events" }
 
 // Request subjects served by the history service (queue group QueueHistory).
 

@@ -117,6 +117,7 @@ func runStack(ctx context.Context, root, natsBin string) error {
 		services = append(services, &service{name: fmt.Sprintf("gateway-%d", i+1), pkg: "gateway", debugPort: ports[5+i], env: map[string]string{
 			"GATEWAY_NATS_URL": nt.URL(), "GATEWAY_REDIS_URL": rd.URL(),
 			"GATEWAY_HTTP_ADDR": addr(port), "GATEWAY_DEBUG_ADDR": addr(ports[5+i]),
+			"GATEWAY_WEB_DIR": filepath.Join(root, "web", "dist"),
 		}})
 	}
 

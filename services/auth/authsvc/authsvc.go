@@ -17,6 +17,7 @@ import (
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/services/auth/internal/accounts"
+	"github.com/communications/communications/services/auth/internal/authevents"
 	"github.com/communications/communications/services/auth/internal/authstore"
 	"github.com/communications/communications/services/auth/internal/natsapi"
 )
@@ -92,7 +93,9 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	}
 	defer nc.Close()
 
-	svc, err := accounts.NewService(authstore.New(pool), accounts.Config{
+	// Events go out on the connection that answers the requests, so an
+	// event reaches NATS before the reply to the request that caused it.
+	svc, err := accounts.NewService(authstore.New(pool), authevents.New(nc, subj), log, accounts.Config{
 		SessionTTL: cfg.SessionTTL, MaxConcurrentHashes: cfg.MaxConcurrentHashes,
 	})
 	if err != nil {

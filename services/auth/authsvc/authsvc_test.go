@@ -3,6 +3,9 @@ package authsvc_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/config"
@@ -145,6 +149,15 @@ func TestRun(t *testing.T) {
 		}
 	}
 
+	// Every gateway subscribes to revoked sessions before any logout.
+	revocations, err := nc.SubscribeSync(subj.AuthSessionRevoked())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
 	var user busapi.User
 	expect("register", request(subj.AuthRegister(), busapi.RegisterRequest{Username: "Alice", Password: "s3cret-pass"}, &user), "")
 	expect("register other case", request(subj.AuthRegister(), busapi.RegisterRequest{Username: "aLiCe", Password: "other-pass"}, nil),
@@ -158,13 +171,51 @@ func TestRun(t *testing.T) {
 	if sess.Token == "" || sess.User != user {
 		t.Fatalf("login gave user %+v and token set %v; want user %+v and a token", sess.User, sess.Token != "", user)
 	}
+	sum := sha256.Sum256([]byte(sess.Token))
+	sessionID := hex.EncodeToString(sum[:])
+	if sess.ID != sessionID {
+		t.Errorf("login gave session id %q, want the hex SHA-256 of the token %q", sess.ID, sessionID)
+	}
 	var looked busapi.Session
 	expect("session", request(subj.AuthSession(), busapi.SessionRequest{Token: sess.Token}, &looked), "")
-	want := busapi.Session{User: busapi.User{ID: user.ID, Username: "Alice"}, ExpiresAt: sess.ExpiresAt}
+	want := busapi.Session{ID: sessionID, User: busapi.User{ID: user.ID, Username: "Alice"}, ExpiresAt: sess.ExpiresAt}
 	if diff := cmp.Diff(want, looked); diff != "" {
 		t.Errorf("session (-want +got):\n%s", diff)
 	}
-	expect("logout", request(subj.AuthLogout(), busapi.SessionRequest{Token: sess.Token}, nil), "")
+
+	// The chat service resolves member names.
+	var bob busapi.User
+	expect("register bob", request(subj.AuthRegister(), busapi.RegisterRequest{Username: "bob", Password: "s3cret-pass"}, &bob), "")
+	var lookup busapi.UsersLookup
+	expect("lookup", request(subj.AuthUsersLookup(), busapi.UsersLookupRequest{Usernames: []string{"BOB", "alice"}}, &lookup), "")
+	if diff := cmp.Diff([]busapi.User{bob, user}, lookup.Users); diff != "" {
+		t.Errorf("lookup (-want +got):\n%s", diff)
+	}
+	expect("lookup unknown", request(subj.AuthUsersLookup(), busapi.UsersLookupRequest{Usernames: []string{"alice", "carol"}}, nil),
+		protocol.CodeUnknownUser)
+
+	// Logout, in a trace of its own: the revocation reaches every
+	// subscriber, carrying that trace.
+	logoutCtx, span := tel.TracerProvider.Tracer("authsvc_test").Start(ctx, "logout")
+	err = c.Request(logoutCtx, subj.AuthLogout(), busapi.SessionRequest{Token: sess.Token}, nil)
+	span.End()
+	if err != nil {
+		t.Fatalf("logout: %v", err)
+	}
+	msg, err := revocations.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no event on %s after logout: %v", subj.AuthSessionRevoked(), err)
+	}
+	var revoked busapi.SessionRevoked
+	if err := json.Unmarshal(msg.Data, &revoked); err != nil {
+		t.Fatalf("event %q: %v", msg.Data, err)
+	}
+	if diff := cmp.Diff(busapi.SessionRevoked{SessionID: sessionID, UserID: user.ID}, revoked); diff != "" {
+		t.Errorf("revocation event (-want +got):\n%s", diff)
+	}
+	if got, want := trace.SpanContextFromContext(natsbus.Extract(ctx, msg)).TraceID(), span.SpanContext().TraceID(); !want.IsValid() || got != want {
+		t.Errorf("revocation event in trace %s, want the logout's trace %s", got, want)
+	}
 	expect("session after logout", request(subj.AuthSession(), busapi.SessionRequest{Token: sess.Token}, nil),
 		protocol.CodeUnauthorized)
 

@@ -20,6 +20,7 @@ import (
 	"github.com/communications/communications/services/chat/internal/chatstore"
 	"github.com/communications/communications/services/chat/internal/msgstream"
 	"github.com/communications/communications/services/chat/internal/natsapi"
+	"github.com/communications/communications/services/chat/internal/userdir"
 )
 
 // EnvPrefix prefixes every environment variable of the service.
@@ -94,7 +95,10 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		return err
 	}
 
-	svc := chats.NewService(chatstore.New(pool), stream)
+	// Member usernames are resolved by the auth service; changes of chats
+	// are announced to the gateways on subjects.ChatEvents.
+	users := userdir.New(natsbus.NewClient(nc, tel.TracerProvider), subj)
+	svc := chats.NewService(chatstore.New(pool), stream, users, natsapi.NewEvents(nc, subj), log)
 	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.

@@ -19,8 +19,10 @@ import (
 	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/services/gateway/internal/busevents"
 	"github.com/communications/communications/services/gateway/internal/httpapi"
 	"github.com/communications/communications/services/gateway/internal/hub"
+	"github.com/communications/communications/services/gateway/internal/ratelimit"
 	"github.com/communications/communications/services/gateway/internal/upstream"
 	"github.com/communications/communications/services/gateway/internal/ws"
 )
@@ -37,6 +39,10 @@ type Config struct {
 	RedisPrefix     string        `env:"REDIS_PREFIX" envDefault:"comms"`
 	SubjectPrefix   string        `env:"SUBJECT_PREFIX" envDefault:"comms"`
 	AllowedOrigins  []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
+	TrustedProxies  []string      `env:"TRUSTED_PROXIES" envSeparator:","`
+	WebDir          string        `env:"WEB_DIR" envDefault:"web/dist"`
+	AuthRatePerAddr int           `env:"AUTH_RATE_PER_ADDRESS" envDefault:"30"`
+	AuthRatePerUser int           `env:"AUTH_RATE_PER_USERNAME" envDefault:"10"`
 	SecureCookies   bool          `env:"SECURE_COOKIES" envDefault:"false"`
 	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"256"`
@@ -66,6 +72,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SendQueue < 1 || c.SendQueue > 1<<16 {
 		errs = append(errs, errors.New("SEND_QUEUE must be 1 to 65536"))
+	}
+	if c.AuthRatePerAddr < 1 || c.AuthRatePerUser < 1 {
+		errs = append(errs, errors.New("AUTH_RATE_PER_ADDRESS and AUTH_RATE_PER_USERNAME must be at least 1 a minute"))
 	}
 	if c.DrainBatch < 1 {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
@@ -130,10 +139,22 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		"nats":  natsbus.Check(nc),
 	})
+	if err := busevents.Subscribe(hubCtx, nc, subj, wss, log, tel.TracerProvider); err != nil {
+		return err
+	}
 	gin.SetMode(gin.ReleaseMode)
 	engine := gin.New()
-	httpapi.New(log, httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies},
-		up, wss, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
+	// Client addresses (for rate limits) come from X-Forwarded-For only
+	// when the request comes through a trusted proxy.
+	if err := engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
+		return fmt.Errorf("TRUSTED_PROXIES: %w", err)
+	}
+	limits := httpapi.Limits{
+		PerAddress:  ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.AuthRatePerAddr),
+		PerUsername: ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.AuthRatePerUser),
+	}
+	httpapi.New(log, httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies, WebDir: cfg.WebDir},
+		up, wss, limits, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
 	// Hijacked websockets leave these timeouts behind: gorilla clears the
 	// deadlines at the upgrade and the connection sets its own.
 	httpSrv := &http.Server{

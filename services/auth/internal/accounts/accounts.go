@@ -8,8 +8,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -26,6 +29,12 @@ var (
 	ErrSessionNotFound = errors.New("session not found")
 	// ErrUserNotFound is returned by a Store for an unknown username.
 	ErrUserNotFound = errors.New("user not found")
+	// ErrUnknownUser is returned by LookupUsers for a name that is no
+	// user's, wrapped in an error whose text is `unknown user "<name>"`.
+	ErrUnknownUser = errors.New("unknown user")
+	// ErrInvalidLookup is returned by LookupUsers for a request of no
+	// names or of more than MaxLookupUsernames.
+	ErrInvalidLookup = errors.New("invalid users lookup")
 	// ErrOverloaded is returned when no password hashing slot freed up
 	// before the request's deadline.
 	ErrOverloaded = errors.New("too many password checks in progress")
@@ -37,6 +46,9 @@ const (
 	MaxUsernameLen = 32  // characters
 	MinPasswordLen = 8   // bytes
 	MaxPasswordLen = 256 // bytes
+
+	// MaxLookupUsernames is the most names one LookupUsers call resolves.
+	MaxLookupUsernames = 100
 )
 
 // tokenBytes is the number of random bytes in a session token.
@@ -49,8 +61,10 @@ type User struct {
 }
 
 // Session is an open session. Token is set only by Login: the service keeps
-// no copy of it.
+// no copy of it. ID names the session without revealing the token: the
+// lowercase hex SHA-256 of the token, which is also what the store keeps.
 type Session struct {
+	ID        string
 	Token     string
 	User      User
 	ExpiresAt time.Time
@@ -71,17 +85,30 @@ type Store interface {
 	// Credentials returns the user whose username equals username ignoring
 	// letter case, or ErrUserNotFound.
 	Credentials(ctx context.Context, username string) (Credentials, error)
+	// Users returns, in any order, the users whose usernames equal one of
+	// usernames ignoring letter case; unknown names are left out.
+	Users(ctx context.Context, usernames []string) ([]User, error)
 	// CreateSession stores a session.
 	CreateSession(ctx context.Context, tokenHash []byte, userID int64, expiresAt time.Time) error
 	// Session returns the session with tokenHash that is neither revoked
-	// nor expired at now, or ErrSessionNotFound.
+	// nor expired at now (its ID and Token left empty), or
+	// ErrSessionNotFound.
 	Session(ctx context.Context, tokenHash []byte, now time.Time) (Session, error)
-	// RevokeSession marks the session with tokenHash revoked at now, or
-	// returns ErrSessionNotFound when no such live session exists.
-	RevokeSession(ctx context.Context, tokenHash []byte, now time.Time) error
+	// RevokeSession marks the session with tokenHash revoked at now and
+	// returns its user's id, or returns ErrSessionNotFound when no such
+	// live session exists. The revocation is committed when it returns.
+	RevokeSession(ctx context.Context, tokenHash []byte, now time.Time) (userID int64, err error)
 	// DeleteExpiredSessions deletes the sessions expired at now
 	// and returns how many.
 	DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error)
+}
+
+// Events announces changes that other services must learn at once.
+// Delivery is at most once.
+type Events interface {
+	// SessionRevoked announces that the session with id, of the user
+	// with userID, was revoked.
+	SessionRevoked(ctx context.Context, id string, userID int64) error
 }
 
 // Config configures a Service. The zero value gives the defaults.
@@ -96,6 +123,8 @@ type Config struct {
 // Service registers users and opens, checks and closes sessions.
 type Service struct {
 	store  Store
+	events Events
+	log    *slog.Logger
 	ttl    time.Duration
 	hashes chan struct{} // semaphore of password hashing slots
 	params params
@@ -105,8 +134,9 @@ type Service struct {
 	now   func() time.Time
 }
 
-// NewService returns a Service on store.
-func NewService(store Store, cfg Config) (*Service, error) {
+// NewService returns a Service on store that announces revoked sessions on
+// events and logs the failures to announce them on log.
+func NewService(store Store, events Events, log *slog.Logger, cfg Config) (*Service, error) {
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = 720 * time.Hour
 	}
@@ -115,6 +145,8 @@ func NewService(store Store, cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		store:  store,
+		events: events,
+		log:    log,
 		ttl:    cfg.SessionTTL,
 		hashes: make(chan struct{}, cfg.MaxConcurrentHashes),
 		params: defaultParams,
@@ -191,8 +223,12 @@ func (s *Service) Login(ctx context.Context, username, password string) (Session
 		return Session{}, fmt.Errorf("login: token: %w", err)
 	}
 	token := base64.RawURLEncoding.EncodeToString(raw)
-	sess := Session{Token: token, User: creds.User, ExpiresAt: s.now().Add(s.ttl).UTC().Truncate(time.Microsecond)}
-	if err := s.store.CreateSession(ctx, tokenHash(token), sess.User.ID, sess.ExpiresAt); err != nil {
+	hash := tokenHash(token)
+	sess := Session{
+		ID: sessionID(hash), Token: token, User: creds.User,
+		ExpiresAt: s.now().Add(s.ttl).UTC().Truncate(time.Microsecond),
+	}
+	if err := s.store.CreateSession(ctx, hash, sess.User.ID, sess.ExpiresAt); err != nil {
 		return Session{}, fmt.Errorf("login: %w", err)
 	}
 	return sess, nil
@@ -204,30 +240,80 @@ func (s *Service) Session(ctx context.Context, token string) (Session, error) {
 	if !wellFormedToken(token) {
 		return Session{}, ErrSessionNotFound
 	}
-	sess, err := s.store.Session(ctx, tokenHash(token), s.now())
+	hash := tokenHash(token)
+	sess, err := s.store.Session(ctx, hash, s.now())
 	if errors.Is(err, ErrSessionNotFound) {
 		return Session{}, ErrSessionNotFound
 	}
 	if err != nil {
 		return Session{}, fmt.Errorf("session: %w", err)
 	}
+	sess.ID = sessionID(hash)
 	return sess, nil
 }
 
 // Logout revokes the session of token, or returns ErrSessionNotFound when it
-// is unknown, expired or already revoked.
+// is unknown, expired or already revoked. Once the revocation is committed
+// it is announced on the service's Events; a failure to announce it is
+// logged, not returned, since every session lookup reads the store anyway.
 func (s *Service) Logout(ctx context.Context, token string) error {
 	if !wellFormedToken(token) {
 		return ErrSessionNotFound
 	}
-	err := s.store.RevokeSession(ctx, tokenHash(token), s.now())
+	hash := tokenHash(token)
+	userID, err := s.store.RevokeSession(ctx, hash, s.now())
 	if errors.Is(err, ErrSessionNotFound) {
 		return ErrSessionNotFound
 	}
 	if err != nil {
 		return fmt.Errorf("logout: %w", err)
 	}
+	id := sessionID(hash)
+	if err := s.events.SessionRevoked(ctx, id, userID); err != nil {
+		s.log.WarnContext(ctx, "announce revoked session", "session_id", id, "user_id", userID, "err", err)
+	}
 	return nil
+}
+
+// LookupUsers returns one user per name, in the order of names, matching
+// names regardless of letter case. It returns an error wrapping
+// ErrInvalidLookup for no names or more than MaxLookupUsernames, and one
+// wrapping ErrUnknownUser, whose text is `unknown user "<name>"`, for the
+// first name that is no user's (an invalid username included).
+func (s *Service) LookupUsers(ctx context.Context, names []string) ([]User, error) {
+	if len(names) == 0 || len(names) > MaxLookupUsernames {
+		return nil, fmt.Errorf("%w: give 1 to %d usernames, not %d", ErrInvalidLookup, MaxLookupUsernames, len(names))
+	}
+	// keys[i] is names[i] in lowercase, or "" when it is not a valid
+	// username and so matches nobody. Usernames are ASCII, so ToLower
+	// folds them as PostgreSQL's lower does.
+	keys := make([]string, len(names))
+	valid := make([]string, 0, len(names))
+	for i, name := range names {
+		if ValidateUsername(name) == nil {
+			keys[i] = strings.ToLower(name)
+			valid = append(valid, name)
+		}
+	}
+	byKey := make(map[string]User, len(valid))
+	if len(valid) > 0 {
+		found, err := s.store.Users(ctx, valid)
+		if err != nil {
+			return nil, fmt.Errorf("lookup users: %w", err)
+		}
+		for _, u := range found {
+			byKey[strings.ToLower(u.Username)] = u
+		}
+	}
+	users := make([]User, len(names))
+	for i, name := range names {
+		u, ok := byKey[keys[i]]
+		if !ok {
+			return nil, fmt.Errorf("%w %q", ErrUnknownUser, name)
+		}
+		users[i] = u
+	}
+	return users, nil
 }
 
 // PruneSessions deletes expired sessions and returns how many.
@@ -282,6 +368,9 @@ func tokenHash(token string) []byte {
 	h := sha256.Sum256([]byte(token))
 	return h[:]
 }
+
+// sessionID is the public name of the session whose token has hash.
+func sessionID(hash []byte) string { return hex.EncodeToString(hash) }
 
 // wellFormedToken reports whether token could have been issued by Login.
 func wellFormedToken(token string) bool {

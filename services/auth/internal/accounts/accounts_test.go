@@ -1,9 +1,14 @@
 package accounts
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,9 +19,10 @@ import (
 
 // memStore is an in-memory Store.
 type memStore struct {
-	mu       sync.Mutex
-	users    []Credentials
-	sessions map[string]*memSession // by token hash
+	mu         sync.Mutex
+	users      []Credentials
+	sessions   map[string]*memSession // by token hash
+	usersCalls int                    // calls of Users
 }
 
 type memSession struct {
@@ -51,6 +57,28 @@ func (m *memStore) Credentials(_ context.Context, username string) (Credentials,
 	return Credentials{}, ErrUserNotFound
 }
 
+func (m *memStore) Users(_ context.Context, usernames []string) ([]User, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.usersCalls++
+	var users []User
+	for _, c := range m.users {
+		for _, name := range usernames {
+			if strings.EqualFold(c.User.Username, name) {
+				users = append(users, c.User)
+				break
+			}
+		}
+	}
+	return users, nil
+}
+
+func (m *memStore) queries() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.usersCalls
+}
+
 func (m *memStore) CreateSession(_ context.Context, tokenHash []byte, userID int64, expiresAt time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -73,15 +101,15 @@ func (m *memStore) Session(_ context.Context, tokenHash []byte, now time.Time) (
 	return Session{User: m.users[s.userID-1].User, ExpiresAt: s.expiresAt}, nil
 }
 
-func (m *memStore) RevokeSession(_ context.Context, tokenHash []byte, now time.Time) error {
+func (m *memStore) RevokeSession(_ context.Context, tokenHash []byte, now time.Time) (int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s, ok := m.live(tokenHash, now)
 	if !ok {
-		return ErrSessionNotFound
+		return 0, ErrSessionNotFound
 	}
 	s.revoked = true
-	return nil
+	return s.userID, nil
 }
 
 func (m *memStore) DeleteExpiredSessions(_ context.Context, now time.Time) (int64, error) {
@@ -97,14 +125,79 @@ func (m *memStore) DeleteExpiredSessions(_ context.Context, now time.Time) (int6
 	return n, nil
 }
 
-func newTestService(t *testing.T, cfg Config) (*Service, *memStore) {
+// revoked is one announcement of a revoked session.
+type revoked struct {
+	ID     string
+	UserID int64
+}
+
+// memEvents records the events announced, or fails with err.
+type memEvents struct {
+	mu      sync.Mutex
+	err     error
+	revoked []revoked
+}
+
+func (e *memEvents) SessionRevoked(_ context.Context, id string, userID int64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return e.err
+	}
+	e.revoked = append(e.revoked, revoked{ID: id, UserID: userID})
+	return nil
+}
+
+func (e *memEvents) take() []revoked {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.revoked
+	e.revoked = nil
+	return r
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testService is a Service on an in-memory store with its events and log.
+type testService struct {
+	*Service
+	store  *memStore
+	events *memEvents
+	logs   *lockedBuffer
+}
+
+func newTestService(t *testing.T, cfg Config) testService {
 	t.Helper()
-	store := newMemStore()
-	svc, err := NewService(store, cfg)
+	ts := testService{store: newMemStore(), events: &memEvents{}, logs: &lockedBuffer{}}
+	log := slog.New(slog.NewTextHandler(ts.logs, nil))
+	svc, err := NewService(ts.store, ts.events, log, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return svc, store
+	ts.Service = svc
+	return ts
+}
+
+// hexSHA256 is the expected session id of token, computed independently.
+func hexSHA256(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
 }
 
 func TestValidateUsername(t *testing.T) {
@@ -174,7 +267,8 @@ func TestValidatePassword(t *testing.T) {
 func TestRegisterAndLogin(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	svc, store := newTestService(t, Config{SessionTTL: time.Hour})
+	svc := newTestService(t, Config{SessionTTL: time.Hour})
+	store := svc.store
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	svc.now = func() time.Time { return now }
 
@@ -225,7 +319,7 @@ func TestRegisterAndLogin(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		want := Session{Token: sess.Token, User: alice, ExpiresAt: now.Add(time.Hour)}
+		want := Session{ID: hexSHA256(sess.Token), Token: sess.Token, User: alice, ExpiresAt: now.Add(time.Hour)}
 		if diff := cmp.Diff(want, sess); diff != "" {
 			t.Errorf("Login %s (-want +got):\n%s", tc.name, diff)
 		}
@@ -238,7 +332,8 @@ func TestRegisterAndLogin(t *testing.T) {
 func TestSessions(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	svc, store := newTestService(t, Config{SessionTTL: time.Hour})
+	svc := newTestService(t, Config{SessionTTL: time.Hour})
+	store := svc.store
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	svc.now = func() time.Time { return now }
 	alice, err := svc.Register(ctx, "alice", "password-1")
@@ -263,7 +358,7 @@ func TestSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(Session{User: alice, ExpiresAt: now.Add(time.Hour)}, got); diff != "" {
+	if diff := cmp.Diff(Session{ID: hexSHA256(token), User: alice, ExpiresAt: now.Add(time.Hour)}, got); diff != "" {
 		t.Errorf("Session (-want +got):\n%s", diff)
 	}
 
@@ -276,11 +371,17 @@ func TestSessions(t *testing.T) {
 	if err := svc.Logout(ctx, token); err != nil {
 		t.Fatal(err)
 	}
+	if diff := cmp.Diff([]revoked{{ID: hexSHA256(token), UserID: alice.ID}}, svc.events.take()); diff != "" {
+		t.Errorf("events of logout (-want +got):\n%s", diff)
+	}
 	if _, err := svc.Session(ctx, token); !errors.Is(err, ErrSessionNotFound) {
 		t.Errorf("Session after logout: error = %v, want %v", err, ErrSessionNotFound)
 	}
 	if err := svc.Logout(ctx, token); !errors.Is(err, ErrSessionNotFound) {
 		t.Errorf("second Logout: error = %v, want %v", err, ErrSessionNotFound)
+	}
+	if got := svc.events.take(); len(got) != 0 {
+		t.Errorf("a refused logout announced %v", got)
 	}
 
 	expiring := login()
@@ -305,7 +406,7 @@ func TestSessions(t *testing.T) {
 // request's deadline.
 func TestHashSlots(t *testing.T) {
 	t.Parallel()
-	svc, _ := newTestService(t, Config{MaxConcurrentHashes: 1})
+	svc := newTestService(t, Config{MaxConcurrentHashes: 1})
 	if _, err := svc.Register(context.Background(), "alice", "password-1"); err != nil {
 		t.Fatal(err)
 	}
@@ -338,5 +439,101 @@ func TestHashSlots(t *testing.T) {
 	<-svc.hashes
 	if _, err := svc.Login(context.Background(), "alice", "password-1"); err != nil {
 		t.Errorf("login with a free slot: %v", err)
+	}
+}
+
+// TestLogoutAnnounceFails checks that a logout whose announcement fails is
+// still a logout: the session is revoked, the caller gets nil, and the
+// failure is logged without the token.
+func TestLogoutAnnounceFails(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	svc := newTestService(t, Config{})
+	svc.events.err = errors.New("nats: connection closed")
+	if _, err := svc.Register(ctx, "alice", "password-1"); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := svc.Login(ctx, "alice", "password-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Logout(ctx, sess.Token); err != nil {
+		t.Fatalf("Logout with failing events: %v, want nil", err)
+	}
+	if _, err := svc.Session(ctx, sess.Token); !errors.Is(err, ErrSessionNotFound) {
+		t.Errorf("Session after logout: error = %v, want %v", err, ErrSessionNotFound)
+	}
+	logs := svc.logs.String()
+	if !strings.Contains(logs, "connection closed") || !strings.Contains(logs, sess.ID) {
+		t.Errorf("log %q does not report the failure with the session id", logs)
+	}
+	if strings.Contains(logs, sess.Token) {
+		t.Errorf("log %q holds the token", logs)
+	}
+}
+
+func TestLookupUsers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	svc := newTestService(t, Config{})
+	var users []User
+	for _, name := range []string{"Alice", "bob", "Carol.C"} {
+		u, err := svc.Register(ctx, name, "password-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, u)
+	}
+	alice, bob, carol := users[0], users[1], users[2]
+
+	tests := []struct {
+		name      string
+		names     []string
+		want      []User
+		wantErr   error
+		wantText  string
+		wantQuery bool // the store is asked, once
+	}{
+		{name: "one", names: []string{"bob"}, want: []User{bob}, wantQuery: true},
+		{name: "request order", names: []string{"Carol.C", "bob", "Alice"}, want: []User{carol, bob, alice}, wantQuery: true},
+		{name: "any letter case", names: []string{"aLiCe", "BOB", "carol.c"}, want: []User{alice, bob, carol}, wantQuery: true},
+		{name: "repeated", names: []string{"bob", "Bob"}, want: []User{bob, bob}, wantQuery: true},
+		{name: "the most", names: slices.Repeat([]string{"bob"}, MaxLookupUsernames), want: slices.Repeat([]User{bob}, MaxLookupUsernames), wantQuery: true},
+		{name: "unknown", names: []string{"alice", "Dave", "eve"}, wantErr: ErrUnknownUser,
+			wantText: `unknown user "Dave"`, wantQuery: true},
+		{name: "invalid name", names: []string{"alice", "a b", "Dave"}, wantErr: ErrUnknownUser,
+			wantText: `unknown user "a b"`, wantQuery: true},
+		{name: "empty name", names: []string{""}, wantErr: ErrUnknownUser, wantText: `unknown user ""`},
+		// Go lowercases U+0130 to 'i', so this would be "alice".
+		{name: "non-ASCII folding to a user", names: []string{"AL\u0130CE"}, wantErr: ErrUnknownUser,
+			wantText: fmt.Sprintf("unknown user %q", "AL\u0130CE")},
+		{name: "like pattern", names: []string{"b_b"}, wantErr: ErrUnknownUser, wantText: `unknown user "b_b"`, wantQuery: true},
+		{name: "none", names: nil, wantErr: ErrInvalidLookup},
+		{name: "empty", names: []string{}, wantErr: ErrInvalidLookup},
+		{name: "too many", names: slices.Repeat([]string{"bob"}, MaxLookupUsernames+1), wantErr: ErrInvalidLookup},
+	}
+	// The cases share the store and run one at a time, so that each can
+	// count its queries.
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := svc.store.queries()
+			got, err := svc.LookupUsers(ctx, tc.names)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("LookupUsers error = %v, want %v", err, tc.wantErr)
+			}
+			if tc.wantText != "" && err.Error() != tc.wantText {
+				t.Errorf("error text %q, want %q", err.Error(), tc.wantText)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("LookupUsers (-want +got):\n%s", diff)
+			}
+			want := 0
+			if tc.wantQuery {
+				want = 1
+			}
+			if asked := svc.store.queries() - before; asked != want {
+				t.Errorf("the store was asked %d times, want %d", asked, want)
+			}
+		})
 	}
 }

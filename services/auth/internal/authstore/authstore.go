@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -66,6 +67,25 @@ func (s *Store) Credentials(ctx context.Context, username string) (accounts.Cred
 	return c, nil
 }
 
+// Users returns the users whose usernames equal one of usernames ignoring
+// letter case, in one query on the index of lower(username). The usernames
+// are ASCII (the accounts rules), so Go's and PostgreSQL's lowercase agree.
+func (s *Store) Users(ctx context.Context, usernames []string) ([]accounts.User, error) {
+	lower := make([]string, len(usernames))
+	for i, name := range usernames {
+		lower[i] = strings.ToLower(name)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, username FROM users WHERE lower(username) = ANY($1)`, lower)
+	if err != nil {
+		return nil, fmt.Errorf("select users: %w", err)
+	}
+	users, err := pgx.CollectRows(rows, pgx.RowToStructByPos[accounts.User])
+	if err != nil {
+		return nil, fmt.Errorf("select users: %w", err)
+	}
+	return users, nil
+}
+
 // CreateSession inserts a session.
 func (s *Store) CreateSession(ctx context.Context, tokenHash []byte, userID int64, expiresAt time.Time) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3)`,
@@ -94,18 +114,21 @@ func (s *Store) Session(ctx context.Context, tokenHash []byte, now time.Time) (a
 	return sess, nil
 }
 
-// RevokeSession revokes a live session.
-func (s *Store) RevokeSession(ctx context.Context, tokenHash []byte, now time.Time) error {
-	tag, err := s.pool.Exec(ctx, `
+// RevokeSession revokes a live session and returns its user's id. The
+// statement commits on its own.
+func (s *Store) RevokeSession(ctx context.Context, tokenHash []byte, now time.Time) (int64, error) {
+	var userID int64
+	err := s.pool.QueryRow(ctx, `
 		UPDATE sessions SET revoked_at = $2
-		WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2`, tokenHash, now)
+		WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2
+		RETURNING user_id`, tokenHash, now).Scan(&userID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, accounts.ErrSessionNotFound
+	}
 	if err != nil {
-		return fmt.Errorf("revoke session: %w", err)
+		return 0, fmt.Errorf("revoke session: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
-		return accounts.ErrSessionNotFound
-	}
-	return nil
+	return userID, nil
 }
 
 // DeleteExpiredSessions deletes the sessions expired at now.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/pgdb"
@@ -94,6 +95,48 @@ func TestUsers(t *testing.T) {
 	}
 }
 
+func TestLookupUsers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	var users []accounts.User
+	for _, name := range []string{"Alice.B", "bob", "Carol"} {
+		u, err := s.CreateUser(ctx, name, "hash")
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, u)
+	}
+	alice, bob, carol := users[0], users[1], users[2]
+
+	tests := []struct {
+		name      string
+		usernames []string
+		want      []accounts.User
+	}{
+		{name: "as typed", usernames: []string{"Alice.B", "bob"}, want: []accounts.User{alice, bob}},
+		{name: "any letter case", usernames: []string{"ALICE.B", "cArOl"}, want: []accounts.User{alice, carol}},
+		{name: "repeated", usernames: []string{"bob", "BOB"}, want: []accounts.User{bob}},
+		{name: "unknown left out", usernames: []string{"dave", "carol"}, want: []accounts.User{carol}},
+		{name: "none known", usernames: []string{"dave"}},
+		{name: "like pattern", usernames: []string{"b_b", "%"}},
+		{name: "no names", usernames: []string{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := s.Users(ctx, tc.usernames)
+			if err != nil {
+				t.Fatal(err)
+			}
+			byID := func(a, b accounts.User) bool { return a.ID < b.ID }
+			if diff := cmp.Diff(tc.want, got, cmpopts.SortSlices(byID), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("Users(%q) (-want +got):\n%s", tc.usernames, diff)
+			}
+		})
+	}
+}
+
 // TestConcurrentRegistration checks that of many registrations of one name
 // in different letter cases, exactly one wins.
 func TestConcurrentRegistration(t *testing.T) {
@@ -144,8 +187,8 @@ func TestSessions(t *testing.T) {
 	if err := s.CreateSession(ctx, live, alice.ID, now.Add(time.Hour)); err == nil {
 		t.Error("CreateSession with a duplicate token hash succeeded")
 	}
-	if err := s.RevokeSession(ctx, revoked, now); err != nil {
-		t.Fatalf("RevokeSession: %v", err)
+	if userID, err := s.RevokeSession(ctx, revoked, now); err != nil || userID != alice.ID {
+		t.Fatalf("RevokeSession = %d, %v; want %d, nil", userID, err, alice.ID)
 	}
 
 	tests := []struct {
@@ -170,7 +213,7 @@ func TestSessions(t *testing.T) {
 				t.Errorf("Session (-want +got):\n%s", diff)
 			}
 			if tc.wantErr != nil {
-				if err := s.RevokeSession(ctx, tc.hash, now); !errors.Is(err, accounts.ErrSessionNotFound) {
+				if _, err := s.RevokeSession(ctx, tc.hash, now); !errors.Is(err, accounts.ErrSessionNotFound) {
 					t.Errorf("RevokeSession error = %v, want %v", err, accounts.ErrSessionNotFound)
 				}
 			}

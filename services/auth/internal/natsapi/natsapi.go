@@ -58,6 +58,18 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 				}
 				return session(sess), nil
 			})),
+		add(natsbus.Handle(ctx, srv, subj.AuthUsersLookup(), subjects.QueueAuth,
+			func(ctx context.Context, req busapi.UsersLookupRequest) (busapi.UsersLookup, error) {
+				users, err := svc.LookupUsers(ctx, req.Usernames)
+				if err != nil {
+					return busapi.UsersLookup{}, mapError(err)
+				}
+				out := busapi.UsersLookup{Users: make([]busapi.User, len(users))}
+				for i, u := range users {
+					out.Users[i] = user(u)
+				}
+				return out, nil
+			})),
 	)
 	if err != nil {
 		for _, sub := range subs {
@@ -71,7 +83,7 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 func user(u accounts.User) busapi.User { return busapi.User{ID: u.ID, Username: u.Username} }
 
 func session(s accounts.Session) busapi.Session {
-	return busapi.Session{Token: s.Token, User: user(s.User), ExpiresAt: s.ExpiresAt}
+	return busapi.Session{Token: s.Token, ID: s.ID, User: user(s.User), ExpiresAt: s.ExpiresAt}
 }
 
 // mapError is the one place domain errors become protocol codes.
@@ -79,9 +91,13 @@ func mapError(err error) error {
 	switch {
 	case errors.Is(err, accounts.ErrUsernameTaken):
 		return busapi.Errorf(protocol.CodeUsernameTaken, "this username is taken")
-	case errors.Is(err, accounts.ErrInvalidUsername), errors.Is(err, accounts.ErrInvalidPassword):
+	case errors.Is(err, accounts.ErrInvalidUsername), errors.Is(err, accounts.ErrInvalidPassword),
+		errors.Is(err, accounts.ErrInvalidLookup):
 		// The domain's text says what is wrong and holds no secret.
 		return busapi.Errorf(protocol.CodeInvalidInput, err.Error())
+	case errors.Is(err, accounts.ErrUnknownUser):
+		// The domain's text is `unknown user "<name>"`.
+		return busapi.Errorf(protocol.CodeUnknownUser, err.Error())
 	case errors.Is(err, accounts.ErrBadCredentials):
 		return busapi.Errorf(protocol.CodeBadCredentials, "wrong username or password")
 	case errors.Is(err, accounts.ErrSessionNotFound):

@@ -1,35 +1,101 @@
 // Package chats is the chat service's domain: which chats exist, who is in
-// them, and whether a message may be accepted. It owns the permission check
-// for every send.
+// them, who may edit them, and whether a message may be accepted. Every
+// permission on a chat is decided here, by the service that owns the data:
+// membership for every send and read, the creator for every edit.
 package chats
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/communications/communications/libs/protocol"
 )
 
-// Sentinel errors of the domain.
+// Sentinel errors of the domain. Errors refusing a request's content are
+// *RequestError values wrapping one of them, with a message for the client.
 var (
 	ErrChatNotFound   = errors.New("chat not found")
 	ErrNotAMember     = errors.New("not a member of the chat")
 	ErrInvalidMessage = errors.New("invalid message")
+	// ErrNotCreator: only a chat's creator may edit it; nobody may edit a
+	// chat every user is in ("general").
+	ErrNotCreator = errors.New("not the chat's creator")
+	// ErrInvalidInput: a field of a create or edit failed validation.
+	ErrInvalidInput = errors.New("invalid input")
+	// ErrNameTaken: another chat has the name, in any letter case.
+	ErrNameTaken = errors.New("chat name taken")
+	// ErrUnknownUser: a username that is no account.
+	ErrUnknownUser = errors.New("unknown user")
+	// ErrDuplicateMember: one user listed twice in one request.
+	ErrDuplicateMember = errors.New("duplicate member")
 )
+
+// RequestError refuses a request: Err is the sentinel saying why
+// (ErrInvalidInput, ErrUnknownUser, ErrDuplicateMember, ErrNotCreator, ...),
+// Msg says what is wrong in words fit for the client.
+type RequestError struct {
+	Err error
+	Msg string
+}
+
+func (e *RequestError) Error() string { return e.Msg }
+
+// Unwrap returns the sentinel.
+func (e *RequestError) Unwrap() error { return e.Err }
+
+func refuse(kind error, format string, args ...any) error {
+	return &RequestError{Err: kind, Msg: fmt.Sprintf(format, args...)}
+}
 
 // GeneralChatID is the id of the chat "general", which every user is in.
 const GeneralChatID int64 = 1
 
+// Limits of chats, in Unicode code points and usernames.
+const (
+	MaxNameRunes        = 64
+	MaxDescriptionRunes = 500
+	// MaxMembersPerRequest bounds the usernames of one create, and the
+	// added and removed usernames of one edit together.
+	MaxMembersPerRequest = 100
+)
+
 // Chat is a chat's record.
 type Chat struct {
-	ID   int64
-	Name string
-	// Everyone is true for chats every user belongs to ("general").
-	Everyone bool
+	ID          int64
+	Name        string
+	Description string
+	// CreatorID is 0 for chats every user is in.
+	CreatorID int64
+	// Everyone is true for chats every user belongs to ("general"); they
+	// have no member list and nobody may edit them.
+	Everyone  bool
+	CreatedAt time.Time
+	// Members are the explicit members ordered by username (regardless of
+	// letter case), the creator among them; nil for Everyone chats and
+	// when not loaded (Store.Chat).
+	Members []Member
+}
+
+// Member is a user in a chat. Usernames never change, so a membership keeps
+// the username it was added with.
+type Member struct {
+	ID       int64
+	Username string
+}
+
+func (c Chat) hasMember(userID int64) bool {
+	for _, m := range c.Members {
+		if m.ID == userID {
+			return true
+		}
+	}
+	return false
 }
 
 // Message is a message to accept.
@@ -42,15 +108,46 @@ type Message struct {
 	AcceptedAt  time.Time
 }
 
-// Store reads chats and memberships.
+// Change is what an edit changes; nil and empty fields are left alone.
+type Change struct {
+	Name        *string
+	Description *string
+	// Add are users to add who are not members yet.
+	Add []Member
+	// Remove are ids of members to remove (never the creator).
+	Remove []int64
+}
+
+func (c Change) empty() bool {
+	return c.Name == nil && c.Description == nil && len(c.Add) == 0 && len(c.Remove) == 0
+}
+
+// Store keeps chats and memberships.
 type Store interface {
-	// Chat returns the chat with id, or ErrChatNotFound.
+	// Chat returns the chat with id without its members, or
+	// ErrChatNotFound.
 	Chat(ctx context.Context, id int64) (Chat, error)
 	// IsMember reports whether user is an explicit member of chat.
 	IsMember(ctx context.Context, chatID, userID int64) (bool, error)
 	// UserChats lists the ids of the chats user belongs to, "everyone"
 	// chats included, in ascending order.
 	UserChats(ctx context.Context, userID int64) ([]int64, error)
+	// ChatWithMembers returns the chat with id and its members, or
+	// ErrChatNotFound.
+	ChatWithMembers(ctx context.Context, id int64) (Chat, error)
+	// ListChats returns the chats user belongs to with their members:
+	// "everyone" chats first, then by name regardless of letter case.
+	ListChats(ctx context.Context, userID int64) ([]Chat, error)
+	// CreateChat stores c (Name, Description, CreatorID, Members) and its
+	// members at once and returns it as stored, or ErrNameTaken when
+	// another chat has the name in any letter case.
+	CreateChat(ctx context.Context, c Chat) (Chat, error)
+	// UpdateChat calls decide with the chat and its members while no other
+	// edit of the chat can run, applies the change decide returns
+	// atomically and returns the chat after it. When decide fails nothing
+	// changes and its error is returned. Errors: ErrChatNotFound,
+	// ErrNameTaken.
+	UpdateChat(ctx context.Context, id int64, decide func(Chat) (Change, error)) (Chat, error)
 }
 
 // Publisher makes an accepted message durable.
@@ -60,20 +157,63 @@ type Publisher interface {
 	Publish(ctx context.Context, m Message) (duplicate bool, err error)
 }
 
-// Service accepts messages.
-type Service struct {
-	store Store
-	pub   Publisher
-	now   func() time.Time
+// Users resolves usernames; the auth service owns accounts.
+type Users interface {
+	// Lookup returns the user of each name (matched regardless of letter
+	// case), in order. A name that is no user fails the whole lookup with
+	// an error wrapping ErrUnknownUser whose message names it.
+	Lookup(ctx context.Context, usernames []string) ([]Member, error)
 }
 
-// NewService returns a Service.
-func NewService(store Store, pub Publisher) *Service {
-	return &Service{store: store, pub: pub, now: time.Now}
+// EventKind says what changed in a chat.
+type EventKind string
+
+// Kinds of events.
+const (
+	// EventCreated: a new chat; Added holds every member.
+	EventCreated EventKind = "created"
+	// EventUpdated: the name or description changed (and, when Added or
+	// Removed are set, the members too, in the same edit).
+	EventUpdated EventKind = "updated"
+	// EventMembers: only the members changed.
+	EventMembers EventKind = "members"
+)
+
+// Event announces a change of a chat. Chat is the chat after the change;
+// Added and Removed are the ids of users whose membership changed.
+type Event struct {
+	Kind    EventKind
+	Chat    Chat
+	Added   []int64
+	Removed []int64
+}
+
+// Events announces changes of chats to the gateways.
+type Events interface {
+	ChatChanged(ctx context.Context, ev Event) error
+}
+
+// Service is the chat service's domain.
+type Service struct {
+	store  Store
+	pub    Publisher
+	users  Users
+	events Events
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// NewService returns a Service. log records events that could not be
+// announced (the change itself is committed by then).
+func NewService(store Store, pub Publisher, users Users, events Events, log *slog.Logger) *Service {
+	return &Service{store: store, pub: pub, users: users, events: events, log: log, now: time.Now}
 }
 
 // Send validates m, checks that its sender is a member of its chat, and
 // publishes it durably. When Send returns nil the message will be stored.
+//
+// Membership is read from the store on every send, with no cache, so that
+// a member added or removed is allowed or refused from the next send on.
 func (s *Service) Send(ctx context.Context, m Message) (duplicate bool, err error) {
 	if err := validate(m); err != nil {
 		return false, err
@@ -89,13 +229,256 @@ func (s *Service) Send(ctx context.Context, m Message) (duplicate bool, err erro
 	return dup, nil
 }
 
-// UserChats lists the chats of a user.
+// UserChats lists the ids of a user's chats.
 func (s *Service) UserChats(ctx context.Context, userID int64) ([]int64, error) {
 	ids, err := s.store.UserChats(ctx, userID)
 	if err != nil {
 		return nil, fmt.Errorf("user chats: %w", err)
 	}
 	return ids, nil
+}
+
+// Access returns nil when user may read chat, else ErrChatNotFound or
+// ErrNotAMember. The gateway asks before every history read.
+func (s *Service) Access(ctx context.Context, userID, chatID int64) error {
+	if err := s.checkMember(ctx, chatID, userID); err != nil {
+		return fmt.Errorf("access: %w", err)
+	}
+	return nil
+}
+
+// Get returns a chat with its members to one of its members.
+func (s *Service) Get(ctx context.Context, userID, chatID int64) (Chat, error) {
+	c, err := s.store.ChatWithMembers(ctx, chatID)
+	if err != nil {
+		return Chat{}, fmt.Errorf("get chat: %w", err)
+	}
+	if !c.Everyone && !c.hasMember(userID) {
+		return Chat{}, fmt.Errorf("get chat: %w", ErrNotAMember)
+	}
+	return c, nil
+}
+
+// List returns the user's chats: "general" first, then by name regardless
+// of letter case.
+func (s *Service) List(ctx context.Context, userID int64) ([]Chat, error) {
+	cs, err := s.store.ListChats(ctx, userID)
+	if err != nil {
+		return nil, fmt.Errorf("list chats: %w", err)
+	}
+	return cs, nil
+}
+
+// NewChat asks for a chat to be created.
+type NewChat struct {
+	CreatorID int64
+	// CreatorName is the creator's username, as the gateway knows it from
+	// the session.
+	CreatorName string
+	Name        string
+	Description string
+	// Members are usernames, any letter case. The creator is always a
+	// member, whether listed or not.
+	Members []string
+}
+
+// CreateChat validates req, resolves its members and creates the chat. The
+// name is trimmed. Errors: ErrInvalidInput, ErrDuplicateMember,
+// ErrUnknownUser, ErrNameTaken (as *RequestError, or bare for the name).
+func (s *Service) CreateChat(ctx context.Context, req NewChat) (Chat, error) {
+	if req.CreatorID <= 0 || req.CreatorName == "" {
+		return Chat{}, refuse(ErrInvalidInput, "the chat has no creator")
+	}
+	name, err := cleanName(req.Name)
+	if err != nil {
+		return Chat{}, err
+	}
+	if err := checkDescription(req.Description); err != nil {
+		return Chat{}, err
+	}
+	if err := checkUsernames(req.Members, nil); err != nil {
+		return Chat{}, err
+	}
+	found, err := s.lookup(ctx, req.Members)
+	if err != nil {
+		return Chat{}, fmt.Errorf("create chat: %w", err)
+	}
+	members := []Member{{ID: req.CreatorID, Username: req.CreatorName}}
+	for _, m := range found {
+		if m.ID != req.CreatorID { // the creator listed too: already in
+			members = append(members, m)
+		}
+	}
+	c, err := s.store.CreateChat(ctx, Chat{
+		Name: name, Description: req.Description, CreatorID: req.CreatorID, Members: members,
+	})
+	if err != nil {
+		return Chat{}, fmt.Errorf("create chat: %w", err)
+	}
+	added := make([]int64, len(c.Members))
+	for i, m := range c.Members {
+		added[i] = m.ID
+	}
+	s.announce(ctx, Event{Kind: EventCreated, Chat: c, Added: added})
+	return c, nil
+}
+
+// ChatEdit asks for a chat to be edited; nil and empty fields are left
+// alone.
+type ChatEdit struct {
+	ActorID       int64
+	ChatID        int64
+	Name          *string
+	Description   *string
+	AddMembers    []string
+	RemoveMembers []string
+}
+
+// UpdateChat edits a chat for its creator. Adding a member is a no-op;
+// removing a user who is not a member, or the creator, is ErrInvalidInput.
+// Errors: ErrChatNotFound, ErrNotAMember, ErrNotCreator (also for every
+// "everyone" chat), and those of CreateChat.
+//
+// After a change it announces one event: EventUpdated when the name or
+// description changed (carrying Added and Removed when the members changed
+// in the same edit), EventMembers when only the members did; an edit that
+// changes nothing announces nothing.
+func (s *Service) UpdateChat(ctx context.Context, e ChatEdit) (Chat, error) {
+	// Permission before anything else, so that nobody else learns whether
+	// usernames exist. A chat's creator and "everyone" flag never change,
+	// and the creator cannot be removed, so the answer holds; the
+	// transaction below checks again all the same.
+	if err := s.checkEditor(ctx, e.ChatID, e.ActorID); err != nil {
+		return Chat{}, fmt.Errorf("update chat: %w", err)
+	}
+	var name *string
+	if e.Name != nil {
+		n, err := cleanName(*e.Name)
+		if err != nil {
+			return Chat{}, err
+		}
+		name = &n
+	}
+	if e.Description != nil {
+		if err := checkDescription(*e.Description); err != nil {
+			return Chat{}, err
+		}
+	}
+	if err := checkUsernames(e.AddMembers, e.RemoveMembers); err != nil {
+		return Chat{}, err
+	}
+	// One lookup resolves both lists, outside the transaction.
+	found, err := s.lookup(ctx, append(append([]string(nil), e.AddMembers...), e.RemoveMembers...))
+	if err != nil {
+		return Chat{}, fmt.Errorf("update chat: %w", err)
+	}
+	add, remove := found[:len(e.AddMembers)], found[len(e.AddMembers):]
+
+	var applied Change
+	c, err := s.store.UpdateChat(ctx, e.ChatID, func(cur Chat) (Change, error) {
+		applied = Change{}
+		if err := mayEdit(cur, e.ActorID, cur.hasMember(e.ActorID)); err != nil {
+			return Change{}, err
+		}
+		var ch Change
+		if name != nil && *name != cur.Name {
+			ch.Name = name
+		}
+		if e.Description != nil && *e.Description != cur.Description {
+			ch.Description = e.Description
+		}
+		for _, m := range add {
+			if !cur.hasMember(m.ID) {
+				ch.Add = append(ch.Add, m)
+			}
+		}
+		for _, m := range remove {
+			switch {
+			case m.ID == cur.CreatorID:
+				return Change{}, refuse(ErrInvalidInput, "the creator %q cannot be removed", m.Username)
+			case !cur.hasMember(m.ID):
+				return Change{}, refuse(ErrInvalidInput, "%q is not a member of the chat", m.Username)
+			}
+			ch.Remove = append(ch.Remove, m.ID)
+		}
+		applied = ch
+		return ch, nil
+	})
+	if err != nil {
+		return Chat{}, fmt.Errorf("update chat: %w", err)
+	}
+	if applied.empty() {
+		return c, nil
+	}
+	ev := Event{Kind: EventMembers, Chat: c, Removed: applied.Remove}
+	if applied.Name != nil || applied.Description != nil {
+		ev.Kind = EventUpdated
+	}
+	for _, m := range applied.Add {
+		ev.Added = append(ev.Added, m.ID)
+	}
+	s.announce(ctx, ev)
+	return c, nil
+}
+
+// announce publishes ev. The change is committed by now: a failure is
+// logged, not returned, so that the client does not retry a change that
+// happened. Members online learn of it at their next reload.
+func (s *Service) announce(ctx context.Context, ev Event) {
+	if err := s.events.ChatChanged(ctx, ev); err != nil {
+		s.log.ErrorContext(ctx, "announce chat change", "chat_id", ev.Chat.ID, "kind", string(ev.Kind), "err", err)
+	}
+}
+
+// lookup resolves usernames (none: no call) and refuses one user listed
+// under two names.
+func (s *Service) lookup(ctx context.Context, names []string) ([]Member, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	users, err := s.users.Lookup(ctx, names)
+	if err != nil {
+		return nil, fmt.Errorf("look up members: %w", err)
+	}
+	if len(users) != len(names) {
+		return nil, fmt.Errorf("look up members: %d users for %d names", len(users), len(names))
+	}
+	seen := make(map[int64]string, len(users))
+	for i, u := range users {
+		if first, ok := seen[u.ID]; ok {
+			return nil, refuse(ErrDuplicateMember, "%q and %q are the same user", first, names[i])
+		}
+		seen[u.ID] = names[i]
+	}
+	return users, nil
+}
+
+// checkEditor decides whether actor may edit chat from a plain read.
+func (s *Service) checkEditor(ctx context.Context, chatID, actor int64) error {
+	c, err := s.store.Chat(ctx, chatID)
+	if err != nil {
+		return err
+	}
+	member := c.Everyone || c.CreatorID == actor
+	if !member {
+		if member, err = s.store.IsMember(ctx, chatID, actor); err != nil {
+			return err
+		}
+	}
+	return mayEdit(c, actor, member)
+}
+
+// mayEdit: the creator may edit a chat; nobody may edit an "everyone" chat.
+func mayEdit(c Chat, actor int64, member bool) error {
+	switch {
+	case c.Everyone:
+		return refuse(ErrNotCreator, "nobody can edit %q", c.Name)
+	case c.CreatorID == actor:
+		return nil
+	case member:
+		return refuse(ErrNotCreator, "only the chat's creator can edit it")
+	}
+	return ErrNotAMember
 }
 
 func (s *Service) checkMember(ctx context.Context, chatID, userID int64) error {
@@ -112,6 +495,56 @@ func (s *Service) checkMember(ctx context.Context, chatID, userID int64) error {
 	}
 	if !ok {
 		return ErrNotAMember
+	}
+	return nil
+}
+
+// cleanName trims name and checks it.
+func cleanName(name string) (string, error) {
+	if !utf8.ValidString(name) {
+		return "", refuse(ErrInvalidInput, "the name is not valid UTF-8")
+	}
+	name = strings.TrimSpace(name)
+	switch n := utf8.RuneCountInString(name); {
+	case n == 0:
+		return "", refuse(ErrInvalidInput, "the name is empty")
+	case n > MaxNameRunes:
+		return "", refuse(ErrInvalidInput, "the name is longer than %d characters", MaxNameRunes)
+	case strings.ContainsFunc(name, unicode.IsControl):
+		return "", refuse(ErrInvalidInput, "the name holds a control character")
+	}
+	return name, nil
+}
+
+func checkDescription(d string) error {
+	switch {
+	case !utf8.ValidString(d):
+		return refuse(ErrInvalidInput, "the description is not valid UTF-8")
+	case utf8.RuneCountInString(d) > MaxDescriptionRunes:
+		return refuse(ErrInvalidInput, "the description is longer than %d characters", MaxDescriptionRunes)
+	}
+	return nil
+}
+
+// checkUsernames bounds the usernames of one request and refuses one name
+// listed twice, in any letter case, in either list or across both.
+// Usernames are ASCII, so ToLower folds them as the auth service does.
+func checkUsernames(add, remove []string) error {
+	if n := len(add) + len(remove); n > MaxMembersPerRequest {
+		return refuse(ErrInvalidInput, "at most %d members per request, not %d", MaxMembersPerRequest, n)
+	}
+	seen := make(map[string]string, len(add)+len(remove))
+	for _, list := range [][]string{add, remove} {
+		for _, name := range list {
+			key := strings.ToLower(name)
+			if first, ok := seen[key]; ok {
+				if first == name {
+					return refuse(ErrDuplicateMember, "%q is listed twice", name)
+				}
+				return refuse(ErrDuplicateMember, "%q and %q are the same user", first, name)
+			}
+			seen[key] = name
+		}
 	}
 	return nil
 }

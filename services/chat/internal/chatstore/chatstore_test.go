@@ -3,11 +3,18 @@ package chatstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"strings"
+	"sync"
 	"testing"
+	"testing/fstest"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/pgdb"
@@ -18,52 +25,129 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-func TestStore(t *testing.T) {
-	t.Parallel()
+// openPool returns a pool on a fresh database, migrated with fsys.
+func openPool(t *testing.T, fsys fs.FS) *pgxpool.Pool {
+	t.Helper()
 	ctx := context.Background()
-	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 4, noop.NewTracerProvider())
+	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 8, noop.NewTracerProvider())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	log := telemetry.NewLogger(io.Discard, 0)
-	// Migrating twice is harmless (every replica migrates at start).
+	migrate(t, pool, fsys)
+	return pool
+}
+
+func migrate(t *testing.T, pool *pgxpool.Pool, fsys fs.FS) {
+	t.Helper()
+	if err := pgdb.Migrate(context.Background(), pool, fsys, MigrationTable, telemetry.NewLogger(io.Discard, 0)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ignoreTime leaves creation times out of comparisons.
+var ignoreTime = cmpopts.IgnoreFields(chats.Chat{}, "CreatedAt")
+
+// TestMigrations: memberships stored before usernames were kept still
+// count after migration 00002, with an empty username; migrating again is
+// harmless (every replica migrates at start).
+func TestMigrations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	first, err := fs.ReadFile(Migrations(), "00001_chats.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := openPool(t, fstest.MapFS{"00001_chats.sql": {Data: first}})
+	var old int64
+	if err := pool.QueryRow(ctx, `INSERT INTO chats (name, creator_id) VALUES ('old', 10) RETURNING id`).Scan(&old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO chat_members (chat_id, user_id) VALUES ($1, 10), ($1, 11)`, old); err != nil {
+		t.Fatal(err)
+	}
 	for range 2 {
-		if err := pgdb.Migrate(ctx, pool, Migrations(), MigrationTable, log); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var team int64
-	if err := pool.QueryRow(ctx, `INSERT INTO chats (name, creator_id) VALUES ('team', 10) RETURNING id`).Scan(&team); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `INSERT INTO chat_members (chat_id, user_id) VALUES ($1, 10), ($1, 11)`, team); err != nil {
-		t.Fatal(err)
+		migrate(t, pool, Migrations())
 	}
 	s := New(pool)
+	for _, user := range []int64{10, 11} {
+		if ok, err := s.IsMember(ctx, old, user); err != nil || !ok {
+			t.Errorf("user %d member of the old chat = %v, %v; want true", user, ok, err)
+		}
+	}
+	got, err := s.ChatWithMembers(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := chats.Chat{ID: old, Name: "old", CreatorID: 10, Members: []chats.Member{{ID: 10}, {ID: 11}}}
+	if diff := cmp.Diff(want, got, ignoreTime); diff != "" {
+		t.Errorf("old chat (-want +got):\n%s", diff)
+	}
+}
+
+func TestStore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := New(openPool(t, Migrations()))
+	alice := chats.Member{ID: 10, Username: "alice"}
+	bob := chats.Member{ID: 11, Username: "Bob"}
+	carol := chats.Member{ID: 12, Username: "carol"}
+	dave := chats.Member{ID: 13, Username: "dave"}
 
 	general, err := s.Chat(ctx, chats.GeneralChatID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(chats.Chat{ID: 1, Name: "general", Everyone: true}, general); diff != "" {
+	wantGeneral := chats.Chat{ID: 1, Name: "general", Description: "Everyone is here.", Everyone: true}
+	if diff := cmp.Diff(wantGeneral, general, ignoreTime); diff != "" {
 		t.Errorf("general (-want +got):\n%s", diff)
 	}
 	if _, err := s.Chat(ctx, 999); !errors.Is(err, chats.ErrChatNotFound) {
 		t.Errorf("unknown chat error = %v, want ErrChatNotFound", err)
 	}
-	if _, err := pool.Exec(ctx, `INSERT INTO chats (name) VALUES ('TEAM')`); err == nil {
-		t.Error("a chat name differing only in letter case was accepted")
+	if _, err := s.ChatWithMembers(ctx, 999); !errors.Is(err, chats.ErrChatNotFound) {
+		t.Errorf("unknown chat with members error = %v, want ErrChatNotFound", err)
 	}
 
+	// Members come back ordered by username regardless of letter case.
+	team, err := s.CreateChat(ctx, chats.Chat{Name: "team", Description: "ours", CreatorID: alice.ID, Members: []chats.Member{alice, carol, bob}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTeam := chats.Chat{ID: team.ID, Name: "team", Description: "ours", CreatorID: alice.ID, Members: []chats.Member{alice, bob, carol}}
+	if diff := cmp.Diff(wantTeam, team, ignoreTime); diff != "" {
+		t.Errorf("created (-want +got):\n%s", diff)
+	}
+	if team.CreatedAt.IsZero() || team.CreatedAt.Location().String() != "UTC" {
+		t.Errorf("created_at = %v, want a UTC time", team.CreatedAt)
+	}
+	if got, err := s.ChatWithMembers(ctx, team.ID); err != nil || !cmp.Equal(team, got) {
+		t.Errorf("read back %+v, %v; want %+v", got, err, team)
+	}
+	apples, err := s.CreateChat(ctx, chats.Chat{Name: "Apples", CreatorID: bob.ID, Members: []chats.Member{bob}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, name := range []string{"TEAM", "Team", "GENERAL"} {
+		if _, err := s.CreateChat(ctx, chats.Chat{Name: name, CreatorID: dave.ID, Members: []chats.Member{dave}}); !errors.Is(err, chats.ErrNameTaken) {
+			t.Errorf("create %q: error %v, want ErrNameTaken", name, err)
+		}
+	}
+
+	generalRead, err := s.ChatWithMembers(ctx, chats.GeneralChatID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		user      int64
 		wantChats []int64
+		wantList  []chats.Chat
 		inTeam    bool
 	}{
-		{user: 10, wantChats: []int64{1, team}, inTeam: true},
-		{user: 11, wantChats: []int64{1, team}, inTeam: true},
-		{user: 12, wantChats: []int64{1}, inTeam: false},
+		{user: alice.ID, wantChats: []int64{1, team.ID}, wantList: []chats.Chat{generalRead, team}, inTeam: true},
+		{user: bob.ID, wantChats: []int64{1, team.ID, apples.ID}, wantList: []chats.Chat{generalRead, apples, team}, inTeam: true},
+		{user: dave.ID, wantChats: []int64{1}, wantList: []chats.Chat{generalRead}},
 	}
 	for _, tc := range tests {
 		got, err := s.UserChats(ctx, tc.user)
@@ -73,12 +157,165 @@ func TestStore(t *testing.T) {
 		if diff := cmp.Diff(tc.wantChats, got); diff != "" {
 			t.Errorf("user %d chats (-want +got):\n%s", tc.user, diff)
 		}
-		in, err := s.IsMember(ctx, team, tc.user)
+		list, err := s.ListChats(ctx, tc.user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(tc.wantList, list); diff != "" {
+			t.Errorf("user %d chat list (-want +got):\n%s", tc.user, diff)
+		}
+		in, err := s.IsMember(ctx, team.ID, tc.user)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if in != tc.inTeam {
 			t.Errorf("user %d member of team = %v, want %v", tc.user, in, tc.inTeam)
 		}
+	}
+
+	t.Run("update", func(t *testing.T) {
+		name, desc := "Dream Team", "still ours"
+		got, err := s.UpdateChat(ctx, team.ID, func(cur chats.Chat) (chats.Change, error) {
+			if diff := cmp.Diff(team, cur); diff != "" {
+				t.Errorf("decide saw (-want +got):\n%s", diff)
+			}
+			// Adding a member again keeps the row as it is.
+			return chats.Change{Name: &name, Description: &desc, Add: []chats.Member{dave, {ID: bob.ID, Username: "other"}}, Remove: []int64{carol.ID}}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := chats.Chat{ID: team.ID, Name: name, Description: desc, CreatorID: alice.ID, CreatedAt: team.CreatedAt,
+			Members: []chats.Member{alice, bob, dave}}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("updated (-want +got):\n%s", diff)
+		}
+		team = got
+	})
+	t.Run("no change", func(t *testing.T) {
+		got, err := s.UpdateChat(ctx, team.ID, func(chats.Chat) (chats.Change, error) { return chats.Change{}, nil })
+		if err != nil || !cmp.Equal(team, got) {
+			t.Errorf("empty change gave %+v, %v; want %+v", got, err, team)
+		}
+	})
+	t.Run("decide refuses", func(t *testing.T) {
+		refusal := errors.New("no")
+		_, err := s.UpdateChat(ctx, team.ID, func(chats.Chat) (chats.Change, error) { return chats.Change{Remove: []int64{bob.ID}}, refusal })
+		if !errors.Is(err, refusal) {
+			t.Errorf("error = %v, want the refusal", err)
+		}
+		if got, _ := s.ChatWithMembers(ctx, team.ID); !cmp.Equal(team, got) {
+			t.Errorf("chat changed after a refusal: %+v", got)
+		}
+	})
+	t.Run("rename to a taken name", func(t *testing.T) {
+		for _, taken := range []string{"apples", "General"} {
+			_, err := s.UpdateChat(ctx, team.ID, func(chats.Chat) (chats.Change, error) {
+				return chats.Change{Name: &taken, Add: []chats.Member{carol}}, nil
+			})
+			if !errors.Is(err, chats.ErrNameTaken) {
+				t.Errorf("rename to %q: error %v, want ErrNameTaken", taken, err)
+			}
+		}
+		if got, _ := s.ChatWithMembers(ctx, team.ID); !cmp.Equal(team, got) {
+			t.Errorf("chat changed after a conflict: %+v", got)
+		}
+		// Its own name in another letter case is no conflict.
+		upper := strings.ToUpper(team.Name)
+		if _, err := s.UpdateChat(ctx, team.ID, func(chats.Chat) (chats.Change, error) { return chats.Change{Name: &upper}, nil }); err != nil {
+			t.Errorf("rename to %q: %v", upper, err)
+		}
+	})
+	t.Run("unknown chat", func(t *testing.T) {
+		_, err := s.UpdateChat(ctx, 999, func(chats.Chat) (chats.Change, error) {
+			t.Error("decide called for an unknown chat")
+			return chats.Change{}, nil
+		})
+		if !errors.Is(err, chats.ErrChatNotFound) {
+			t.Errorf("error = %v, want ErrChatNotFound", err)
+		}
+	})
+}
+
+// TestConcurrentCreates: of concurrent creates of one name, in any letter
+// case, exactly one wins.
+func TestConcurrentCreates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := New(openPool(t, Migrations()))
+	const n = 8
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		won  int
+		errs []error
+	)
+	for i := range n {
+		wg.Go(func() {
+			name := "Race"
+			if i%2 == 1 {
+				name = "rACE"
+			}
+			creator := chats.Member{ID: int64(100 + i), Username: fmt.Sprint("user", i)}
+			_, err := s.CreateChat(ctx, chats.Chat{Name: name, CreatorID: creator.ID, Members: []chats.Member{creator}})
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				won++
+			} else if !errors.Is(err, chats.ErrNameTaken) {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	if won != 1 || len(errs) > 0 {
+		t.Fatalf("%d creates won, want 1; other errors: %v", won, errs)
+	}
+	// The losers left nothing behind: one chat besides general, one member.
+	var chatsN, membersN int
+	if err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM chat_members)`).Scan(&chatsN, &membersN); err != nil {
+		t.Fatal(err)
+	}
+	if chatsN != 2 || membersN != 1 {
+		t.Errorf("%d chats and %d memberships, want 2 and 1", chatsN, membersN)
+	}
+}
+
+// TestConcurrentUpdates: edits of one chat take turns, each deciding on the
+// state the previous one left (no lost update).
+func TestConcurrentUpdates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := New(openPool(t, Migrations()))
+	creator := chats.Member{ID: 1, Username: "creator"}
+	c, err := s.CreateChat(ctx, chats.Chat{Name: "busy", CreatorID: creator.ID, Members: []chats.Member{creator}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, err := s.UpdateChat(ctx, c.ID, func(cur chats.Chat) (chats.Change, error) {
+				desc := cur.Description + "x"
+				return chats.Change{Description: &desc, Add: []chats.Member{{ID: int64(100 + i), Username: fmt.Sprintf("u%02d", i)}}}, nil
+			})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ChatWithMembers(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Description != strings.Repeat("x", n) || len(got.Members) != n+1 {
+		t.Errorf("after %d concurrent edits: description %q and %d members, want %d x and %d members", n, got.Description, len(got.Members), n, n+1)
 	}
 }

@@ -1,5 +1,6 @@
 // Package natsapi is the chat service's NATS transport: it subscribes the
-// request subjects, calls the domain and maps its errors to protocol codes.
+// request subjects, calls the domain and maps its errors to protocol codes,
+// and publishes the domain's chat events to the gateways.
 package natsapi
 
 import (
@@ -16,9 +17,18 @@ import (
 	"github.com/communications/communications/services/chat/internal/chats"
 )
 
-// Register subscribes the chat service's request handlers.
+// Register subscribes the chat service's request handlers, all in queue
+// group subjects.QueueChat.
 func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, svc *chats.Service) ([]*nats.Subscription, error) {
-	send, err := natsbus.Handle(ctx, srv, subj.ChatSend(), subjects.QueueChat,
+	var (
+		subs []*nats.Subscription
+		errs []error
+	)
+	add := func(sub *nats.Subscription, err error) {
+		subs = append(subs, sub)
+		errs = append(errs, err)
+	}
+	add(natsbus.Handle(ctx, srv, subj.ChatSend(), subjects.QueueChat,
 		func(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error) {
 			dup, err := svc.Send(ctx, chats.Message{
 				ChatID: req.ChatID, SenderID: req.SenderID, Sender: req.Sender,
@@ -28,26 +38,101 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 				return busapi.SendResult{}, mapError(err)
 			}
 			return busapi.SendResult{Duplicate: dup}, nil
-		})
-	if err != nil {
-		return nil, err
-	}
-	list, err := natsbus.Handle(ctx, srv, subj.ChatUserChats(), subjects.QueueChat,
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatUserChats(), subjects.QueueChat,
 		func(ctx context.Context, req busapi.UserChatsRequest) (busapi.UserChats, error) {
 			ids, err := svc.UserChats(ctx, req.UserID)
 			if err != nil {
 				return busapi.UserChats{}, mapError(err)
 			}
 			return busapi.UserChats{ChatIDs: ids}, nil
-		})
-	if err != nil {
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatCreate(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error) {
+			c, err := svc.CreateChat(ctx, chats.NewChat{
+				CreatorID: req.CreatorID, CreatorName: req.CreatorName,
+				Name: req.Name, Description: req.Description, Members: req.Members,
+			})
+			if err != nil {
+				return busapi.Chat{}, mapError(err)
+			}
+			return toProtocol(c), nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatUpdate(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.UpdateChatRequest) (busapi.Chat, error) {
+			c, err := svc.UpdateChat(ctx, chats.ChatEdit{
+				ActorID: req.ActorID, ChatID: req.ChatID, Name: req.Name, Description: req.Description,
+				AddMembers: req.AddMembers, RemoveMembers: req.RemoveMembers,
+			})
+			if err != nil {
+				return busapi.Chat{}, mapError(err)
+			}
+			return toProtocol(c), nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatGet(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.ChatRequest) (busapi.Chat, error) {
+			c, err := svc.Get(ctx, req.UserID, req.ChatID)
+			if err != nil {
+				return busapi.Chat{}, mapError(err)
+			}
+			return toProtocol(c), nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatList(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.UserChatsRequest) (busapi.ChatList, error) {
+			cs, err := svc.List(ctx, req.UserID)
+			if err != nil {
+				return busapi.ChatList{}, mapError(err)
+			}
+			out := busapi.ChatList{Chats: make([]busapi.Chat, len(cs))}
+			for i, c := range cs {
+				out.Chats[i] = toProtocol(c)
+			}
+			return out, nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatAccess(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.ChatRequest) (struct{}, error) {
+			if err := svc.Access(ctx, req.UserID, req.ChatID); err != nil {
+				return struct{}{}, mapError(err)
+			}
+			return struct{}{}, nil
+		}))
+	if err := errors.Join(errs...); err != nil {
+		for _, sub := range subs {
+			if sub != nil {
+				_ = sub.Unsubscribe()
+			}
+		}
 		return nil, err
 	}
-	return []*nats.Subscription{send, list}, nil
+	return subs, nil
 }
 
-// mapError is the one place domain errors become protocol codes.
+// toProtocol is the one conversion of a chat to its wire form, for replies
+// and events alike.
+func toProtocol(c chats.Chat) protocol.Chat {
+	out := protocol.Chat{
+		ID: c.ID, Name: c.Name, Description: c.Description, CreatorID: c.CreatorID,
+		Everyone: c.Everyone, CreatedAt: c.CreatedAt.UTC(),
+	}
+	if !c.Everyone && len(c.Members) > 0 {
+		out.Members = make([]protocol.Member, len(c.Members))
+		for i, m := range c.Members {
+			out.Members[i] = protocol.Member{ID: m.ID, Username: m.Username}
+		}
+	}
+	return out
+}
+
+// mapError is the one place domain errors become protocol codes. Refusals
+// go to the client with the domain's message; anything else is logged by
+// the server and answered unavailable (retryable).
 func mapError(err error) error {
+	msg := func(fallback string) string {
+		if re, ok := errors.AsType[*chats.RequestError](err); ok {
+			return re.Msg
+		}
+		return fallback
+	}
 	switch {
 	case errors.Is(err, chats.ErrChatNotFound):
 		return busapi.Errorf(protocol.CodeChatNotFound, "no such chat")
@@ -55,6 +140,17 @@ func mapError(err error) error {
 		return busapi.Errorf(protocol.CodeNotAMember, "you are not a member of this chat")
 	case errors.Is(err, chats.ErrInvalidMessage):
 		return busapi.Errorf(protocol.CodeInvalidMessage, err.Error())
+	case errors.Is(err, chats.ErrNotCreator):
+		return busapi.Errorf(protocol.CodeNotCreator, msg("only the chat's creator can edit it"))
+	case errors.Is(err, chats.ErrNameTaken):
+		return busapi.Errorf(protocol.CodeNameTaken, msg("another chat has this name (names are compared regardless of letter case)"))
+	case errors.Is(err, chats.ErrUnknownUser):
+		return busapi.Errorf(protocol.CodeUnknownUser, msg("unknown user"))
+	case errors.Is(err, chats.ErrDuplicateMember):
+		return busapi.Errorf(protocol.CodeDuplicateMember, msg("a member is listed twice"))
+	case errors.Is(err, chats.ErrInvalidInput):
+		return busapi.Errorf(protocol.CodeInvalidInput, msg("invalid input"))
 	}
-	return fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "the message could not be accepted now; retry with the same client_msg_id"), err)
+	return fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable,
+		"the request could not be served now; retry it (a send with the same client_msg_id)"), err)
 }

@@ -17,7 +17,7 @@ func TestOriginAllowed(t *testing.T) {
 		origin string
 		want   bool
 	}{
-		{name: "no origin (not a browser)", host: "chat.example.com", want: true},
+		{name: "no origin", host: "chat.example.com", want: false},
 		{name: "same origin", host: "chat.example.com", origin: "https://chat.example.com", want: true},
 		{name: "same origin with port", host: "127.0.0.1:8080", origin: "http://127.0.0.1:8080", want: true},
 		{name: "allowed origin", host: "chat.example.com", origin: "https://app.example.com", want: true},
@@ -30,11 +30,8 @@ func TestOriginAllowed(t *testing.T) {
 			t.Parallel()
 			r := httptest.NewRequest(http.MethodGet, "/ws", nil)
 			r.Host = tc.host
-			if tc.origin != "" {
-				r.Header.Set("Origin", tc.origin)
-			}
-			if got := a.originAllowed(r); got != tc.want {
-				t.Errorf("originAllowed = %v, want %v", got, tc.want)
+			if got := a.allowedOrigin(r, tc.origin); got != tc.want {
+				t.Errorf("allowedOrigin = %v, want %v", got, tc.want)
 			}
 		})
 	}
@@ -52,6 +49,11 @@ func TestStatus(t *testing.T) {
 		{protocol.CodeNotAMember, 403},
 		{protocol.CodeChatNotFound, 404},
 		{protocol.CodeUsernameTaken, 409},
+		{protocol.CodeNameTaken, 409},
+		{protocol.CodeNotCreator, 403},
+		{protocol.CodeCSRF, 403},
+		{protocol.CodeUnknownUser, 400},
+		{protocol.CodeRequestTooLarge, 413},
 		{protocol.CodeRateLimited, 429},
 		{protocol.CodeUnavailable, 503},
 		{protocol.CodeInternal, 500},
@@ -68,14 +70,14 @@ func TestSessionToken(t *testing.T) {
 	t.Parallel()
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r.AddCookie(&http.Cookie{Name: SessionCookie, Value: "from-cookie"})
-	if got := sessionToken(r); got != "from-cookie" {
-		t.Errorf("cookie token = %q", got)
+	if got, cookie := sessionToken(r); got != "from-cookie" || !cookie {
+		t.Errorf("cookie token = %q (from cookie %v)", got, cookie)
 	}
 	r.Header.Set("Authorization", "Bearer from-header")
-	if got := sessionToken(r); got != "from-header" {
-		t.Errorf("header token = %q, want the header to win", got)
+	if got, cookie := sessionToken(r); got != "from-header" || cookie {
+		t.Errorf("header token = %q (from cookie %v), want the header to win", got, cookie)
 	}
-	if got := sessionToken(httptest.NewRequest(http.MethodGet, "/?token=x", nil)); got != "" {
+	if got, _ := sessionToken(httptest.NewRequest(http.MethodGet, "/?token=x", nil)); got != "" {
 		t.Errorf("token read from the URL: %q", got)
 	}
 }

@@ -1,6 +1,6 @@
 // Package httpapi is the gateway's HTTP transport: the JSON API under
-// /api/v1, the websocket endpoint /ws, and the health endpoints. Every route
-// is listed in Routes.
+// /api/v1, the websocket endpoint /ws, the health endpoints and the web app.
+// Every route is listed in Routes.
 package httpapi
 
 import (
@@ -12,17 +12,23 @@ import (
 func (a *API) Routes(r *gin.Engine) {
 	r.Use(gin.Recovery(), otelgin.Middleware("gateway",
 		otelgin.WithTracerProvider(a.tp), otelgin.WithPropagators(a.propagator)),
-		a.logErrors, limitBody(MaxBodyBytes))
+		a.logErrors, limitBody(MaxBodyBytes), securityHeaders)
 	r.GET("/healthz", a.healthz)
 	r.GET("/readyz", a.readyz)
 	r.GET("/ws", a.websocket)
 
-	v1 := r.Group("/api/v1")
+	v1 := r.Group("/api/v1", a.csrf)
 	v1.POST("/auth/register", a.register)
 	v1.POST("/auth/login", a.login)
 	v1.POST("/auth/logout", a.logout)
 	v1.GET("/me", a.authenticated, a.me)
 	v1.GET("/chats", a.authenticated, a.listChats)
+	v1.POST("/chats", a.authenticated, a.createChat)
+	v1.GET("/chats/:id", a.authenticated, a.getChat)
+	v1.PATCH("/chats/:id", a.authenticated, a.updateChat)
 	v1.GET("/chats/:id/messages", a.authenticated, a.history)
-	r.NoRoute(a.notFound)
+
+	// Everything else: the web app's files, and its pages for any other
+	// path (the app shows its own 404 page); unknown API paths get JSON.
+	r.NoRoute(a.web())
 }

@@ -67,3 +67,30 @@ func (c *Client) Send(ctx context.Context, req busapi.SendRequest) (busapi.SendR
 func (c *Client) History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
 	return call[busapi.HistoryPage](ctx, c, c.subj.HistoryPage(), req)
 }
+
+// ListChats returns the user's chats.
+func (c *Client) ListChats(ctx context.Context, userID int64) ([]busapi.Chat, error) {
+	r, err := call[busapi.ChatList](ctx, c, c.subj.ChatList(), busapi.UserChatsRequest{UserID: userID})
+	return r.Chats, err
+}
+
+// CreateChat creates a chat.
+func (c *Client) CreateChat(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error) {
+	return call[busapi.Chat](ctx, c, c.subj.ChatCreate(), req)
+}
+
+// UpdateChat edits a chat.
+func (c *Client) UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (busapi.Chat, error) {
+	return call[busapi.Chat](ctx, c, c.subj.ChatUpdate(), req)
+}
+
+// GetChat returns one chat to one of its members.
+func (c *Client) GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error) {
+	return call[busapi.Chat](ctx, c, c.subj.ChatGet(), busapi.ChatRequest{UserID: userID, ChatID: chatID})
+}
+
+// ChatAccess checks that the user may read the chat.
+func (c *Client) ChatAccess(ctx context.Context, userID, chatID int64) error {
+	_, err := call[struct{}](ctx, c, c.subj.ChatAccess(), busapi.ChatRequest{UserID: userID, ChatID: chatID})
+	return err
+}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,10 +25,16 @@ const maxEventsPerFrame = 64
 
 // Conn is one client connection.
 type Conn struct {
-	srv   *Server
-	ws    *websocket.Conn
-	user  busapi.User
+	srv     *Server
+	ws      *websocket.Conn
+	user    busapi.User
+	session string // the session's id (not its token)
+
+	// mu guards chats and gone: the chats the connection receives, which
+	// chat events change while it runs.
+	mu    sync.Mutex
 	chats []int64
+	gone  bool
 
 	send      chan []byte
 	closed    chan struct{}
@@ -46,6 +53,40 @@ func (c *Conn) Deliver(event []byte) {
 		c.srv.metrics.slowConsumers.Inc()
 		c.Close(protocol.CloseSlowConsumer, "send queue full; reconnect and resume")
 	}
+}
+
+// joinChat makes the connection receive a chat's messages; false when the
+// connection has ended or the subscription failed.
+func (c *Conn) joinChat(ctx context.Context, chatID int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone {
+		return false
+	}
+	if slices.Contains(c.chats, chatID) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.srv.hub.Join(ctx, c, []int64{chatID}); err != nil {
+		c.srv.log.WarnContext(ctx, "join chat", "chat_id", chatID, "err", err)
+		c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
+		return false
+	}
+	c.chats = append(c.chats, chatID)
+	return true
+}
+
+// leaveChat stops the connection receiving a chat's messages.
+func (c *Conn) leaveChat(chatID int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := slices.Index(c.chats, chatID)
+	if c.gone || i < 0 {
+		return
+	}
+	c.chats = slices.Delete(c.chats, i, i+1)
+	c.srv.hub.Leave(c, []int64{chatID})
 }
 
 // UserID returns the connection's user.

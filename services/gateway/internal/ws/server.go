@@ -32,6 +32,12 @@ type Config struct {
 	PingInterval time.Duration
 }
 
+// Hub is the fanout the connections subscribe to.
+type Hub interface {
+	Join(ctx context.Context, s hub.Sink, chatIDs []int64) error
+	Leave(s hub.Sink, chatIDs []int64)
+}
+
 // Upstream is what connections need from the other services.
 type Upstream interface {
 	UserChats(ctx context.Context, userID int64) ([]int64, error)
@@ -51,15 +57,17 @@ type metrics struct {
 type Server struct {
 	cfg      Config
 	up       Upstream
-	hub      *hub.Hub
+	hub      Hub
 	log      *slog.Logger
 	tracer   trace.Tracer
 	upgrader websocket.Upgrader
 	metrics  metrics
 
-	mu       sync.Mutex
-	conns    map[*Conn]struct{}
-	draining bool
+	mu        sync.Mutex
+	conns     map[*Conn]struct{}
+	byUser    map[int64]map[*Conn]struct{}
+	bySession map[string]map[*Conn]struct{}
+	draining  bool
 	// base is the context of every connection; cancelled when the server
 	// is closed for good.
 	base   context.Context
@@ -71,7 +79,7 @@ var ErrDraining = errors.New("gateway is shutting down")
 
 // NewServer returns a server. The caller checks origins and sessions before
 // calling Serve.
-func NewServer(cfg Config, up Upstream, h *hub.Hub, log *slog.Logger, tp trace.TracerProvider, reg prometheus.Registerer) *Server {
+func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.TracerProvider, reg prometheus.Registerer) *Server {
 	if cfg.SendQueue <= 0 {
 		cfg.SendQueue = 256
 	}
@@ -94,8 +102,10 @@ func NewServer(cfg Config, up Upstream, h *hub.Hub, log *slog.Logger, tp trace.T
 			// The HTTP layer checked the Origin before calling Serve.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-		conns: map[*Conn]struct{}{},
-		base:  base, cancel: cancel,
+		conns:     map[*Conn]struct{}{},
+		byUser:    map[int64]map[*Conn]struct{}{},
+		bySession: map[string]map[*Conn]struct{}{},
+		base:      base, cancel: cancel,
 		metrics: metrics{
 			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
 			framesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
@@ -109,9 +119,11 @@ func NewServer(cfg Config, up Upstream, h *hub.Hub, log *slog.Logger, tp trace.T
 	return s
 }
 
-// Serve upgrades the request for an authenticated user and runs the
-// connection until it ends. It answers 503 while the server drains.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User) {
+// Serve upgrades the request for an authenticated session and runs the
+// connection until it ends, at the latest when the session expires. It
+// answers 503 while the server drains.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session) {
+	user := session.User
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	chats, err := s.up.UserChats(ctx, user.ID)
 	cancel()
@@ -132,7 +144,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User)
 		return // the upgrader answered the client
 	}
 	c := &Conn{
-		srv: s, ws: wsConn, user: user, chats: chats,
+		srv: s, ws: wsConn, user: user, session: session.ID, chats: chats,
 		send:   make(chan []byte, s.cfg.SendQueue),
 		closed: make(chan struct{}),
 	}
@@ -159,7 +171,19 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, user busapi.User)
 		<-done
 		return
 	}
-	defer s.hub.Leave(c, chats)
+	defer func() {
+		c.mu.Lock()
+		c.gone = true
+		joined := c.chats
+		c.mu.Unlock()
+		s.hub.Leave(c, joined)
+	}()
+	if !session.ExpiresAt.IsZero() {
+		expiry := time.AfterFunc(time.Until(session.ExpiresAt), func() {
+			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
+		})
+		defer expiry.Stop()
+	}
 	c.readLoop(s.base)
 	c.Close(websocket.CloseNormalClosure, "")
 	<-done
@@ -172,6 +196,8 @@ func (s *Server) add(c *Conn) bool {
 		return false
 	}
 	s.conns[c] = struct{}{}
+	addIndex(s.byUser, c.user.ID, c)
+	addIndex(s.bySession, c.session, c)
 	s.metrics.connections.Inc()
 	return true
 }
@@ -181,7 +207,95 @@ func (s *Server) remove(c *Conn) {
 	defer s.mu.Unlock()
 	if _, ok := s.conns[c]; ok {
 		delete(s.conns, c)
+		removeIndex(s.byUser, c.user.ID, c)
+		removeIndex(s.bySession, c.session, c)
 		s.metrics.connections.Dec()
+	}
+}
+
+func addIndex[K comparable](m map[K]map[*Conn]struct{}, k K, c *Conn) {
+	set := m[k]
+	if set == nil {
+		set = map[*Conn]struct{}{}
+		m[k] = set
+	}
+	set[c] = struct{}{}
+}
+
+func removeIndex[K comparable](m map[K]map[*Conn]struct{}, k K, c *Conn) {
+	if set := m[k]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+// connsOf returns the open connections of a user.
+func (s *Server) connsOf(userID int64) []*Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Conn, 0, len(s.byUser[userID]))
+	for c := range s.byUser[userID] {
+		out = append(out, c)
+	}
+	return out
+}
+
+// RevokeSession closes every connection of a session (logged out on any
+// replica) with CloseUnauthorized.
+func (s *Server) RevokeSession(sessionID string) int {
+	s.mu.Lock()
+	conns := make([]*Conn, 0, len(s.bySession[sessionID]))
+	for c := range s.bySession[sessionID] {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close(protocol.CloseUnauthorized, "logged out")
+	}
+	return len(conns)
+}
+
+// ApplyChatEvent brings the local connections up to date with a change of
+// a chat: added members start receiving the chat's messages and get a
+// "chat" event, removed members stop and get "chat_removed", the other
+// members get the chat's new state.
+func (s *Server) ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent) {
+	chat := ev.Chat
+	changed, err := json.Marshal(protocol.ChatChanged{Type: protocol.TypeChat, Chat: chat})
+	if err != nil {
+		s.log.ErrorContext(ctx, "encode chat event", "err", err)
+		return
+	}
+	removed, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: chat.ID})
+	if err != nil {
+		s.log.ErrorContext(ctx, "encode chat event", "err", err)
+		return
+	}
+	notified := map[int64]bool{}
+	for _, uid := range ev.Added {
+		notified[uid] = true
+		for _, c := range s.connsOf(uid) {
+			if c.joinChat(ctx, chat.ID) {
+				c.Deliver(changed)
+			}
+		}
+	}
+	for _, uid := range ev.Removed {
+		notified[uid] = true
+		for _, c := range s.connsOf(uid) {
+			c.leaveChat(chat.ID)
+			c.Deliver(removed)
+		}
+	}
+	for _, m := range chat.Members {
+		if notified[m.ID] {
+			continue
+		}
+		for _, c := range s.connsOf(m.ID) {
+			c.Deliver(changed)
+		}
 	}
 }
 

@@ -1,0 +1,377 @@
+package natsapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/nats-io/nats.go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/pgdb"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/libs/testenv"
+	"github.com/communications/communications/services/chat/internal/chats"
+	"github.com/communications/communications/services/chat/internal/chatstore"
+	"github.com/communications/communications/services/chat/internal/msgstream"
+	"github.com/communications/communications/services/chat/internal/userdir"
+	"github.com/communications/communications/services/chat/internal/userdir/userdirtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func TestMapError(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("connection refused")
+	refusal := func(kind error, msg string) error {
+		return fmt.Errorf("update chat: %w", &chats.RequestError{Err: kind, Msg: msg})
+	}
+	tests := []struct {
+		name      string
+		err       error
+		want      protocol.Code
+		wantMsg   string
+		wantCause bool // kept, to be logged
+	}{
+		{name: "chat not found", err: fmt.Errorf("get chat: %w", chats.ErrChatNotFound), want: protocol.CodeChatNotFound, wantMsg: "no such chat"},
+		{name: "not a member", err: chats.ErrNotAMember, want: protocol.CodeNotAMember, wantMsg: "not a member"},
+		{name: "invalid message", err: fmt.Errorf("%w: text is empty", chats.ErrInvalidMessage), want: protocol.CodeInvalidMessage, wantMsg: "text is empty"},
+		{name: "not creator", err: refusal(chats.ErrNotCreator, `nobody can edit "general"`), want: protocol.CodeNotCreator, wantMsg: `nobody can edit "general"`},
+		{name: "name taken", err: fmt.Errorf("create chat: insert chat: %w", chats.ErrNameTaken), want: protocol.CodeNameTaken, wantMsg: "letter case"},
+		{name: "unknown user", err: refusal(chats.ErrUnknownUser, `unknown user "zed"`), want: protocol.CodeUnknownUser, wantMsg: `unknown user "zed"`},
+		{name: "duplicate member", err: refusal(chats.ErrDuplicateMember, `"bob" is listed twice`), want: protocol.CodeDuplicateMember, wantMsg: `"bob" is listed twice`},
+		{name: "invalid input", err: refusal(chats.ErrInvalidInput, "the name is empty"), want: protocol.CodeInvalidInput, wantMsg: "the name is empty"},
+		{name: "other", err: fmt.Errorf("create chat: %w", cause), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
+		{name: "auth unavailable", err: fmt.Errorf("look up: %w", natsbus.ErrUnavailable), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := mapError(tc.err)
+			be, ok := errors.AsType[*busapi.Error](got)
+			if !ok || be.Code != tc.want {
+				t.Fatalf("mapError(%v) = %v, want code %s", tc.err, got, tc.want)
+			}
+			if plain := error(be) == got; plain == tc.wantCause {
+				t.Errorf("cause kept = %v, want %v", !plain, tc.wantCause)
+			}
+			if !strings.Contains(be.Message, tc.wantMsg) || strings.Contains(be.Message, cause.Error()) {
+				t.Errorf("message %q: want it to contain %q and no internal detail", be.Message, tc.wantMsg)
+			}
+		})
+	}
+}
+
+var (
+	alice = busapi.User{ID: 1, Username: "alice"}
+	bob   = busapi.User{ID: 2, Username: "Bob"}
+	carol = busapi.User{ID: 3, Username: "carol"}
+	dave  = busapi.User{ID: 4, Username: "dave"}
+)
+
+func member(u busapi.User) protocol.Member { return protocol.Member{ID: u.ID, Username: u.Username} }
+
+type harness struct {
+	subj   subjects.Subjects
+	client *natsbus.Client
+	events *nats.Subscription
+	tp     trace.TracerProvider
+}
+
+// start runs the chat service's handlers on a fresh database and an
+// embedded NATS server, with the auth service's users lookup answered by a
+// test double unless noAuth.
+func start(t *testing.T, noAuth bool) *harness {
+	t.Helper()
+	ctx := context.Background()
+	ns := testenv.NATS(t)
+	connect := func(name string) *nats.Conn {
+		nc, err := nats.Connect(ns.ClientURL(), nats.Name(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := telemetry.NewLogger(io.Discard, 0)
+	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 4, sdktrace.NewTracerProvider())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := pgdb.Migrate(ctx, pool, chatstore.Migrations(), chatstore.MigrationTable, log); err != nil {
+		t.Fatal(err)
+	}
+
+	tp := sdktrace.NewTracerProvider()
+	service := connect("chat")
+	stream, err := msgstream.Ensure(ctx, service, subj, msgstream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := userdir.New(natsbus.NewClient(service, tp), subj)
+	svc := chats.NewService(chatstore.New(pool), stream, users, NewEvents(service, subj), log)
+	srv := natsbus.NewServer(service, tp, log, 5*time.Second)
+	if _, err := Register(ctx, srv, subj, svc); err != nil {
+		t.Fatal(err)
+	}
+	if err := service.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+
+	if !noAuth {
+		userdirtest.Serve(t, connect("auth"), subj, alice, bob, carol, dave)
+	}
+	gateway := connect("gateway")
+	events, err := gateway.SubscribeSync(subj.ChatEvents())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gateway.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return &harness{subj: subj, client: natsbus.NewClient(gateway, tp), events: events, tp: tp}
+}
+
+// call sends a request and returns the reply's error code ("" for none).
+func (h *harness) call(t *testing.T, ctx context.Context, subject string, req, resp any) (protocol.Code, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := h.client.Request(ctx, subject, req, resp)
+	if err == nil {
+		return "", ""
+	}
+	be, ok := errors.AsType[*busapi.Error](err)
+	if !ok {
+		t.Fatalf("request %s: %v", subject, err)
+	}
+	return be.Code, be.Message
+}
+
+// nextEvent returns the next chat event and the trace it was published in.
+func (h *harness) nextEvent(t *testing.T) (busapi.ChatEvent, trace.TraceID) {
+	t.Helper()
+	msg, err := h.events.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no chat event: %v", err)
+	}
+	var ev busapi.ChatEvent
+	if err := json.Unmarshal(msg.Data, &ev); err != nil {
+		t.Fatalf("chat event %q: %v", msg.Data, err)
+	}
+	return ev, trace.SpanContextFromContext(natsbus.Extract(context.Background(), msg)).TraceID()
+}
+
+var ignoreCreated = cmpopts.IgnoreFields(protocol.Chat{}, "CreatedAt")
+
+// TestChats drives every request subject over NATS as the gateway does:
+// each refusal with its code, and each change announced on ChatEvents.
+func TestChats(t *testing.T) {
+	t.Parallel()
+	h := start(t, false)
+	ctx := context.Background()
+
+	// alice creates "team" with bob, in a trace of the test's own.
+	tctx, span := h.tp.Tracer("natsapi_test").Start(ctx, "create")
+	var team busapi.Chat
+	code, msg := h.call(t, tctx, h.subj.ChatCreate(), busapi.CreateChatRequest{
+		CreatorID: alice.ID, CreatorName: alice.Username, Name: "  team ", Description: "ours", Members: []string{"BOB", "alice"},
+	}, &team)
+	span.End()
+	if code != "" {
+		t.Fatalf("create: %s %s", code, msg)
+	}
+	wantTeam := busapi.Chat{ID: team.ID, Name: "team", Description: "ours", CreatorID: alice.ID,
+		Members: []protocol.Member{member(alice), member(bob)}}
+	if diff := cmp.Diff(wantTeam, team, ignoreCreated); diff != "" {
+		t.Errorf("created (-want +got):\n%s", diff)
+	}
+	if team.CreatedAt.IsZero() {
+		t.Error("created chat has no created_at")
+	}
+	ev, traceID := h.nextEvent(t)
+	if diff := cmp.Diff(busapi.ChatEvent{Kind: "created", Chat: team, Added: []int64{alice.ID, bob.ID}}, ev); diff != "" {
+		t.Errorf("created event (-want +got):\n%s", diff)
+	}
+	if want := span.SpanContext().TraceID(); traceID != want {
+		t.Errorf("event in trace %s, want the request's %s", traceID, want)
+	}
+
+	upd := func(actor busapi.User, chatID int64, f func(*busapi.UpdateChatRequest)) busapi.UpdateChatRequest {
+		r := busapi.UpdateChatRequest{ActorID: actor.ID, ActorName: actor.Username, ChatID: chatID}
+		f(&r)
+		return r
+	}
+	name := func(s string) func(*busapi.UpdateChatRequest) {
+		return func(r *busapi.UpdateChatRequest) { r.Name = &s }
+	}
+	create := func(f func(*busapi.CreateChatRequest)) busapi.CreateChatRequest {
+		r := busapi.CreateChatRequest{CreatorID: carol.ID, CreatorName: carol.Username, Name: "carols"}
+		f(&r)
+		return r
+	}
+	refusals := []struct {
+		name    string
+		subject string
+		req     any
+		want    protocol.Code
+		wantMsg string
+	}{
+		{"name taken in another case", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Name = "TEAM" }), protocol.CodeNameTaken, ""},
+		{"empty name", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Name = " " }), protocol.CodeInvalidInput, "empty"},
+		{"name too long", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Name = strings.Repeat("n", 65) }), protocol.CodeInvalidInput, "64"},
+		{"description too long", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Description = strings.Repeat("d", 501) }),
+			protocol.CodeInvalidInput, "500"},
+		{"too many members", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Members = make([]string, 101) }),
+			protocol.CodeInvalidInput, "100"},
+		{"unknown user", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Members = []string{"bob", "nobody"} }),
+			protocol.CodeUnknownUser, `unknown user "nobody"`},
+		{"duplicate member", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Members = []string{"bob", "BOB"} }),
+			protocol.CodeDuplicateMember, `"bob" and "BOB"`},
+		{"malformed request", h.subj.ChatCreate(), json.RawMessage(`{"name":1}`), protocol.CodeBadRequest, ""},
+		{"member edits", h.subj.ChatUpdate(), upd(bob, team.ID, name("bobs")), protocol.CodeNotCreator, "creator"},
+		{"non-member edits", h.subj.ChatUpdate(), upd(carol, team.ID, name("carols")), protocol.CodeNotAMember, ""},
+		{"nobody edits general", h.subj.ChatUpdate(), upd(alice, chats.GeneralChatID, name("mine")), protocol.CodeNotCreator, "general"},
+		{"edit unknown chat", h.subj.ChatUpdate(), upd(alice, 9999, name("x")), protocol.CodeChatNotFound, ""},
+		{"rename to a taken name", h.subj.ChatUpdate(), upd(alice, team.ID, name("General")), protocol.CodeNameTaken, ""},
+		{"remove the creator", h.subj.ChatUpdate(), upd(alice, team.ID, func(r *busapi.UpdateChatRequest) { r.RemoveMembers = []string{"alice"} }),
+			protocol.CodeInvalidInput, "creator"},
+		{"remove a non-member", h.subj.ChatUpdate(), upd(alice, team.ID, func(r *busapi.UpdateChatRequest) { r.RemoveMembers = []string{"dave"} }),
+			protocol.CodeInvalidInput, `"dave" is not a member`},
+		{"add an unknown user", h.subj.ChatUpdate(), upd(alice, team.ID, func(r *busapi.UpdateChatRequest) { r.AddMembers = []string{"zed"} }),
+			protocol.CodeUnknownUser, `"zed"`},
+		{"add and remove one user", h.subj.ChatUpdate(), upd(alice, team.ID, func(r *busapi.UpdateChatRequest) {
+			r.AddMembers, r.RemoveMembers = []string{"dave"}, []string{"Dave"}
+		}), protocol.CodeDuplicateMember, ""},
+		{"non-member reads", h.subj.ChatGet(), busapi.ChatRequest{UserID: carol.ID, ChatID: team.ID}, protocol.CodeNotAMember, ""},
+		{"read unknown chat", h.subj.ChatGet(), busapi.ChatRequest{UserID: alice.ID, ChatID: 9999}, protocol.CodeChatNotFound, ""},
+		{"non-member's history", h.subj.ChatAccess(), busapi.ChatRequest{UserID: carol.ID, ChatID: team.ID}, protocol.CodeNotAMember, ""},
+		{"history of unknown chat", h.subj.ChatAccess(), busapi.ChatRequest{UserID: alice.ID, ChatID: 9999}, protocol.CodeChatNotFound, ""},
+		{"non-member sends", h.subj.ChatSend(), busapi.SendRequest{ChatID: team.ID, SenderID: carol.ID, Sender: "carol", ClientMsgID: "c-1", Text: "hi"},
+			protocol.CodeNotAMember, ""},
+		{"empty message", h.subj.ChatSend(), busapi.SendRequest{ChatID: team.ID, SenderID: bob.ID, Sender: "Bob", ClientMsgID: "b-1", Text: " "},
+			protocol.CodeInvalidMessage, "empty"},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := h.call(t, ctx, tc.subject, tc.req, nil)
+			if code != tc.want || !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("got %s %q, want %s with %q", code, msg, tc.want, tc.wantMsg)
+			}
+		})
+	}
+
+	// Rename: an "updated" event, and none for any refusal above.
+	var renamed busapi.Chat
+	if code, msg := h.call(t, ctx, h.subj.ChatUpdate(), upd(alice, team.ID, name("Dream Team")), &renamed); code != "" {
+		t.Fatalf("rename: %s %s", code, msg)
+	}
+	wantTeam.Name = "Dream Team"
+	if diff := cmp.Diff(wantTeam, renamed, ignoreCreated); diff != "" {
+		t.Errorf("renamed (-want +got):\n%s", diff)
+	}
+	ev, _ = h.nextEvent(t)
+	if diff := cmp.Diff(busapi.ChatEvent{Kind: "updated", Chat: renamed}, ev); diff != "" {
+		t.Errorf("rename event (-want +got):\n%s", diff)
+	}
+
+	// Members: add carol, remove bob; an existing member added is a no-op.
+	var swapped busapi.Chat
+	if code, msg := h.call(t, ctx, h.subj.ChatUpdate(), upd(alice, team.ID, func(r *busapi.UpdateChatRequest) {
+		r.AddMembers, r.RemoveMembers = []string{"Carol", "alice"}, []string{"bob"}
+	}), &swapped); code != "" {
+		t.Fatalf("swap members: %s %s", code, msg)
+	}
+	wantTeam.Members = []protocol.Member{member(alice), member(carol)}
+	if diff := cmp.Diff(wantTeam, swapped, ignoreCreated); diff != "" {
+		t.Errorf("after swap (-want +got):\n%s", diff)
+	}
+	ev, _ = h.nextEvent(t)
+	if diff := cmp.Diff(busapi.ChatEvent{Kind: "members", Chat: swapped, Added: []int64{carol.ID}, Removed: []int64{bob.ID}}, ev); diff != "" {
+		t.Errorf("members event (-want +got):\n%s", diff)
+	}
+
+	// The send path sees the change at once.
+	sends := []struct {
+		user busapi.User
+		want protocol.Code
+	}{{carol, ""}, {bob, protocol.CodeNotAMember}}
+	for _, s := range sends {
+		var res busapi.SendResult
+		code, _ := h.call(t, ctx, h.subj.ChatSend(), busapi.SendRequest{ChatID: team.ID, SenderID: s.user.ID, Sender: s.user.Username, ClientMsgID: "after", Text: "hi"}, &res)
+		if code != s.want {
+			t.Errorf("%s sends after the edit: %q, want %q", s.user.Username, code, s.want)
+		}
+	}
+
+	// Reads.
+	var got busapi.Chat
+	if code, _ := h.call(t, ctx, h.subj.ChatGet(), busapi.ChatRequest{UserID: carol.ID, ChatID: team.ID}, &got); code != "" || !cmp.Equal(swapped, got) {
+		t.Errorf("carol gets %+v (%s), want %+v", got, code, swapped)
+	}
+	var general busapi.Chat
+	if code, _ := h.call(t, ctx, h.subj.ChatGet(), busapi.ChatRequest{UserID: dave.ID, ChatID: chats.GeneralChatID}, &general); code != "" ||
+		!general.Everyone || general.Members != nil || general.CreatorID != 0 {
+		t.Errorf("general = %+v (%s), want everyone, no members, no creator", general, code)
+	}
+	if code, _ := h.call(t, ctx, h.subj.ChatAccess(), busapi.ChatRequest{UserID: carol.ID, ChatID: team.ID}, nil); code != "" {
+		t.Errorf("carol's access: %s", code)
+	}
+	var apples busapi.Chat
+	if code, msg := h.call(t, ctx, h.subj.ChatCreate(), busapi.CreateChatRequest{CreatorID: carol.ID, CreatorName: "carol", Name: "apples"}, &apples); code != "" {
+		t.Fatalf("create apples: %s %s", code, msg)
+	}
+	if ev, _ := h.nextEvent(t); ev.Kind != "created" || ev.Chat.ID != apples.ID || !cmp.Equal(ev.Added, []int64{carol.ID}) {
+		t.Errorf("apples event = %+v", ev)
+	}
+	var list busapi.ChatList
+	if code, _ := h.call(t, ctx, h.subj.ChatList(), busapi.UserChatsRequest{UserID: carol.ID}, &list); code != "" {
+		t.Fatalf("list: %s", code)
+	}
+	if diff := cmp.Diff([]busapi.Chat{general, apples, swapped}, list.Chats); diff != "" {
+		t.Errorf("carol's chats (-want +got):\n%s", diff)
+	}
+	var ids busapi.UserChats
+	if code, _ := h.call(t, ctx, h.subj.ChatUserChats(), busapi.UserChatsRequest{UserID: bob.ID}, &ids); code != "" || !cmp.Equal(ids.ChatIDs, []int64{1}) {
+		t.Errorf("bob's chat ids = %v (%s), want [1]", ids.ChatIDs, code)
+	}
+}
+
+// TestAuthUnavailable: with no auth service answering, a create naming
+// members is answered unavailable (retryable) and nothing is created.
+func TestAuthUnavailable(t *testing.T) {
+	t.Parallel()
+	h := start(t, true)
+	ctx := context.Background()
+	code, _ := h.call(t, ctx, h.subj.ChatCreate(), busapi.CreateChatRequest{CreatorID: alice.ID, CreatorName: "alice", Name: "team", Members: []string{"bob"}}, nil)
+	if code != protocol.CodeUnavailable {
+		t.Errorf("create with auth down: %q, want unavailable", code)
+	}
+	// A chat without members needs no lookup; the name is still free.
+	var c busapi.Chat
+	if code, msg := h.call(t, ctx, h.subj.ChatCreate(), busapi.CreateChatRequest{CreatorID: alice.ID, CreatorName: "alice", Name: "team"}, &c); code != "" {
+		t.Fatalf("create without members: %s %s", code, msg)
+	}
+	if ev, _ := h.nextEvent(t); ev.Chat.ID != c.ID {
+		t.Errorf("first event is for chat %d, want %d (and none for the failed create)", ev.Chat.ID, c.ID)
+	}
+}

@@ -1,0 +1,64 @@
+// Package busevents receives the events other services broadcast to every
+// gateway over NATS (no queue group): sessions revoked at logout, and chats
+// changed. Each is applied to this replica's own connections.
+package busevents
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/subjects"
+)
+
+// Connections is what the events act on.
+type Connections interface {
+	RevokeSession(sessionID string) int
+	ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent)
+}
+
+// Subscribe subscribes the event subjects until nc is drained or closed.
+func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns Connections, log *slog.Logger, tp trace.TracerProvider) error {
+	tracer := tp.Tracer("github.com/communications/communications/services/gateway/internal/busevents")
+	handle := func(name string, apply func(context.Context, []byte) error) nats.MsgHandler {
+		return func(msg *nats.Msg) {
+			ctx, span := tracer.Start(natsbus.Extract(ctx, msg), name, trace.WithSpanKind(trace.SpanKindConsumer))
+			defer span.End()
+			if err := apply(ctx, msg.Data); err != nil {
+				log.WarnContext(ctx, "bad event", "subject", msg.Subject, "err", err)
+			}
+		}
+	}
+	if _, err := nc.Subscribe(subj.AuthSessionRevoked(), handle("session revoked", func(ctx context.Context, data []byte) error {
+		var ev busapi.SessionRevoked
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return err
+		}
+		if n := conns.RevokeSession(ev.SessionID); n > 0 {
+			log.InfoContext(ctx, "closed websockets of a revoked session", "connections", n, "user_id", ev.UserID)
+		}
+		return nil
+	})); err != nil {
+		return fmt.Errorf("subscribe session revocations: %w", err)
+	}
+	if _, err := nc.Subscribe(subj.ChatEvents(), handle("chat event", func(ctx context.Context, data []byte) error {
+		var ev busapi.ChatEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return err
+		}
+		conns.ApplyChatEvent(ctx, ev)
+		return nil
+	})); err != nil {
+		return fmt.Errorf("subscribe chat events: %w", err)
+	}
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("subscribe events: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,439 @@
+// The web app's browser test: two people, each in their own browser context
+// on a different gateway replica, driven by playwright-core on Debian's
+// Chromium (never a downloaded browser).
+//
+//   GATEWAY_URLS=http://127.0.0.1:8080,http://127.0.0.1:8081 ARTIFACTS_DIR=/tmp/shots npm run test:browser
+//
+// GATEWAY_URLS (required) lists the gateways' base URLs; ARTIFACTS_DIR
+// (optional, default a temporary folder) receives the screenshots. The Go
+// test harness (e2e TestBrowser) starts the whole system and sets both.
+// Every wait is a Playwright auto-waiting locator or waitForFunction with a
+// deadline: there are no fixed sleeps.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const GATEWAYS = (process.env.GATEWAY_URLS ?? "")
+  .split(",")
+  .map((s) => s.trim().replace(/\/+$/, ""))
+  .filter(Boolean);
+if (GATEWAYS.length === 0) {
+  throw new Error(
+    "GATEWAY_URLS is not set: give the base URLs of the running gateways, comma-separated, " +
+      "e.g. GATEWAY_URLS=http://127.0.0.1:8080,http://127.0.0.1:8081 npm run test:browser " +
+      "(the Go test harness, e2e TestBrowser, starts the system and sets it)",
+  );
+}
+const BASE_A = GATEWAYS[0];
+const BASE_B = GATEWAYS[1 % GATEWAYS.length];
+const ARTIFACTS = process.env.ARTIFACTS_DIR || join(tmpdir(), "communications-web-artifacts");
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const WAIT_MS = 15_000;
+
+const PHONE = { width: 375, height: 667 };
+const DESKTOP = { width: 1280, height: 800 };
+
+const suffix = `${Date.now().toString(36)}${randomBytes(3).toString("hex")}`;
+const PASSWORD = "correct horse battery staple";
+
+/**
+ * person opens a browser context for one person on one gateway and records
+ * what must never happen: uncaught errors, dialogs (alert), requests to
+ * another origin.
+ */
+async function person(browser, name, base, viewport) {
+  const context = await browser.newContext({ viewport, baseURL: base });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  const p = { name, base, context, page, username: `${name}_${suffix}`, pageErrors: [], dialogs: [], foreign: [] };
+  page.on("pageerror", (err) => p.pageErrors.push(String(err)));
+  page.on("dialog", (d) => {
+    p.dialogs.push(`${d.type()}: ${d.message()}`);
+    void d.dismiss();
+  });
+  page.on("request", (r) => {
+    const url = r.url();
+    if (url.startsWith("data:")) return;
+    const origin = new URL(url).origin;
+    if (origin !== base && origin !== base.replace(/^http/, "ws")) p.foreign.push(url);
+  });
+  return p;
+}
+
+/** text waits until a message with this text is in the person's message list. */
+function messageWith(page, text) {
+  return page.getByTestId("message").filter({ hasText: text });
+}
+
+async function registerAndEnter(p) {
+  const { page } = p;
+  await page.goto("/register");
+  await page.getByLabel("Username").fill(p.username);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByTestId("auth-submit").click();
+  await page.waitForURL(/\/chats\/1$/);
+  await page.getByTestId("chat-title").filter({ hasText: "general" }).waitFor();
+  await page.getByTestId("current-user").filter({ hasText: p.username }).waitFor();
+  await page.locator('[data-testid="connection"][data-state="open"]').waitFor();
+}
+
+/** chatLink is the person's link to a chat in the chat list. */
+function chatLink(page, id) {
+  return page.locator(`[data-testid="chat-link"][data-chat-id="${id}"]`);
+}
+
+/** send types text into the composer and sends it with Enter. */
+async function send(page, text) {
+  const input = page.getByTestId("composer-input");
+  await input.fill(text);
+  await input.press("Enter");
+}
+
+/**
+ * unlabelled lists the visible controls of a page that have no accessible
+ * name: a <label>, aria-label, aria-labelledby or (buttons, links) text.
+ */
+async function unlabelled(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll("input, textarea, select, button, a[href]")]
+      .filter((el) => el.getClientRects().length > 0)
+      .filter((el) => {
+        if (el.getAttribute("aria-label")?.trim()) return false;
+        if (el.getAttribute("aria-labelledby")) return false;
+        if (el.labels && [...el.labels].some((l) => l.textContent.trim())) return false;
+        if ((el.tagName === "BUTTON" || el.tagName === "A") && el.textContent.trim()) return false;
+        return true;
+      })
+      .map((el) => el.outerHTML.slice(0, 120)),
+  );
+}
+
+/** markPage sets a flag that a page load would wipe out. */
+async function markPage(page) {
+  await page.evaluate(() => {
+    window.__noReload = true;
+  });
+}
+
+async function assertNotReloaded(page) {
+  assert.equal(await page.evaluate(() => window.__noReload === true), true, "the page was reloaded");
+}
+
+test("two people chat in real time across two gateway replicas", async (t) => {
+  await mkdir(ARTIFACTS, { recursive: true });
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+  t.after(() => browser.close());
+
+  // A is on a desktop on the first gateway, B on a phone on the second.
+  const a = await person(browser, "alice", BASE_A, DESKTOP);
+  const b = await person(browser, "bob", BASE_B, PHONE);
+  const pa = a.page;
+  const pb = b.page;
+  const state = { chatId: 0, chatName: `team-${suffix}` };
+
+  // Steps depend on each other: after the first failure the rest are
+  // skipped rather than failing with confusing follow-on errors.
+  let failed = false;
+  const step = async (name, fn) => {
+    await t.test(name, { skip: failed && "an earlier step failed" }, async () => {
+      try {
+        await fn();
+      } catch (err) {
+        failed = true;
+        const file = join(ARTIFACTS, `failed-${name.replace(/[^a-z0-9]+/gi, "-")}`);
+        await Promise.allSettled([pa.screenshot({ path: `${file}-a.png` }), pb.screenshot({ path: `${file}-b.png` })]);
+        throw err;
+      }
+    });
+  };
+
+  await step("both register and log in, each on its own gateway", async () => {
+    await Promise.all([registerAndEnter(a), registerAndEnter(b)]);
+    // A wrong password is refused with the server's message.
+    const other = await browser.newContext({ baseURL: BASE_A });
+    t.after(() => other.close());
+    const po = await other.newPage();
+    po.setDefaultTimeout(WAIT_MS);
+    await po.goto("/login");
+    await po.getByLabel("Username").fill(a.username);
+    await po.getByLabel("Password").fill("not the password");
+    await po.getByTestId("auth-submit").click();
+    await po.locator('[data-testid="auth-error"][role="alert"][data-code="bad_credentials"]').waitFor();
+    assert.deepEqual(await unlabelled(po), []);
+  });
+
+  await step("on a phone the chat list folds away behind a button", async () => {
+    assert.equal(await pb.getByTestId("sidebar").isVisible(), false, "the chat list shows on a 375 px screen");
+    const toggle = pb.getByTestId("toggle-chats");
+    assert.equal(await toggle.getAttribute("aria-expanded"), "false");
+    await toggle.click();
+    await pb.getByTestId("sidebar").waitFor({ state: "visible" });
+    assert.equal(await toggle.getAttribute("aria-expanded"), "true");
+    assert.equal(await chatLink(pb, 1).getAttribute("aria-current"), "page");
+    await pb.keyboard.press("Escape");
+    await pb.getByTestId("sidebar").waitFor({ state: "hidden" });
+    assert.equal(await pa.getByTestId("sidebar").isVisible(), true, "the chat list is hidden on a 1280 px screen");
+  });
+
+  await step("A's create-chat dialog shows the server's errors", async () => {
+    await pa.getByTestId("new-chat").click();
+    const dialog = pa.getByTestId("create-chat-dialog");
+    await dialog.waitFor();
+    // The name field has focus when the dialog opens.
+    assert.equal(await pa.evaluate(() => document.activeElement?.getAttribute("data-testid")), "chat-name-input");
+    await dialog.getByLabel("Name").fill("GENERAL");
+    await dialog.getByTestId("dialog-submit").click();
+    await dialog.locator('[data-testid="dialog-error"][role="alert"][data-code="name_taken"]').waitFor();
+    await dialog.getByLabel("Name").fill(state.chatName);
+    await dialog.getByLabel("Members").fill(`nobody_${suffix}`);
+    await dialog.getByTestId("dialog-submit").click();
+    await dialog.locator('[data-testid="dialog-error"][data-code="unknown_user"]').waitFor();
+    assert.match(await dialog.getByTestId("dialog-error").textContent(), /\S/);
+    assert.deepEqual(await unlabelled(pa), []);
+  });
+
+  await step("A creates a chat with B as member", async () => {
+    const dialog = pa.getByTestId("create-chat-dialog");
+    await dialog.getByLabel("Description (optional)").fill("Planning the release");
+    await dialog.getByLabel("Members").fill(b.username);
+    await dialog.getByTestId("dialog-submit").click();
+    await dialog.waitFor({ state: "detached" });
+    await pa.waitForURL(/\/chats\/\d+$/);
+    state.chatId = Number(new URL(pa.url()).pathname.split("/").pop());
+    assert.ok(state.chatId > 1, `new chat id ${state.chatId}`);
+    await pa.getByTestId("chat-title").filter({ hasText: state.chatName }).waitFor();
+    await pa.getByTestId("chat-description").filter({ hasText: "Planning the release" }).waitFor();
+    assert.equal(await chatLink(pa, state.chatId).getAttribute("aria-current"), "page");
+    assert.equal(await chatLink(pa, 1).getAttribute("aria-current"), null);
+    await pa.getByTestId("edit-chat").waitFor({ state: "visible" });
+  });
+
+  await step("B sees the new chat live and opens it", async () => {
+    await markPage(pb);
+    await pb.getByTestId("toggle-chats").click();
+    await chatLink(pb, state.chatId).filter({ hasText: state.chatName }).waitFor();
+    await chatLink(pb, state.chatId).click();
+    await pb.waitForURL(new RegExp(`/chats/${state.chatId}$`));
+    await pb.getByTestId("chat-title").filter({ hasText: state.chatName }).waitFor();
+    await pb.getByTestId("sidebar").waitFor({ state: "hidden" });
+    await assertNotReloaded(pb);
+  });
+
+  await step("B is not offered to edit the chat", async () => {
+    await pb.getByTestId("chat-members").filter({ hasText: a.username }).waitFor();
+    assert.equal(await pb.getByTestId("edit-chat").isVisible(), false, "B is offered edit");
+  });
+
+  await step("they exchange messages both ways in real time", async () => {
+    await markPage(pa);
+    await markPage(pb);
+    const fromA = `hello from A ${suffix}`;
+    await send(pa, fromA);
+    await messageWith(pb, fromA).waitFor();
+    await messageWith(pa, fromA).waitFor();
+    assert.equal(await messageWith(pb, fromA).getByTestId("message-sender").textContent(), a.username);
+    assert.equal(await messageWith(pb, fromA).locator("time").count(), 1, "the message shows its time");
+
+    const fromB = `hi A, B here ${suffix}`;
+    await pb.getByTestId("composer-input").fill(fromB);
+    await pb.getByTestId("send").click();
+    await messageWith(pa, fromB).waitFor();
+    assert.equal(await messageWith(pa, fromB).getByTestId("message-sender").textContent(), b.username);
+
+    // Shift+Enter starts a new line; Enter sends.
+    const input = pa.getByTestId("composer-input");
+    await input.fill("");
+    await input.pressSequentially(`line one ${suffix}`);
+    await input.press("Shift+Enter");
+    await input.pressSequentially("line two");
+    await input.press("Enter");
+    const multi = messageWith(pb, `line one ${suffix}`);
+    await multi.waitFor();
+    assert.equal(await multi.getByTestId("message-text").textContent(), `line one ${suffix}\nline two`);
+    assert.equal(await input.inputValue(), "", "the composer is emptied after sending");
+
+    // Newest at the bottom, in the same order for both.
+    const order = async (page) => (await page.getByTestId("message-text").allTextContents()).filter((s) => s.includes(suffix));
+    const want = [fromA, fromB, `line one ${suffix}\nline two`];
+    await pa.waitForFunction((n) => document.querySelectorAll('[data-testid="message"]').length >= n, want.length);
+    assert.deepEqual(await order(pa), want);
+    assert.deepEqual(await order(pb), want);
+    await assertNotReloaded(pa);
+    await assertNotReloaded(pb);
+  });
+
+  await step("the keyboard alone reaches the composer, with visible focus", async () => {
+    await pb.evaluate(() => document.activeElement?.blur());
+    const reached = [];
+    for (let i = 0; i < 20; i++) {
+      await pb.keyboard.press("Tab");
+      const f = await pb.evaluate(() => {
+        const el = document.activeElement;
+        const cs = el ? getComputedStyle(el) : null;
+        return { id: el?.getAttribute("data-testid") ?? el?.tagName, outline: cs ? `${cs.outlineStyle} ${cs.outlineWidth}` : "" };
+      });
+      reached.push(f.id);
+      if (f.id === "BODY") continue; // past the last control, before wrapping round
+      assert.notEqual(f.outline.split(" ")[0], "none", `no visible focus on ${f.id}`);
+      if (f.id === "composer-input") break;
+    }
+    assert.equal(reached.at(-1), "composer-input", `Tab went through ${reached.join(", ")}`);
+    const text = `typed with the keyboard ${suffix}`;
+    await pb.keyboard.type(text);
+    await pb.keyboard.press("Enter");
+    await messageWith(pa, text).waitFor();
+  });
+
+  await step("A renames the chat and B sees the new name live", async () => {
+    const newName = `renamed-${suffix}`;
+    await pa.getByTestId("edit-chat").click();
+    const dialog = pa.getByTestId("edit-chat-dialog");
+    await dialog.waitFor();
+    await dialog.getByLabel("Name").fill(newName);
+    await dialog.getByLabel("Description").fill("New plans");
+    await dialog.getByTestId("dialog-submit").click();
+    await dialog.waitFor({ state: "detached" });
+    await pa.getByTestId("chat-title").filter({ hasText: newName }).waitFor();
+    await pb.getByTestId("chat-title").filter({ hasText: newName }).waitFor();
+    await pb.getByTestId("chat-description").filter({ hasText: "New plans" }).waitFor();
+    await pb.waitForFunction(
+      ([id, name]) => document.querySelector(`[data-testid="chat-link"][data-chat-id="${id}"]`)?.textContent?.includes(name),
+      [state.chatId, newName],
+    );
+    assert.equal(await pb.title(), `${newName} · communications`);
+    await assertNotReloaded(pb);
+    state.chatName = newName;
+  });
+
+  await step("B's attempt to edit through the API is refused with 403 not_creator", async () => {
+    const res = await pb.evaluate(async (id) => {
+      const r = await fetch(`/api/v1/chats/${id}`, {
+        method: "PATCH",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "taken over" }),
+      });
+      return { status: r.status, body: await r.json() };
+    }, state.chatId);
+    assert.equal(res.status, 403);
+    assert.equal(res.body.error.code, "not_creator");
+  });
+
+  await step("a message with markup shows as text, never runs", async () => {
+    const watch = () => {
+      window.__added = [];
+      new MutationObserver((records) => {
+        for (const r of records) {
+          for (const n of r.addedNodes) {
+            if (n.nodeType !== 1) continue;
+            if (n.matches("script, img, iframe") || n.querySelector("script, img, iframe")) window.__added.push(n.outerHTML);
+          }
+        }
+      }).observe(document.documentElement, { childList: true, subtree: true });
+      return document.scripts.length;
+    };
+    const scriptsA = await pa.evaluate(watch);
+    const scriptsB = await pb.evaluate(watch);
+    const evil = `<script>alert(1)</script><img src=x onerror="alert(2)"> ${suffix}`;
+    await send(pa, evil);
+    for (const [page, scripts] of [[pa, scriptsA], [pb, scriptsB]]) {
+      const msg = messageWith(page, `alert(1)`);
+      await msg.waitFor();
+      assert.equal(await msg.getByTestId("message-text").textContent(), evil);
+      assert.equal(await msg.locator("script, img").count(), 0);
+      assert.equal(await page.evaluate(() => document.scripts.length), scripts, "a script element was added");
+      assert.deepEqual(await page.evaluate(() => window.__added), []);
+    }
+    assert.deepEqual(a.dialogs, []);
+    assert.deepEqual(b.dialogs, []);
+  });
+
+  await step("an error from the server is shown to the person", async () => {
+    await send(pa, "x".repeat(4001));
+    const banner = pa.locator('[data-testid="error"][role="alert"]');
+    await banner.filter({ hasText: /\S/ }).waitFor();
+    assert.equal(await banner.getAttribute("data-code"), "invalid_message");
+    await pa.getByRole("button", { name: "Dismiss the error" }).click();
+    await banner.waitFor({ state: "hidden" });
+    await pa.getByRole("button", { name: "Dismiss", exact: true }).click();
+  });
+
+  await step("screenshots at 1280x800 and 375x667", async () => {
+    await pa.screenshot({ path: join(ARTIFACTS, "chat-1280x800.png") });
+    await pb.screenshot({ path: join(ARTIFACTS, "chat-375x667.png") });
+    assert.deepEqual(await unlabelled(pa), []);
+    assert.deepEqual(await unlabelled(pb), []);
+    await pb.getByTestId("toggle-chats").click();
+    await pb.getByTestId("sidebar").waitFor({ state: "visible" });
+    await pb.screenshot({ path: join(ARTIFACTS, "chat-list-375x667.png") });
+    await pb.keyboard.press("Escape");
+    await pa.getByTestId("edit-chat").click();
+    await pa.getByTestId("edit-chat-dialog").waitFor();
+    await pa.screenshot({ path: join(ARTIFACTS, "edit-dialog-1280x800.png") });
+    assert.deepEqual(await unlabelled(pa), []);
+    await pa.keyboard.press("Escape");
+    await pa.getByTestId("edit-chat-dialog").waitFor({ state: "detached" });
+    // Focus goes back to the button that opened the dialog.
+    assert.equal(await pa.evaluate(() => document.activeElement?.getAttribute("data-testid")), "edit-chat");
+  });
+
+  await step("a chat B is not in is refused", async () => {
+    const other = await pa.evaluate(async (name) => {
+      const r = await fetch("/api/v1/chats", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name, description: "", members: [] }),
+      });
+      return { status: r.status, body: await r.json() };
+    }, `private-${suffix}`);
+    assert.equal(other.status, 201, JSON.stringify(other.body));
+    await pb.goto(`/chats/${other.body.chat.id}`);
+    await pb.getByTestId("not-member").waitFor();
+    await pb.locator('[data-testid="not-member"] [role="alert"]').filter({ hasText: /\S/ }).waitFor();
+    assert.equal(await pb.getByTestId("composer").count(), 0);
+  });
+
+  await step("an unknown chat and an unknown page show the 404 page", async () => {
+    await pb.goto("/chats/999999999");
+    await pb.getByTestId("not-found").waitFor();
+    await pb.screenshot({ path: join(ARTIFACTS, "not-found-375x667.png") });
+    await pa.goto("/no/such/page");
+    await pa.getByTestId("not-found").waitFor();
+    await pa.getByTestId("go-home").click();
+    await pa.waitForURL(/\/chats\/1$/);
+    await pa.getByTestId("chat-title").filter({ hasText: "general" }).waitFor();
+  });
+
+  await step("A logs out and the session is over", async () => {
+    await pa.getByTestId("logout").click();
+    await pa.waitForURL(/\/login$/);
+    await pa.getByTestId("login-form").waitFor();
+    await pa.screenshot({ path: join(ARTIFACTS, "login-1280x800.png") });
+    const me = await pa.evaluate(async () => (await fetch("/api/v1/me", { credentials: "same-origin" })).status);
+    assert.equal(me, 401);
+    await pa.goto("/chats/1");
+    await pa.waitForURL(/\/login$/);
+    await pa.getByTestId("login-form").waitFor();
+  });
+
+  await step("nothing went wrong behind the scenes", async () => {
+    for (const p of [a, b]) {
+      assert.deepEqual(p.pageErrors, [], `${p.name}: uncaught errors`);
+      assert.deepEqual(p.dialogs, [], `${p.name}: dialogs`);
+      assert.deepEqual(p.foreign, [], `${p.name}: requests to another origin`);
+    }
+    // The token is never kept where scripts can read it.
+    for (const p of [b]) {
+      const stored = await p.page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }) + document.cookie);
+      assert.equal(stored, "{}{}", `${p.name}: something readable by scripts holds session data`);
+    }
+  });
+});
