@@ -55,6 +55,17 @@ func parseDockerfile(t *testing.T, svc Service) dockerfile {
 
 func (d dockerfile) final() instructions.Stage { return d.Stages[len(d.Stages)-1] }
 
+// goStage returns the stage that builds the Go binary: the one named
+// "build" (the gateway has a stage before it that builds the web app).
+func (d dockerfile) goStage() instructions.Stage {
+	for _, st := range d.Stages {
+		if st.Name == "build" {
+			return st
+		}
+	}
+	return d.Stages[0]
+}
+
 // stageCommands returns the commands of type C in st.
 func stageCommands[C instructions.Command](st instructions.Stage) []C {
 	var out []C
@@ -137,7 +148,7 @@ func TestDockerfiles(t *testing.T) {
 			if len(d.Stages) < 2 {
 				t.Fatalf("%s: %d stage, want a build stage and a runtime stage", d.Path, len(d.Stages))
 			}
-			build, final := d.Stages[0], d.final()
+			build, final := d.goStage(), d.final()
 
 			// The build stage: a Go toolchain at least as new as go.mod asks,
 			// a static binary, no go.work (only libs/ and the service are copied).
@@ -258,7 +269,7 @@ func TestDockerBuildContext(t *testing.T) {
 	for _, svc := range Services {
 		t.Run(svc.Name, func(t *testing.T) {
 			d := parseDockerfile(t, svc)
-			build := d.Stages[0]
+			build := d.goStage()
 			ctxDir := t.TempDir()
 			workdir := "/"
 			for _, c := range build.Commands {
