@@ -231,8 +231,54 @@ func TestSessions(t *testing.T) {
 		if err := post(s.gateways[0], true); err != nil {
 			t.Errorf("cookie POST from the gateway's own origin: %v", err)
 		}
-		if err := post("https://evil.example", false); err != nil {
-			t.Errorf("bearer POST (no ambient credentials): %v", err)
+		if err := post("https://evil.example", false); err == nil || !strings.Contains(err.Error(), "403") {
+			t.Errorf("bearer POST from a foreign origin: %v, want 403", err)
+		}
+		if err := post("", false); err != nil {
+			t.Errorf("bearer POST from an app (no origin): %v", err)
+		}
+	})
+
+	t.Run("forged login from another site", func(t *testing.T) {
+		// A cross-site form posting the attacker's credentials: refused by
+		// its Origin, and by its content type.
+		for _, tc := range []struct {
+			origin, contentType string
+			status              int
+		}{
+			{"https://evil.example", "application/json", 403},
+			{"", "text/plain", 415},
+		} {
+			req, err := http.NewRequest(http.MethodPost, s.gateways[0]+"/api/v1/auth/login",
+				strings.NewReader(`{"username":"alice","password":"`+testPassword+`"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", tc.contentType)
+			if tc.origin != "" {
+				req.Header.Set("Origin", tc.origin)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.status {
+				t.Errorf("login with origin %q and %s: status %d, want %d", tc.origin, tc.contentType, resp.StatusCode, tc.status)
+			}
+			if len(resp.Cookies()) > 0 {
+				t.Errorf("refused login set a cookie")
+			}
+		}
+	})
+
+	t.Run("browsers never get the token", func(t *testing.T) {
+		var out map[string]any
+		if err := do(ctx, http.MethodPost, s.gateways[0]+"/api/v1/auth/login", "", map[string]string{"username": "alice", "password": testPassword}, &out); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := out["token"]; ok {
+			t.Errorf("login without \"token\": true returned the token")
 		}
 	})
 
@@ -259,7 +305,7 @@ func login(t *testing.T, base, username string) *client {
 			Username string `json:"username"`
 		} `json:"user"`
 	}
-	if err := do(context.Background(), http.MethodPost, base+"/api/v1/auth/login", "", map[string]string{"username": username, "password": testPassword}, &out); err != nil {
+	if err := do(context.Background(), http.MethodPost, base+"/api/v1/auth/login", "", map[string]any{"username": username, "password": testPassword, "token": true}, &out); err != nil {
 		t.Fatalf("login %s: %v", username, err)
 	}
 	return &client{t: t, base: base, token: out.Token, userID: out.User.ID, username: out.User.Username}

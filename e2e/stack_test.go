@@ -306,7 +306,7 @@ func signUp(t *testing.T, base, username string) *client {
 			Username string `json:"username"`
 		} `json:"user"`
 	}
-	if err := do(ctx, http.MethodPost, base+"/api/v1/auth/login", "", map[string]string{"username": username, "password": password}, &login); err != nil {
+	if err := do(ctx, http.MethodPost, base+"/api/v1/auth/login", "", map[string]any{"username": username, "password": password, "token": true}, &login); err != nil {
 		t.Fatalf("login %s: %v", username, err)
 	}
 	if login.Token == "" || login.User.ID == 0 {

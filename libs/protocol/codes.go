@@ -9,24 +9,25 @@ type Code string
 // Request errors: the request was wrong. Retrying the same request gives
 // the same answer.
 const (
-	CodeBadRequest      Code = "bad_request"       // malformed JSON or missing fields
-	CodeInvalidMessage  Code = "invalid_message"   // empty or oversized text, bad client_msg_id
-	CodeUnauthorized    Code = "unauthorized"      // no valid session
-	CodeForbidden       Code = "forbidden"         // authenticated but not allowed
-	CodeNotAMember      Code = "not_a_member"      // the user is not a member of the chat
-	CodeChatNotFound    Code = "chat_not_found"    // no such chat
-	CodeNotFound        Code = "not_found"         // no such resource
-	CodeConflict        Code = "conflict"          // a unique value is taken
-	CodeUsernameTaken   Code = "username_taken"    // registration with a taken username
-	CodeInvalidInput    Code = "invalid_input"     // a field failed validation
-	CodeBadCredentials  Code = "bad_credentials"   // unknown user or wrong password
-	CodeFrameTooLarge   Code = "frame_too_large"   // a websocket frame over MaxFrameBytes
-	CodeRequestTooLarge Code = "request_too_large" // an HTTP request body over the limit
-	CodeNameTaken       Code = "name_taken"        // a chat name is taken (regardless of letter case)
-	CodeUnknownUser     Code = "unknown_user"      // a username that does not exist
-	CodeDuplicateMember Code = "duplicate_member"  // the same member listed twice
-	CodeNotCreator      Code = "not_creator"       // only the chat's creator may do this
-	CodeCSRF            Code = "csrf_rejected"     // a cookie-authenticated change from a foreign origin
+	CodeBadRequest           Code = "bad_request"            // malformed JSON or missing fields
+	CodeInvalidMessage       Code = "invalid_message"        // empty or oversized text, bad client_msg_id
+	CodeUnauthorized         Code = "unauthorized"           // no valid session
+	CodeForbidden            Code = "forbidden"              // authenticated but not allowed
+	CodeNotAMember           Code = "not_a_member"           // the user is not a member of the chat
+	CodeChatNotFound         Code = "chat_not_found"         // no such chat
+	CodeNotFound             Code = "not_found"              // no such resource
+	CodeConflict             Code = "conflict"               // a unique value is taken
+	CodeUsernameTaken        Code = "username_taken"         // registration with a taken username
+	CodeInvalidInput         Code = "invalid_input"          // a field failed validation
+	CodeBadCredentials       Code = "bad_credentials"        // unknown user or wrong password
+	CodeFrameTooLarge        Code = "frame_too_large"        // a websocket frame over MaxFrameBytes
+	CodeRequestTooLarge      Code = "request_too_large"      // an HTTP request body over the limit
+	CodeNameTaken            Code = "name_taken"             // a chat name is taken (regardless of letter case)
+	CodeUnknownUser          Code = "unknown_user"           // a username that does not exist
+	CodeDuplicateMember      Code = "duplicate_member"       // the same member listed twice
+	CodeNotCreator           Code = "not_creator"            // only the chat's creator may do this
+	CodeCSRF                 Code = "csrf_rejected"          // a cookie-authenticated change from a foreign origin
+	CodeUnsupportedMediaType Code = "unsupported_media_type" // an HTTP body that is not JSON
 )
 
 // Temporary errors: the server could not serve the request now. The same

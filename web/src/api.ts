@@ -61,6 +61,8 @@ interface RequestOptions {
   body?: unknown;
   /** a 401 is an answer to show (login), not a lost session */
   own401?: boolean;
+  /** the only success is 204: any other answer is an error */
+  noContent?: boolean;
 }
 
 async function request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
@@ -86,6 +88,7 @@ async function request<T>(method: string, path: string, opts: RequestOptions = {
     if (res.status === 401 && !opts.own401) onUnauthorized();
     throw e;
   }
+  if (opts.noContent) throw new ApiError(res.status, "http_" + res.status, `The server answered ${res.status} ${res.statusText}.`);
   return data as T;
 }
 
@@ -94,7 +97,8 @@ export const api = {
     request<{ user: User }>("POST", "/auth/register", { body: { username, password }, own401: true }),
   login: (username: string, password: string) =>
     request<{ user: User }>("POST", "/auth/login", { body: { username, password }, own401: true }),
-  logout: () => request<void>("POST", "/auth/logout", { own401: true }),
+  /** resolves only on 204; a 401 (no session) throws like any other failure */
+  logout: () => request<void>("POST", "/auth/logout", { own401: true, noContent: true }),
   me: () => request<{ user: User }>("GET", "/me"),
   chats: () => request<{ chats: Chat[] }>("GET", "/chats"),
   chat: (id: number) => request<{ chat: Chat }>("GET", `/chats/${id}`),

@@ -67,13 +67,33 @@ function loggedIn(_user: User): void {
   navigate(to);
 }
 
+/** set while a logout request is out, so that a second click does not send another */
+let loggingOut = false;
+
 async function logout(): Promise<void> {
-  leaveApp();
+  if (loggingOut) return;
+  loggingOut = true;
+  const from = page;
+  // The websocket stops first: the server closes every websocket of the
+  // session when it ends it, and that close must not race the answer.
+  socket.stop();
   try {
     await api.logout();
-  } catch {
-    // 401: the session was over already. Either way it is over now.
+  } catch (err) {
+    // Only 401 (the session was over already) means logged out. Anything
+    // else (503, no network, 403 csrf_rejected) leaves the session and its
+    // cookie valid: stay logged in and say what went wrong.
+    if (!(err instanceof ApiError && err.status === 401)) {
+      loggingOut = false;
+      if (page !== null && page === from) {
+        socket.start();
+        page.showError(`Logging out failed: ${errorText(err)}`, err instanceof ApiError ? err.code : "");
+      }
+      return;
+    }
   }
+  loggingOut = false;
+  leaveApp();
   loginNotice = "You are logged out.";
   returnTo = HOME;
   navigate("/login");

@@ -64,13 +64,25 @@ export interface SocketHandlers {
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15_000;
 
-/** Socket keeps one websocket open while started. */
+/**
+ * Socket keeps one websocket open while started.
+ *
+ * Every step that runs later (a backoff timer, the answer of checkSession, a
+ * websocket's handlers) belongs to one generation. Starting, stopping,
+ * connecting and waiting each begin a new generation, so a step of an older
+ * one finds itself stale and does nothing. On top of that, a step that would
+ * connect first checks that no other websocket is open or connecting, and the
+ * handlers of a websocket that is no longer the current one do nothing: there
+ * is never more than one live connection.
+ */
 export class Socket {
   private ws: WebSocket | null = null;
   private attempt = 0;
   private timer: number | undefined;
   private running = false;
   private greeted = false;
+  /** bumped by start, stop, connect and every wait: older continuations see they are stale */
+  private generation = 0;
   private onlineListener = () => this.retryNow();
 
   constructor(
@@ -86,21 +98,14 @@ export class Socket {
     if (this.running) return;
     this.running = true;
     this.attempt = 0;
+    this.generation++;
     window.addEventListener("online", this.onlineListener);
     this.connect();
   }
 
   stop(): void {
-    this.running = false;
-    window.removeEventListener("online", this.onlineListener);
-    window.clearTimeout(this.timer);
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onclose = null;
-      ws.onmessage = null;
-      ws.close(1000, "bye");
-    }
+    this.halt();
+    this.dropSocket(1000, "bye");
     this.handlers.state("closed");
   }
 
@@ -111,15 +116,59 @@ export class Socket {
     return true;
   }
 
+  /** retryNow skips the rest of a backoff (the browser came back online). */
+  retryNow(): void {
+    if (!this.running || this.ws !== null) return;
+    this.connect();
+  }
+
+  /** halt ends the running state and makes every pending step stale. */
+  private halt(): void {
+    this.running = false;
+    this.generation++;
+    window.removeEventListener("online", this.onlineListener);
+    this.clearTimer();
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) window.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** dropSocket closes the current websocket, if any, without hearing from it again. */
+  private dropSocket(code: number, reason: string): void {
+    const ws = this.ws;
+    this.ws = null;
+    this.greeted = false;
+    if (!ws) return;
+    ws.onopen = null;
+    ws.onmessage = null;
+    ws.onerror = null;
+    ws.onclose = null;
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(code, reason);
+  }
+
+  /** idle is true while gen is the current generation and no websocket is open or connecting. */
+  private idle(gen: number): boolean {
+    return this.running && this.generation === gen && this.ws === null;
+  }
+
   private connect(): void {
+    if (!this.running || this.ws !== null) return;
+    this.clearTimer();
+    const gen = ++this.generation;
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${proto}//${location.host}/ws`);
     this.ws = ws;
     this.greeted = false;
+    // A handler of this websocket acts only while it is the current one.
+    const current = () => this.running && this.generation === gen && this.ws === ws;
     this.handlers.state("connecting");
     ws.onmessage = (m) => {
-      if (typeof m.data !== "string") return;
+      if (!current() || typeof m.data !== "string") return;
       for (const line of m.data.split("\n")) {
+        // A handler may have stopped the socket (or replaced it) meanwhile.
+        if (!current()) return;
         if (line.trim() === "") continue;
         let ev: ServerEvent;
         try {
@@ -131,42 +180,49 @@ export class Socket {
           this.greeted = true;
           this.attempt = 0;
           this.handlers.state("open");
+          if (!current()) return;
         }
         this.handlers.event(ev);
       }
     };
     ws.onclose = (c) => {
-      if (this.ws !== ws) return;
-      this.ws = null;
+      if (!current()) return;
       const greeted = this.greeted;
+      this.ws = null;
       this.greeted = false;
-      if (!this.running) return;
+      ws.onmessage = null;
+      ws.onclose = null;
       if (c.code === 4100) {
-        this.running = false;
+        this.halt();
         this.handlers.state("closed");
         this.handlers.sessionEnded();
         return;
       }
       if (c.code >= 4101 && c.code <= 4199) {
-        this.running = false;
+        this.halt();
         this.handlers.state("closed");
         this.handlers.fatal(`The server closed the connection (${c.code}${c.reason ? ": " + c.reason : ""}). Reload the page.`);
         return;
       }
       if (!greeted) {
         // The handshake failed: a 401 looks like any network error to a
-        // browser, so ask the API whether the session still holds.
+        // browser, so ask the API whether the session still holds. Whatever
+        // happens before the answer (stop, start, an online event that
+        // connects at once) makes the answer stale.
+        const check = ++this.generation;
         this.checkSession().then(
           (ok) => {
-            if (!this.running) return;
+            if (!this.idle(check)) return;
             if (ok) this.schedule();
             else {
-              this.running = false;
+              this.halt();
               this.handlers.state("closed");
               this.handlers.sessionEnded();
             }
           },
-          () => this.running && this.schedule(),
+          () => {
+            if (this.idle(check)) this.schedule();
+          },
         );
         return;
       }
@@ -175,20 +231,17 @@ export class Socket {
   }
 
   private schedule(): void {
+    if (!this.running || this.ws !== null) return;
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     // Equal jitter: half fixed, half random, so that the clients of a
     // gateway that went away do not all come back at once.
     const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
     this.attempt = Math.min(this.attempt + 1, 10);
+    const gen = ++this.generation;
+    this.clearTimer();
     this.handlers.state("waiting", delay);
-    window.clearTimeout(this.timer);
-    this.timer = window.setTimeout(() => this.running && this.connect(), delay);
-  }
-
-  /** retryNow skips the rest of a backoff (the browser came back online). */
-  retryNow(): void {
-    if (!this.running || this.ws !== null) return;
-    window.clearTimeout(this.timer);
-    this.connect();
+    this.timer = window.setTimeout(() => {
+      if (this.idle(gen)) this.connect();
+    }, delay);
   }
 }

@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	// Member usernames are resolved by the auth service; changes of chats
 	// are announced to the gateways on subjects.ChatEvents.
 	users := userdir.New(natsbus.NewClient(nc, tel.TracerProvider), subj)
-	svc := chats.NewService(chatstore.New(pool), stream, users, natsapi.NewEvents(nc, subj), log)
+	svc := chats.NewService(chatstore.New(pool), stream, users, natsapi.NewEvents(nc, subj), log, chats.Config{})
 	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
@@ -48,6 +49,7 @@ type Config struct {
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"256"`
 	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s"`
 	PongWait        time.Duration `env:"PONG_WAIT" envDefault:"60s"`
+	ResyncInterval  time.Duration `env:"RESYNC_INTERVAL" envDefault:"5m"`
 	DrainBatch      int           `env:"DRAIN_BATCH" envDefault:"200"`
 	DrainInterval   time.Duration `env:"DRAIN_INTERVAL" envDefault:"100ms"`
 	DrainTimeout    time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
@@ -80,7 +82,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
 	}
 	for name, d := range map[string]time.Duration{
-		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait,
+		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait, "RESYNC_INTERVAL": c.ResyncInterval,
 		"DRAIN_INTERVAL": c.DrainInterval, "DRAIN_TIMEOUT": c.DrainTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout,
 	} {
 		if d <= 0 {
@@ -142,6 +144,16 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	if err := busevents.Subscribe(hubCtx, nc, subj, wss, log, tel.TracerProvider); err != nil {
 		return err
 	}
+	// Events missed while NATS was away are caught up by a resync when it
+	// comes back, and by a periodic one.
+	resync := make(chan struct{}, 1)
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		log.Info("nats reconnected; checking every connection", "url", c.ConnectedUrlRedacted())
+		select {
+		case resync <- struct{}{}:
+		default:
+		}
+	})
 	gin.SetMode(gin.ReleaseMode)
 	engine := gin.New()
 	// Client addresses (for rate limits) come from X-Forwarded-For only
@@ -149,6 +161,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	if err := engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return fmt.Errorf("TRUSTED_PROXIES: %w", err)
 	}
+	engine.RemoteIPHeaders = []string{"X-Forwarded-For"}
 	limits := httpapi.Limits{
 		PerAddress:  ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.AuthRatePerAddr),
 		PerUsername: ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.AuthRatePerUser),
@@ -183,6 +196,19 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(hubCtx) })
+	g.Go(func() error {
+		tick := time.NewTicker(cfg.ResyncInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-tick.C:
+			case <-resync:
+			}
+			wss.Resync(hubCtx)
+		}
+	})
 	g.Go(func() error {
 		if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)

@@ -63,6 +63,12 @@ const (
 	// MaxMembersPerRequest bounds the usernames of one create, and the
 	// added and removed usernames of one edit together.
 	MaxMembersPerRequest = 100
+	// MaxMembersPerChat bounds the members of one chat, the creator
+	// included (the default of Config.MaxMembers). A chat travels with its
+	// whole member list in one NATS message (chat.get, chat.list, chat
+	// events), whose payload is at most 1 MB: the bound keeps every chat,
+	// and a user's list of chats, well below it.
+	MaxMembersPerChat = 1000
 )
 
 // Chat is a chat's record.
@@ -193,20 +199,34 @@ type Events interface {
 	ChatChanged(ctx context.Context, ev Event) error
 }
 
+// Config configures a Service. The zero value gives the defaults.
+type Config struct {
+	// MaxMembers bounds the members of one chat, the creator included.
+	// Default (0 or less): MaxMembersPerChat. Tests set it lower.
+	MaxMembers int
+}
+
 // Service is the chat service's domain.
 type Service struct {
-	store  Store
-	pub    Publisher
-	users  Users
-	events Events
-	log    *slog.Logger
-	now    func() time.Time
+	store      Store
+	pub        Publisher
+	users      Users
+	events     Events
+	log        *slog.Logger
+	maxMembers int
+	now        func() time.Time
 }
 
 // NewService returns a Service. log records events that could not be
 // announced (the change itself is committed by then).
-func NewService(store Store, pub Publisher, users Users, events Events, log *slog.Logger) *Service {
-	return &Service{store: store, pub: pub, users: users, events: events, log: log, now: time.Now}
+func NewService(store Store, pub Publisher, users Users, events Events, log *slog.Logger, cfg Config) *Service {
+	if cfg.MaxMembers <= 0 {
+		cfg.MaxMembers = MaxMembersPerChat
+	}
+	return &Service{
+		store: store, pub: pub, users: users, events: events, log: log,
+		maxMembers: cfg.MaxMembers, now: time.Now,
+	}
 }
 
 // Send validates m, checks that its sender is a member of its chat, and
@@ -283,7 +303,8 @@ type NewChat struct {
 }
 
 // CreateChat validates req, resolves its members and creates the chat. The
-// name is trimmed. Errors: ErrInvalidInput, ErrDuplicateMember,
+// name is trimmed; more than Config.MaxMembers members, the creator
+// included, is ErrInvalidInput. Errors: ErrInvalidInput, ErrDuplicateMember,
 // ErrUnknownUser, ErrNameTaken (as *RequestError, or bare for the name).
 func (s *Service) CreateChat(ctx context.Context, req NewChat) (Chat, error) {
 	if req.CreatorID <= 0 || req.CreatorName == "" {
@@ -308,6 +329,9 @@ func (s *Service) CreateChat(ctx context.Context, req NewChat) (Chat, error) {
 		if m.ID != req.CreatorID { // the creator listed too: already in
 			members = append(members, m)
 		}
+	}
+	if err := s.checkChatSize(len(members), 0); err != nil {
+		return Chat{}, err
 	}
 	c, err := s.store.CreateChat(ctx, Chat{
 		Name: name, Description: req.Description, CreatorID: req.CreatorID, Members: members,
@@ -335,7 +359,11 @@ type ChatEdit struct {
 }
 
 // UpdateChat edits a chat for its creator. Adding a member is a no-op;
-// removing a user who is not a member, or the creator, is ErrInvalidInput.
+// removing a user who is not a member, or the creator, is ErrInvalidInput,
+// and so is an edit that would leave the chat with more than
+// Config.MaxMembers members: that is decided in the store's transaction,
+// on the members it holds locked, so that concurrent edits cannot pass
+// the bound together.
 // Errors: ErrChatNotFound, ErrNotAMember, ErrNotCreator (also for every
 // "everyone" chat), and those of CreateChat.
 //
@@ -401,6 +429,11 @@ func (s *Service) UpdateChat(ctx context.Context, e ChatEdit) (Chat, error) {
 			}
 			ch.Remove = append(ch.Remove, m.ID)
 		}
+		// ch.Add holds only users not yet members and ch.Remove only
+		// members: the count after the edit is exact.
+		if err := s.checkChatSize(len(cur.Members)+len(ch.Add)-len(ch.Remove), len(cur.Members)); err != nil {
+			return Change{}, err
+		}
 		applied = ch
 		return ch, nil
 	})
@@ -451,6 +484,17 @@ func (s *Service) lookup(ctx context.Context, names []string) ([]Member, error) 
 		seen[u.ID] = names[i]
 	}
 	return users, nil
+}
+
+// checkChatSize refuses a chat that would have more than s.maxMembers
+// members after a change, unless it had at least as many before (a chat
+// stored over the bound, before there was one, may still be renamed, lose
+// members or swap them, but not grow).
+func (s *Service) checkChatSize(after, before int) error {
+	if after > s.maxMembers && after > before {
+		return refuse(ErrInvalidInput, "a chat has at most %d members", s.maxMembers)
+	}
+	return nil
 }
 
 // checkEditor decides whether actor may edit chat from a plain read.

@@ -239,12 +239,18 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureWith(t, Config{})
+}
+
+// newFixtureWith is newFixture with the Service configured by cfg.
+func newFixtureWith(t *testing.T, cfg Config) *fixture {
+	t.Helper()
 	f := &fixture{
 		store:  newMemStore(),
 		users:  newUsers(append([]Member{alice, bob, carol, dave}, many(101)...)...),
 		events: &recordingEvents{},
 	}
-	f.svc = NewService(f.store, &recordingPublisher{}, f.users, f.events, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f.svc = NewService(f.store, &recordingPublisher{}, f.users, f.events, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)
 	team, err := f.svc.CreateChat(context.Background(), NewChat{
 		CreatorID: alice.ID, CreatorName: alice.Username, Name: "Team", Description: "our team", Members: []string{"bob"},
 	})
@@ -481,6 +487,110 @@ func TestUpdateChat(t *testing.T) {
 	}
 }
 
+// TestMemberLimit: a create or an edit that would leave a chat with more
+// than Config.MaxMembers members, the creator included, is refused with
+// ErrInvalidInput and changes nothing; adding a member counts only when
+// they are not one yet; a chat stored over the limit (before there was
+// one) may be renamed, shrink or swap members, but not grow.
+func TestMemberLimit(t *testing.T) {
+	t.Parallel()
+	const big int64 = 50 // the chat edited: alice and size-1 of many()
+	tests := []struct {
+		name        string
+		max         int       // Config.MaxMembers; 0 gives the default
+		create      *NewChat  // by alice, named "big"
+		size        int       // members of chat big before edit
+		edit        *ChatEdit // by alice, of chat big
+		wantErr     error
+		wantMsg     string
+		wantMembers int
+		wantEvent   bool
+	}{
+		{name: "create at the limit", max: 5, create: &NewChat{Members: []string{"bob", "carol", "dave", "u000"}},
+			wantMembers: 5, wantEvent: true},
+		{name: "create over the limit", max: 5, create: &NewChat{Members: []string{"bob", "carol", "dave", "u000", "u001"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 5 members"},
+		{name: "create listing the creator counts it once", max: 5, create: &NewChat{Members: []string{"bob", "ALICE", "carol", "dave", "u000"}},
+			wantMembers: 5, wantEvent: true},
+		{name: "add up to the limit", max: 5, size: 3, edit: &ChatEdit{AddMembers: []string{"bob", "carol"}},
+			wantMembers: 5, wantEvent: true},
+		{name: "add over the limit", max: 5, size: 3, edit: &ChatEdit{AddMembers: []string{"bob", "carol", "dave"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 5 members"},
+		{name: "adding members is no growth", max: 5, size: 5, edit: &ChatEdit{AddMembers: []string{"u000", "ALICE"}},
+			wantMembers: 5},
+		{name: "add and remove at the limit", max: 5, size: 5, edit: &ChatEdit{AddMembers: []string{"bob"}, RemoveMembers: []string{"u000"}},
+			wantMembers: 5, wantEvent: true},
+		{name: "add and remove over the limit", max: 5, size: 5, edit: &ChatEdit{AddMembers: []string{"bob", "carol"}, RemoveMembers: []string{"u000"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 5 members"},
+		{name: "rename with too many members changes nothing", max: 5, size: 4, edit: &ChatEdit{Name: ptr("renamed"), AddMembers: []string{"bob", "carol"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 5 members"},
+		{name: "over the limit: rename", max: 5, size: 7, edit: &ChatEdit{Name: ptr("renamed")},
+			wantMembers: 7, wantEvent: true},
+		{name: "over the limit: remove", max: 5, size: 7, edit: &ChatEdit{RemoveMembers: []string{"u000"}},
+			wantMembers: 6, wantEvent: true},
+		{name: "over the limit: swap", max: 5, size: 7, edit: &ChatEdit{AddMembers: []string{"bob"}, RemoveMembers: []string{"u000"}},
+			wantMembers: 7, wantEvent: true},
+		{name: "over the limit: add", max: 5, size: 7, edit: &ChatEdit{AddMembers: []string{"bob"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 5 members"},
+		{name: "over the limit: add more than removed", max: 5, size: 7, edit: &ChatEdit{AddMembers: []string{"bob", "carol"}, RemoveMembers: []string{"u000"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 5 members"},
+		{name: "default: add up to 1000", size: 999, edit: &ChatEdit{AddMembers: []string{"bob"}},
+			wantMembers: 1000, wantEvent: true},
+		{name: "default: add over 1000", size: 999, edit: &ChatEdit{AddMembers: []string{"bob", "carol"}},
+			wantErr: ErrInvalidInput, wantMsg: "a chat has at most 1000 members"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			f := newFixtureWith(t, Config{MaxMembers: tc.max})
+			var (
+				got    Chat
+				err    error
+				before Chat
+			)
+			if tc.create != nil {
+				req := *tc.create
+				req.CreatorID, req.CreatorName, req.Name = alice.ID, alice.Username, "big"
+				got, err = f.svc.CreateChat(ctx, req)
+			} else {
+				before = Chat{ID: big, Name: "big", CreatorID: alice.ID, CreatedAt: time.Unix(1000, 0).UTC(),
+					Members: sortMembers(append([]Member{alice}, many(tc.size-1)...))}
+				f.store.chats[big] = before
+				edit := *tc.edit
+				edit.ActorID, edit.ChatID = alice.ID, big
+				got, err = f.svc.UpdateChat(ctx, edit)
+			}
+			wantErr(t, err, tc.wantErr, tc.wantMsg)
+			if tc.wantErr != nil {
+				if re, _ := errors.AsType[*RequestError](err); re.Msg != tc.wantMsg {
+					t.Errorf("message %q, want %q", re.Msg, tc.wantMsg)
+				}
+				if tc.create != nil {
+					if n := len(f.store.chats); n != 2 {
+						t.Errorf("%d chats stored after a refusal, want 2", n)
+					}
+				} else if stored, _ := f.store.ChatWithMembers(ctx, big); !gocmp.Equal(before, stored) {
+					t.Errorf("the chat changed after a refusal (-before +after):\n%s", gocmp.Diff(before, stored))
+				}
+				if len(f.events.events) != 0 {
+					t.Errorf("events after a refusal: %+v", f.events.events)
+				}
+				return
+			}
+			if len(got.Members) != tc.wantMembers {
+				t.Errorf("%d members, want %d", len(got.Members), tc.wantMembers)
+			}
+			if stored, _ := f.store.ChatWithMembers(ctx, got.ID); !gocmp.Equal(got, stored) {
+				t.Errorf("stored chat (-returned +stored):\n%s", gocmp.Diff(got, stored))
+			}
+			if n := len(f.events.events); (n == 1) != tc.wantEvent || n > 1 {
+				t.Errorf("%d events, want an event: %v", n, tc.wantEvent)
+			}
+		})
+	}
+}
+
 func TestReads(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -596,7 +706,7 @@ func TestSend(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			pub := &recordingPublisher{}
-			svc := NewService(store, pub, newUsers(), &recordingEvents{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			svc := NewService(store, pub, newUsers(), &recordingEvents{}, slog.New(slog.NewTextHandler(io.Discard, nil)), Config{})
 			_, err := svc.Send(context.Background(), tc.msg)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Send error = %v, want %v", err, tc.wantErr)

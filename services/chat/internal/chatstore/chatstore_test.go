@@ -319,3 +319,104 @@ func TestConcurrentUpdates(t *testing.T) {
 		t.Errorf("after %d concurrent edits: description %q and %d members, want %d x and %d members", n, got.Description, len(got.Members), n, n+1)
 	}
 }
+
+// directory resolves usernames as the auth service does, from a fixed map
+// of lower-cased names.
+type directory map[string]chats.Member
+
+func (d directory) Lookup(_ context.Context, names []string) ([]chats.Member, error) {
+	out := make([]chats.Member, len(names))
+	for i, n := range names {
+		m, ok := d[strings.ToLower(n)]
+		if !ok {
+			return nil, &chats.RequestError{Err: chats.ErrUnknownUser, Msg: fmt.Sprintf("unknown user %q", n)}
+		}
+		out[i] = m
+	}
+	return out, nil
+}
+
+type noEvents struct{}
+
+func (noEvents) ChatChanged(context.Context, chats.Event) error { return nil }
+
+// TestMemberLimit: with the domain on this store, a chat never has more
+// than Config.MaxMembers members: a create over the limit stores nothing,
+// and of concurrent edits each adding a member, exactly as many pass as
+// there is room for, since each decides on the members it holds locked.
+func TestMemberLimit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const limit, editors = 5, 12
+	s := New(openPool(t, Migrations()))
+	creator := chats.Member{ID: 1, Username: "creator"}
+	dir := directory{"creator": creator}
+	var users []string
+	for i := range editors {
+		u := chats.Member{ID: int64(100 + i), Username: fmt.Sprintf("u%02d", i)}
+		dir[u.Username] = u
+		users = append(users, u.Username)
+	}
+	svc := chats.NewService(s, nil, dir, noEvents{}, telemetry.NewLogger(io.Discard, 0), chats.Config{MaxMembers: limit})
+	countMembers := func(chatID int64) int {
+		t.Helper()
+		var n int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM chat_members WHERE chat_id = $1`, chatID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	_, err := svc.CreateChat(ctx, chats.NewChat{CreatorID: creator.ID, CreatorName: creator.Username, Name: "too big", Members: users[:limit]})
+	if re, ok := errors.AsType[*chats.RequestError](err); !ok || !errors.Is(err, chats.ErrInvalidInput) || re.Msg != "a chat has at most 5 members" {
+		t.Fatalf("create of %d members: error %v, want ErrInvalidInput %q", limit+1, err, "a chat has at most 5 members")
+	}
+	var stored int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM chats WHERE NOT everyone`).Scan(&stored); err != nil || stored != 0 {
+		t.Fatalf("%d chats stored after a refused create (%v), want 0", stored, err)
+	}
+
+	c, err := svc.CreateChat(ctx, chats.NewChat{CreatorID: creator.ID, CreatorName: creator.Username, Name: "busy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		passed  int
+		refused int
+		others  []error
+	)
+	for _, u := range users {
+		wg.Go(func() {
+			_, err := svc.UpdateChat(ctx, chats.ChatEdit{ActorID: creator.ID, ChatID: c.ID, AddMembers: []string{u}})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				passed++
+			case errors.Is(err, chats.ErrInvalidInput):
+				refused++
+			default:
+				others = append(others, err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(others) > 0 {
+		t.Fatalf("unexpected errors: %v", others)
+	}
+	if passed != limit-1 || refused != editors-limit+1 {
+		t.Errorf("%d concurrent adds passed and %d were refused, want %d and %d", passed, refused, limit-1, editors-limit+1)
+	}
+	if n := countMembers(c.ID); n != limit {
+		t.Errorf("%d members after %d concurrent adds, want %d", n, editors, limit)
+	}
+	got, err := svc.Get(ctx, creator.ID, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Members) != limit {
+		t.Errorf("chat read back with %d members, want %d", len(got.Members), limit)
+	}
+}

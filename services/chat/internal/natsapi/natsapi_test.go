@@ -54,6 +54,7 @@ func TestMapError(t *testing.T) {
 		{name: "unknown user", err: refusal(chats.ErrUnknownUser, `unknown user "zed"`), want: protocol.CodeUnknownUser, wantMsg: `unknown user "zed"`},
 		{name: "duplicate member", err: refusal(chats.ErrDuplicateMember, `"bob" is listed twice`), want: protocol.CodeDuplicateMember, wantMsg: `"bob" is listed twice`},
 		{name: "invalid input", err: refusal(chats.ErrInvalidInput, "the name is empty"), want: protocol.CodeInvalidInput, wantMsg: "the name is empty"},
+		{name: "chat too big", err: refusal(chats.ErrInvalidInput, "a chat has at most 1000 members"), want: protocol.CodeInvalidInput, wantMsg: "a chat has at most 1000 members"},
 		{name: "other", err: fmt.Errorf("create chat: %w", cause), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
 		{name: "auth unavailable", err: fmt.Errorf("look up: %w", natsbus.ErrUnavailable), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
 	}
@@ -127,7 +128,7 @@ func start(t *testing.T, noAuth bool) *harness {
 		t.Fatal(err)
 	}
 	users := userdir.New(natsbus.NewClient(service, tp), subj)
-	svc := chats.NewService(chatstore.New(pool), stream, users, NewEvents(service, subj), log)
+	svc := chats.NewService(chatstore.New(pool), stream, users, NewEvents(service, subj), log, chats.Config{})
 	srv := natsbus.NewServer(service, tp, log, 5*time.Second)
 	if _, err := Register(ctx, srv, subj, svc); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,9 @@ import (
 	"github.com/communications/communications/libs/subjects"
 )
 
+// maxConcurrentChatEvents bounds the chat events applied at once.
+const maxConcurrentChatEvents = 32
+
 // Connections is what the events act on.
 type Connections interface {
 	RevokeSession(sessionID string) int
@@ -47,12 +50,21 @@ func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns
 	})); err != nil {
 		return fmt.Errorf("subscribe session revocations: %w", err)
 	}
+	// Applying a chat event asks the chat service and may wait on Redis;
+	// events are applied concurrently (each one reconciles from the chat
+	// service's answer, so their order does not matter), a bounded number
+	// at a time.
+	slots := make(chan struct{}, maxConcurrentChatEvents)
 	if _, err := nc.Subscribe(subj.ChatEvents(), handle("chat event", func(ctx context.Context, data []byte) error {
 		var ev busapi.ChatEvent
 		if err := json.Unmarshal(data, &ev); err != nil {
 			return err
 		}
-		conns.ApplyChatEvent(ctx, ev)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots }()
+			conns.ApplyChatEvent(context.WithoutCancel(ctx), ev)
+		}()
 		return nil
 	})); err != nil {
 		return fmt.Errorf("subscribe chat events: %w", err)

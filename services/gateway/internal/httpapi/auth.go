@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -19,42 +21,60 @@ import (
 
 // RateLimiter counts attempts under a key across all gateway replicas.
 type RateLimiter interface {
-	// Allow reports whether one more attempt under key is allowed, and if
-	// not, how long to wait.
-	Allow(ctx context.Context, key string) (ok bool, retryAfter time.Duration, err error)
+	// Allow counts n attempts under key (n = 0 only checks) and reports
+	// whether they are allowed, and if not, how long to wait.
+	Allow(ctx context.Context, key string, n int) (ok bool, retryAfter time.Duration, err error)
 }
 
 type credentials struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
+	// Token asks login to return the session token in the body, for apps
+	// and bots that authenticate with Authorization: Bearer. Browsers use
+	// the HttpOnly cookie and never see the token.
+	Token bool `json:"token"`
 }
 
-// limited applies the per-address and per-username limits of register and
-// login. It answers 429 itself and reports false when over a limit.
-func (a *API) limited(c *gin.Context, action, username string) bool {
-	if a.limits.PerAddress == nil || a.limits.PerUsername == nil {
+// addressKey is the client address that rate limits count: the address
+// itself for IPv4, its /64 network for IPv6 (one subscriber's usual share).
+func addressKey(ip string) string {
+	addr := net.ParseIP(ip)
+	if addr == nil || addr.To4() != nil {
+		return ip
+	}
+	return addr.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// limitAddress applies the per-address limit of register and login. It
+// answers 429 itself and reports false when over the limit.
+func (a *API) limitAddress(c *gin.Context, action string) bool {
+	if a.limits.PerAddress == nil {
 		return true
 	}
-	keys := []struct {
-		l   RateLimiter
-		key string
-	}{
-		{a.limits.PerAddress, action + ":addr:" + c.ClientIP()},
-		{a.limits.PerUsername, action + ":user:" + strings.ToLower(username)},
+	return a.allow(c, a.limits.PerAddress, action+":addr:"+addressKey(c.ClientIP()), 1)
+}
+
+// limitUsername applies the per-username limit: n is 1 to count an
+// attempt, 0 only to check that the name is not over its limit.
+func (a *API) limitUsername(c *gin.Context, action, username string, n int) bool {
+	if a.limits.PerUsername == nil {
+		return true
 	}
-	for _, k := range keys {
-		ok, retry, err := k.l.Allow(c.Request.Context(), k.key)
-		if err != nil {
-			// Redis is down: let the request through rather than lock
-			// everyone out; auth still bounds its hashing work.
-			_ = c.Error(fmt.Errorf("rate limit: %w", err))
-			continue
-		}
-		if !ok {
-			c.Header("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
-			fail(c, protocol.CodeRateLimited, "too many attempts; try again later")
-			return false
-		}
+	return a.allow(c, a.limits.PerUsername, action+":user:"+strings.ToLower(username), n)
+}
+
+func (a *API) allow(c *gin.Context, l RateLimiter, key string, n int) bool {
+	ok, retry, err := l.Allow(c.Request.Context(), key, n)
+	if err != nil {
+		// Redis is down: let the request through rather than lock
+		// everyone out; auth still bounds its hashing work.
+		_ = c.Error(fmt.Errorf("rate limit: %w", err))
+		return true
+	}
+	if !ok {
+		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
+		fail(c, protocol.CodeRateLimited, "too many attempts; try again later")
+		return false
 	}
 	return true
 }
@@ -64,7 +84,7 @@ func (a *API) register(c *gin.Context) {
 	if !bindJSON(c, &req, "username and password") {
 		return
 	}
-	if !a.limited(c, "register", req.Username) {
+	if !a.limitAddress(c, "register") || !a.limitUsername(c, "register", req.Username, 1) {
 		return
 	}
 	u, err := a.up.Register(c.Request.Context(), req.Username, req.Password)
@@ -77,7 +97,7 @@ func (a *API) register(c *gin.Context) {
 
 type loginResponse struct {
 	User      busapi.User `json:"user"`
-	Token     string      `json:"token"`
+	Token     string      `json:"token,omitempty"`
 	ExpiresAt time.Time   `json:"expires_at"`
 }
 
@@ -86,11 +106,20 @@ func (a *API) login(c *gin.Context) {
 	if !bindJSON(c, &req, "username and password") {
 		return
 	}
-	if !a.limited(c, "login", req.Username) {
+	// Per username only failed logins count, so that guessing at someone's
+	// password is slowed down without letting anyone lock them out by
+	// logging in too often.
+	if !a.limitAddress(c, "login") || !a.limitUsername(c, "login-failed", req.Username, 0) {
 		return
 	}
 	s, err := a.up.Login(c.Request.Context(), req.Username, req.Password)
 	if err != nil {
+		if busapi.CodeOf(err) == protocol.CodeBadCredentials {
+			a.limitUsername(c, "login-failed", req.Username, 1)
+			if c.IsAborted() {
+				return
+			}
+		}
 		failErr(c, err)
 		return
 	}
@@ -98,7 +127,11 @@ func (a *API) login(c *gin.Context) {
 		Name: SessionCookie, Value: s.Token, Path: "/", Expires: s.ExpiresAt,
 		HttpOnly: true, Secure: a.cfg.SecureCookies, SameSite: http.SameSiteLaxMode,
 	})
-	c.JSON(http.StatusOK, loginResponse{User: s.User, Token: s.Token, ExpiresAt: s.ExpiresAt})
+	resp := loginResponse{User: s.User, ExpiresAt: s.ExpiresAt}
+	if req.Token {
+		resp.Token = s.Token
+	}
+	c.JSON(http.StatusOK, resp)
 }
 
 func (a *API) logout(c *gin.Context) {
@@ -163,16 +196,15 @@ func currentUser(c *gin.Context) busapi.User { return c.MustGet(sessionKey).(bus
 
 func (a *API) me(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"user": currentUser(c)}) }
 
-// csrf refuses state-changing requests authenticated by the session cookie
-// that do not come from an allowed origin. Bearer tokens are not ambient
-// credentials and are not checked.
+// csrf guards state-changing requests against cross-site forgery. A request
+// whose Origin (or, without one, Referer) names another site is refused,
+// whatever authenticates it: this also stops a forged login into the
+// attacker's account. A request authenticated by the session cookie must
+// name an allowed origin. Bodies must be JSON, which a cross-site form
+// cannot send without a CORS preflight that the gateway never grants.
 func (a *API) csrf(c *gin.Context) {
 	switch c.Request.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		c.Next()
-		return
-	}
-	if _, fromCookie := sessionToken(c.Request); !fromCookie {
 		c.Next()
 		return
 	}
@@ -182,9 +214,16 @@ func (a *API) csrf(c *gin.Context) {
 			origin = ref.Scheme + "://" + ref.Host
 		}
 	}
-	if origin == "" || !a.allowedOrigin(c.Request, origin) {
+	_, fromCookie := sessionToken(c.Request)
+	if (origin != "" && !a.allowedOrigin(c.Request, origin)) || (origin == "" && fromCookie) {
 		fail(c, protocol.CodeCSRF, "request from a foreign or unknown origin")
 		return
+	}
+	if c.Request.ContentLength != 0 {
+		if mt, _, err := mime.ParseMediaType(c.Request.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			fail(c, protocol.CodeUnsupportedMediaType, "the body must be application/json")
+			return
+		}
 	}
 	c.Next()
 }
@@ -200,7 +239,8 @@ func (a *API) websocket(c *gin.Context) {
 	if !ok {
 		return
 	}
-	a.ws.Serve(c.Writer, c.Request, s)
+	token, _ := sessionToken(c.Request)
+	a.ws.Serve(c.Writer, c.Request, s, token)
 }
 
 // allowedOrigin accepts the gateway's own host and the configured origins.

@@ -36,9 +36,10 @@ type Upstream interface {
 	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
 }
 
-// Websockets serves an upgraded connection for an authenticated session.
+// Websockets serves an upgraded connection for an authenticated session
+// (token is the session's token, kept to check the session again).
 type Websockets interface {
-	Serve(w http.ResponseWriter, r *http.Request, s busapi.Session)
+	Serve(w http.ResponseWriter, r *http.Request, s busapi.Session, token string)
 }
 
 // Config tunes the API.
@@ -135,6 +136,8 @@ func status(code protocol.Code) int {
 		return http.StatusServiceUnavailable
 	case protocol.CodeFrameTooLarge, protocol.CodeRequestTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case protocol.CodeUnsupportedMediaType:
+		return http.StatusUnsupportedMediaType
 	}
 	return http.StatusInternalServerError
 }

@@ -24,10 +24,18 @@ func PerMinute(rdb *redis.Client, prefix string, perMinute int) *Limiter {
 	return &Limiter{l: redis_rate.NewLimiter(rdb), limit: redis_rate.PerMinute(perMinute), prefix: prefix + ":ratelimit:"}
 }
 
-// Allow counts one attempt under key and reports whether it is allowed; if
-// not, how long until the next one is.
-func (l *Limiter) Allow(ctx context.Context, key string) (bool, time.Duration, error) {
-	res, err := l.l.Allow(ctx, l.prefix+key, l.limit)
+// Allow counts n attempts under key and reports whether they are allowed;
+// if not, how long until they would be. n = 0 only checks whether one more
+// attempt would be allowed now, counting nothing.
+func (l *Limiter) Allow(ctx context.Context, key string, n int) (bool, time.Duration, error) {
+	if n == 0 {
+		res, err := l.l.AllowAtMost(ctx, l.prefix+key, l.limit, 0)
+		if err != nil {
+			return false, 0, fmt.Errorf("rate limit %s: %w", key, err)
+		}
+		return res.Remaining > 0, res.RetryAfter, nil
+	}
+	res, err := l.l.AllowN(ctx, l.prefix+key, l.limit, n)
 	if err != nil {
 		return false, 0, fmt.Errorf("rate limit %s: %w", key, err)
 	}

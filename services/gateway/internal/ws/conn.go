@@ -7,8 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -29,12 +31,19 @@ type Conn struct {
 	ws      *websocket.Conn
 	user    busapi.User
 	session string // the session's id (not its token)
+	token   string // the session's token, to check it again; never logged
 
-	// mu guards chats and gone: the chats the connection receives, which
-	// chat events change while it runs.
+	// syncMu serialises changes of the connection's chats (hub joins and
+	// leaves), which may wait on Redis; mu is held only briefly.
+	syncMu sync.Mutex
+	// mu guards chats, gone and pending.
 	mu    sync.Mutex
-	chats []int64
-	gone  bool
+	chats []int64 // the chats whose events the connection receives
+	gone  bool    // the connection has ended; join nothing more
+	// started is set once hello is queued; events delivered before it wait
+	// in pending (bounded by the send queue), so hello comes first.
+	started atomic.Bool
+	pending [][]byte
 
 	send      chan []byte
 	closed    chan struct{}
@@ -46,47 +55,122 @@ type Conn struct {
 // Deliver queues an event without blocking; a full queue disconnects the
 // client with CloseSlowConsumer (it then resumes).
 func (c *Conn) Deliver(event []byte) {
+	if !c.started.Load() {
+		c.mu.Lock()
+		if !c.started.Load() {
+			if len(c.pending) >= cap(c.send) {
+				c.mu.Unlock()
+				c.slow()
+				return
+			}
+			c.pending = append(c.pending, event)
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+	}
 	select {
 	case c.send <- event:
 	case <-c.closed:
 	default:
-		c.srv.metrics.slowConsumers.Inc()
-		c.Close(protocol.CloseSlowConsumer, "send queue full; reconnect and resume")
+		c.slow()
 	}
 }
 
-// joinChat makes the connection receive a chat's messages; false when the
-// connection has ended or the subscription failed.
-func (c *Conn) joinChat(ctx context.Context, chatID int64) bool {
+func (c *Conn) slow() {
+	c.srv.metrics.slowConsumers.Inc()
+	c.Close(protocol.CloseSlowConsumer, "send queue full; reconnect and resume")
+}
+
+// start queues hello, then the events that arrived before it, and from
+// then on lets events through directly.
+func (c *Conn) start(hello []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for _, ev := range append([][]byte{hello}, c.pending...) {
+		select {
+		case c.send <- ev:
+		default:
+			c.pending = nil
+			c.started.Store(true)
+			c.slow()
+			return
+		}
+	}
+	c.pending = nil
+	c.started.Store(true)
+}
+
+// currentChats returns a copy of the chats the connection receives.
+func (c *Conn) currentChats() []int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.chats)
+}
+
+// syncChats makes the connection receive exactly the chats in want
+// (the chat service's answer), joining and leaving fanout channels as
+// needed, and returns the chats it received before. When the connection
+// has ended meanwhile, nothing stays joined.
+func (c *Conn) syncChats(ctx context.Context, want []int64) (before []int64, err error) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	c.mu.Lock()
 	if c.gone {
-		return false
+		c.mu.Unlock()
+		return nil, nil
 	}
-	if slices.Contains(c.chats, chatID) {
-		return true
+	before = slices.Clone(c.chats)
+	c.mu.Unlock()
+
+	var join, leave []int64
+	for _, id := range want {
+		if !slices.Contains(before, id) {
+			join = append(join, id)
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := c.srv.hub.Join(ctx, c, []int64{chatID}); err != nil {
-		c.srv.log.WarnContext(ctx, "join chat", "chat_id", chatID, "err", err)
-		c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
-		return false
+	for _, id := range before {
+		if !slices.Contains(want, id) {
+			leave = append(leave, id)
+		}
 	}
-	c.chats = append(c.chats, chatID)
-	return true
+	if len(join) > 0 {
+		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.srv.hub.Join(jctx, c, join)
+		cancel()
+		if err != nil {
+			return before, fmt.Errorf("join %d chats: %w", len(join), err)
+		}
+	}
+	if len(leave) > 0 {
+		c.srv.hub.Leave(c, leave)
+	}
+	c.mu.Lock()
+	gone := c.gone
+	if !gone {
+		c.chats = slices.Clone(want)
+	}
+	c.mu.Unlock()
+	if gone {
+		// The connection ended while joining: its cleanup left only what it
+		// had recorded, so leave what was joined here.
+		c.srv.hub.Leave(c, join)
+	}
+	return before, nil
 }
 
-// leaveChat stops the connection receiving a chat's messages.
-func (c *Conn) leaveChat(chatID int64) {
+// end marks the connection ended and leaves every chat it had joined.
+func (c *Conn) end() {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	i := slices.Index(c.chats, chatID)
-	if c.gone || i < 0 {
-		return
+	c.gone = true
+	joined := c.chats
+	c.chats = nil
+	c.mu.Unlock()
+	if len(joined) > 0 {
+		c.srv.hub.Leave(c, joined)
 	}
-	c.chats = slices.Delete(c.chats, i, i+1)
-	c.srv.hub.Leave(c, []int64{chatID})
 }
 
 // UserID returns the connection's user.

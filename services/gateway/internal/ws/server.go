@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,6 +41,7 @@ type Hub interface {
 
 // Upstream is what connections need from the other services.
 type Upstream interface {
+	Session(ctx context.Context, token string) (busapi.Session, error)
 	UserChats(ctx context.Context, userID int64) ([]int64, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 }
@@ -120,18 +122,11 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 }
 
 // Serve upgrades the request for an authenticated session and runs the
-// connection until it ends, at the latest when the session expires. It
-// answers 503 while the server drains.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session) {
+// connection until it ends, at the latest when the session expires. token is
+// the session's token, kept to check the session again later. It answers 503
+// while the server drains.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session, token string) {
 	user := session.User
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	chats, err := s.up.UserChats(ctx, user.ID)
-	cancel()
-	if err != nil {
-		s.log.WarnContext(r.Context(), "list chats for connection", "err", err)
-		writeError(w, protocol.CodeUnavailable, "the chat service did not answer")
-		return
-	}
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -144,10 +139,12 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		return // the upgrader answered the client
 	}
 	c := &Conn{
-		srv: s, ws: wsConn, user: user, session: session.ID, chats: chats,
+		srv: s, ws: wsConn, user: user, session: session.ID, token: token,
 		send:   make(chan []byte, s.cfg.SendQueue),
 		closed: make(chan struct{}),
 	}
+	// Registered first: a logout or a chat change from now on reaches the
+	// connection, and the checks below see everything before.
 	if !s.add(c) {
 		_ = wsConn.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(protocol.CloseGoingAway, "gateway is shutting down"), time.Now().Add(time.Second))
@@ -160,24 +157,26 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		defer close(done)
 		c.writeLoop()
 	}()
-	// hello is queued first, so it is the first event the client reads.
-	c.deliverJSON(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: chats})
-	jctx, cancel := context.WithTimeout(s.base, 10*time.Second)
-	err = s.hub.Join(jctx, c, chats)
+	defer func() {
+		c.Close(websocket.CloseNormalClosure, "")
+		c.end()
+		<-done
+	}()
+
+	ctx, cancel := context.WithTimeout(s.base, 15*time.Second)
+	err = s.check(ctx, c)
 	cancel()
 	if err != nil {
-		s.log.Warn("join fanout", "err", err)
-		c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
-		<-done
 		return
 	}
-	defer func() {
-		c.mu.Lock()
-		c.gone = true
-		joined := c.chats
-		c.mu.Unlock()
-		s.hub.Leave(c, joined)
-	}()
+	hello, err := json.Marshal(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: c.currentChats()})
+	if err != nil {
+		c.Close(protocol.CloseServerError, "internal error")
+		return
+	}
+	// hello goes out after Redis confirmed the subscriptions, and before
+	// any event: a client that loads history on hello misses nothing.
+	c.start(hello)
 	if !session.ExpiresAt.IsZero() {
 		expiry := time.AfterFunc(time.Until(session.ExpiresAt), func() {
 			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
@@ -185,8 +184,31 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		defer expiry.Stop()
 	}
 	c.readLoop(s.base)
-	c.Close(websocket.CloseNormalClosure, "")
-	<-done
+}
+
+// check brings a connection up to date with the owners of the data: the
+// session must still be valid (auth) and the connection receives exactly the
+// user's chats (chat). It closes the connection when either fails.
+func (s *Server) check(ctx context.Context, c *Conn) error {
+	if _, err := s.up.Session(ctx, c.token); err != nil {
+		if busapi.CodeOf(err) == protocol.CodeUnauthorized {
+			c.Close(protocol.CloseUnauthorized, "session ended; log in again")
+		} else {
+			c.Close(protocol.CloseServerError, "the auth service did not answer; reconnect")
+		}
+		return err
+	}
+	chats, err := s.up.UserChats(ctx, c.user.ID)
+	if err != nil {
+		c.Close(protocol.CloseServerError, "the chat service did not answer; reconnect")
+		return err
+	}
+	if _, err := c.syncChats(ctx, chats); err != nil {
+		s.log.WarnContext(ctx, "join fanout", "err", err)
+		c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
+		return err
+	}
+	return nil
 }
 
 func (s *Server) add(c *Conn) bool {
@@ -257,45 +279,115 @@ func (s *Server) RevokeSession(sessionID string) int {
 	return len(conns)
 }
 
-// ApplyChatEvent brings the local connections up to date with a change of
-// a chat: added members start receiving the chat's messages and get a
-// "chat" event, removed members stop and get "chat_removed", the other
-// members get the chat's new state.
+// ApplyChatEvent brings the local connections of the users a chat change
+// concerns up to date. It does not trust the event's deltas (events are
+// at-most-once and may arrive out of order): for each such user it asks the
+// chat service for the user's chats and makes each connection receive
+// exactly those. A connection then in the chat gets a "chat" event with the
+// chat's state, one that has just left it gets "chat_removed".
 func (s *Server) ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent) {
-	chat := ev.Chat
-	changed, err := json.Marshal(protocol.ChatChanged{Type: protocol.TypeChat, Chat: chat})
+	users := map[int64]bool{}
+	for _, id := range ev.Added {
+		users[id] = true
+	}
+	for _, id := range ev.Removed {
+		users[id] = true
+	}
+	for _, m := range ev.Chat.Members {
+		users[m.ID] = true
+	}
+	changed, err := json.Marshal(protocol.ChatChanged{Type: protocol.TypeChat, Chat: ev.Chat})
 	if err != nil {
 		s.log.ErrorContext(ctx, "encode chat event", "err", err)
 		return
 	}
-	removed, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: chat.ID})
+	removed, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: ev.Chat.ID})
 	if err != nil {
 		s.log.ErrorContext(ctx, "encode chat event", "err", err)
 		return
 	}
-	notified := map[int64]bool{}
-	for _, uid := range ev.Added {
-		notified[uid] = true
-		for _, c := range s.connsOf(uid) {
-			if c.joinChat(ctx, chat.ID) {
-				c.Deliver(changed)
-			}
-		}
-	}
-	for _, uid := range ev.Removed {
-		notified[uid] = true
-		for _, c := range s.connsOf(uid) {
-			c.leaveChat(chat.ID)
-			c.Deliver(removed)
-		}
-	}
-	for _, m := range chat.Members {
-		if notified[m.ID] {
+	for uid := range users {
+		conns := s.connsOf(uid)
+		if len(conns) == 0 {
 			continue
 		}
-		for _, c := range s.connsOf(m.ID) {
-			c.Deliver(changed)
+		s.syncUser(ctx, uid, conns, func(c *Conn, before, now []int64) {
+			switch {
+			case slices.Contains(now, ev.Chat.ID):
+				c.Deliver(changed)
+			case slices.Contains(before, ev.Chat.ID):
+				c.Deliver(removed)
+			}
+		})
+	}
+}
+
+// syncUser makes every listed connection of a user receive exactly the
+// user's chats, then calls notify for each with its chats before and now.
+func (s *Server) syncUser(ctx context.Context, userID int64, conns []*Conn, notify func(c *Conn, before, now []int64)) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	chats, err := s.up.UserChats(ctx, userID)
+	if err != nil {
+		// Without the truth, the safe course: the clients reconnect and
+		// start from what the chat service says then.
+		s.log.WarnContext(ctx, "list chats to apply a change; closing the user's connections", "user_id", userID, "err", err)
+		for _, c := range conns {
+			c.Close(protocol.CloseServerError, "could not update your chats; reconnect")
 		}
+		return
+	}
+	for _, c := range conns {
+		before, err := c.syncChats(ctx, chats)
+		if err != nil {
+			s.log.WarnContext(ctx, "join fanout", "user_id", userID, "err", err)
+			c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
+			continue
+		}
+		if notify != nil {
+			notify(c, before, chats)
+		}
+	}
+}
+
+// Resync checks every local connection against the owners of the data: its
+// session must still be valid and it receives exactly its user's chats. It
+// runs periodically and after the NATS connection comes back, which bounds
+// how long a missed event (a logout, a removal) can go unnoticed.
+func (s *Server) Resync(ctx context.Context) {
+	s.mu.Lock()
+	sessions := make(map[string]*Conn, len(s.bySession))
+	for id, set := range s.bySession {
+		for c := range set {
+			sessions[id] = c
+			break
+		}
+	}
+	users := make(map[int64][]*Conn, len(s.byUser))
+	for uid, set := range s.byUser {
+		for c := range set {
+			users[uid] = append(users[uid], c)
+		}
+	}
+	s.mu.Unlock()
+	for id, c := range sessions {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.up.Session(sctx, c.token)
+		cancel()
+		if busapi.CodeOf(err) == protocol.CodeUnauthorized {
+			s.RevokeSession(id)
+		}
+	}
+	for uid, conns := range users {
+		s.syncUser(ctx, uid, conns, func(c *Conn, before, now []int64) {
+			for _, id := range before {
+				if !slices.Contains(now, id) {
+					if b, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: id}); err == nil {
+						c.Deliver(b)
+					}
+				}
+			}
+		})
 	}
 }
 
