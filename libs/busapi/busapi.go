@@ -172,9 +172,12 @@ type StreamMessage struct {
 	AcceptedAt  time.Time `json:"accepted_at"`
 }
 
-// HistoryRequest asks the history service for the newest Limit messages of a
-// chat with a sequence below BeforeSeq (0: the newest messages).
+// HistoryRequest asks the history service, for user UserID, for the newest
+// Limit messages of a chat with a sequence below BeforeSeq (0: the newest
+// messages). The history service asks the chat service whether the user may
+// read the chat.
 type HistoryRequest struct {
+	UserID    int64 `json:"user_id"`
 	ChatID    int64 `json:"chat_id"`
 	BeforeSeq int64 `json:"before_seq,omitempty"`
 	Limit     int   `json:"limit"`

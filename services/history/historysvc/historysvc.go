@@ -151,7 +151,8 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	// flight at shutdown finish while the connection drains.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	if _, err := natsapi.Register(handlerCtx, srv, subj, history.NewService(store)); err != nil {
+	access := natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider), Subj: subj}
+	if _, err := natsapi.Register(handlerCtx, srv, subj, history.NewService(store), access); err != nil {
 		return err
 	}
 

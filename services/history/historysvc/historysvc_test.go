@@ -107,6 +107,21 @@ func TestRun(t *testing.T) {
 	}
 	t.Cleanup(nc.Close)
 	client := natsbus.NewClient(nc, noop.NewTracerProvider())
+	// The chat service's access check, played by a stand-in: user 1 is a
+	// member of chat 3, user 2 is not, chat 99 does not exist.
+	chatSrv := natsbus.NewServer(nc, noop.NewTracerProvider(), tel.Logger, time.Second)
+	if _, err := natsbus.Handle(context.Background(), chatSrv, subj.ChatAccess(), subjects.QueueChat,
+		func(_ context.Context, req busapi.ChatRequest) (struct{}, error) {
+			switch {
+			case req.ChatID != 3:
+				return struct{}{}, busapi.Errorf(protocol.CodeChatNotFound, "no such chat")
+			case req.UserID != 1:
+				return struct{}{}, busapi.Errorf(protocol.CodeNotAMember, "not a member")
+			}
+			return struct{}{}, nil
+		}); err != nil {
+		t.Fatal(err)
+	}
 	page := func(req busapi.HistoryRequest) (busapi.HistoryPage, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -115,11 +130,11 @@ func TestRun(t *testing.T) {
 		return p, err
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool {
-		p, err := page(busapi.HistoryRequest{ChatID: 3, Limit: 100})
+		p, err := page(busapi.HistoryRequest{UserID: 1, ChatID: 3, Limit: 100})
 		return err == nil && len(p.Messages) == 12
 	}, "the 12 messages are not all in history")
 
-	p, err := page(busapi.HistoryRequest{ChatID: 3, BeforeSeq: 10, Limit: 4})
+	p, err := page(busapi.HistoryRequest{UserID: 1, ChatID: 3, BeforeSeq: 10, Limit: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,9 +145,19 @@ func TestRun(t *testing.T) {
 	if got, want := strings.Join(seqs, " "), "6:m6 7:m7 8:m8 9:m9"; got != want {
 		t.Errorf("page before 10 = %s, want %s", got, want)
 	}
-	_, err = page(busapi.HistoryRequest{ChatID: 3, Limit: 101})
-	if code := busapi.CodeOf(err); code != protocol.CodeInvalidInput {
-		t.Errorf("limit 101: err = %v, want code %s", err, protocol.CodeInvalidInput)
+	for _, tc := range []struct {
+		name string
+		req  busapi.HistoryRequest
+		code protocol.Code
+	}{
+		{"limit 101", busapi.HistoryRequest{UserID: 1, ChatID: 3, Limit: 101}, protocol.CodeInvalidInput},
+		{"not a member", busapi.HistoryRequest{UserID: 2, ChatID: 3, Limit: 10}, protocol.CodeNotAMember},
+		{"unknown chat", busapi.HistoryRequest{UserID: 1, ChatID: 99, Limit: 10}, protocol.CodeChatNotFound},
+	} {
+		_, err := page(tc.req)
+		if code := busapi.CodeOf(err); code != tc.code {
+			t.Errorf("%s: err = %v, want code %s", tc.name, err, tc.code)
+		}
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool {
 		ok, err := streamtest.Drained(context.Background(), js, subj)

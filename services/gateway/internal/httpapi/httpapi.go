@@ -32,7 +32,6 @@ type Upstream interface {
 	CreateChat(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error)
 	UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (busapi.Chat, error)
 	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
-	ChatAccess(ctx context.Context, userID, chatID int64) error
 	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
 }
 

@@ -88,9 +88,3 @@ func (c *Client) UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (
 func (c *Client) GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error) {
 	return call[busapi.Chat](ctx, c, c.subj.ChatGet(), busapi.ChatRequest{UserID: userID, ChatID: chatID})
 }
-
-// ChatAccess checks that the user may read the chat.
-func (c *Client) ChatAccess(ctx context.Context, userID, chatID int64) error {
-	_, err := call[struct{}](ctx, c, c.subj.ChatAccess(), busapi.ChatRequest{UserID: userID, ChatID: chatID})
-	return err
-}

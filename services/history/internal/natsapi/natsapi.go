@@ -16,10 +16,25 @@ import (
 	"github.com/communications/communications/services/history/internal/history"
 )
 
+// Access decides whether a user may read a chat. The chat service owns
+// membership, so the history service asks it for every page.
+type Access interface {
+	// CanRead returns nil, or a *busapi.Error with code chat_not_found or
+	// not_a_member, or another error when the chat service did not answer.
+	CanRead(ctx context.Context, userID, chatID int64) error
+}
+
 // Register subscribes the history service's request handlers.
-func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, svc *history.Service) ([]*nats.Subscription, error) {
+func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, svc *history.Service, access Access) ([]*nats.Subscription, error) {
 	page, err := natsbus.Handle(ctx, srv, subj.HistoryPage(), subjects.QueueHistory,
 		func(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+			if err := access.CanRead(ctx, req.UserID, req.ChatID); err != nil {
+				switch busapi.CodeOf(err) {
+				case protocol.CodeChatNotFound, protocol.CodeNotAMember:
+					return busapi.HistoryPage{}, err
+				}
+				return busapi.HistoryPage{}, fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "membership could not be checked now; retry"), err)
+			}
 			msgs, err := svc.Page(ctx, req.ChatID, req.BeforeSeq, req.Limit)
 			if err != nil {
 				return busapi.HistoryPage{}, mapError(err)
@@ -45,4 +60,15 @@ func mapError(err error) error {
 		return busapi.Errorf(protocol.CodeInvalidInput, err.Error())
 	}
 	return fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "history is not available now; retry"), err)
+}
+
+// ChatAccess asks the chat service over NATS.
+type ChatAccess struct {
+	Bus  *natsbus.Client
+	Subj subjects.Subjects
+}
+
+// CanRead implements Access.
+func (a ChatAccess) CanRead(ctx context.Context, userID, chatID int64) error {
+	return a.Bus.Request(ctx, a.Subj.ChatAccess(), busapi.ChatRequest{UserID: userID, ChatID: chatID}, nil)
 }
