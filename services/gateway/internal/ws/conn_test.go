@@ -1,0 +1,179 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/services/gateway/internal/hub"
+)
+
+// fakeHub records joins and leaves per sink.
+type fakeHub struct {
+	mu      sync.Mutex
+	joined  map[hub.Sink][]int64
+	failFor int64
+}
+
+func (h *fakeHub) Join(_ context.Context, s hub.Sink, ids []int64) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if slices.Contains(ids, h.failFor) {
+		return errors.New("redis down")
+	}
+	h.joined[s] = append(h.joined[s], ids...)
+	return nil
+}
+
+func (h *fakeHub) Leave(s hub.Sink, ids []int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.joined[s] = slices.DeleteFunc(h.joined[s], func(id int64) bool { return slices.Contains(ids, id) })
+}
+
+func (h *fakeHub) of(s hub.Sink) []int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := slices.Clone(h.joined[s])
+	slices.Sort(out)
+	return out
+}
+
+type noUpstream struct{}
+
+func (noUpstream) Session(context.Context, string) (busapi.Session, error) { return busapi.Session{}, nil }
+func (noUpstream) UserChats(context.Context, int64) ([]int64, error)       { return nil, nil }
+func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
+	return busapi.SendResult{}, nil
+}
+
+func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
+	t.Helper()
+	h := &fakeHub{joined: map[hub.Sink][]int64{}}
+	s := NewServer(Config{SendQueue: queue}, noUpstream{}, h, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.cancel)
+	return &Conn{srv: s, user: busapi.User{ID: 7}, send: make(chan []byte, queue), closed: make(chan struct{})}, h
+}
+
+func queued(c *Conn) []string {
+	var out []string
+	for {
+		select {
+		case ev := <-c.send:
+			out = append(out, string(ev))
+		default:
+			return out
+		}
+	}
+}
+
+func TestHelloComesFirst(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 8)
+	c.Deliver([]byte("early-1"))
+	c.Deliver([]byte("early-2"))
+	c.start([]byte("hello"))
+	c.Deliver([]byte("late"))
+	if diff := cmp.Diff([]string{"hello", "early-1", "early-2", "late"}, queued(c)); diff != "" {
+		t.Errorf("queue (-want +got):\n%s", diff)
+	}
+}
+
+func TestFullQueueClosesWithResumeCode(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		before int // events delivered before start
+		after  int // events delivered after start
+		closed bool
+	}{
+		{name: "fits", before: 1, after: 2, closed: false},
+		{name: "overflows after start", before: 0, after: 5, closed: true},
+		{name: "overflows before start", before: 5, after: 0, closed: true},
+		{name: "hello does not fit behind early events", before: 4, after: 0, closed: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, _ := newTestConn(t, 4)
+			for range tc.before {
+				c.Deliver([]byte("e"))
+			}
+			c.start([]byte("hello"))
+			for range tc.after {
+				c.Deliver([]byte("e"))
+			}
+			select {
+			case <-c.closed:
+				if !tc.closed {
+					t.Fatalf("closed with %d, want open", c.closeCode)
+				}
+				if c.closeCode != protocol.CloseSlowConsumer || !protocol.CloseShouldReconnect(c.closeCode) {
+					t.Errorf("close code %d, want %d (reconnect and resume)", c.closeCode, protocol.CloseSlowConsumer)
+				}
+			default:
+				if tc.closed {
+					t.Fatal("still open, want closed as a slow consumer")
+				}
+			}
+		})
+	}
+}
+
+func TestSyncChats(t *testing.T) {
+	t.Parallel()
+	c, h := newTestConn(t, 4)
+	ctx := context.Background()
+	steps := []struct {
+		want       []int64
+		wantBefore []int64
+	}{
+		{want: []int64{1, 2}, wantBefore: nil},
+		{want: []int64{1, 3}, wantBefore: []int64{1, 2}},
+		{want: []int64{1, 3}, wantBefore: []int64{1, 3}},
+		{want: []int64{}, wantBefore: []int64{1, 3}},
+	}
+	for i, st := range steps {
+		before, err := c.syncChats(ctx, st.want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(st.wantBefore, before, cmpEmpty); diff != "" {
+			t.Errorf("step %d before (-want +got):\n%s", i, diff)
+		}
+		if diff := cmp.Diff(st.want, h.of(c), cmpEmpty); diff != "" {
+			t.Errorf("step %d hub (-want +got):\n%s", i, diff)
+		}
+	}
+
+	// A failed join changes nothing; the end leaves everything.
+	if _, err := c.syncChats(ctx, []int64{4, 5}); err != nil {
+		t.Fatal(err)
+	}
+	h.failFor = 6
+	if _, err := c.syncChats(ctx, []int64{4, 6}); err == nil {
+		t.Fatal("sync with a failing join succeeded")
+	}
+	if diff := cmp.Diff([]int64{4, 5}, c.currentChats()); diff != "" {
+		t.Errorf("chats after a failed join (-want +got):\n%s", diff)
+	}
+	c.end()
+	if got := h.of(c); len(got) != 0 {
+		t.Errorf("still joined to %v after the end", got)
+	}
+	if _, err := c.syncChats(ctx, []int64{7}); err != nil || len(h.of(c)) != 0 {
+		t.Errorf("an ended connection joined %v (err %v)", h.of(c), err)
+	}
+}
+
+var cmpEmpty = cmp.Comparer(func(a, b []int64) bool { return len(a) == 0 && len(b) == 0 || slices.Equal(a, b) })
