@@ -51,8 +51,10 @@ func (h *fakeHub) of(s hub.Sink) []int64 {
 
 type noUpstream struct{}
 
-func (noUpstream) Session(context.Context, string) (busapi.Session, error) { return busapi.Session{}, nil }
-func (noUpstream) UserChats(context.Context, int64) ([]int64, error)       { return nil, nil }
+func (noUpstream) Session(context.Context, string) (busapi.Session, error) {
+	return busapi.Session{}, nil
+}
+func (noUpstream) UserChats(context.Context, int64) ([]int64, error) { return nil, nil }
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
