@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"time"
@@ -141,7 +142,8 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		"nats":  natsbus.Check(nc),
 	})
-	if err := busevents.Subscribe(hubCtx, nc, subj, wss, log, tel.TracerProvider); err != nil {
+	events, err := busevents.Subscribe(hubCtx, nc, subj, wss, log, tel.TracerProvider)
+	if err != nil {
 		return err
 	}
 	// Events missed while NATS was away are caught up by a resync when it
@@ -205,8 +207,20 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 				return nil
 			case <-tick.C:
 			case <-resync:
+				// After a NATS outage the other services resubscribe
+				// too: give them a moment, and spread the replicas out.
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-time.After(time.Second + rand.N(4*time.Second)):
+				}
 			}
-			wss.Resync(hubCtx)
+			if gctx.Err() != nil {
+				return nil
+			}
+			rctx, cancel := context.WithTimeout(gctx, cfg.ResyncInterval/2)
+			wss.Resync(rctx)
+			cancel()
 		}
 	})
 	g.Go(func() error {
@@ -239,6 +253,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		})
 		err := sg.Wait()
 		stopHub()
+		events.Wait()
 		if derr := natsbus.Drain(sctx, nc); derr != nil {
 			log.Warn("nats drain", "err", derr)
 		}

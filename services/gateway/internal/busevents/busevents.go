@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace"
@@ -26,8 +27,19 @@ type Connections interface {
 	ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent)
 }
 
+// Events applies the events; Wait returns when the ones in progress are done.
+type Events struct {
+	running sync.WaitGroup
+}
+
+// Wait waits for the events being applied. Call it after ctx (given to
+// Subscribe) has ended and the NATS connection has been drained.
+func (e *Events) Wait() { e.running.Wait() }
+
 // Subscribe subscribes the event subjects until nc is drained or closed.
-func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns Connections, log *slog.Logger, tp trace.TracerProvider) error {
+// Events are applied under ctx.
+func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns Connections, log *slog.Logger, tp trace.TracerProvider) (*Events, error) {
+	e := &Events{}
 	tracer := tp.Tracer("github.com/communications/communications/services/gateway/internal/busevents")
 	handle := func(name string, apply func(context.Context, []byte) error) nats.MsgHandler {
 		return func(msg *nats.Msg) {
@@ -48,7 +60,7 @@ func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns
 		}
 		return nil
 	})); err != nil {
-		return fmt.Errorf("subscribe session revocations: %w", err)
+		return nil, fmt.Errorf("subscribe session revocations: %w", err)
 	}
 	// Applying a chat event asks the chat service and may wait on Redis;
 	// events are applied concurrently (each one reconciles from the chat
@@ -61,16 +73,20 @@ func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns
 			return err
 		}
 		slots <- struct{}{}
+		e.running.Add(1)
 		go func() {
-			defer func() { <-slots }()
-			conns.ApplyChatEvent(context.WithoutCancel(ctx), ev)
+			defer func() {
+				<-slots
+				e.running.Done()
+			}()
+			conns.ApplyChatEvent(ctx, ev)
 		}()
 		return nil
 	})); err != nil {
-		return fmt.Errorf("subscribe chat events: %w", err)
+		return nil, fmt.Errorf("subscribe chat events: %w", err)
 	}
 	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("subscribe events: %w", err)
+		return nil, fmt.Errorf("subscribe events: %w", err)
 	}
-	return nil
+	return e, nil
 }

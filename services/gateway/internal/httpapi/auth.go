@@ -24,6 +24,8 @@ type RateLimiter interface {
 	// Allow counts n attempts under key (n = 0 only checks) and reports
 	// whether they are allowed, and if not, how long to wait.
 	Allow(ctx context.Context, key string, n int) (ok bool, retryAfter time.Duration, err error)
+	// Reset clears the attempts counted under key.
+	Reset(ctx context.Context, key string) error
 }
 
 type credentials struct {
@@ -106,22 +108,22 @@ func (a *API) login(c *gin.Context) {
 	if !bindJSON(c, &req, "username and password") {
 		return
 	}
-	// Per username only failed logins count, so that guessing at someone's
-	// password is slowed down without letting anyone lock them out by
-	// logging in too often.
-	if !a.limitAddress(c, "login") || !a.limitUsername(c, "login-failed", req.Username, 0) {
+	// Per username every attempt counts before the password is checked (so
+	// parallel guesses cannot slip past the limit together), and a
+	// successful login clears the count: guessing at someone's password is
+	// slowed down, logging in often is not.
+	if !a.limitAddress(c, "login") || !a.limitUsername(c, "login", req.Username, 1) {
 		return
 	}
 	s, err := a.up.Login(c.Request.Context(), req.Username, req.Password)
 	if err != nil {
-		if busapi.CodeOf(err) == protocol.CodeBadCredentials {
-			a.limitUsername(c, "login-failed", req.Username, 1)
-			if c.IsAborted() {
-				return
-			}
-		}
 		failErr(c, err)
 		return
+	}
+	if a.limits.PerUsername != nil {
+		if err := a.limits.PerUsername.Reset(c.Request.Context(), "login:user:"+strings.ToLower(req.Username)); err != nil {
+			_ = c.Error(fmt.Errorf("rate limit reset: %w", err))
+		}
 	}
 	http.SetCookie(c.Writer, &http.Cookie{
 		Name: SessionCookie, Value: s.Token, Path: "/", Expires: s.ExpiresAt,

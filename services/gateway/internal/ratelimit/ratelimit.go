@@ -41,3 +41,11 @@ func (l *Limiter) Allow(ctx context.Context, key string, n int) (bool, time.Dura
 	}
 	return res.Allowed > 0, res.RetryAfter, nil
 }
+
+// Reset clears the attempts counted under key.
+func (l *Limiter) Reset(ctx context.Context, key string) error {
+	if err := l.l.Reset(ctx, l.prefix+key); err != nil {
+		return fmt.Errorf("rate limit reset %s: %w", key, err)
+	}
+	return nil
+}

@@ -48,4 +48,8 @@ func TestLimiter(t *testing.T) {
 	check(l, "a", 0, false) // three taken: a check now fails
 	check(other, "a", 1, false)
 	check(l, "b", 1, true) // keys are separate
+	if err := other.Reset(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	check(l, "a", 1, true) // cleared for every replica
 }

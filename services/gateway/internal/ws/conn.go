@@ -58,7 +58,8 @@ func (c *Conn) Deliver(event []byte) {
 	if !c.started.Load() {
 		c.mu.Lock()
 		if !c.started.Load() {
-			if len(c.pending) >= cap(c.send) {
+			// Room is kept for hello, which start puts in front.
+			if len(c.pending) >= cap(c.send)-1 {
 				c.mu.Unlock()
 				c.slow()
 				return

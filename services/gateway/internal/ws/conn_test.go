@@ -3,6 +3,7 @@ package ws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -54,7 +55,7 @@ type noUpstream struct{}
 func (noUpstream) Session(context.Context, string) (busapi.Session, error) {
 	return busapi.Session{}, nil
 }
-func (noUpstream) UserChats(context.Context, int64) ([]int64, error) { return nil, nil }
+func (noUpstream) ListChats(context.Context, int64) ([]busapi.Chat, error) { return nil, nil }
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
@@ -102,7 +103,8 @@ func TestFullQueueClosesWithResumeCode(t *testing.T) {
 		{name: "fits", before: 1, after: 2, closed: false},
 		{name: "overflows after start", before: 0, after: 5, closed: true},
 		{name: "overflows before start", before: 5, after: 0, closed: true},
-		{name: "hello does not fit behind early events", before: 4, after: 0, closed: true},
+		{name: "early events and hello fill the queue", before: 3, after: 0, closed: false},
+		{name: "hello would not fit behind early events", before: 4, after: 0, closed: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -179,3 +181,56 @@ func TestSyncChats(t *testing.T) {
 }
 
 var cmpEmpty = cmp.Comparer(func(a, b []int64) bool { return len(a) == 0 && len(b) == 0 || slices.Equal(a, b) })
+
+// listUpstream answers ListChats with the chats in ids.
+type listUpstream struct {
+	noUpstream
+	ids []int64
+}
+
+func (u listUpstream) ListChats(context.Context, int64) ([]busapi.Chat, error) {
+	out := make([]busapi.Chat, len(u.ids))
+	for i, id := range u.ids {
+		out[i] = busapi.Chat{ID: id, Name: fmt.Sprint("chat-", id)}
+	}
+	return out, nil
+}
+
+// TestReconcileAnnouncesEveryChange: whatever triggers a reconciliation (a
+// chat event about another chat, a periodic resync), the connection is told
+// of every chat it joined and every chat it left.
+func TestReconcileAnnouncesEveryChange(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		before []int64
+		now    []int64
+		want   []string
+	}{
+		{"removed from 5, added to 9", []int64{1, 5}, []int64{1, 9},
+			[]string{`{"type":"chat","chat":{"id":9,"name":"chat-9","description":"","created_at":"0001-01-01T00:00:00Z"}}`, `{"type":"chat_removed","chat_id":5}`}},
+		{"added to 7 silently missed", []int64{1}, []int64{1, 7},
+			[]string{`{"type":"chat","chat":{"id":7,"name":"chat-7","description":"","created_at":"0001-01-01T00:00:00Z"}}`}},
+		{"nothing changed", []int64{1, 2}, []int64{1, 2}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, h := newTestConn(t, 16)
+			c.srv.up = listUpstream{ids: tc.now}
+			c.start([]byte("hello"))
+			queued(c)
+			if _, err := c.syncChats(context.Background(), tc.before); err != nil {
+				t.Fatal(err)
+			}
+			c.srv.add(c)
+			c.srv.Resync(context.Background())
+			if diff := cmp.Diff(tc.want, queued(c)); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.now, h.of(c)); diff != "" {
+				t.Errorf("hub (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -42,7 +43,7 @@ type Hub interface {
 // Upstream is what connections need from the other services.
 type Upstream interface {
 	Session(ctx context.Context, token string) (busapi.Session, error)
-	UserChats(ctx context.Context, userID int64) ([]int64, error)
+	ListChats(ctx context.Context, userID int64) ([]busapi.Chat, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 }
 
@@ -69,6 +70,7 @@ type Server struct {
 	conns     map[*Conn]struct{}
 	byUser    map[int64]map[*Conn]struct{}
 	bySession map[string]map[*Conn]struct{}
+	userLocks map[int64]*userLock
 	draining  bool
 	// base is the context of every connection; cancelled when the server
 	// is closed for good.
@@ -107,6 +109,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		conns:     map[*Conn]struct{}{},
 		byUser:    map[int64]map[*Conn]struct{}{},
 		bySession: map[string]map[*Conn]struct{}{},
+		userLocks: map[int64]*userLock{},
 		base:      base, cancel: cancel,
 		metrics: metrics{
 			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
@@ -186,9 +189,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	c.readLoop(s.base)
 }
 
-// check brings a connection up to date with the owners of the data: the
-// session must still be valid (auth) and the connection receives exactly the
-// user's chats (chat). It closes the connection when either fails.
+// check brings a new connection up to date with the owners of the data:
+// the session must still be valid (auth) and the connection receives exactly
+// the user's chats (chat). It closes the connection when either fails.
 func (s *Server) check(ctx context.Context, c *Conn) error {
 	if _, err := s.up.Session(ctx, c.token); err != nil {
 		if busapi.CodeOf(err) == protocol.CodeUnauthorized {
@@ -198,14 +201,8 @@ func (s *Server) check(ctx context.Context, c *Conn) error {
 		}
 		return err
 	}
-	chats, err := s.up.UserChats(ctx, c.user.ID)
-	if err != nil {
-		c.Close(protocol.CloseServerError, "the chat service did not answer; reconnect")
-		return err
-	}
-	if _, err := c.syncChats(ctx, chats); err != nil {
-		s.log.WarnContext(ctx, "join fanout", "err", err)
-		c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
+	if err := s.syncUser(ctx, c.user.ID, []*Conn{c}, false); err != nil {
+		c.Close(protocol.CloseServerError, "could not load your chats; reconnect")
 		return err
 	}
 	return nil
@@ -279,81 +276,138 @@ func (s *Server) RevokeSession(sessionID string) int {
 	return len(conns)
 }
 
-// ApplyChatEvent brings the local connections of the users a chat change
-// concerns up to date. It does not trust the event's deltas (events are
-// at-most-once and may arrive out of order): for each such user it asks the
-// chat service for the user's chats and makes each connection receive
-// exactly those. A connection then in the chat gets a "chat" event with the
-// chat's state, one that has just left it gets "chat_removed".
+// ApplyChatEvent brings the local connections up to date with a change of
+// a chat. Members whose membership did not change get the chat's new state.
+// For users added or removed, the event's deltas are not trusted (core NATS
+// events are at-most-once and may arrive out of order): their connections
+// are reconciled with the chat service's answer, which announces every chat
+// joined ("chat") or left ("chat_removed").
 func (s *Server) ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent) {
-	users := map[int64]bool{}
+	changedUsers := map[int64]bool{}
 	for _, id := range ev.Added {
-		users[id] = true
+		changedUsers[id] = true
 	}
 	for _, id := range ev.Removed {
-		users[id] = true
+		changedUsers[id] = true
 	}
-	for _, m := range ev.Chat.Members {
-		users[m.ID] = true
+	if len(ev.Chat.Members) > 0 {
+		changed, err := json.Marshal(protocol.ChatChanged{Type: protocol.TypeChat, Chat: ev.Chat})
+		if err != nil {
+			s.log.ErrorContext(ctx, "encode chat event", "err", err)
+			return
+		}
+		for _, m := range ev.Chat.Members {
+			if changedUsers[m.ID] {
+				continue
+			}
+			for _, c := range s.connsOf(m.ID) {
+				if slices.Contains(c.currentChats(), ev.Chat.ID) {
+					c.Deliver(changed)
+				}
+			}
+		}
 	}
-	changed, err := json.Marshal(protocol.ChatChanged{Type: protocol.TypeChat, Chat: ev.Chat})
-	if err != nil {
-		s.log.ErrorContext(ctx, "encode chat event", "err", err)
-		return
-	}
-	removed, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: ev.Chat.ID})
-	if err != nil {
-		s.log.ErrorContext(ctx, "encode chat event", "err", err)
-		return
-	}
-	for uid := range users {
+	for uid := range changedUsers {
 		conns := s.connsOf(uid)
 		if len(conns) == 0 {
 			continue
 		}
-		s.syncUser(ctx, uid, conns, func(c *Conn, before, now []int64) {
-			switch {
-			case slices.Contains(now, ev.Chat.ID):
-				c.Deliver(changed)
-			case slices.Contains(before, ev.Chat.ID):
-				c.Deliver(removed)
+		if err := s.syncUser(ctx, uid, conns, true); err != nil {
+			s.log.WarnContext(ctx, "reconcile a user's chats", "user_id", uid, "err", err)
+			if slices.Contains(ev.Removed, uid) {
+				// Without the owner's answer, a removed user must not keep
+				// receiving the chat: its clients reconnect and start over.
+				for _, c := range conns {
+					c.Close(protocol.CloseServerError, "could not update your chats; reconnect")
+				}
 			}
-		})
+		}
 	}
 }
 
-// syncUser makes every listed connection of a user receive exactly the
-// user's chats, then calls notify for each with its chats before and now.
-func (s *Server) syncUser(ctx context.Context, userID int64, conns []*Conn, notify func(c *Conn, before, now []int64)) {
+// userLock returns the lock that serialises reconciliations of one user:
+// each fetches the user's chats and applies them under it, so a later answer
+// is never overwritten by an earlier one.
+func (s *Server) userLock(userID int64) func() {
+	s.mu.Lock()
+	l := s.userLocks[userID]
+	if l == nil {
+		l = &userLock{}
+		s.userLocks[userID] = l
+	}
+	l.users++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.userLocks, userID)
+		}
+		s.mu.Unlock()
+	}
+}
+
+type userLock struct {
+	mu    sync.Mutex
+	users int // holders and waiters; the entry goes when none is left
+}
+
+// syncUser makes the given connections of a user receive exactly the user's
+// chats, as the chat service lists them now. With announce, each connection
+// is told of every chat it joined ("chat", with the chat's state) and left
+// ("chat_removed"), and of the current state of the chats it stays in.
+func (s *Server) syncUser(ctx context.Context, userID int64, conns []*Conn, announce bool) error {
+	unlock := s.userLock(userID)
+	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	chats, err := s.up.UserChats(ctx, userID)
+	chats, err := s.up.ListChats(ctx, userID)
 	if err != nil {
-		// Without the truth, the safe course: the clients reconnect and
-		// start from what the chat service says then.
-		s.log.WarnContext(ctx, "list chats to apply a change; closing the user's connections", "user_id", userID, "err", err)
-		for _, c := range conns {
-			c.Close(protocol.CloseServerError, "could not update your chats; reconnect")
-		}
-		return
+		return fmt.Errorf("list chats of user %d: %w", userID, err)
 	}
+	ids := make([]int64, len(chats))
+	for i, ch := range chats {
+		ids[i] = ch.ID
+	}
+	var errs []error
 	for _, c := range conns {
-		before, err := c.syncChats(ctx, chats)
+		before, err := c.syncChats(ctx, ids)
 		if err != nil {
-			s.log.WarnContext(ctx, "join fanout", "user_id", userID, "err", err)
 			c.Close(protocol.CloseServerError, "fanout unavailable; reconnect")
+			errs = append(errs, err)
 			continue
 		}
-		if notify != nil {
-			notify(c, before, chats)
+		if !announce {
+			continue
+		}
+		for _, ch := range chats {
+			if !slices.Contains(before, ch.ID) {
+				if b, err := json.Marshal(protocol.ChatChanged{Type: protocol.TypeChat, Chat: ch}); err == nil {
+					c.Deliver(b)
+				}
+			}
+		}
+		for _, id := range before {
+			if !slices.Contains(ids, id) {
+				if b, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: id}); err == nil {
+					c.Deliver(b)
+				}
+			}
 		}
 	}
+	return errors.Join(errs...)
 }
 
+// resyncWorkers bounds the checks Resync makes at once.
+const resyncWorkers = 8
+
 // Resync checks every local connection against the owners of the data: its
-// session must still be valid and it receives exactly its user's chats. It
-// runs periodically and after the NATS connection comes back, which bounds
-// how long a missed event (a logout, a removal) can go unnoticed.
+// session must still be valid, and it receives exactly its user's chats
+// (announcing any change). It runs periodically and after the NATS
+// connection comes back, which bounds how long a missed event (a logout, a
+// removal) can go unnoticed. A service that does not answer leaves the
+// connections as they are; ctx bounds the whole run.
 func (s *Server) Resync(ctx context.Context) {
 	s.mu.Lock()
 	sessions := make(map[string]*Conn, len(s.bySession))
@@ -370,25 +424,36 @@ func (s *Server) Resync(ctx context.Context) {
 		}
 	}
 	s.mu.Unlock()
-	for id, c := range sessions {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := s.up.Session(sctx, c.token)
-		cancel()
-		if busapi.CodeOf(err) == protocol.CodeUnauthorized {
-			s.RevokeSession(id)
-		}
-	}
-	for uid, conns := range users {
-		s.syncUser(ctx, uid, conns, func(c *Conn, before, now []int64) {
-			for _, id := range before {
-				if !slices.Contains(now, id) {
-					if b, err := json.Marshal(protocol.ChatRemoved{Type: protocol.TypeChatRemoved, ChatID: id}); err == nil {
-						c.Deliver(b)
-					}
+
+	work := make(chan func(), resyncWorkers)
+	var wg sync.WaitGroup
+	for range resyncWorkers {
+		wg.Go(func() {
+			for f := range work {
+				if ctx.Err() == nil {
+					f()
 				}
 			}
 		})
 	}
+	for id, c := range sessions {
+		work <- func() {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if _, err := s.up.Session(sctx, c.token); busapi.CodeOf(err) == protocol.CodeUnauthorized {
+				s.RevokeSession(id)
+			}
+		}
+	}
+	for uid, conns := range users {
+		work <- func() {
+			if err := s.syncUser(ctx, uid, conns, true); err != nil && ctx.Err() == nil {
+				s.log.WarnContext(ctx, "resync a user's chats; left as they were", "user_id", uid, "err", err)
+			}
+		}
+	}
+	close(work)
+	wg.Wait()
 }
 
 // Count returns the number of open connections.
