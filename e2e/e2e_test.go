@@ -103,6 +103,13 @@ func TestOneMessageEndToEnd(t *testing.T) {
 	if page.Messages[0].ClientMsgID != "m-1" || page.Messages[1].ClientMsgID != "m-2" {
 		t.Errorf("history order = %q, %q; want m-1, m-2", page.Messages[0].ClientMsgID, page.Messages[1].ClientMsgID)
 	}
+	// What a client that saw seq 1 missed.
+	if err := do(context.Background(), http.MethodGet, s.gateways[0]+"/api/v1/chats/1/messages?after=1", alice.token, nil, &page); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Messages) != 1 || page.Messages[0].Seq != 2 {
+		t.Errorf("messages after 1 = %+v, want only seq 2", page.Messages)
+	}
 }
 
 // TestSendErrors: a send to an unknown chat, with an empty text or a bad

@@ -30,6 +30,7 @@ func TestHTTPErrors(t *testing.T) {
 		{"unknown user", http.MethodPost, "/api/v1/auth/login", "", map[string]string{"username": "nobody", "password": "wrong password"}, 401, "bad_credentials"},
 		{"no session", http.MethodGet, "/api/v1/me", "", nil, 401, "unauthorized"},
 		{"bad limit", http.MethodGet, "/api/v1/chats/1/messages?limit=1000", alice.token, nil, 400, "invalid_input"},
+		{"before and after", http.MethodGet, "/api/v1/chats/1/messages?before=5&after=2", alice.token, nil, 400, "invalid_input"},
 		{"no such route", http.MethodGet, "/api/v1/nothing", "", nil, 404, "not_found"},
 	}
 	for _, tc := range tests {

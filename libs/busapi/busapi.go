@@ -174,12 +174,13 @@ type StreamMessage struct {
 
 // HistoryRequest asks the history service, for user UserID, for the newest
 // Limit messages of a chat with a sequence below BeforeSeq (0: the newest
-// messages). The history service asks the chat service whether the user may
-// read the chat.
+// messages), or, with AfterSeq, the oldest Limit messages above it. The
+// history service asks the chat service whether the user may read the chat.
 type HistoryRequest struct {
 	UserID    int64 `json:"user_id"`
 	ChatID    int64 `json:"chat_id"`
 	BeforeSeq int64 `json:"before_seq,omitempty"`
+	AfterSeq  int64 `json:"after_seq,omitempty"`
 	Limit     int   `json:"limit"`
 }
 

@@ -145,12 +145,20 @@ func TestRun(t *testing.T) {
 	if got, want := strings.Join(seqs, " "), "6:m6 7:m7 8:m8 9:m9"; got != want {
 		t.Errorf("page before 10 = %s, want %s", got, want)
 	}
+	p, err = page(busapi.HistoryRequest{UserID: 1, ChatID: 3, AfterSeq: 9, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Messages) != 2 || p.Messages[0].Seq != 10 || p.Messages[1].Seq != 11 {
+		t.Errorf("page after 9 = %+v, want seqs 10, 11", p.Messages)
+	}
 	for _, tc := range []struct {
 		name string
 		req  busapi.HistoryRequest
 		code protocol.Code
 	}{
 		{"limit 101", busapi.HistoryRequest{UserID: 1, ChatID: 3, Limit: 101}, protocol.CodeInvalidInput},
+		{"before and after", busapi.HistoryRequest{UserID: 1, ChatID: 3, BeforeSeq: 5, AfterSeq: 2, Limit: 10}, protocol.CodeInvalidInput},
 		{"not a member", busapi.HistoryRequest{UserID: 2, ChatID: 3, Limit: 10}, protocol.CodeNotAMember},
 		{"unknown chat", busapi.HistoryRequest{UserID: 1, ChatID: 99, Limit: 10}, protocol.CodeChatNotFound},
 	} {

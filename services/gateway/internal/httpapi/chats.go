@@ -109,16 +109,26 @@ func (a *API) history(c *gin.Context) {
 			return
 		}
 	}
-	var before int64
+	var before, after int64
 	if s := c.Query("before"); s != "" {
 		if before, err = strconv.ParseInt(s, 10, 64); err != nil || before < 1 {
 			fail(c, protocol.CodeInvalidInput, "before must be a positive sequence number")
 			return
 		}
 	}
+	if s := c.Query("after"); s != "" {
+		if after, err = strconv.ParseInt(s, 10, 64); err != nil || after < 0 {
+			fail(c, protocol.CodeInvalidInput, "after must be a sequence number")
+			return
+		}
+	}
+	if before > 0 && after > 0 {
+		fail(c, protocol.CodeInvalidInput, "give before or after, not both")
+		return
+	}
 	// The history service asks the chat service, which owns membership,
 	// whether the user may read the chat.
-	page, err := a.up.History(c.Request.Context(), busapi.HistoryRequest{UserID: currentUser(c).ID, ChatID: id, BeforeSeq: before, Limit: limit})
+	page, err := a.up.History(c.Request.Context(), busapi.HistoryRequest{UserID: currentUser(c).ID, ChatID: id, BeforeSeq: before, AfterSeq: after, Limit: limit})
 	if err != nil {
 		failErr(c, err)
 		return

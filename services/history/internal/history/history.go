@@ -48,10 +48,13 @@ type PageStore interface {
 	// beforeSeq (any sequence when beforeSeq is 0): the newest of them, in
 	// ascending sequence order.
 	Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([]Message, error)
+	// After returns at most limit messages of chat with a sequence above
+	// afterSeq: the oldest of them, in ascending sequence order.
+	After(ctx context.Context, chatID, afterSeq int64, limit int) ([]Message, error)
 }
 
-// Service answers history page requests. It does not check membership: the
-// caller (the gateway, after asking the chat service) does.
+// Service answers history page requests. Who may read a chat is decided by
+// the chat service, which the transport asks before every page.
 type Service struct{ store PageStore }
 
 // NewService returns a Service reading from store.
@@ -76,6 +79,27 @@ func (s *Service) Page(ctx context.Context, chatID, beforeSeq int64, limit int) 
 	msgs, err := s.store.Page(ctx, chatID, beforeSeq, limit)
 	if err != nil {
 		return nil, fmt.Errorf("history page: %w", err)
+	}
+	return msgs, nil
+}
+
+// PageAfter returns the oldest limit messages of chat above afterSeq,
+// ascending: what a client that has seen afterSeq missed. A limit of 0 means
+// DefaultPageLimit.
+func (s *Service) PageAfter(ctx context.Context, chatID, afterSeq int64, limit int) ([]Message, error) {
+	switch {
+	case chatID <= 0:
+		return nil, fmt.Errorf("%w: chat_id must be positive", ErrInvalidPage)
+	case afterSeq < 0:
+		return nil, fmt.Errorf("%w: after_seq must not be negative", ErrInvalidPage)
+	case limit < 0 || limit > MaxPageLimit:
+		return nil, fmt.Errorf("%w: limit must be 1 to %d", ErrInvalidPage, MaxPageLimit)
+	case limit == 0:
+		limit = DefaultPageLimit
+	}
+	msgs, err := s.store.After(ctx, chatID, afterSeq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("history page after: %w", err)
 	}
 	return msgs, nil
 }

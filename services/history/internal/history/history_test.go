@@ -18,6 +18,50 @@ func (s *recordingStore) Page(_ context.Context, chatID, beforeSeq int64, limit 
 	return []Message{{ChatID: chatID, Seq: 1}}, nil
 }
 
+func (s *recordingStore) After(_ context.Context, chatID, afterSeq int64, limit int) ([]Message, error) {
+	s.chatID, s.beforeSeq, s.limit = chatID, -afterSeq, limit
+	s.calls++
+	return []Message{{ChatID: chatID, Seq: afterSeq + 1}}, nil
+}
+
+func TestPageAfter(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		chatID    int64
+		afterSeq  int64
+		limit     int
+		wantErr   error
+		wantLimit int
+	}{
+		{name: "from the start", chatID: 1, afterSeq: 0, wantLimit: DefaultPageLimit},
+		{name: "after 41", chatID: 1, afterSeq: 41, limit: 20, wantLimit: 20},
+		{name: "negative after_seq", chatID: 1, afterSeq: -1, wantErr: ErrInvalidPage},
+		{name: "no chat", chatID: 0, wantErr: ErrInvalidPage},
+		{name: "limit too large", chatID: 1, limit: MaxPageLimit + 1, wantErr: ErrInvalidPage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			store := &recordingStore{}
+			_, err := NewService(store).PageAfter(context.Background(), tc.chatID, tc.afterSeq, tc.limit)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				if store.calls != 0 {
+					t.Error("store called for an invalid request")
+				}
+				return
+			}
+			if store.calls != 1 || store.limit != tc.wantLimit || store.beforeSeq != -tc.afterSeq {
+				t.Errorf("store asked for after %d limit %d (%d calls); want after %d limit %d",
+					-store.beforeSeq, store.limit, store.calls, tc.afterSeq, tc.wantLimit)
+			}
+		})
+	}
+}
+
 func TestPage(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

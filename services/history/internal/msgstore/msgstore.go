@@ -197,3 +197,25 @@ func (s *Store) Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([
 	slices.Reverse(msgs)
 	return msgs, nil
 }
+
+// After returns at most limit messages of chat with seq > afterSeq, oldest
+// first: a keyset read on the primary key (chat_id, seq).
+func (s *Store) After(ctx context.Context, chatID, afterSeq int64, limit int) ([]history.Message, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT chat_id, seq, sender_id, sender, client_msg_id, text, sent_at
+		FROM messages WHERE chat_id = $1 AND seq > $2
+		ORDER BY seq LIMIT $3`, chatID, afterSeq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("select page after: %w", err)
+	}
+	msgs := make([]history.Message, 0, limit)
+	var m history.Message
+	_, err = pgx.ForEachRow(rows, []any{&m.ChatID, &m.Seq, &m.SenderID, &m.Sender, &m.ClientMsgID, &m.Text, &m.SentAt}, func() error {
+		msgs = append(msgs, m)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select page after: %w", err)
+	}
+	return msgs, nil
+}

@@ -177,9 +177,15 @@ func TestPage(t *testing.T) {
 		name      string
 		chat      int64
 		beforeSeq int64
+		afterSeq  int64
+		after     bool // read with After from afterSeq
 		limit     int
 		want      []int64
 	}{
+		{name: "after 0", chat: 7, after: true, limit: 3, want: []int64{1, 2, 3}},
+		{name: "after", chat: 7, afterSeq: 4, after: true, limit: 3, want: []int64{5, 6, 7}},
+		{name: "after, short page", chat: 7, afterSeq: 8, after: true, limit: 5, want: []int64{9, 10}},
+		{name: "after the last", chat: 7, afterSeq: 10, after: true, limit: 5, want: []int64{}},
 		{name: "newest", chat: 7, limit: 3, want: []int64{8, 9, 10}},
 		{name: "all", chat: 7, limit: 100, want: []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}},
 		{name: "before", chat: 7, beforeSeq: 8, limit: 3, want: []int64{5, 6, 7}},
@@ -192,7 +198,12 @@ func TestPage(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			msgs, err := store.Page(ctx, tc.chat, tc.beforeSeq, tc.limit)
+			page := store.Page
+			arg := tc.beforeSeq
+			if tc.after {
+				page, arg = store.After, tc.afterSeq
+			}
+			msgs, err := page(ctx, tc.chat, arg, tc.limit)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -35,7 +35,16 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 				}
 				return busapi.HistoryPage{}, fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "membership could not be checked now; retry"), err)
 			}
-			msgs, err := svc.Page(ctx, req.ChatID, req.BeforeSeq, req.Limit)
+			var msgs []history.Message
+			var err error
+			switch {
+			case req.AfterSeq > 0 && req.BeforeSeq > 0:
+				return busapi.HistoryPage{}, busapi.Errorf(protocol.CodeInvalidInput, "give before_seq or after_seq, not both")
+			case req.AfterSeq > 0:
+				msgs, err = svc.PageAfter(ctx, req.ChatID, req.AfterSeq, req.Limit)
+			default:
+				msgs, err = svc.Page(ctx, req.ChatID, req.BeforeSeq, req.Limit)
+			}
 			if err != nil {
 				return busapi.HistoryPage{}, mapError(err)
 			}
