@@ -327,7 +327,16 @@ type wsConn struct {
 
 func (c *client) dial() *wsConn {
 	c.t.Helper()
+	return c.dialQuery("")
+}
+
+// dialQuery opens a websocket with a query string (such as resume=1:41).
+func (c *client) dialQuery(query string) *wsConn {
+	c.t.Helper()
 	url := "ws" + c.base[len("http"):] + "/ws"
+	if query != "" {
+		url += "?" + query
+	}
 	h := http.Header{"Authorization": {"Bearer " + c.token}}
 	conn, resp, err := websocket.DefaultDialer.Dial(url, h)
 	if err != nil {
@@ -415,3 +424,5 @@ func (w *wsConn) count(match func(map[string]any) bool) int {
 func websocketDial(url string, h http.Header) (*websocket.Conn, *http.Response, error) {
 	return websocket.DefaultDialer.Dial(url, h)
 }
+
+func bobHeader(c *client) http.Header { return http.Header{"Authorization": {"Bearer " + c.token}} }

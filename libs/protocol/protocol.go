@@ -30,6 +30,7 @@ const (
 	TypeMessage = "message" // a stored message of a chat the user is in
 	TypeError   = "error"   // a request failed, or the connection is about to close
 	TypePong    = "pong"    // answer to ping
+	TypeResumed = "resumed" // after hello on a resuming connection: the replay is complete
 	// TypeChat: a chat the user is in was created, renamed, re-described,
 	// or its members changed (also sent when the user is added).
 	TypeChat = "chat"
@@ -61,6 +62,14 @@ type ClientEvent struct {
 	ChatID      int64  `json:"chat_id,omitempty"`
 	ClientMsgID string `json:"client_msg_id,omitempty"`
 	Text        string `json:"text,omitempty"`
+}
+
+// Resumed follows hello on a connection opened with ?resume=CHAT:SEQ,...
+// once every message after those positions has been sent: for each chat,
+// the sequence the replay reached. Live messages follow in order.
+type Resumed struct {
+	Type      string           `json:"type"`
+	Positions map[string]int64 `json:"positions"`
 }
 
 // Hello is the first event the server sends on a connection.

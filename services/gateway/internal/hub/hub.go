@@ -26,7 +26,9 @@ import (
 // Sink receives events for one connection. Deliver must not block: a sink
 // that cannot take an event disconnects its client.
 type Sink interface {
-	Deliver(event []byte)
+	// DeliverMessage hands over a stored message event of chat with its
+	// sequence number.
+	DeliverMessage(chatID, seq int64, event []byte)
 	// UserID is the connection's user; events marked duplicate go to
 	// their sender's connections only.
 	UserID() int64
@@ -216,7 +218,7 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 		if env.Duplicate && s.UserID() != env.SenderID {
 			continue
 		}
-		s.Deliver(env.Event)
+		s.DeliverMessage(env.ChatID, env.Seq, env.Event)
 		n++
 	}
 	h.mu.RUnlock()

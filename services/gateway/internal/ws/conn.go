@@ -45,6 +45,11 @@ type Conn struct {
 	started atomic.Bool
 	pending [][]byte
 
+	// posMu guards positions: per chat, what was delivered and whether a
+	// resume is replaying it.
+	posMu     sync.Mutex
+	positions map[int64]*chatPosition
+
 	send      chan []byte
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -327,6 +332,7 @@ func (c *Conn) handle(ctx context.Context, raw []byte) {
 		c.deliverJSON(protocol.Pong{Type: protocol.TypePong, ID: ev.ID})
 	case protocol.TypeSend:
 		c.handleSend(ctx, ev)
+
 	}
 }
 

@@ -56,6 +56,9 @@ func (noUpstream) Session(context.Context, string) (busapi.Session, error) {
 	return busapi.Session{}, nil
 }
 func (noUpstream) ListChats(context.Context, int64) ([]busapi.Chat, error) { return nil, nil }
+func (noUpstream) History(context.Context, busapi.HistoryRequest) (busapi.HistoryPage, error) {
+	return busapi.HistoryPage{}, nil
+}
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
@@ -65,7 +68,8 @@ func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
 	h := &fakeHub{joined: map[hub.Sink][]int64{}}
 	s := NewServer(Config{SendQueue: queue}, noUpstream{}, h, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
 	t.Cleanup(s.cancel)
-	return &Conn{srv: s, user: busapi.User{ID: 7}, send: make(chan []byte, queue), closed: make(chan struct{})}, h
+	return &Conn{srv: s, user: busapi.User{ID: 7}, send: make(chan []byte, queue), closed: make(chan struct{}),
+		positions: map[int64]*chatPosition{}}, h
 }
 
 func queued(c *Conn) []string {
@@ -232,5 +236,56 @@ func TestReconcileAnnouncesEveryChange(t *testing.T) {
 				t.Errorf("hub (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestDeliverMessageOncePerSequence(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 16)
+	c.start([]byte("hello"))
+	queued(c)
+	c.DeliverMessage(1, 5, []byte("m5"))
+	c.DeliverMessage(1, 5, []byte("m5 again")) // a retry published again
+	c.DeliverMessage(1, 4, []byte("m4 late"))  // already behind
+	c.DeliverMessage(2, 1, []byte("other chat"))
+	c.DeliverMessage(1, 6, []byte("m6"))
+	if diff := cmp.Diff([]string{"m5", "other chat", "m6"}, queued(c)); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+
+	// During a resume the chat's live messages are held, not sent.
+	c.holdForResume(map[int64]int64{3: 0})
+	c.DeliverMessage(3, 1, []byte("held"))
+	if got := queued(c); len(got) != 0 {
+		t.Errorf("delivered %v during the replay, want nothing", got)
+	}
+}
+
+func TestParseResume(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      string
+		want    map[int64]int64
+		wantErr bool
+	}{
+		{in: "", want: map[int64]int64{}},
+		{in: "1:41", want: map[int64]int64{1: 41}},
+		{in: "1:41,4:0", want: map[int64]int64{1: 41, 4: 0}},
+		{in: "x", wantErr: true},
+		{in: "1:-1", wantErr: true},
+		{in: "0:5", wantErr: true},
+		{in: "1:2,", wantErr: true},
+	}
+	for _, tc := range tests {
+		got, err := ParseResume(tc.in)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("ParseResume(%q) error = %v, want error %v", tc.in, err, tc.wantErr)
+			continue
+		}
+		if !tc.wantErr {
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ParseResume(%q) (-want +got):\n%s", tc.in, diff)
+			}
+		}
 	}
 }

@@ -44,6 +44,7 @@ type Hub interface {
 type Upstream interface {
 	Session(ctx context.Context, token string) (busapi.Session, error)
 	ListChats(ctx context.Context, userID int64) ([]busapi.Chat, error)
+	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 }
 
@@ -130,11 +131,16 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 // while the server drains.
 func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session, token string) {
 	user := session.User
+	resumeFrom, err := ParseResume(r.URL.Query().Get("resume"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+		return
+	}
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
-		writeError(w, protocol.CodeUnavailable, "gateway is shutting down; reconnect")
+		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "gateway is shutting down; reconnect")
 		return
 	}
 	wsConn, err := s.upgrader.Upgrade(w, r, nil)
@@ -143,8 +149,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	}
 	c := &Conn{
 		srv: s, ws: wsConn, user: user, session: session.ID, token: token,
-		send:   make(chan []byte, s.cfg.SendQueue),
-		closed: make(chan struct{}),
+		send:      make(chan []byte, s.cfg.SendQueue),
+		closed:    make(chan struct{}),
+		positions: map[int64]*chatPosition{},
 	}
 	// Registered first: a logout or a chat change from now on reaches the
 	// connection, and the checks below see everything before.
@@ -166,6 +173,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		<-done
 	}()
 
+	// Live messages of the chats to resume wait from the moment they are
+	// joined until their replay has been sent.
+	c.holdForResume(resumeFrom)
 	ctx, cancel := context.WithTimeout(s.base, 15*time.Second)
 	err = s.check(ctx, c)
 	cancel()
@@ -180,6 +190,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// hello goes out after Redis confirmed the subscriptions, and before
 	// any event: a client that loads history on hello misses nothing.
 	c.start(hello)
+	if len(resumeFrom) > 0 {
+		c.resume(s.base, resumeFrom)
+	}
 	if !session.ExpiresAt.IsZero() {
 		expiry := time.AfterFunc(time.Until(session.ExpiresAt), func() {
 			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
@@ -523,8 +536,8 @@ func (s *Server) Drain(ctx context.Context, batch int, interval time.Duration) {
 }
 
 // writeError answers a refused upgrade with the API's JSON error body.
-func writeError(w http.ResponseWriter, code protocol.Code, msg string) {
+func writeError(w http.ResponseWriter, status int, code protocol.Code, msg string) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(http.StatusServiceUnavailable)
+	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": string(code), "message": msg}})
 }
