@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/libs/testenv"
 	"github.com/communications/communications/services/gateway/internal/hub"
 )
 
@@ -287,5 +289,50 @@ func TestParseResume(t *testing.T) {
 				t.Errorf("ParseResume(%q) (-want +got):\n%s", tc.in, diff)
 			}
 		}
+	}
+}
+
+// historyUpstream serves stored messages 1..n of every chat.
+type historyUpstream struct {
+	noUpstream
+	n int64
+}
+
+func (u historyUpstream) History(_ context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+	var page busapi.HistoryPage
+	for seq := req.AfterSeq + 1; seq <= u.n && len(page.Messages) < req.Limit; seq++ {
+		page.Messages = append(page.Messages, protocol.Message{Type: protocol.TypeMessage, ChatID: req.ChatID, Seq: seq})
+	}
+	return page, nil
+}
+
+// TestGapIsFilledFromHistory: a live message that skips sequence numbers
+// (pub/sub lost some) makes the connection fetch the missing ones and send
+// them first, in order; nothing is sent twice.
+func TestGapIsFilledFromHistory(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 32)
+	c.srv.up = historyUpstream{n: 9}
+	c.start([]byte("hello"))
+	queued(c)
+	msg := func(seq int64) []byte {
+		return fmt.Appendf(nil, `{"type":"message","chat_id":1,"seq":%d,"sender_id":0,"sender":"","client_msg_id":"","text":"","sent_at":"0001-01-01T00:00:00Z"}`, seq)
+	}
+	c.DeliverMessage(1, 5, msg(5))
+	c.DeliverMessage(1, 8, msg(8)) // 6 and 7 were lost
+	c.DeliverMessage(1, 9, msg(9)) // arrives while the gap is being filled
+	var got []string
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		got = append(got, queued(c)...)
+		return len(got) >= 5
+	}, "five messages delivered")
+	want := []string{string(msg(5)), string(msg(6)), string(msg(7)), string(msg(8)), string(msg(9))}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+	c.DeliverMessage(1, 9, msg(9))
+	c.DeliverMessage(1, 10, msg(10))
+	if diff := cmp.Diff([]string{string(msg(10))}, queued(c)); diff != "" {
+		t.Errorf("after the gap (-want +got):\n%s", diff)
 	}
 }

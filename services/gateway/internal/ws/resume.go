@@ -55,9 +55,29 @@ func (c *Conn) DeliverMessage(chatID, seq int64, event []byte) {
 		c.posMu.Unlock()
 		return
 	}
+	if pos.last > 0 && seq > pos.last+1 {
+		// A gap: Redis pub/sub lost a message (it is at-most-once). The
+		// missing ones are stored (they were committed before this one was
+		// published), so fetch them and send them first.
+		from := pos.last
+		pos.catchingUp = true
+		pos.held = []heldMessage{{seq: seq, event: event}}
+		c.posMu.Unlock()
+		c.srv.metrics.gapsFilled.Inc()
+		go c.fillGap(chatID, from)
+		return
+	}
 	pos.last = max(pos.last, seq)
 	c.posMu.Unlock()
 	c.Deliver(event)
+}
+
+// fillGap sends the stored messages of a chat after from, then the ones
+// held meanwhile.
+func (c *Conn) fillGap(chatID, from int64) {
+	ctx, cancel := context.WithTimeout(c.srv.base, 30*time.Second)
+	defer cancel()
+	c.replay(ctx, chatID, from)
 }
 
 // ParseResume reads the resume query parameter of a websocket request:

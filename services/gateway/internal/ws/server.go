@@ -55,6 +55,7 @@ type metrics struct {
 	eventsIn      prometheus.Counter
 	eventsOut     prometheus.Counter
 	slowConsumers prometheus.Counter
+	gapsFilled    prometheus.Counter
 }
 
 // Server accepts websocket connections and keeps track of them.
@@ -119,9 +120,10 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			eventsIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_in_total", Help: "Protocol events received."}),
 			eventsOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_out_total", Help: "Protocol events sent."}),
 			slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send queue was full."}),
+			gapsFilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_sequence_gaps_filled_total", Help: "Gaps in a chat's live messages filled from history."}),
 		},
 	}
-	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers)
+	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled)
 	return s
 }
 
