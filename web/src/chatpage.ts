@@ -19,10 +19,15 @@ type OutboxState = "queued" | "sent" | "acked" | "failed";
 interface OutboxEntry {
   ev: SendEvent;
   state: OutboxState;
-  error?: string;
+  error?: string | undefined;
   retryable?: boolean;
   li?: HTMLLIElement;
+  /** fails the send when no answer came in time */
+  timer?: number | undefined;
 }
+
+/** how long a send written to an open connection waits for its ack or error */
+const ACK_TIMEOUT_MS = 15_000;
 
 interface ChatView {
   kind: "chat";
@@ -64,6 +69,8 @@ export class ChatPage {
   private hellos = 0;
   /** live messages of the chat being loaded, merged once it is shown */
   private early: Message[] = [];
+  /** the highest seq the app has of each chat (a reconnect resumes from it) */
+  private readonly lastSeq = new Map<number, number>();
 
   private readonly shell: HTMLElement;
   private readonly layout: HTMLElement;
@@ -132,12 +139,15 @@ export class ChatPage {
       this.layout,
     );
     replace(this.root, this.shell);
+    this.socket.resumeFrom(() => this.positions());
     document.addEventListener("keydown", this.onKey);
     MEDIUM.addEventListener("change", this.onMedium);
     this.loadChats();
   }
 
   destroy(): void {
+    this.socket.resumeFrom(() => new Map());
+    for (const entry of this.outbox.values()) this.clearAckTimer(entry);
     document.removeEventListener("keydown", this.onKey);
     MEDIUM.removeEventListener("change", this.onMedium);
     this.loadToken++;
@@ -167,6 +177,23 @@ export class ChatPage {
           : state === "waiting"
             ? `Offline, retrying in ${Math.max(1, Math.round((retryIn ?? 0) / 1000))} s`
             : "Offline";
+  }
+
+  // ---- resuming ----
+
+  private noteSeq(chatId: number, seq: number): void {
+    if (seq > (this.lastSeq.get(chatId) ?? 0)) this.lastSeq.set(chatId, seq);
+  }
+
+  /** positions lists the last seq held of each chat, the chat on screen first. */
+  private positions(): Map<number, number> {
+    const out = new Map<number, number>();
+    const view = this.view;
+    if (view.kind === "chat" && view.messages.isLoaded) {
+      out.set(view.chat.id, Math.max(view.messages.maxSeq, this.lastSeq.get(view.chat.id) ?? 0));
+    }
+    for (const [chat, seq] of this.lastSeq) if (!out.has(chat)) out.set(chat, seq);
+    return out;
   }
 
   // ---- the chat list ----
@@ -227,6 +254,7 @@ export class ChatPage {
 
   /** show loads and shows chat id. */
   async show(id: number): Promise<void> {
+    if (this.view.kind === "chat") this.noteSeq(this.view.chat.id, this.view.messages.maxSeq);
     this.currentId = id;
     const token = ++this.loadToken;
     this.unread.delete(id);
@@ -435,9 +463,27 @@ export class ChatPage {
   }
 
   private transmit(entry: OutboxEntry): void {
-    if (this.socket.send(entry.ev)) entry.state = "sent";
-    else entry.state = "queued";
+    this.clearAckTimer(entry);
+    entry.error = undefined;
+    if (this.socket.send(entry.ev)) {
+      entry.state = "sent";
+      // No answer in time on an open connection: the send failed. After a
+      // disconnect the next hello resends it (and starts a new timer).
+      entry.timer = window.setTimeout(() => {
+        entry.timer = undefined;
+        if (entry.state !== "sent" || !this.socket.open || this.outbox.get(entry.ev.client_msg_id) !== entry) return;
+        entry.state = "failed";
+        entry.error = "no answer from the server";
+        entry.retryable = true;
+        this.updatePending(entry);
+      }, ACK_TIMEOUT_MS);
+    } else entry.state = "queued";
     this.updatePending(entry);
+  }
+
+  private clearAckTimer(entry: OutboxEntry): void {
+    if (entry.timer !== undefined) window.clearTimeout(entry.timer);
+    entry.timer = undefined;
   }
 
   private renderPending(entry: OutboxEntry): void {
@@ -449,13 +495,18 @@ export class ChatPage {
   private updatePending(entry: OutboxEntry): void {
     const li = entry.li;
     if (!li || !li.isConnected) return;
-    const status = li.querySelector<HTMLElement>("[data-testid=pending-status]");
+    const status = li.querySelector<HTMLElement>("[data-testid=message-state]");
     if (!status) return;
-    li.dataset["state"] = entry.state;
+    // What the person sees: sending (queued, or written without an answer
+    // yet), sent (acknowledged) or failed.
+    const shown = entry.state === "acked" ? "sent" : entry.state === "failed" ? "failed" : "sending";
+    li.dataset["state"] = shown;
+    status.dataset["state"] = shown;
+    li.dataset["outbox"] = entry.state;
     li.querySelector(".pending-actions")?.remove();
     switch (entry.state) {
       case "queued":
-        status.textContent = "Waiting for the connection…";
+        status.textContent = "Sending… (waiting for the connection)";
         break;
       case "sent":
         status.textContent = "Sending…";
@@ -466,9 +517,8 @@ export class ChatPage {
       case "failed": {
         status.textContent = `Not sent: ${entry.error ?? "error"}`;
         const actions = h("div", { class: "pending-actions" });
-        if (entry.retryable) {
-          actions.appendChild(h("button", { type: "button", onclick: () => this.transmit(entry) }, "Retry"));
-        }
+        // A retry sends the same client_msg_id: the server never stores it twice.
+        actions.appendChild(h("button", { type: "button", "data-testid": "retry", onclick: () => this.transmit(entry) }, "Retry"));
         actions.appendChild(
           h("button", { type: "button", onclick: () => this.dropPending(entry) }, "Dismiss"),
         );
@@ -479,6 +529,7 @@ export class ChatPage {
   }
 
   private dropPending(entry: OutboxEntry): void {
+    this.clearAckTimer(entry);
     this.outbox.delete(entry.ev.client_msg_id);
     if (this.view.kind === "chat") this.view.messages.removePending(entry.ev.client_msg_id);
   }
@@ -496,16 +547,29 @@ export class ChatPage {
         // not yet acknowledged (resent with the same client_msg_id, which
         // the server never stores twice).
         void this.loadChats();
-        void this.reloadLatest();
+        // A resumed chat gets what it missed replayed on this connection;
+        // any other needs its latest page.
+        if (!(this.view.kind === "chat" && this.socket.resuming.has(this.view.chat.id))) void this.reloadLatest();
         for (const entry of this.outbox.values()) {
           if (entry.state === "queued" || entry.state === "sent") this.transmit(entry);
         }
         break;
       case "ack": {
         const entry = this.outbox.get(ev.client_msg_id);
-        if (entry && entry.state !== "failed") {
+        if (entry) {
+          this.clearAckTimer(entry);
           entry.state = "acked";
           this.updatePending(entry);
+        }
+        break;
+      }
+      case "resumed": {
+        // The replay is complete. A chat on screen that was resumed but is
+        // not in the answer is one the person is no longer in: reloading
+        // shows why.
+        const view = this.view;
+        if (view.kind === "chat" && this.socket.resuming.has(view.chat.id) && ev.positions?.[String(view.chat.id)] === undefined) {
+          void this.reloadLatest();
         }
         break;
       }
@@ -515,6 +579,7 @@ export class ChatPage {
       case "error": {
         const entry = ev.id !== undefined ? this.outbox.get(ev.id) : undefined;
         if (entry) {
+          this.clearAckTimer(entry);
           entry.state = "failed";
           entry.error = ev.message;
           entry.retryable = ev.retryable;
@@ -535,7 +600,14 @@ export class ChatPage {
   }
 
   private onMessage(m: Message): void {
-    if (m.sender_id === this.me.id) this.outbox.delete(m.client_msg_id);
+    this.noteSeq(m.chat_id, m.seq);
+    if (m.sender_id === this.me.id) {
+      const entry = this.outbox.get(m.client_msg_id);
+      if (entry && entry.ev.chat_id === m.chat_id) {
+        this.clearAckTimer(entry);
+        this.outbox.delete(m.client_msg_id);
+      }
+    }
     const view = this.view;
     if (view.kind === "chat" && view.chat.id === m.chat_id) {
       this.mergeLive(view, m);
@@ -567,7 +639,12 @@ export class ChatPage {
   private onChatRemoved(id: number): void {
     this.chats.delete(id);
     this.unread.delete(id);
-    for (const [k, e] of this.outbox) if (e.ev.chat_id === id) this.outbox.delete(k);
+    this.lastSeq.delete(id);
+    for (const [k, e] of this.outbox) {
+      if (e.ev.chat_id !== id) continue;
+      this.clearAckTimer(e);
+      this.outbox.delete(k);
+    }
     this.renderList();
     if (id === this.currentId && this.view.kind === "chat") {
       this.loadToken++;

@@ -158,15 +158,19 @@ export class MessageView {
   private render(m: Message): HTMLLIElement {
     const at = new Date(m.sent_at);
     const valid = !Number.isNaN(at.getTime());
+    const mine = m.sender_id === this.myId;
     return h(
       "li",
-      { class: m.sender_id === this.myId ? "message mine" : "message", "data-testid": "message", "data-seq": m.seq },
+      { class: mine ? "message mine" : "message", "data-testid": "message", "data-seq": m.seq, "data-state": mine ? "sent" : null },
       h(
         "div",
         { class: "meta" },
         h("span", { class: "sender", "data-testid": "message-sender" }, m.sender),
         " ",
         valid ? h("time", { datetime: at.toISOString(), title: fullFormat.format(at) }, when(at)) : null,
+        // One's own stored message has a seq: it is sent.
+        mine ? " " : null,
+        mine ? h("span", { class: "status", "data-testid": "message-state", "data-state": "sent" }, "Sent") : null,
       ),
       // textContent, never markup: the text is shown exactly as written.
       h("p", { class: "text", "data-testid": "message-text" }, m.text),
@@ -176,10 +180,10 @@ export class MessageView {
   /** addPending shows a message on its way; it returns its item. */
   addPending(clientMsgId: string, text: string): HTMLLIElement {
     const wasAtBottom = this.atBottom();
-    const status = h("span", { class: "status", "data-testid": "pending-status" }, "Sending…");
+    const status = h("span", { class: "status", "data-testid": "message-state", "data-state": "sending" }, "Sending…");
     const li = h(
       "li",
-      { class: "message mine pending", "data-testid": "pending-message", "data-client-msg-id": clientMsgId },
+      { class: "message mine pending", "data-testid": "pending-message", "data-client-msg-id": clientMsgId, "data-state": "sending" },
       h("div", { class: "meta" }, h("span", { class: "sender" }, "You"), " ", status),
       h("p", { class: "text" }, text),
     );

@@ -38,7 +38,12 @@ export interface Pong {
   type: "pong";
   id?: string;
 }
-export type ServerEvent = Hello | Ack | Message | ServerError | ChatEvent | ChatRemoved | Pong;
+/** the replay of a resuming connection is complete: the sequence reached in each chat the user is still in */
+export interface Resumed {
+  type: "resumed";
+  positions: Record<string, number>;
+}
+export type ServerEvent = Hello | Ack | Message | ServerError | ChatEvent | ChatRemoved | Pong | Resumed;
 
 export interface SendEvent {
   type: "send";
@@ -60,6 +65,9 @@ export interface SocketHandlers {
   /** the server closed for a reason that retrying does not fix */
   fatal(message: string): void;
 }
+
+/** the gateway accepts at most this many chats in ?resume= */
+const MAX_RESUME_CHATS = 1000;
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15_000;
@@ -84,6 +92,12 @@ export class Socket {
   /** bumped by start, stop, connect and every wait: older continuations see they are stale */
   private generation = 0;
   private onlineListener = () => this.retryNow();
+  /** whether a connection of this start got its hello: only then does a new one resume */
+  private hadHello = false;
+  /** the chats the current connection resumes (listed in its ?resume=) */
+  private resumingChats: ReadonlySet<number> = new Set();
+  /** the last sequence the app holds of each chat (the page sets it) */
+  private positions: () => ReadonlyMap<number, number> = () => new Map();
 
   constructor(
     private readonly handlers: SocketHandlers,
@@ -94,10 +108,21 @@ export class Socket {
     return this.ws !== null && this.ws.readyState === WebSocket.OPEN && this.greeted;
   }
 
+  /** resumeFrom sets where a reconnect finds the last sequence held of each chat. */
+  resumeFrom(positions: () => ReadonlyMap<number, number>): void {
+    this.positions = positions;
+  }
+
+  /** the chats the current connection resumes: their missed messages are replayed after hello */
+  get resuming(): ReadonlySet<number> {
+    return this.resumingChats;
+  }
+
   start(): void {
     if (this.running) return;
     this.running = true;
     this.attempt = 0;
+    this.hadHello = false;
     this.generation++;
     window.addEventListener("online", this.onlineListener);
     this.connect();
@@ -158,7 +183,18 @@ export class Socket {
     this.clearTimer();
     const gen = ++this.generation;
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${proto}//${location.host}/ws`);
+    // A reconnect lists the last sequence held of each chat: the gateway
+    // replays what was missed, then says "resumed".
+    const resume = new Map<number, number>();
+    if (this.hadHello) {
+      for (const [chat, seq] of this.positions()) {
+        if (resume.size >= MAX_RESUME_CHATS) break;
+        if (Number.isSafeInteger(chat) && chat > 0 && Number.isSafeInteger(seq) && seq >= 0) resume.set(chat, seq);
+      }
+    }
+    this.resumingChats = new Set(resume.keys());
+    const query = resume.size > 0 ? `?resume=${[...resume].map(([c, s]) => `${c}:${s}`).join(",")}` : "";
+    const ws = new WebSocket(`${proto}//${location.host}/ws${query}`);
     this.ws = ws;
     this.greeted = false;
     // A handler of this websocket acts only while it is the current one.
@@ -178,6 +214,7 @@ export class Socket {
         }
         if (ev.type === "hello") {
           this.greeted = true;
+          this.hadHello = true;
           this.attempt = 0;
           this.handlers.state("open");
           if (!current()) return;

@@ -238,6 +238,10 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     await send(pa, fromA);
     await messageWith(pb, fromA).waitFor();
     await messageWith(pa, fromA).waitFor();
+    // The sender's own message shows that it is sent (stored, with a seq).
+    await messageWith(pa, fromA).locator('[data-testid="message-state"][data-state="sent"]').waitFor();
+    assert.equal(await messageWith(pa, fromA).getAttribute("data-state"), "sent");
+    assert.equal(await messageWith(pb, fromA).getByTestId("message-state").count(), 0, "no state on someone else's message");
     assert.equal(await messageWith(pb, fromA).getByTestId("message-sender").textContent(), a.username);
     assert.equal(await messageWith(pb, fromA).locator("time").count(), 1, "the message shows its time");
 
@@ -360,6 +364,12 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     const banner = pa.locator('[data-testid="error"][role="alert"]');
     await banner.filter({ hasText: /\S/ }).waitFor();
     assert.equal(await banner.getAttribute("data-code"), "invalid_message");
+    // The refused message itself shows that it failed, and offers Retry.
+    const refused = pa.getByTestId("pending-message").filter({ has: pa.locator('[data-testid="message-state"][data-state="failed"]') });
+    await refused.waitFor();
+    assert.equal(await refused.getAttribute("data-state"), "failed");
+    assert.match(await refused.getByTestId("message-state").textContent(), /^Not sent/);
+    await refused.getByRole("button", { name: "Retry", exact: true }).waitFor();
     await pa.getByRole("button", { name: "Dismiss the error" }).click();
     await banner.waitFor({ state: "hidden" });
     await pa.getByRole("button", { name: "Dismiss", exact: true }).click();
