@@ -27,8 +27,9 @@ import (
 // that cannot take an event disconnects its client.
 type Sink interface {
 	// DeliverMessage hands over a stored message event of chat with its
-	// sequence number.
-	DeliverMessage(chatID, seq int64, event []byte)
+	// sequence number; duplicate marks a message published again for its
+	// retrying sender.
+	DeliverMessage(chatID, seq int64, duplicate bool, event []byte)
 	// UserID is the connection's user; events marked duplicate go to
 	// their sender's connections only.
 	UserID() int64
@@ -218,7 +219,7 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 		if env.Duplicate && s.UserID() != env.SenderID {
 			continue
 		}
-		s.DeliverMessage(env.ChatID, env.Seq, env.Event)
+		s.DeliverMessage(env.ChatID, env.Seq, env.Duplicate, env.Event)
 		n++
 	}
 	h.mu.RUnlock()

@@ -29,7 +29,7 @@ type sink struct {
 
 func (s *sink) UserID() int64 { return s.user }
 
-func (s *sink) DeliverMessage(_, _ int64, ev []byte) {
+func (s *sink) DeliverMessage(_, _ int64, _ bool, ev []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.events = append(s.events, string(ev))

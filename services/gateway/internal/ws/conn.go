@@ -49,6 +49,7 @@ type Conn struct {
 	// resume is replaying it.
 	posMu     sync.Mutex
 	positions map[int64]*chatPosition
+	heldTotal int // messages held over all chats, bounded by the send queue
 
 	send      chan []byte
 	closed    chan struct{}
@@ -150,6 +151,10 @@ func (c *Conn) syncChats(ctx context.Context, want []int64) (before []int64, err
 	}
 	if len(leave) > 0 {
 		c.srv.hub.Leave(c, leave)
+		for _, id := range leave {
+			// A later rejoin starts afresh, not from before the absence.
+			c.dropPosition(id)
+		}
 	}
 	c.mu.Lock()
 	gone := c.gone

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -246,18 +247,18 @@ func TestDeliverMessageOncePerSequence(t *testing.T) {
 	c, _ := newTestConn(t, 16)
 	c.start([]byte("hello"))
 	queued(c)
-	c.DeliverMessage(1, 5, []byte("m5"))
-	c.DeliverMessage(1, 5, []byte("m5 again")) // a retry published again
-	c.DeliverMessage(1, 4, []byte("m4 late"))  // already behind
-	c.DeliverMessage(2, 1, []byte("other chat"))
-	c.DeliverMessage(1, 6, []byte("m6"))
+	c.DeliverMessage(1, 5, false, []byte("m5"))
+	c.DeliverMessage(1, 5, false, []byte("m5 again")) // a retry published again
+	c.DeliverMessage(1, 4, false, []byte("m4 late"))  // already behind
+	c.DeliverMessage(2, 1, false, []byte("other chat"))
+	c.DeliverMessage(1, 6, false, []byte("m6"))
 	if diff := cmp.Diff([]string{"m5", "other chat", "m6"}, queued(c)); diff != "" {
 		t.Errorf("delivered (-want +got):\n%s", diff)
 	}
 
 	// During a resume the chat's live messages are held, not sent.
 	c.holdForResume(map[int64]int64{3: 0})
-	c.DeliverMessage(3, 1, []byte("held"))
+	c.DeliverMessage(3, 1, false, []byte("held"))
 	if got := queued(c); len(got) != 0 {
 		t.Errorf("delivered %v during the replay, want nothing", got)
 	}
@@ -318,9 +319,9 @@ func TestGapIsFilledFromHistory(t *testing.T) {
 	msg := func(seq int64) []byte {
 		return fmt.Appendf(nil, `{"type":"message","chat_id":1,"seq":%d,"sender_id":0,"sender":"","client_msg_id":"","text":"","sent_at":"0001-01-01T00:00:00Z"}`, seq)
 	}
-	c.DeliverMessage(1, 5, msg(5))
-	c.DeliverMessage(1, 8, msg(8)) // 6 and 7 were lost
-	c.DeliverMessage(1, 9, msg(9)) // arrives while the gap is being filled
+	c.DeliverMessage(1, 5, false, msg(5))
+	c.DeliverMessage(1, 8, false, msg(8)) // 6 and 7 were lost
+	c.DeliverMessage(1, 9, false, msg(9)) // arrives while the gap is being filled
 	var got []string
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		got = append(got, queued(c)...)
@@ -330,9 +331,114 @@ func TestGapIsFilledFromHistory(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("delivered (-want +got):\n%s", diff)
 	}
-	c.DeliverMessage(1, 9, msg(9))
-	c.DeliverMessage(1, 10, msg(10))
+	c.DeliverMessage(1, 9, false, msg(9))
+	c.DeliverMessage(1, 10, false, msg(10))
 	if diff := cmp.Diff([]string{string(msg(10))}, queued(c)); diff != "" {
 		t.Errorf("after the gap (-want +got):\n%s", diff)
+	}
+}
+
+// steppedHistory serves messages up to limits[i] on its i-th read (the last
+// limit after that), like a history that more messages reach meanwhile.
+type steppedHistory struct {
+	noUpstream
+	mu     sync.Mutex
+	limits []int64
+	reads  int
+}
+
+func (u *steppedHistory) History(_ context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+	u.mu.Lock()
+	n := u.limits[min(u.reads, len(u.limits)-1)]
+	u.reads++
+	u.mu.Unlock()
+	return historyUpstream{n: n}.History(context.Background(), req)
+}
+
+func seqOf(t *testing.T, ev string) int64 {
+	t.Helper()
+	var m protocol.Message
+	if err := json.Unmarshal([]byte(ev), &m); err != nil {
+		t.Fatalf("not a message: %q", ev)
+	}
+	return m.Seq
+}
+
+// TestReplayReadsAgainAcrossAHole: held live messages that do not follow on
+// from the replayed history (one was lost) make the replay read history
+// again instead of skipping the lost one.
+func TestReplayReadsAgainAcrossAHole(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 64)
+	c.srv.up = &steppedHistory{limits: []int64{10, 12}}
+	c.start([]byte("hello"))
+	queued(c)
+	c.holdForResume(map[int64]int64{1: 5})
+	// 12 arrived live while history still ended at 10; 11 was lost.
+	c.DeliverMessage(1, 12, false, []byte(`{"type":"message","chat_id":1,"seq":12}`))
+	last, ok := c.replay(context.Background(), 1, 5)
+	if !ok || last != 12 {
+		t.Fatalf("replay reached %d (ok %v), want 12", last, ok)
+	}
+	var got []int64
+	for _, ev := range queued(c) {
+		got = append(got, seqOf(t, ev))
+	}
+	if diff := cmp.Diff([]int64{6, 7, 8, 9, 10, 11, 12}, got); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+}
+
+// TestLongReplayToAReadingClient: a replay much longer than the send queue
+// reaches a client that keeps reading, in order, without closing it.
+func TestLongReplayToAReadingClient(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 16)
+	c.srv.up = historyUpstream{n: 300}
+	c.start([]byte("hello"))
+	queued(c)
+	c.holdForResume(map[int64]int64{1: 0})
+	var got []int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for len(got) < 300 {
+			select {
+			case ev := <-c.send:
+				got = append(got, seqOf(t, string(ev)))
+			case <-c.closed:
+				return
+			}
+		}
+	}()
+	last, ok := c.replay(context.Background(), 1, 0)
+	<-done
+	if !ok || last != 300 {
+		t.Fatalf("replay reached %d (ok %v), want 300", last, ok)
+	}
+	select {
+	case <-c.closed:
+		t.Fatalf("closed with %d during the replay", c.closeCode)
+	default:
+	}
+	for i, seq := range got {
+		if seq != int64(i+1) {
+			t.Fatalf("message %d has seq %d, want %d", i, seq, i+1)
+		}
+	}
+}
+
+// TestDuplicateKeepsThePosition: a retried message published again does
+// not become the chat's position, so the next live message is no gap.
+func TestDuplicateKeepsThePosition(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 8)
+	c.srv.up = historyUpstream{n: 1000}
+	c.start([]byte("hello"))
+	queued(c)
+	c.DeliverMessage(1, 5, true, []byte("retried 5"))
+	c.DeliverMessage(1, 101, false, []byte("live 101"))
+	if diff := cmp.Diff([]string{"retried 5", "live 101"}, queued(c)); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
 	}
 }

@@ -13,14 +13,22 @@ import (
 	"github.com/communications/communications/libs/protocol"
 )
 
-// resumePage is how many messages one history read of a resume fetches.
+// resumePage is how many messages one history read of a replay fetches.
 const resumePage = 100
+
+// maxReplayRounds bounds how often a replay goes back to history for
+// messages that arrived while it was sending; a chat busier than that closes
+// the connection as a slow consumer (it then resumes).
+const maxReplayRounds = 100
 
 // chatPosition is what a connection has delivered of one chat.
 type chatPosition struct {
-	last int64 // the highest sequence delivered
-	// catchingUp: a resume is replaying history; live messages wait in
-	// held (bounded by the send queue) and go out after the replay.
+	// known: last is a real starting point (a message was delivered, or a
+	// replay reached it), so a later sequence above last+1 is a gap.
+	known bool
+	last  int64 // the highest sequence delivered
+	// catchingUp: a replay (resume or gap fill) is sending history; live
+	// messages wait in held and go out after it.
 	catchingUp bool
 	held       []heldMessage
 }
@@ -31,43 +39,47 @@ type heldMessage struct {
 }
 
 // DeliverMessage delivers a stored message of a chat unless the connection
-// already has it (a message seen in a resume's replay, or a retried
-// message published again): one sequence number is delivered once. During a
-// resume of the chat it is held back until the replay is done.
-func (c *Conn) DeliverMessage(chatID, seq int64, event []byte) {
+// already has it: one sequence number is delivered once. During a replay of
+// the chat it is held back. A live message above the next expected sequence
+// reveals a gap (pub/sub is at-most-once): the missing messages are read
+// from history and sent first. A duplicate (a retried send published again
+// for its sender) is delivered if unseen but never moves the position.
+func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	c.posMu.Lock()
 	pos := c.positions[chatID]
 	if pos == nil {
 		pos = &chatPosition{}
 		c.positions[chatID] = pos
 	}
-	if pos.catchingUp {
-		if len(pos.held) >= cap(c.send) {
+	switch {
+	case pos.catchingUp:
+		if c.heldTotal >= cap(c.send) {
 			c.posMu.Unlock()
 			c.slow()
 			return
 		}
 		pos.held = append(pos.held, heldMessage{seq: seq, event: event})
+		c.heldTotal++
 		c.posMu.Unlock()
 		return
-	}
-	if seq > 0 && seq <= pos.last {
+	case seq <= pos.last:
 		c.posMu.Unlock()
 		return
-	}
-	if pos.last > 0 && seq > pos.last+1 {
-		// A gap: Redis pub/sub lost a message (it is at-most-once). The
-		// missing ones are stored (they were committed before this one was
-		// published), so fetch them and send them first.
+	case duplicate:
+		c.posMu.Unlock()
+		c.Deliver(event)
+		return
+	case pos.known && seq > pos.last+1 && c.started.Load():
 		from := pos.last
 		pos.catchingUp = true
 		pos.held = []heldMessage{{seq: seq, event: event}}
+		c.heldTotal++
 		c.posMu.Unlock()
 		c.srv.metrics.gapsFilled.Inc()
 		go c.fillGap(chatID, from)
 		return
 	}
-	pos.last = max(pos.last, seq)
+	pos.known, pos.last = true, seq
 	c.posMu.Unlock()
 	c.Deliver(event)
 }
@@ -77,6 +89,13 @@ func (c *Conn) DeliverMessage(chatID, seq int64, event []byte) {
 func (c *Conn) fillGap(chatID, from int64) {
 	ctx, cancel := context.WithTimeout(c.srv.base, 30*time.Second)
 	defer cancel()
+	go func() {
+		select {
+		case <-c.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	c.replay(ctx, chatID, from)
 }
 
@@ -117,8 +136,8 @@ func (c *Conn) holdForResume(from map[int64]int64) {
 
 // resume replays, for each chat to resume that the user is in, the stored
 // messages after the client's last sequence, then the live ones held
-// meanwhile, and answers "resumed" with the sequence reached in each chat.
-// Chats the user is no longer in are dropped (their held messages too).
+// meanwhile, and then sends "resumed" with the sequence reached in each
+// chat. Chats the user is no longer in are dropped (their held messages too).
 func (c *Conn) resume(ctx context.Context, from map[int64]int64) {
 	chats := c.currentChats()
 	ids := make([]int64, 0, len(from))
@@ -129,9 +148,7 @@ func (c *Conn) resume(ctx context.Context, from map[int64]int64) {
 	reached := make(map[string]int64, len(ids))
 	for _, id := range ids {
 		if !slices.Contains(chats, id) {
-			c.posMu.Lock()
-			delete(c.positions, id)
-			c.posMu.Unlock()
+			c.dropPosition(id)
 			continue
 		}
 		last, ok := c.replay(ctx, id, from[id])
@@ -140,62 +157,143 @@ func (c *Conn) resume(ctx context.Context, from map[int64]int64) {
 		}
 		reached[strconv.FormatInt(id, 10)] = last
 	}
-	c.deliverJSON(protocol.Resumed{Type: protocol.TypeResumed, Positions: reached})
+	b, err := json.Marshal(protocol.Resumed{Type: protocol.TypeResumed, Positions: reached})
+	if err == nil {
+		c.deliverWait(b)
+	}
 }
 
-// replay sends one chat's stored messages after seq, waiting for room in
-// the send queue (a client that does not read is closed as a slow
-// consumer), then the live messages held meanwhile. It reports the last
-// sequence delivered, and false when the connection had to close.
-func (c *Conn) replay(ctx context.Context, chatID, seq int64) (int64, bool) {
-	c.posMu.Lock()
-	pos := c.positions[chatID]
-	c.posMu.Unlock()
-
-	last := seq
-	for {
-		page, err := c.srv.up.History(ctx, busapi.HistoryRequest{UserID: c.user.ID, ChatID: chatID, AfterSeq: last, Limit: resumePage})
-		if err != nil {
-			c.srv.log.WarnContext(ctx, "resume: read history", "chat_id", chatID, "err", err)
-			c.Close(protocol.CloseServerError, "history unavailable; reconnect and resume")
-			return last, false
-		}
-		for _, m := range page.Messages {
-			b, err := json.Marshal(m)
-			if err != nil || !c.deliverWait(b) {
-				return last, false
-			}
-			last = m.Seq
-		}
-		if len(page.Messages) < resumePage {
-			break
-		}
-	}
-
+// dropPosition forgets a chat's position and its held messages (the user
+// left the chat).
+func (c *Conn) dropPosition(chatID int64) {
 	c.posMu.Lock()
 	defer c.posMu.Unlock()
-	for _, h := range pos.held {
-		if h.seq > last {
-			c.Deliver(h.event)
+	if pos := c.positions[chatID]; pos != nil {
+		c.heldTotal -= len(pos.held)
+		delete(c.positions, chatID)
+	}
+}
+
+// replay sends one chat's stored messages after seq, then the live
+// messages held meanwhile, strictly in sequence: when the held ones do not
+// follow on (pub/sub lost one), it reads history again. Sends wait for room
+// in the send queue, leaving half of it to live traffic of other chats (a
+// client that does not read is closed as a slow consumer). It reports the
+// last sequence delivered, and false when the connection had to close.
+func (c *Conn) replay(ctx context.Context, chatID, seq int64) (int64, bool) {
+	last := seq
+	for round := 0; ; round++ {
+		if round == maxReplayRounds {
+			c.slow()
+			return last, false
+		}
+		first := true
+		for {
+			page, err := c.srv.up.History(ctx, busapi.HistoryRequest{UserID: c.user.ID, ChatID: chatID, AfterSeq: last, Limit: resumePage})
+			if err != nil {
+				switch busapi.CodeOf(err) {
+				case protocol.CodeNotAMember, protocol.CodeChatNotFound:
+					// The user left the chat meanwhile: nothing to send.
+					c.dropPosition(chatID)
+					return last, true
+				}
+				c.srv.log.WarnContext(ctx, "replay: read history", "chat_id", chatID, "err", err)
+				c.Close(protocol.CloseServerError, "history unavailable; reconnect and resume")
+				return last, false
+			}
+			if first && round == 0 && len(page.Messages) == 0 && last > 0 {
+				// Nothing after the client's position: make sure it is not
+				// past the end of the chat, or live messages up to it would
+				// be dropped as already seen.
+				last = c.latestSeq(ctx, chatID, last)
+			}
+			first = false
+			for _, m := range page.Messages {
+				b, err := json.Marshal(m)
+				if err != nil || !c.deliverWait(b) {
+					return last, false
+				}
+				last = m.Seq
+			}
+			if len(page.Messages) < resumePage {
+				break
+			}
+		}
+
+		c.posMu.Lock()
+		pos := c.positions[chatID]
+		if pos == nil {
+			c.posMu.Unlock()
+			return last, true
+		}
+		held := pos.held
+		pos.held = nil
+		c.heldTotal -= len(held)
+		if len(held) == 0 {
+			pos.catchingUp = false
+			pos.known = true
+			pos.last = max(pos.last, last)
+			c.posMu.Unlock()
+			return last, true
+		}
+		c.posMu.Unlock()
+
+		slices.SortFunc(held, func(a, b heldMessage) int { return int(a.seq - b.seq) })
+		for _, h := range held {
+			if h.seq <= last {
+				continue
+			}
+			if h.seq != last+1 {
+				// A hole: read history again from last, which holds the
+				// missing message and the rest of these.
+				break
+			}
+			if !c.deliverWait(h.event) {
+				return last, false
+			}
 			last = h.seq
 		}
 	}
-	pos.held = nil
-	pos.catchingUp = false
-	pos.last = max(pos.last, last)
-	return last, true
 }
 
-// deliverWait queues an event, waiting up to the write timeout for room.
+// latestSeq returns the chat's newest sequence if it is below seq, else seq.
+func (c *Conn) latestSeq(ctx context.Context, chatID, seq int64) int64 {
+	page, err := c.srv.up.History(ctx, busapi.HistoryRequest{UserID: c.user.ID, ChatID: chatID, Limit: 1})
+	if err != nil {
+		return seq
+	}
+	if len(page.Messages) == 0 {
+		return 0
+	}
+	return min(seq, page.Messages[len(page.Messages)-1].Seq)
+}
+
+// deliverWait queues an event once the send queue is at most half full
+// (the other half is for live traffic), waiting up to the write timeout.
 func (c *Conn) deliverWait(event []byte) bool {
-	t := time.NewTimer(c.srv.cfg.WriteTimeout)
-	defer t.Stop()
+	deadline := time.NewTimer(c.srv.cfg.WriteTimeout)
+	defer deadline.Stop()
+	var tick *time.Ticker
+	for len(c.send) > cap(c.send)/2 {
+		if tick == nil {
+			tick = time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+		}
+		select {
+		case <-c.closed:
+			return false
+		case <-deadline.C:
+			c.slow()
+			return false
+		case <-tick.C:
+		}
+	}
 	select {
 	case c.send <- event:
 		return true
 	case <-c.closed:
 		return false
-	case <-t.C:
+	case <-deadline.C:
 		c.slow()
 		return false
 	}

@@ -191,15 +191,26 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	}
 	// hello goes out after Redis confirmed the subscriptions, and before
 	// any event: a client that loads history on hello misses nothing.
-	c.start(hello)
-	if len(resumeFrom) > 0 {
-		c.resume(s.base, resumeFrom)
-	}
 	if !session.ExpiresAt.IsZero() {
 		expiry := time.AfterFunc(time.Until(session.ExpiresAt), func() {
 			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
 		})
 		defer expiry.Stop()
+	}
+	c.start(hello)
+	if len(resumeFrom) > 0 {
+		// The replay runs beside the reader, so the client's sends and
+		// pings are served meanwhile.
+		rctx, stopResume := context.WithCancel(s.base)
+		resumed := make(chan struct{})
+		go func() {
+			defer close(resumed)
+			c.resume(rctx, resumeFrom)
+		}()
+		defer func() {
+			stopResume()
+			<-resumed
+		}()
 	}
 	c.readLoop(s.base)
 }
