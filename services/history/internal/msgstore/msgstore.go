@@ -182,8 +182,18 @@ func (s *Store) Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([
 		SELECT chat_id, seq, sender_id, sender, client_msg_id, text, sent_at
 		FROM messages WHERE chat_id = $1 AND seq < $2
 		ORDER BY seq DESC LIMIT $3`, chatID, beforeSeq, limit)
+	msgs, err := scanMessages(rows, err, limit)
 	if err != nil {
 		return nil, fmt.Errorf("select page: %w", err)
+	}
+	slices.Reverse(msgs)
+	return msgs, nil
+}
+
+// scanMessages reads the rows of a page query (or returns its error).
+func scanMessages(rows pgx.Rows, err error, limit int) ([]history.Message, error) {
+	if err != nil {
+		return nil, err
 	}
 	msgs := make([]history.Message, 0, limit)
 	var m history.Message
@@ -191,11 +201,7 @@ func (s *Store) Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([
 		msgs = append(msgs, m)
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("select page: %w", err)
-	}
-	slices.Reverse(msgs)
-	return msgs, nil
+	return msgs, err
 }
 
 // After returns at most limit messages of chat with seq > afterSeq, oldest
@@ -205,15 +211,7 @@ func (s *Store) After(ctx context.Context, chatID, afterSeq int64, limit int) ([
 		SELECT chat_id, seq, sender_id, sender, client_msg_id, text, sent_at
 		FROM messages WHERE chat_id = $1 AND seq > $2
 		ORDER BY seq LIMIT $3`, chatID, afterSeq, limit)
-	if err != nil {
-		return nil, fmt.Errorf("select page after: %w", err)
-	}
-	msgs := make([]history.Message, 0, limit)
-	var m history.Message
-	_, err = pgx.ForEachRow(rows, []any{&m.ChatID, &m.Seq, &m.SenderID, &m.Sender, &m.ClientMsgID, &m.Text, &m.SentAt}, func() error {
-		msgs = append(msgs, m)
-		return nil
-	})
+	msgs, err := scanMessages(rows, err, limit)
 	if err != nil {
 		return nil, fmt.Errorf("select page after: %w", err)
 	}
