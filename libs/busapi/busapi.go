@@ -184,6 +184,17 @@ type HistoryRequest struct {
 	Limit     int   `json:"limit"`
 }
 
+// LatestRequest asks for the newest stored sequence of each chat.
+type LatestRequest struct {
+	ChatIDs []int64 `json:"chat_ids"`
+}
+
+// Latest maps chat ids (decimal) to their newest stored sequence; chats
+// with no message are left out.
+type Latest struct {
+	Seqs map[string]int64 `json:"seqs"`
+}
+
 // HistoryPage holds messages in ascending sequence order.
 type HistoryPage struct {
 	Messages []protocol.Message `json:"messages"`

@@ -122,6 +122,10 @@ func (s Subjects) ChatEvents() string { return s.prefix + ".chat.events" }
 // HistoryPage returns a page of a chat's stored messages.
 func (s Subjects) HistoryPage() string { return s.prefix + ".history.page" }
 
+// HistoryLatest returns the newest stored sequence of each of some chats
+// (the gateways' periodic position check).
+func (s Subjects) HistoryLatest() string { return s.prefix + ".history.latest" }
+
 // The message stream, owned by the chat service and consumed by the history
 // writer.
 

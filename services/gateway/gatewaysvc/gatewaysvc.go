@@ -51,6 +51,7 @@ type Config struct {
 	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s"`
 	PongWait        time.Duration `env:"PONG_WAIT" envDefault:"60s"`
 	ResyncInterval  time.Duration `env:"RESYNC_INTERVAL" envDefault:"5m"`
+	PositionCheck   time.Duration `env:"POSITION_CHECK_INTERVAL" envDefault:"30s"`
 	DrainBatch      int           `env:"DRAIN_BATCH" envDefault:"200"`
 	DrainInterval   time.Duration `env:"DRAIN_INTERVAL" envDefault:"100ms"`
 	DrainTimeout    time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
@@ -83,7 +84,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
 	}
 	for name, d := range map[string]time.Duration{
-		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait, "RESYNC_INTERVAL": c.ResyncInterval,
+		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait, "RESYNC_INTERVAL": c.ResyncInterval, "POSITION_CHECK_INTERVAL": c.PositionCheck,
 		"DRAIN_INTERVAL": c.DrainInterval, "DRAIN_TIMEOUT": c.DrainTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout,
 	} {
 		if d <= 0 {
@@ -198,6 +199,20 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(hubCtx) })
+	g.Go(func() error {
+		tick := time.NewTicker(cfg.PositionCheck)
+		defer tick.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-tick.C:
+				cctx, cancel := context.WithTimeout(gctx, cfg.PositionCheck)
+				wss.CheckPositions(cctx)
+				cancel()
+			}
+		}
+	})
 	g.Go(func() error {
 		tick := time.NewTicker(cfg.ResyncInterval)
 		defer tick.Stop()

@@ -145,6 +145,13 @@ func TestRun(t *testing.T) {
 	if got, want := strings.Join(seqs, " "), "6:m6 7:m7 8:m8 9:m9"; got != want {
 		t.Errorf("page before 10 = %s, want %s", got, want)
 	}
+	var latest busapi.Latest
+	if err := client.Request(context.Background(), subj.HistoryLatest(), busapi.LatestRequest{ChatIDs: []int64{3, 4}}, &latest); err != nil {
+		t.Fatal(err)
+	}
+	if len(latest.Seqs) != 1 || latest.Seqs["3"] != 12 {
+		t.Errorf("latest = %v, want chat 3 at 12 only", latest.Seqs)
+	}
 	p, err = page(busapi.HistoryRequest{UserID: 1, ChatID: 3, AfterSeq: 9, Limit: 2})
 	if err != nil {
 		t.Fatal(err)

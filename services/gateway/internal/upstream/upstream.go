@@ -88,3 +88,9 @@ func (c *Client) UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (
 func (c *Client) GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error) {
 	return call[busapi.Chat](ctx, c, c.subj.ChatGet(), busapi.ChatRequest{UserID: userID, ChatID: chatID})
 }
+
+// Latest returns the newest stored sequence of each of the chats.
+func (c *Client) Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error) {
+	r, err := call[busapi.Latest](ctx, c, c.subj.HistoryLatest(), busapi.LatestRequest{ChatIDs: chatIDs})
+	return r.Seqs, err
+}

@@ -62,6 +62,7 @@ func (noUpstream) ListChats(context.Context, int64) ([]busapi.Chat, error) { ret
 func (noUpstream) History(context.Context, busapi.HistoryRequest) (busapi.HistoryPage, error) {
 	return busapi.HistoryPage{}, nil
 }
+func (noUpstream) Latest(context.Context, []int64) (map[string]int64, error) { return nil, nil }
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
@@ -439,6 +440,51 @@ func TestDuplicateKeepsThePosition(t *testing.T) {
 	c.DeliverMessage(1, 5, true, []byte("retried 5"))
 	c.DeliverMessage(1, 101, false, []byte("live 101"))
 	if diff := cmp.Diff([]string{"retried 5", "live 101"}, queued(c)); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+}
+
+// latestUpstream serves history 1..n and reports n as the latest of every
+// chat.
+type latestUpstream struct{ historyUpstream }
+
+func (u latestUpstream) Latest(_ context.Context, ids []int64) (map[string]int64, error) {
+	out := map[string]int64{}
+	for _, id := range ids {
+		out[fmt.Sprint(id)] = u.n
+	}
+	return out, nil
+}
+
+// TestPositionCheckCatchesALostLastMessage: with no later message to reveal
+// it, a lost last message is found by the periodic position check (once it
+// has been stored for a whole check interval) and sent from history.
+func TestPositionCheckCatchesALostLastMessage(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 16)
+	c.srv.up = latestUpstream{historyUpstream{n: 7}}
+	if _, err := c.syncChats(context.Background(), []int64{1}); err != nil {
+		t.Fatal(err)
+	}
+	c.srv.add(c)
+	c.start([]byte("hello"))
+	queued(c)
+	c.DeliverMessage(1, 5, false, fmt.Appendf(nil, `{"type":"message","chat_id":1,"seq":5}`))
+	queued(c)
+
+	c.srv.CheckPositions(context.Background()) // records 7 as stored
+	if got := queued(c); len(got) != 0 {
+		t.Fatalf("first check sent %v, want nothing yet", got)
+	}
+	c.srv.CheckPositions(context.Background()) // 6 and 7 still missing
+	var got []int64
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		for _, ev := range queued(c) {
+			got = append(got, seqOf(t, ev))
+		}
+		return len(got) >= 2
+	}, "the missing messages arrive")
+	if diff := cmp.Diff([]int64{6, 7}, got); diff != "" {
 		t.Errorf("delivered (-want +got):\n%s", diff)
 	}
 }

@@ -45,6 +45,7 @@ type Upstream interface {
 	Session(ctx context.Context, token string) (busapi.Session, error)
 	ListChats(ctx context.Context, userID int64) ([]busapi.Chat, error)
 	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
+	Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 }
 
@@ -73,7 +74,12 @@ type Server struct {
 	byUser    map[int64]map[*Conn]struct{}
 	bySession map[string]map[*Conn]struct{}
 	userLocks map[int64]*userLock
-	draining  bool
+
+	// posMu guards storedBefore: the newest stored sequence of each chat
+	// at the previous position check.
+	posMu        sync.Mutex
+	storedBefore map[int64]int64
+	draining     bool
 	// base is the context of every connection; cancelled when the server
 	// is closed for good.
 	base   context.Context

@@ -51,7 +51,12 @@ type PageStore interface {
 	// After returns at most limit messages of chat with a sequence above
 	// afterSeq: the oldest of them, in ascending sequence order.
 	After(ctx context.Context, chatID, afterSeq int64, limit int) ([]Message, error)
+	// Latest returns the newest stored sequence of each chat that has one.
+	Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, error)
 }
+
+// MaxLatestChats bounds the chats of one Latest request.
+const MaxLatestChats = 10000
 
 // Service answers history page requests. Who may read a chat is decided by
 // the chat service, which the transport asks before every page.
@@ -102,4 +107,21 @@ func (s *Service) PageAfter(ctx context.Context, chatID, afterSeq int64, limit i
 		return nil, fmt.Errorf("history page after: %w", err)
 	}
 	return msgs, nil
+}
+
+// Latest returns the newest stored sequence of each of the chats that has
+// one: what gateways compare with what they delivered, to catch a lost last
+// message.
+func (s *Service) Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, error) {
+	if len(chatIDs) > MaxLatestChats {
+		return nil, fmt.Errorf("%w: at most %d chats", ErrInvalidPage, MaxLatestChats)
+	}
+	if len(chatIDs) == 0 {
+		return map[int64]int64{}, nil
+	}
+	latest, err := s.store.Latest(ctx, chatIDs)
+	if err != nil {
+		return nil, fmt.Errorf("latest: %w", err)
+	}
+	return latest, nil
 }

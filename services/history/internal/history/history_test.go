@@ -24,6 +24,31 @@ func (s *recordingStore) After(_ context.Context, chatID, afterSeq int64, limit 
 	return []Message{{ChatID: chatID, Seq: afterSeq + 1}}, nil
 }
 
+func (s *recordingStore) Latest(_ context.Context, ids []int64) (map[int64]int64, error) {
+	s.calls++
+	out := map[int64]int64{}
+	for _, id := range ids {
+		out[id] = id * 10
+	}
+	return out, nil
+}
+
+func TestLatest(t *testing.T) {
+	t.Parallel()
+	store := &recordingStore{}
+	svc := NewService(store)
+	got, err := svc.Latest(context.Background(), []int64{1, 2})
+	if err != nil || got[2] != 20 {
+		t.Fatalf("Latest = %v, %v", got, err)
+	}
+	if _, err := svc.Latest(context.Background(), make([]int64, MaxLatestChats+1)); !errors.Is(err, ErrInvalidPage) {
+		t.Errorf("too many chats: %v, want ErrInvalidPage", err)
+	}
+	if got, err := svc.Latest(context.Background(), nil); err != nil || len(got) != 0 || store.calls != 1 {
+		t.Errorf("no chats: %v, %v (%d store calls), want an empty answer without a query", got, err, store.calls)
+	}
+}
+
 func TestPageAfter(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -217,3 +217,21 @@ func (s *Store) After(ctx context.Context, chatID, afterSeq int64, limit int) ([
 	}
 	return msgs, nil
 }
+
+// Latest returns the newest stored sequence of each chat that has one.
+func (s *Store) Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT chat_id, last_seq FROM chat_counters WHERE chat_id = ANY($1) AND last_seq > 0`, chatIDs)
+	if err != nil {
+		return nil, fmt.Errorf("select latest: %w", err)
+	}
+	out := make(map[int64]int64, len(chatIDs))
+	var id, seq int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &seq}, func() error {
+		out[id] = seq
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select latest: %w", err)
+	}
+	return out, nil
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 
@@ -60,7 +61,22 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 	if err != nil {
 		return nil, err
 	}
-	return []*nats.Subscription{page}, nil
+	latest, err := natsbus.Handle(ctx, srv, subj.HistoryLatest(), subjects.QueueHistory,
+		func(ctx context.Context, req busapi.LatestRequest) (busapi.Latest, error) {
+			seqs, err := svc.Latest(ctx, req.ChatIDs)
+			if err != nil {
+				return busapi.Latest{}, mapError(err)
+			}
+			out := busapi.Latest{Seqs: make(map[string]int64, len(seqs))}
+			for id, seq := range seqs {
+				out.Seqs[strconv.FormatInt(id, 10)] = seq
+			}
+			return out, nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return []*nats.Subscription{page, latest}, nil
 }
 
 // mapError is the one place domain errors become protocol codes.
