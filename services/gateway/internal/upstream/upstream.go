@@ -52,12 +52,6 @@ func (c *Client) Session(ctx context.Context, token string) (busapi.Session, err
 	return call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
 }
 
-// UserChats lists a user's chat ids.
-func (c *Client) UserChats(ctx context.Context, userID int64) ([]int64, error) {
-	r, err := call[busapi.UserChats](ctx, c, c.subj.ChatUserChats(), busapi.UserChatsRequest{UserID: userID})
-	return r.ChatIDs, err
-}
-
 // Send asks the chat service to accept a message.
 func (c *Client) Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error) {
 	return call[busapi.SendResult](ctx, c, c.subj.ChatSend(), req)

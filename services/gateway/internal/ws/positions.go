@@ -2,7 +2,6 @@ package ws
 
 import (
 	"context"
-	"slices"
 	"strconv"
 )
 
@@ -19,10 +18,14 @@ func (s *Server) CheckPositions(ctx context.Context) {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	chatsOf := make([][]int64, len(conns))
+	seen := map[int64]bool{}
 	var chats []int64
-	for _, c := range conns {
-		for _, id := range c.currentChats() {
-			if !slices.Contains(chats, id) {
+	for i, c := range conns {
+		chatsOf[i] = c.currentChats()
+		for _, id := range chatsOf[i] {
+			if !seen[id] {
+				seen[id] = true
 				chats = append(chats, id)
 			}
 		}
@@ -44,8 +47,8 @@ func (s *Server) CheckPositions(ctx context.Context) {
 		}
 	}
 	s.posMu.Unlock()
-	for _, c := range conns {
-		for _, id := range c.currentChats() {
+	for i, c := range conns {
+		for _, id := range chatsOf[i] {
 			if stored, ok := previous[id]; ok {
 				c.catchUpTo(id, stored)
 			}
