@@ -19,8 +19,13 @@ import (
 
 // Event types sent by clients.
 const (
-	TypeSend = "send" // post a message to a chat
-	TypePing = "ping" // application-level keepalive; answered with pong
+	TypeSend   = "send"   // post a message to a chat
+	TypePing   = "ping"   // application-level keepalive; answered with pong
+	TypeEdit   = "edit"   // replace the text of one's own message
+	TypeDelete = "delete" // delete one's own message (a tombstone stays)
+	TypeRead   = "read"   // the user has read a chat up to a sequence
+	TypeTyping = "typing" // the user is typing in a chat (ephemeral)
+	TypeView   = "view"   // the chat the connection shows now (0: none)
 )
 
 // Event types sent by the server.
@@ -36,6 +41,24 @@ const (
 	TypeChat = "chat"
 	// TypeChatRemoved: the user was removed from a chat.
 	TypeChatRemoved = "chat_removed"
+	// TypePresence: the online members of the viewed chat (after view).
+	TypePresence = "presence"
+	// TypePresenceChanged: a member of the viewed chat came online or
+	// went offline.
+	TypePresenceChanged = "presence_changed"
+	// TypeTyping is also a server event: a member of the viewed chat is
+	// typing.
+	// TypeReadPosition: the user's read position in a chat moved (from any
+	// of the user's devices).
+	TypeReadPosition = "read_position"
+)
+
+// Message kinds. A chat's sequence numbers count every entry of its
+// history: messages, and the edits and deletions of messages.
+const (
+	KindMessage = ""       // a message (the field is left out)
+	KindEdit    = "edit"   // an edit of message TargetSeq; Text is the new text
+	KindDelete  = "delete" // a deletion of message TargetSeq
 )
 
 // Limits of the protocol. The gateway enforces them.
@@ -53,13 +76,17 @@ const (
 )
 
 // ClientEvent is every event a client may send. Type selects which fields
-// matter: send uses ID, ChatID, ClientMsgID and Text; ping uses ID.
+// matter: send uses ID, ChatID, ClientMsgID and Text; edit uses ID, ChatID,
+// Seq (the message edited), ClientMsgID and Text; delete uses ID, ChatID,
+// Seq and ClientMsgID; read uses ChatID and Seq; typing and view use ChatID;
+// ping uses ID.
 type ClientEvent struct {
 	Type string `json:"type"`
 	// ID is chosen by the client and echoed in the answer (ack, error, pong)
 	// so that it can match answers to requests. Optional.
 	ID          string `json:"id,omitempty"`
 	ChatID      int64  `json:"chat_id,omitempty"`
+	Seq         int64  `json:"seq,omitempty"`
 	ClientMsgID string `json:"client_msg_id,omitempty"`
 	Text        string `json:"text,omitempty"`
 }
@@ -92,16 +119,23 @@ type Ack struct {
 	Duplicate   bool   `json:"duplicate,omitempty"`
 }
 
-// Message is a stored chat message as delivered to members.
+// Message is a stored entry of a chat's history as delivered to members:
+// a message, or (Kind edit or delete) a change of the message TargetSeq.
+// In history pages a message shows its current state: EditedAt is set once
+// it was edited, and a deleted message has Deleted set and no text.
 type Message struct {
-	Type        string    `json:"type"`
-	ChatID      int64     `json:"chat_id"`
-	Seq         int64     `json:"seq"`
-	SenderID    int64     `json:"sender_id"`
-	Sender      string    `json:"sender"`
-	ClientMsgID string    `json:"client_msg_id"`
-	Text        string    `json:"text"`
-	SentAt      time.Time `json:"sent_at"`
+	Type        string     `json:"type"`
+	ChatID      int64      `json:"chat_id"`
+	Seq         int64      `json:"seq"`
+	Kind        string     `json:"kind,omitempty"`
+	TargetSeq   int64      `json:"target_seq,omitempty"`
+	SenderID    int64      `json:"sender_id"`
+	Sender      string     `json:"sender"`
+	ClientMsgID string     `json:"client_msg_id"`
+	Text        string     `json:"text"`
+	SentAt      time.Time  `json:"sent_at"`
+	EditedAt    *time.Time `json:"edited_at,omitempty"`
+	Deleted     bool       `json:"deleted,omitempty"`
 }
 
 // Member is a user in a chat's member list.
@@ -112,15 +146,65 @@ type Member struct {
 
 // Chat describes a chat. Members lists the members of a chat with explicit
 // members; a chat every user is in ("general") has Everyone set and no
-// member list.
+// member list. A direct chat (Direct) has exactly two members and no name;
+// clients show it under the other member's name.
+//
+// LastSeq, ReadSeq and Unread are per user and filled only in the user's
+// chat list: the newest sequence of the chat, the user's read position, and
+// how many messages of others after it are unread (at most MaxUnread).
 type Chat struct {
 	ID          int64     `json:"id"`
 	Name        string    `json:"name"`
 	Description string    `json:"description"`
 	CreatorID   int64     `json:"creator_id,omitempty"`
 	Everyone    bool      `json:"everyone,omitempty"`
+	Direct      bool      `json:"direct,omitempty"`
 	Members     []Member  `json:"members,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
+	LastSeq     int64     `json:"last_seq,omitempty"`
+	ReadSeq     int64     `json:"read_seq,omitempty"`
+	Unread      int       `json:"unread,omitempty"`
+}
+
+// MaxUnread caps unread counts; clients show "99+" style beyond it.
+const MaxUnread = 100
+
+// Presence is the event of type "presence": the online members of a chat,
+// sent after a view event (for "general": every online user).
+type Presence struct {
+	Type   string   `json:"type"`
+	ChatID int64    `json:"chat_id"`
+	Online []Member `json:"online"`
+}
+
+// PresenceChanged is the event of type "presence_changed", sent to the
+// connections viewing a chat when one of its members comes online (first
+// connection on any gateway) or goes offline (last connection closed, or
+// its gateway's lease expired).
+type PresenceChanged struct {
+	Type     string `json:"type"`
+	ChatID   int64  `json:"chat_id"`
+	UserID   int64  `json:"user_id"`
+	Username string `json:"username"`
+	Online   bool   `json:"online"`
+}
+
+// Typing is the event of type "typing" sent to the connections viewing a
+// chat (other than the typist's own) when a member types.
+type Typing struct {
+	Type     string `json:"type"`
+	ChatID   int64  `json:"chat_id"`
+	UserID   int64  `json:"user_id"`
+	Username string `json:"username"`
+}
+
+// ReadPosition is the event of type "read_position", sent to every
+// connection of a user when the user's read position in a chat moves.
+type ReadPosition struct {
+	Type   string `json:"type"`
+	ChatID int64  `json:"chat_id"`
+	Seq    int64  `json:"seq"`
+	Unread int    `json:"unread"`
 }
 
 // ChatChanged is the event of type "chat": the chat as it is now.
@@ -179,7 +263,7 @@ func DecodeClientEvent(raw []byte) (ClientEvent, error) {
 		return ClientEvent{}, fmt.Errorf("decode event: %w", err)
 	}
 	switch ev.Type {
-	case TypeSend, TypePing:
+	case TypeSend, TypePing, TypeEdit, TypeDelete, TypeRead, TypeTyping, TypeView:
 	case "":
 		return ClientEvent{}, errors.New(`event has no "type"`)
 	default:

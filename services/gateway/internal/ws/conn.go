@@ -337,7 +337,14 @@ func (c *Conn) handle(ctx context.Context, raw []byte) {
 		c.deliverJSON(protocol.Pong{Type: protocol.TypePong, ID: ev.ID})
 	case protocol.TypeSend:
 		c.handleSend(ctx, ev)
-
+	case protocol.TypeEdit, protocol.TypeDelete:
+		c.handleChange(ctx, ev)
+	case protocol.TypeRead:
+		c.handleRead(ctx, ev)
+	case protocol.TypeTyping:
+		c.handleTyping(ctx, ev)
+	case protocol.TypeView:
+		c.handleView(ctx, ev)
 	}
 }
 
