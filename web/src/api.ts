@@ -13,9 +13,21 @@ export interface Chat {
   description: string;
   creator_id?: number;
   everyone?: boolean;
+  /** a direct chat: two members, no name; shown under the other member's name */
+  direct?: boolean;
   members?: User[];
   created_at: string;
+  /** per user, in the chat list only: the newest seq, the read position, unread messages of others (at most MAX_UNREAD) */
+  last_seq?: number;
+  read_seq?: number;
+  unread?: number;
 }
+
+/** the server caps unread counts here; the app shows "99+" from it on */
+export const MAX_UNREAD = 100;
+
+/** Message kinds: a message (no kind), or an edit or deletion of message target_seq. */
+export type MessageKind = "edit" | "delete";
 
 export interface Message {
   type: "message";
@@ -26,6 +38,12 @@ export interface Message {
   client_msg_id: string;
   text: string;
   sent_at: string;
+  /** set on entries that change message target_seq; such entries have a seq but are not shown */
+  kind?: MessageKind;
+  target_seq?: number;
+  /** in history pages: the message was edited (when), or deleted (a tombstone, no text) */
+  edited_at?: string;
+  deleted?: boolean;
 }
 
 export interface ChatChanges {
@@ -105,9 +123,12 @@ export const api = {
   createChat: (name: string, description: string, members: string[]) =>
     request<{ chat: Chat }>("POST", "/chats", { body: { name, description, members } }),
   updateChat: (id: number, changes: ChatChanges) => request<{ chat: Chat }>("PATCH", `/chats/${id}`, { body: changes }),
-  messages: (id: number, opts: { before?: number; limit?: number } = {}) => {
+  /** starts a direct chat with username, or returns the one that exists */
+  direct: (username: string) => request<{ chat: Chat }>("POST", "/direct", { body: { username } }),
+  messages: (id: number, opts: { before?: number; after?: number; limit?: number } = {}) => {
     const q = new URLSearchParams({ limit: String(opts.limit ?? 50) });
     if (opts.before !== undefined) q.set("before", String(opts.before));
+    if (opts.after !== undefined) q.set("after", String(opts.after));
     return request<{ messages: Message[] }>("GET", `/chats/${id}/messages?${q}`);
   },
 };

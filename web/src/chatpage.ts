@@ -2,12 +2,12 @@
 // composer, and everything the websocket pushes. It stays in place while the
 // person moves between chats; only the message pane is rebuilt.
 
-import { api, ApiError, errorText, type Chat, type Message, type User } from "./api";
-import { openCreateChat, openEditChat } from "./dialogs";
+import { api, ApiError, errorText, MAX_UNREAD, type Chat, type Message, type User } from "./api";
+import { openConfirmDelete, openCreateChat, openDirect, openEditChat } from "./dialogs";
 import { h, replace, showAlert } from "./dom";
 import { MessageView } from "./messages";
 import { notFound } from "./notfound";
-import type { SendEvent, ServerEvent, Socket, SocketState } from "./socket";
+import type { ChangeEvent, LiveEvent, ReadPosition, SendEvent, ServerEvent, Socket, SocketState } from "./socket";
 
 export interface ChatPageHooks {
   navigate(path: string): void;
@@ -28,6 +28,30 @@ interface OutboxEntry {
 
 /** how long a send written to an open connection waits for its ack or error */
 const ACK_TIMEOUT_MS = 15_000;
+/** the read position goes out this long after the newest message came into view */
+const READ_DEBOUNCE_MS = 500;
+/** typing events go out at most this often while the person types */
+const TYPING_EVERY_MS = 2_000;
+/** "bob is typing…" shows this long after bob's last typing event */
+const TYPING_SHOWN_MS = 4_000;
+/** the presence line names at most this many people */
+const PRESENCE_NAMES = 8;
+/** ids of the events sent in the background start with these: their errors are not the person's business */
+const LIVE_ID_PREFIXES = ["read-", "typing-", "view-"];
+
+/** an edit or deletion of one's own message, until its entry arrives */
+interface ChangeEntry {
+  ev: ChangeEvent;
+  acked: boolean;
+}
+
+/** unreadLabel shows an unread count, capped the way the server caps it. */
+export function unreadLabel(n: number): string {
+  return n >= MAX_UNREAD ? `${MAX_UNREAD - 1}+` : String(n);
+}
+
+/** what the person reads for a rate_limited error */
+const RATE_LIMITED_TEXT = "You are sending too fast. Wait a moment, then try again.";
 
 interface ChatView {
   kind: "chat";
@@ -36,6 +60,8 @@ interface ChatView {
   title: HTMLElement;
   description: HTMLElement;
   members: HTMLElement;
+  presence: HTMLElement;
+  typing: HTMLElement;
   edit: HTMLButtonElement;
 }
 
@@ -51,17 +77,26 @@ function newId(): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-function byListOrder(a: Chat, b: Chat): number {
-  if (a.everyone !== b.everyone) return a.everyone ? -1 : 1;
-  return a.name.localeCompare(b.name, undefined, { sensitivity: "base" }) || a.id - b.id;
-}
 
 const MEDIUM = window.matchMedia("(min-width: 768px)");
 
 export class ChatPage {
   private readonly chats = new Map<number, Chat>();
-  private readonly unread = new Set<number>();
   private readonly outbox = new Map<string, OutboxEntry>();
+  /** edits and deletions sent, by client_msg_id */
+  private readonly changes = new Map<string, ChangeEntry>();
+  /** per chat, the seqs of messages counted as unread here since the chat list was last asked for */
+  private readonly liveCounted = new Map<number, number[]>();
+  /** the highest read position sent on this connection, per chat */
+  private readonly readSent = new Map<number, number>();
+  private readTimer: number | undefined;
+  /** the online members of the chat on screen */
+  private readonly online = new Map<number, string>();
+  /** whether the server said who is online (a server without presence never does) */
+  private presenceKnown = false;
+  /** who types in the chat on screen, with the timer that ends it */
+  private readonly typists = new Map<number, { username: string; timer: number }>();
+  private lastTypingSent = 0;
   private currentId = 0;
   private loadToken = 0;
   private view: View = { kind: "loading" };
@@ -113,11 +148,12 @@ export class ChatPage {
     const sidebar = h(
       "nav",
       { class: "sidebar", id: "sidebar", "aria-label": "Chats", "data-testid": "sidebar" },
+      h("div", { class: "sidebar-head" }, h("h2", {}, "Chats")),
       h(
         "div",
-        { class: "sidebar-head" },
-        h("h2", {}, "Chats"),
+        { class: "sidebar-actions" },
         h("button", { type: "button", class: "primary", "data-testid": "new-chat", onclick: () => this.createChat() }, "New chat"),
+        h("button", { type: "button", "data-testid": "new-direct", onclick: () => this.startDirect() }, "New direct message"),
       ),
       this.list,
     );
@@ -141,6 +177,7 @@ export class ChatPage {
     replace(this.root, this.shell);
     this.socket.resumeFrom(() => this.positions());
     document.addEventListener("keydown", this.onKey);
+    document.addEventListener("visibilitychange", this.onVisible);
     MEDIUM.addEventListener("change", this.onMedium);
     this.loadChats();
   }
@@ -148,10 +185,17 @@ export class ChatPage {
   destroy(): void {
     this.socket.resumeFrom(() => new Map());
     for (const entry of this.outbox.values()) this.clearAckTimer(entry);
+    this.leaveView();
     document.removeEventListener("keydown", this.onKey);
+    document.removeEventListener("visibilitychange", this.onVisible);
     MEDIUM.removeEventListener("change", this.onMedium);
     this.loadToken++;
   }
+
+  /** coming back to the tab shows the newest messages again: they count as read */
+  private onVisible = () => {
+    if (document.visibilityState === "visible" && this.view.kind === "chat" && this.view.messages.atBottom()) this.noteNewestSeen();
+  };
 
   private onMedium = () => this.setSidebar(false);
 
@@ -199,32 +243,72 @@ export class ChatPage {
   // ---- the chat list ----
 
   private async loadChats(): Promise<void> {
+    // Messages counted while the list is on its way may be in its counts or not: their seqs tell.
+    this.liveCounted.clear();
     try {
       const { chats } = await api.chats();
+      const before = new Map(this.chats);
       this.chats.clear();
-      for (const c of chats) this.chats.set(c.id, c);
+      for (const c of chats) {
+        const counted = (this.liveCounted.get(c.id) ?? []).filter((seq) => seq > (c.last_seq ?? 0) && seq > (c.read_seq ?? 0)).length;
+        c.unread = Math.min(MAX_UNREAD, (c.unread ?? 0) + counted);
+        const old = before.get(c.id);
+        if (old) {
+          c.last_seq = Math.max(c.last_seq ?? 0, old.last_seq ?? 0);
+          if ((old.read_seq ?? 0) > (c.read_seq ?? 0)) {
+            c.read_seq = old.read_seq ?? 0;
+            c.unread = Math.min(c.unread, old.unread ?? 0);
+          }
+        }
+        this.chats.set(c.id, c);
+      }
+      this.liveCounted.clear();
       this.renderList();
+      if (this.view.kind === "chat") {
+        const shown = this.chats.get(this.view.chat.id);
+        if (shown) this.view.chat = this.withCounts(this.view.chat, shown);
+        this.renderChatHead();
+        if (this.view.messages.atBottom()) this.noteNewestSeen();
+      }
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return;
       this.showError(`The chats could not be loaded: ${errorText(err)}`, err instanceof ApiError ? err.code : "");
     }
   }
 
+  /** chatName is how a chat is called here: a direct chat by the other member's name. */
+  private chatName(c: Chat): string {
+    if (!c.direct) return c.name;
+    const other = (c.members ?? []).find((m) => m.id !== this.me.id);
+    return other?.username ?? (c.name || "Direct message");
+  }
+
+  private byListOrder = (a: Chat, b: Chat): number => {
+    if (Boolean(a.everyone) !== Boolean(b.everyone)) return a.everyone ? -1 : 1;
+    return this.chatName(a).localeCompare(this.chatName(b), undefined, { sensitivity: "base" }) || a.id - b.id;
+  };
+
   private renderList(): void {
     const focused = document.activeElement instanceof HTMLElement && this.list.contains(document.activeElement) ? document.activeElement.dataset["chatId"] : undefined;
-    const items = [...this.chats.values()].sort(byListOrder).map((c) => {
-      const unread = this.unread.has(c.id);
+    const items = [...this.chats.values()].sort(this.byListOrder).map((c) => {
+      // The chat on screen is being read: no count for it.
+      const unread = c.id === this.currentId ? 0 : (c.unread ?? 0);
       const a = h(
         "a",
         {
           href: `/chats/${c.id}`,
           "data-testid": "chat-link",
           "data-chat-id": c.id,
+          "data-direct": c.direct ? "true" : null,
           "aria-current": c.id === this.currentId ? "page" : null,
-          class: unread ? "unread" : null,
+          class: unread > 0 ? "unread" : null,
         },
-        h("span", { class: "name" }, c.name),
-        unread ? h("span", { class: "dot" }, h("span", { class: "visually-hidden" }, ", new messages")) : null,
+        c.direct ? h("span", { class: "dm-mark", "aria-hidden": "true" }, "@") : null,
+        h("span", { class: "name" }, this.chatName(c)),
+        c.direct ? h("span", { class: "visually-hidden" }, ", direct message") : null,
+        unread > 0 ? h("span", { class: "visually-hidden" }, ", ") : null,
+        unread > 0 ? h("span", { class: "badge", "data-testid": "unread-count", "data-count": unread }, unreadLabel(unread)) : null,
+        unread > 0 ? h("span", { class: "visually-hidden" }, unread === 1 ? " unread message" : " unread messages") : null,
       );
       a.addEventListener("click", () => this.setSidebar(false));
       return h("li", {}, a);
@@ -234,11 +318,22 @@ export class ChatPage {
     if (focused) this.list.querySelector<HTMLElement>(`a[data-chat-id="${focused}"]`)?.focus();
   }
 
+  /** withCounts is c with the per-user fields of known (a chat event or a single chat carries none). */
+  private withCounts(c: Chat, known: Chat | undefined): Chat {
+    if (!known) return c;
+    const out: Chat = { ...c };
+    if (c.last_seq === undefined && known.last_seq !== undefined) out.last_seq = known.last_seq;
+    if (c.read_seq === undefined && known.read_seq !== undefined) out.read_seq = known.read_seq;
+    if (c.unread === undefined && known.unread !== undefined) out.unread = known.unread;
+    return out;
+  }
+
   private upsertChat(c: Chat): void {
-    this.chats.set(c.id, c);
+    const chat = this.withCounts(c, this.chats.get(c.id));
+    this.chats.set(chat.id, chat);
     this.renderList();
-    if (this.view.kind === "chat" && this.view.chat.id === c.id) {
-      this.view.chat = c;
+    if (this.view.kind === "chat" && this.view.chat.id === chat.id) {
+      this.view.chat = chat;
       this.renderChatHead();
     }
   }
@@ -250,28 +345,37 @@ export class ChatPage {
     });
   }
 
+  private startDirect(): void {
+    openDirect((chat) => {
+      this.upsertChat(chat);
+      this.hooks.navigate(`/chats/${chat.id}`);
+    });
+  }
+
   // ---- one chat ----
 
   /** show loads and shows chat id. */
   async show(id: number): Promise<void> {
     if (this.view.kind === "chat") this.noteSeq(this.view.chat.id, this.view.messages.maxSeq);
+    this.leaveView();
     this.currentId = id;
     const token = ++this.loadToken;
-    this.unread.delete(id);
     this.renderList();
     this.setSidebar(false);
     this.view = { kind: "loading" };
     this.early = [];
     const hellos = this.hellos;
     const known = this.chats.get(id);
-    document.title = `${known ? known.name : "Chat"} · communications`;
+    document.title = `${known ? this.chatName(known) : "Chat"} · communications`;
     replace(this.main, h("p", { class: "loading", role: "status" }, "Loading messages…"));
     try {
       const [{ chat }, { messages }] = await Promise.all([api.chat(id), api.messages(id, { limit: 50 })]);
       if (token !== this.loadToken) return;
-      this.chats.set(chat.id, chat);
+      const shown = this.withCounts(chat, this.chats.get(chat.id));
+      this.chats.set(chat.id, shown);
       this.renderList();
-      const view = this.renderChat(chat);
+      const view = this.renderChat(shown);
+      this.sendView();
       view.messages.merge(messages);
       const early = this.early;
       this.early = [];
@@ -285,16 +389,41 @@ export class ChatPage {
     }
   }
 
+  /** leaveView ends what belongs to the chat on screen: presence, typing, a read on its way, the scroll watch. */
+  private leaveView(): void {
+    if (this.view.kind === "chat") this.view.messages.dispose();
+    this.online.clear();
+    this.presenceKnown = false;
+    for (const t of this.typists.values()) window.clearTimeout(t.timer);
+    this.typists.clear();
+    this.lastTypingSent = 0;
+    if (this.readTimer !== undefined) window.clearTimeout(this.readTimer);
+    this.readTimer = undefined;
+  }
+
+  /** sendView tells the server which chat this connection shows (0: none), for presence and typing. */
+  private sendView(): void {
+    const chatId = this.view.kind === "chat" ? this.view.chat.id : 0;
+    this.sendLive({ type: "view", id: `view-${newId()}`, chat_id: chatId });
+  }
+
+  private sendLive(ev: LiveEvent): boolean {
+    return this.socket.send(ev);
+  }
+
   private renderFailure(id: number, err: unknown): void {
+    this.leaveView();
     if (err instanceof ApiError && err.status === 401) return; // on the way to /login
     if (err instanceof ApiError && err.status === 404) {
       this.view = { kind: "not-found" };
+      this.sendView();
       replace(this.main, notFound("Chat not found", `There is no chat with the id ${id}.`));
       this.focusHeading();
       return;
     }
     if (err instanceof ApiError && err.status === 403) {
       this.view = { kind: "not-member" };
+      this.sendView();
       document.title = "Not a member · communications";
       replace(
         this.main,
@@ -310,6 +439,7 @@ export class ChatPage {
       return;
     }
     this.view = { kind: "error" };
+    this.sendView();
     document.title = "Error · communications";
     replace(
       this.main,
@@ -328,12 +458,20 @@ export class ChatPage {
   }
 
   private renderChat(chat: Chat): ChatView {
-    const messages = new MessageView(`Messages in ${chat.name}`, this.me.id, (before) => this.loadOlder(before));
+    const messages = new MessageView(`Messages in ${this.chatName(chat)}`, this.me.id, {
+      loadOlder: (before) => void this.loadOlder(before),
+      atNewest: () => this.noteNewestSeen(),
+      edit: (seq, text) => this.sendChange("edit", chat.id, seq, text),
+      remove: (seq) => this.confirmDelete(chat.id, seq),
+    });
     const title = h("h1", { "data-testid": "chat-title", tabindex: -1 });
     const description = h("p", { class: "description", "data-testid": "chat-description" });
     const members = h("p", { class: "members-line", "data-testid": "chat-members" });
+    const presence = h("p", { class: "members-line presence", "data-testid": "presence" });
+    // A polite status: "bob is typing…" is read out once when it appears.
+    const typing = h("p", { class: "typing", role: "status", "data-testid": "typing" });
     const edit = h("button", { type: "button", "data-testid": "edit-chat", hidden: true, onclick: () => this.editChat() }, "Edit chat");
-    const view: ChatView = { kind: "chat", chat, messages, title, description, members, edit };
+    const view: ChatView = { kind: "chat", chat, messages, title, description, members, presence, typing, edit };
     this.view = view;
 
     const input = h("textarea", {
@@ -364,11 +502,15 @@ export class ChatPage {
         form.requestSubmit();
       }
     });
+    input.addEventListener("input", () => {
+      if (input.value.trim() !== "") this.noteTyping(chat.id);
+    });
 
     replace(
       this.main,
-      h("header", { class: "chat-head" }, h("div", { class: "chat-head-text" }, title, description, members), edit),
+      h("header", { class: "chat-head" }, h("div", { class: "chat-head-text" }, title, description, members, presence), edit),
       h("div", { class: "messages-wrap" }, messages.el, messages.jump),
+      typing,
       form,
     );
     this.renderChatHead();
@@ -379,19 +521,138 @@ export class ChatPage {
   private renderChatHead(): void {
     if (this.view.kind !== "chat") return;
     const { chat, title, description, members, edit, messages } = this.view;
-    title.textContent = chat.name;
+    const name = this.chatName(chat);
+    title.textContent = name;
     description.textContent = chat.description;
     description.hidden = chat.description === "";
     members.textContent = chat.everyone
       ? "Everyone is in this chat"
-      : `${chat.members?.length ?? 0} members: ${(chat.members ?? []).map((m) => m.username).join(", ")}`;
+      : chat.direct
+        ? `Direct messages with ${name}`
+        : `${chat.members?.length ?? 0} members: ${(chat.members ?? []).map((m) => m.username).join(", ")}`;
     edit.hidden = !this.isCreator(chat);
-    messages.setLabel(`Messages in ${chat.name}`);
-    document.title = `${chat.name} · communications`;
+    messages.setLabel(`Messages in ${name}`);
+    document.title = `${name} · communications`;
+    this.renderPresence();
   }
 
   private isCreator(chat: Chat): boolean {
-    return !chat.everyone && chat.creator_id !== undefined && chat.creator_id === this.me.id;
+    return !chat.everyone && !chat.direct && chat.creator_id !== undefined && chat.creator_id === this.me.id;
+  }
+
+  // ---- presence, typing, read positions ----
+
+  /** renderPresence names the others online in the chat on screen. */
+  private renderPresence(): void {
+    if (this.view.kind !== "chat") return;
+    const el = this.view.presence;
+    el.hidden = !this.presenceKnown;
+    const others = [...this.online].filter(([id]) => id !== this.me.id).map(([, name]) => name);
+    others.sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
+    const shown = others.slice(0, PRESENCE_NAMES);
+    const names = shown.flatMap((name, i) => [
+      i > 0 ? ", " : null,
+      h("span", { class: "online-user", "data-testid": "online-user" }, name),
+    ]);
+    const more = others.length - shown.length;
+    el.dataset["count"] = String(others.length);
+    if (others.length === 0) replace(el, h("span", { class: "presence-dot off", "aria-hidden": "true" }), "Nobody else is online");
+    else replace(el, h("span", { class: "presence-dot", "aria-hidden": "true" }), "Online: ", ...names, more > 0 ? ` and ${more} more` : null);
+  }
+
+  /** renderTyping says who types in the chat on screen. */
+  private renderTyping(): void {
+    if (this.view.kind !== "chat") return;
+    const names = [...this.typists.values()].map((t) => t.username);
+    const text =
+      names.length === 0
+        ? ""
+        : names.length === 1
+          ? `${names[0]} is typing…`
+          : names.length === 2
+            ? `${names[0]} and ${names[1]} are typing…`
+            : "Several people are typing…";
+    if (this.view.typing.textContent !== text) this.view.typing.textContent = text;
+  }
+
+  private stopTyping(userId: number): void {
+    const t = this.typists.get(userId);
+    if (!t) return;
+    window.clearTimeout(t.timer);
+    this.typists.delete(userId);
+    this.renderTyping();
+  }
+
+  /** noteTyping tells the chat that the person types, at most every TYPING_EVERY_MS. */
+  private noteTyping(chatId: number): void {
+    const now = Date.now();
+    if (now - this.lastTypingSent < TYPING_EVERY_MS) return;
+    if (this.sendLive({ type: "typing", id: `typing-${newId()}`, chat_id: chatId })) this.lastTypingSent = now;
+  }
+
+  /**
+   * noteNewestSeen runs when the newest message of the chat on screen is in
+   * view: the chat is read up to it. The read position goes out a moment
+   * later (so a burst of messages sends one), only forward.
+   */
+  private noteNewestSeen(): void {
+    const view = this.view;
+    if (view.kind !== "chat" || !view.messages.isLoaded || document.visibilityState === "hidden") return;
+    const chat = this.chats.get(view.chat.id);
+    if (!chat) return;
+    if (chat.unread) {
+      chat.unread = 0;
+      this.renderList();
+    }
+    const seq = view.messages.maxSeq;
+    if (seq <= Math.max(chat.read_seq ?? 0, this.readSent.get(chat.id) ?? 0) || this.readTimer !== undefined) return;
+    this.readTimer = window.setTimeout(() => {
+      this.readTimer = undefined;
+      if (this.view !== view) return;
+      const upTo = view.messages.maxSeq;
+      const c = this.chats.get(view.chat.id);
+      if (!c || upTo <= Math.max(c.read_seq ?? 0, this.readSent.get(c.id) ?? 0)) return;
+      if (this.sendLive({ type: "read", id: `read-${newId()}`, chat_id: c.id, seq: upTo })) this.readSent.set(c.id, upTo);
+    }, READ_DEBOUNCE_MS);
+  }
+
+  private onReadPosition(ev: ReadPosition): void {
+    const chat = this.chats.get(ev.chat_id);
+    if (!chat || ev.seq < (chat.read_seq ?? 0)) return;
+    chat.read_seq = ev.seq;
+    chat.unread = Math.max(0, Math.min(MAX_UNREAD, ev.unread));
+    this.renderList();
+  }
+
+  // ---- editing and deleting one's messages ----
+
+  /** sendChange sends an edit or deletion of one's message seq; false when not connected. */
+  private sendChange(type: "edit" | "delete", chatId: number, seq: number, text?: string): boolean {
+    const id = newId();
+    const ev: ChangeEvent = { type, id, chat_id: chatId, seq, client_msg_id: id };
+    if (type === "edit" && text !== undefined) ev.text = text;
+    if (!this.socket.send(ev)) return false;
+    this.changes.set(id, { ev, acked: false });
+    return true;
+  }
+
+  private confirmDelete(chatId: number, seq: number): void {
+    if (this.view.kind !== "chat") return;
+    const messages = this.view.messages;
+    const text = messages.textOf(seq);
+    if (text === undefined) return;
+    openConfirmDelete(text, () => {
+      if (!this.sendChange("delete", chatId, seq)) return false;
+      messages.setChangeState(seq, "deleting");
+      return true;
+    });
+  }
+
+  /** changeFailed ends an edit or deletion the server refused. */
+  private changeFailed(entry: ChangeEntry): void {
+    this.changes.delete(entry.ev.client_msg_id);
+    const view = this.view;
+    if (view.kind === "chat" && view.chat.id === entry.ev.chat_id) view.messages.setChangeState(entry.ev.seq, "");
   }
 
   private editChat(): void {
@@ -543,6 +804,12 @@ export class ChatPage {
         this.me = { id: ev.user_id, username: ev.username };
         this.meName.textContent = ev.username;
         if (this.view.kind === "chat") this.renderChatHead();
+        // A new connection views nothing and has sent no read position yet.
+        this.readSent.clear();
+        this.online.clear();
+        this.presenceKnown = false;
+        this.renderPresence();
+        this.sendView();
         // Whatever happened while disconnected: chats, messages, sends
         // not yet acknowledged (resent with the same client_msg_id, which
         // the server never stores twice).
@@ -553,8 +820,16 @@ export class ChatPage {
         for (const entry of this.outbox.values()) {
           if (entry.state === "queued" || entry.state === "sent") this.transmit(entry);
         }
+        for (const entry of this.changes.values()) {
+          if (!entry.acked && !this.socket.send(entry.ev)) this.changeFailed(entry);
+        }
         break;
       case "ack": {
+        const change = this.changes.get(ev.client_msg_id);
+        if (change) {
+          change.acked = true;
+          break;
+        }
         const entry = this.outbox.get(ev.client_msg_id);
         if (entry) {
           this.clearAckTimer(entry);
@@ -576,27 +851,69 @@ export class ChatPage {
       case "message":
         this.onMessage(ev);
         break;
-      case "error": {
-        const entry = ev.id !== undefined ? this.outbox.get(ev.id) : undefined;
-        if (entry) {
-          this.clearAckTimer(entry);
-          entry.state = "failed";
-          entry.error = ev.message;
-          entry.retryable = ev.retryable;
-          this.updatePending(entry);
-        }
-        this.showError(ev.message, ev.code);
+      case "error":
+        this.onError(ev.id, ev.code, ev.message, ev.retryable);
         break;
-      }
       case "chat":
         this.onChat(ev.chat);
         break;
       case "chat_removed":
         this.onChatRemoved(ev.chat_id);
         break;
+      case "read_position":
+        this.onReadPosition(ev);
+        break;
+      case "presence":
+        if (this.view.kind !== "chat" || ev.chat_id !== this.view.chat.id) break;
+        this.online.clear();
+        for (const u of ev.online ?? []) this.online.set(u.id, u.username);
+        this.presenceKnown = true;
+        this.renderPresence();
+        break;
+      case "presence_changed":
+        if (this.view.kind !== "chat" || ev.chat_id !== this.view.chat.id || !this.presenceKnown) break;
+        if (ev.online) this.online.set(ev.user_id, ev.username);
+        else {
+          this.online.delete(ev.user_id);
+          this.stopTyping(ev.user_id);
+        }
+        this.renderPresence();
+        break;
+      case "typing": {
+        if (this.view.kind !== "chat" || ev.chat_id !== this.view.chat.id || ev.user_id === this.me.id) break;
+        const old = this.typists.get(ev.user_id);
+        if (old) window.clearTimeout(old.timer);
+        const userId = ev.user_id;
+        this.typists.set(userId, { username: ev.username, timer: window.setTimeout(() => this.stopTyping(userId), TYPING_SHOWN_MS) });
+        this.renderTyping();
+        break;
+      }
       case "pong":
         break;
     }
+  }
+
+  private onError(id: string | undefined, code: string, message: string, retryable: boolean): void {
+    // The events sent in the background (read, typing, view) fail quietly:
+    // a server without the feature, or a rate limit, changes nothing the
+    // person did.
+    if (id !== undefined && LIVE_ID_PREFIXES.some((p) => id.startsWith(p))) return;
+    const text = code === "rate_limited" ? RATE_LIMITED_TEXT : message;
+    const change = id !== undefined ? this.changes.get(id) : undefined;
+    if (change) {
+      this.changeFailed(change);
+      this.showError(`${change.ev.type === "edit" ? "The message was not edited" : "The message was not deleted"}: ${text}`, code);
+      return;
+    }
+    const entry = id !== undefined ? this.outbox.get(id) : undefined;
+    if (entry) {
+      this.clearAckTimer(entry);
+      entry.state = "failed";
+      entry.error = code === "rate_limited" ? "sending too fast" : message;
+      entry.retryable = retryable;
+      this.updatePending(entry);
+    }
+    this.showError(text, code);
   }
 
   private onMessage(m: Message): void {
@@ -607,19 +924,30 @@ export class ChatPage {
         this.clearAckTimer(entry);
         this.outbox.delete(m.client_msg_id);
       }
+      const change = this.changes.get(m.client_msg_id);
+      if (change && change.ev.chat_id === m.chat_id) this.changes.delete(m.client_msg_id);
     }
+    const chat = this.chats.get(m.chat_id);
     const view = this.view;
+    const onScreen = m.chat_id === this.currentId && (view.kind === "chat" || view.kind === "loading");
+    if (chat) {
+      // Messages of others in a chat not on screen are unread, each once.
+      if (!onScreen && !m.kind && m.sender_id !== this.me.id && m.seq > (chat.last_seq ?? 0) && m.seq > (chat.read_seq ?? 0)) {
+        chat.unread = Math.min(MAX_UNREAD, (chat.unread ?? 0) + 1);
+        const counted = this.liveCounted.get(m.chat_id) ?? [];
+        counted.push(m.seq);
+        this.liveCounted.set(m.chat_id, counted);
+        this.renderList();
+      }
+      if (m.seq > (chat.last_seq ?? 0)) chat.last_seq = m.seq;
+    }
     if (view.kind === "chat" && view.chat.id === m.chat_id) {
+      if (!m.kind) this.stopTyping(m.sender_id);
       this.mergeLive(view, m);
       return;
     }
     if (view.kind === "loading" && m.chat_id === this.currentId) {
       this.early.push(m);
-      return;
-    }
-    if (this.chats.has(m.chat_id) && m.sender_id !== this.me.id && !this.unread.has(m.chat_id)) {
-      this.unread.add(m.chat_id);
-      this.renderList();
     }
   }
 
@@ -638,13 +966,14 @@ export class ChatPage {
 
   private onChatRemoved(id: number): void {
     this.chats.delete(id);
-    this.unread.delete(id);
     this.lastSeq.delete(id);
+    this.readSent.delete(id);
     for (const [k, e] of this.outbox) {
       if (e.ev.chat_id !== id) continue;
       this.clearAckTimer(e);
       this.outbox.delete(k);
     }
+    for (const [k, e] of this.changes) if (e.ev.chat_id === id) this.changes.delete(k);
     this.renderList();
     if (id === this.currentId && this.view.kind === "chat") {
       this.loadToken++;

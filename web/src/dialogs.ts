@@ -129,3 +129,47 @@ export function openEditChat(chat: Chat, updated: (c: Chat) => void): void {
     },
   });
 }
+
+/** openDirect asks for a username and starts (or reopens) a direct chat with that person. */
+export function openDirect(started: (c: Chat) => void): void {
+  const username = h("input", {
+    type: "text",
+    name: "username",
+    required: true,
+    maxlength: 32,
+    autocomplete: "off",
+    autocapitalize: "none",
+    spellcheck: "false",
+    autofocus: true,
+    "data-testid": "direct-username-input",
+  });
+  openDialog({
+    title: "New direct message",
+    testid: "direct-dialog",
+    submitLabel: "Start",
+    fields: [field("Username", username, "The person to write to. An existing conversation with them opens again.")],
+    async submit() {
+      const { chat } = await api.direct(username.value.trim());
+      started(chat);
+    },
+  });
+}
+
+/**
+ * openConfirmDelete asks before deleting a message. confirm sends the
+ * deletion; it returns false when that is not possible now.
+ */
+export function openConfirmDelete(text: string, confirm: () => boolean): void {
+  openDialog({
+    title: "Delete this message?",
+    testid: "delete-dialog",
+    submitLabel: "Delete",
+    fields: [
+      h("blockquote", { class: "quote", "data-testid": "delete-quote" }, text),
+      h("p", { class: "hint" }, "Everyone in the chat sees that a message was deleted, but not what it said."),
+    ],
+    async submit() {
+      if (!confirm()) throw new Error("Not connected. Try again once the connection is back.");
+    },
+  });
+}

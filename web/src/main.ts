@@ -26,7 +26,7 @@ const socket = new Socket(
     event: (ev) => page?.onEvent(ev),
     state: (s, retryIn) => page?.setConnection(s, retryIn),
     sessionEnded: () => sessionLost("Your session has ended. Log in again."),
-    fatal: (message) => page?.showError(message),
+    notice: (message, code) => page?.showError(message, code),
   },
   async () => {
     // Does the session still hold? Asked without the 401 handler: the

@@ -1,9 +1,12 @@
 // The message view of one chat: stored messages ordered by seq, each shown
 // once however often it arrives (live, after a reconnect, from history),
 // newest at the bottom, following new ones while scrolled to the bottom.
+// Entries that edit or delete a message have a seq of their own: they change
+// the message they point at and are not shown themselves. Older pages load
+// when the top comes near (or with the "Load older messages" button).
 
 import type { Message } from "./api";
-import { h, replace } from "./dom";
+import { h, replace, uid } from "./dom";
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
@@ -18,6 +21,32 @@ function when(d: Date): string {
 
 /** Near the bottom counts as at the bottom: a few pixels of slack. */
 const BOTTOM_SLACK_PX = 48;
+/** Older messages start loading when the top is this close. */
+const TOP_MARGIN_PX = 300;
+
+export interface MessageViewHooks {
+  /** load the page of history before seq */
+  loadOlder(before: number): void;
+  /** the newest message is in view (to move the read position) */
+  atNewest(): void;
+  /** send an edit of one's own message seq; false when it could not be sent */
+  edit(seq: number, text: string): boolean;
+  /** ask to delete one's own message seq */
+  remove(seq: number): void;
+}
+
+/** One shown message and the parts of its item that change. */
+interface Item {
+  msg: Message;
+  li: HTMLLIElement;
+  text: HTMLParagraphElement;
+  edited: HTMLElement;
+  actions: HTMLElement | null;
+  change: HTMLElement | null;
+  editor: HTMLFormElement | null;
+  /** the seq of the newest change applied: an older one arriving late is ignored */
+  mark: number;
+}
 
 export class MessageView {
   /** the scrolling region */
@@ -25,28 +54,36 @@ export class MessageView {
   private readonly list = h("ol", { class: "message-list", "data-testid": "message-list" });
   private readonly pending = h("ol", { class: "message-list pending-list", "data-testid": "pending-list" });
   private readonly empty = h("p", { class: "empty", "data-testid": "no-messages" }, "No messages yet. Say hello!");
+  private readonly sentinel = h("div", { class: "sentinel", "aria-hidden": "true", "data-testid": "older-sentinel" });
   private readonly older: HTMLButtonElement;
   private readonly olderStatus = h("p", { class: "older-status", role: "status" });
   readonly jump: HTMLButtonElement;
-  private readonly bySeq = new Map<number, HTMLLIElement>();
-  /** stored seqs shown, ascending */
+  private readonly items = new Map<number, Item>();
+  /** seqs of the shown messages, ascending */
   private seqs: number[] = [];
+  /** every seq held, shown messages and changes alike */
+  private readonly known = new Set<number>();
+  private lowest = 0;
+  private highest = 0;
   /** whether a page of history has arrived: until then "no messages" would be a guess */
   private loaded = false;
+  private loadingOlder = false;
+  private readonly observer: IntersectionObserver | null;
 
   constructor(
     label: string,
     private readonly myId: number,
-    loadOlder: (before: number) => void,
+    private readonly hooks: MessageViewHooks,
   ) {
     this.older = h(
       "button",
-      { type: "button", class: "older", "data-testid": "load-older", hidden: true, onclick: () => loadOlder(this.minSeq) },
+      { type: "button", class: "older", "data-testid": "load-older", hidden: true, onclick: () => this.requestOlder() },
       "Load older messages",
     );
     this.el = h(
       "div",
       { class: "messages", role: "log", "aria-label": label, tabindex: 0, "data-testid": "messages", onscroll: () => this.onScroll() },
+      this.sentinel,
       this.older,
       this.olderStatus,
       this.empty,
@@ -58,14 +95,30 @@ export class MessageView {
       { type: "button", class: "jump", "data-testid": "jump-to-latest", hidden: true, onclick: () => this.scrollToBottom() },
       "New messages below",
     );
+    // Scrolling near the top loads the page before: the sentinel sits above
+    // the oldest message.
+    this.observer =
+      typeof IntersectionObserver === "function"
+        ? new IntersectionObserver((entries) => {
+            if (entries.some((e) => e.isIntersecting)) this.requestOlder();
+          }, { root: this.el, rootMargin: `${TOP_MARGIN_PX}px 0px 0px 0px` })
+        : null;
+    this.observer?.observe(this.sentinel);
   }
 
+  /** dispose stops watching the scroll position (the view is gone). */
+  dispose(): void {
+    this.observer?.disconnect();
+  }
+
+  /** the highest seq held (messages and changes): where a resume starts */
   get maxSeq(): number {
-    return this.seqs.length ? (this.seqs[this.seqs.length - 1] ?? 0) : 0;
+    return this.highest;
   }
 
+  /** the lowest seq held: older pages end before it */
   get minSeq(): number {
-    return this.seqs[0] ?? 0;
+    return this.lowest;
   }
 
   get isLoaded(): boolean {
@@ -73,7 +126,7 @@ export class MessageView {
   }
 
   has(seq: number): boolean {
-    return this.bySeq.has(seq);
+    return this.known.has(seq);
   }
 
   atBottom(): boolean {
@@ -84,54 +137,94 @@ export class MessageView {
   scrollToBottom(): void {
     this.el.scrollTop = this.el.scrollHeight;
     this.jump.hidden = true;
+    this.hooks.atNewest();
   }
 
   private onScroll(): void {
-    if (this.atBottom()) this.jump.hidden = true;
+    if (this.atBottom()) {
+      this.jump.hidden = true;
+      this.hooks.atNewest();
+    }
   }
 
   setLabel(label: string): void {
     this.el.setAttribute("aria-label", label);
   }
 
+  private requestOlder(): void {
+    if (!this.loaded || this.loadingOlder || this.lowest <= 1) return;
+    this.hooks.loadOlder(this.lowest);
+  }
+
   setOlderLoading(loading: boolean, error = ""): void {
+    this.loadingOlder = loading;
     this.older.disabled = loading;
     this.olderStatus.textContent = loading ? "Loading older messages…" : error;
     if (error) this.olderStatus.setAttribute("role", "alert");
     else this.olderStatus.setAttribute("role", "status");
+    // Still near the top after a page (a short page, or a fast scroll):
+    // observing again reports where the sentinel is now. After an error
+    // the button is the way to try again.
+    if (!loading && !error) this.recheckTop();
+  }
+
+  private recheckTop(): void {
+    if (!this.observer) return;
+    this.observer.unobserve(this.sentinel);
+    this.observer.observe(this.sentinel);
   }
 
   /** clear forgets every message shown (not the pending ones). */
   clear(): void {
     replace(this.list);
-    this.bySeq.clear();
+    this.items.clear();
     this.seqs = [];
+    this.known.clear();
+    this.lowest = 0;
+    this.highest = 0;
     this.update();
   }
 
   /**
-   * merge shows the messages not shown yet, each in its place by seq. It
-   * keeps the view at the bottom if it was there, and the messages in view
-   * where they are when older ones are added above them.
+   * merge shows the messages not shown yet, each in its place by seq, and
+   * applies the edits and deletions among them. It keeps the view at the
+   * bottom if it was there, and the messages in view where they are when
+   * older ones are added above them.
    */
   merge(msgs: readonly Message[]): void {
     const wasAtBottom = this.atBottom();
     const heightBefore = this.el.scrollHeight;
     const topBefore = this.el.scrollTop;
-    const oldMax = this.maxSeq;
+    const firstLoad = !this.loaded;
+    const oldMax = this.highest;
     let addedBelow = false;
     let addedAbove = false;
     for (const m of msgs) {
-      if (this.bySeq.has(m.seq)) continue;
-      const li = this.render(m);
-      const i = this.insertIndex(m.seq);
-      const next = this.seqs[i];
-      this.list.insertBefore(li, next === undefined ? null : (this.bySeq.get(next) ?? null));
-      this.seqs.splice(i, 0, m.seq);
-      this.bySeq.set(m.seq, li);
+      if (this.known.has(m.seq)) {
+        // A copy of a message shown: a deletion is final, whoever saw it first.
+        const item = this.items.get(m.seq);
+        if (item && !m.kind && m.deleted && !item.msg.deleted) {
+          item.msg = { ...item.msg, deleted: true, text: "" };
+          this.paint(item);
+        }
+        continue;
+      }
+      this.known.add(m.seq);
+      if (this.lowest === 0 || m.seq < this.lowest) this.lowest = m.seq;
+      if (m.seq > this.highest) this.highest = m.seq;
       if (m.seq > oldMax) addedBelow = true;
       else addedAbove = true;
       if (m.sender_id === this.myId) this.removePending(m.client_msg_id);
+      if (m.kind === "edit" || m.kind === "delete") {
+        this.applyChange(m);
+        continue;
+      }
+      const item = this.render(m);
+      const i = this.insertIndex(m.seq);
+      const next = this.seqs[i];
+      this.list.insertBefore(item.li, next === undefined ? null : (this.items.get(next)?.li ?? null));
+      this.seqs.splice(i, 0, m.seq);
+      this.items.set(m.seq, item);
     }
     this.loaded = true;
     this.update();
@@ -142,6 +235,20 @@ export class MessageView {
     } else if (addedBelow) {
       this.jump.hidden = false;
     }
+    if (firstLoad) this.recheckTop();
+  }
+
+  /** applyChange applies an edit or deletion to the message it points at, unless a newer change came first. */
+  private applyChange(m: Message): void {
+    const item = m.target_seq !== undefined ? this.items.get(m.target_seq) : undefined;
+    // A target not shown is older than the pages held: its page shows it as it is now.
+    if (!item || m.seq <= item.mark) return;
+    item.mark = m.seq;
+    if (item.msg.deleted) return;
+    if (m.kind === "delete") item.msg = { ...item.msg, deleted: true, text: "" };
+    else item.msg = { ...item.msg, text: m.text, edited_at: m.edited_at ?? m.sent_at };
+    this.setChangeState(item.msg.seq, "");
+    this.paint(item);
   }
 
   private insertIndex(seq: number): number {
@@ -155,26 +262,164 @@ export class MessageView {
     return lo;
   }
 
-  private render(m: Message): HTMLLIElement {
+  private render(m: Message): Item {
     const at = new Date(m.sent_at);
     const valid = !Number.isNaN(at.getTime());
     const mine = m.sender_id === this.myId;
-    return h(
-      "li",
-      { class: mine ? "message mine" : "message", "data-testid": "message", "data-seq": m.seq, "data-state": mine ? "sent" : null },
-      h(
+    const textId = uid("msg");
+    // textContent, never markup: the text is shown exactly as written.
+    const text = h("p", { class: "text", id: textId, "data-testid": "message-text" });
+    const edited = h("span", { class: "edited", "data-testid": "message-edited", hidden: true }, "(edited)");
+    const meta = h(
         "div",
         { class: "meta" },
         h("span", { class: "sender", "data-testid": "message-sender" }, m.sender),
         " ",
         valid ? h("time", { datetime: at.toISOString(), title: fullFormat.format(at) }, when(at)) : null,
+        " ",
+        edited,
         // One's own stored message has a seq: it is sent.
         mine ? " " : null,
         mine ? h("span", { class: "status", "data-testid": "message-state", "data-state": "sent" }, "Sent") : null,
-      ),
-      // textContent, never markup: the text is shown exactly as written.
-      h("p", { class: "text", "data-testid": "message-text" }, m.text),
+      );
+    const li = h(
+      "li",
+      { class: mine ? "message mine" : "message", "data-testid": "message", "data-seq": m.seq, "data-state": mine ? "sent" : null },
+      meta,
+      text,
     );
+    const item: Item = { msg: m, li, text, edited, actions: null, change: null, editor: null, mark: 0 };
+    if (mine) {
+      const describe = { "aria-describedby": textId };
+      item.actions = h(
+        "span",
+        { class: "message-actions" },
+        h("button", { type: "button", "data-testid": "edit-message", ...describe, onclick: () => this.openEditor(item) }, "Edit"),
+        h("button", { type: "button", "data-testid": "delete-message", ...describe, onclick: () => this.hooks.remove(item.msg.seq) }, "Delete"),
+      );
+      meta.appendChild(item.actions);
+    }
+    this.paint(item);
+    return item;
+  }
+
+  /** paint shows an item's message as it is now: text, "(edited)", or the tombstone. */
+  private paint(item: Item): void {
+    const m = item.msg;
+    if (m.deleted) {
+      this.closeEditor(item, false);
+      item.li.dataset["deleted"] = "true";
+      item.li.classList.add("deleted");
+      item.text.textContent = "message deleted";
+      item.text.classList.add("tombstone");
+      item.edited.hidden = true;
+      item.actions?.remove();
+      item.actions = null;
+      return;
+    }
+    item.text.textContent = m.text;
+    item.edited.hidden = !m.edited_at;
+    if (m.edited_at) {
+      item.li.dataset["edited"] = "true";
+      const at = new Date(m.edited_at);
+      if (!Number.isNaN(at.getTime())) item.edited.title = `Edited ${fullFormat.format(at)}`;
+    }
+  }
+
+  /** setChangeState shows that an edit or deletion of one's message is on its way ("" when done). */
+  setChangeState(seq: number, state: "" | "saving" | "deleting"): void {
+    const item = this.items.get(seq);
+    if (!item) return;
+    item.change?.remove();
+    item.change = null;
+    if (state === "") {
+      delete item.li.dataset["change"];
+      return;
+    }
+    item.li.dataset["change"] = state;
+    item.change = h("span", { class: "status", "data-testid": "change-state", "data-state": state }, state === "saving" ? "Saving…" : "Deleting…");
+    const meta = item.li.querySelector(".meta");
+    meta?.insertBefore(item.change, item.actions && item.actions.parentNode === meta ? item.actions : null);
+  }
+
+  /** text returns the text of a shown message, or undefined. */
+  textOf(seq: number): string | undefined {
+    const m = this.items.get(seq)?.msg;
+    return m && !m.deleted ? m.text : undefined;
+  }
+
+  /** focusActions puts focus on a message's Delete button, or the log when it has none. */
+  focusMessage(seq: number): void {
+    const item = this.items.get(seq);
+    const target = item?.actions?.querySelector<HTMLElement>("[data-testid=delete-message]");
+    (target ?? this.el).focus();
+  }
+
+  private openEditor(item: Item): void {
+    if (item.editor || item.msg.deleted) return;
+    const id = uid("edit");
+    const input = h("textarea", { id, name: "text", rows: 2, "data-testid": "edit-input", "aria-describedby": `${id}-hint` });
+    input.value = item.msg.text;
+    const error = h("p", { class: "alert", role: "alert", "data-testid": "edit-error", hidden: true });
+    const form = h(
+      "form",
+      { class: "edit-form", "data-testid": "edit-form" },
+      h("label", { for: id, class: "visually-hidden" }, "Edit message"),
+      input,
+      error,
+      h(
+        "div",
+        { class: "edit-actions" },
+        h("button", { type: "submit", class: "primary", "data-testid": "edit-save" }, "Save"),
+        h("button", { type: "button", "data-testid": "edit-cancel", onclick: () => this.closeEditor(item, true) }, "Cancel"),
+      ),
+      h("p", { id: `${id}-hint`, class: "visually-hidden" }, "Enter saves, Shift+Enter starts a new line, Escape cancels."),
+    );
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const text = input.value;
+      if (text.trim() === "") {
+        error.textContent = "A message cannot be empty. Delete it instead.";
+        error.hidden = false;
+        return;
+      }
+      if (text === item.msg.text) {
+        this.closeEditor(item, true);
+        return;
+      }
+      if (!this.hooks.edit(item.msg.seq, text)) {
+        error.textContent = "Not connected. Try again once the connection is back.";
+        error.hidden = false;
+        return;
+      }
+      this.closeEditor(item, true);
+      this.setChangeState(item.msg.seq, "saving");
+    });
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        e.stopPropagation();
+        this.closeEditor(item, true);
+      } else if (e.key === "Enter" && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    item.editor = form;
+    item.text.hidden = true;
+    if (item.actions) item.actions.hidden = true;
+    item.li.appendChild(form);
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  private closeEditor(item: Item, refocus: boolean): void {
+    if (!item.editor) return;
+    item.editor.remove();
+    item.editor = null;
+    item.text.hidden = false;
+    if (item.actions) item.actions.hidden = false;
+    if (refocus) item.actions?.querySelector<HTMLElement>("[data-testid=edit-message]")?.focus();
   }
 
   /** addPending shows a message on its way; it returns its item. */
@@ -203,6 +448,6 @@ export class MessageView {
   private update(): void {
     this.empty.hidden = !this.loaded || this.seqs.length > 0 || this.pending.children.length > 0;
     // Seqs start at 1 and have no gaps: anything above 1 has older ones.
-    this.older.hidden = this.minSeq <= 1;
+    this.older.hidden = this.lowest <= 1;
   }
 }

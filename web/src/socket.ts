@@ -4,7 +4,7 @@
 // close codes 4100-4199 mean the session is over (4100) or the client is
 // broken (4101), and are not retried.
 
-import type { Chat, Message } from "./api";
+import type { Chat, Message, User } from "./api";
 
 export interface Hello {
   type: "hello";
@@ -43,7 +43,47 @@ export interface Resumed {
   type: "resumed";
   positions: Record<string, number>;
 }
-export type ServerEvent = Hello | Ack | Message | ServerError | ChatEvent | ChatRemoved | Pong | Resumed;
+/** the online members of the viewed chat (the answer to view) */
+export interface Presence {
+  type: "presence";
+  chat_id: number;
+  online: User[];
+}
+/** a member of the viewed chat came online or went offline */
+export interface PresenceChanged {
+  type: "presence_changed";
+  chat_id: number;
+  user_id: number;
+  username: string;
+  online: boolean;
+}
+/** a member of the viewed chat is typing */
+export interface Typing {
+  type: "typing";
+  chat_id: number;
+  user_id: number;
+  username: string;
+}
+/** the user's read position in a chat moved (on any of the user's devices) */
+export interface ReadPosition {
+  type: "read_position";
+  chat_id: number;
+  seq: number;
+  unread: number;
+}
+export type ServerEvent =
+  | Hello
+  | Ack
+  | Message
+  | ServerError
+  | ChatEvent
+  | ChatRemoved
+  | Pong
+  | Resumed
+  | Presence
+  | PresenceChanged
+  | Typing
+  | ReadPosition;
 
 export interface SendEvent {
   type: "send";
@@ -52,6 +92,23 @@ export interface SendEvent {
   client_msg_id: string;
   text: string;
 }
+/** an edit (new text) or deletion of one's own message seq */
+export interface ChangeEvent {
+  type: "edit" | "delete";
+  id: string;
+  chat_id: number;
+  seq: number;
+  client_msg_id: string;
+  text?: string;
+}
+/** read: read up to seq; typing: typing now; view: the chat shown (0: none) */
+export interface LiveEvent {
+  type: "read" | "typing" | "view";
+  id: string;
+  chat_id: number;
+  seq?: number;
+}
+export type ClientEvent = SendEvent | ChangeEvent | LiveEvent;
 
 export type SocketState = "connecting" | "open" | "waiting" | "closed";
 
@@ -62,8 +119,8 @@ export interface SocketHandlers {
   state(s: SocketState, retryIn?: number): void;
   /** the session is over (close 4100, or the handshake answered 401) */
   sessionEnded(): void;
-  /** the server closed for a reason that retrying does not fix */
-  fatal(message: string): void;
+  /** something to tell the person about the connection (a close that retrying does not fix, or a rate limit) */
+  notice(message: string, code?: string): void;
 }
 
 /** the gateway accepts at most this many chats in ?resume= */
@@ -71,6 +128,9 @@ const MAX_RESUME_CHATS = 1000;
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15_000;
+/** close 4003: the client was rate limited; it comes back after at least this backoff ceiling */
+const CLOSE_RATE_LIMITED = 4003;
+const RATE_LIMITED_ATTEMPT = 4; // 0.5 s * 2^4 = 8 s
 
 /**
  * Socket keeps one websocket open while started.
@@ -135,7 +195,7 @@ export class Socket {
   }
 
   /** send writes one event; false when the connection is not open. */
-  send(ev: SendEvent): boolean {
+  send(ev: ClientEvent): boolean {
     if (!this.open || !this.ws) return false;
     this.ws.send(JSON.stringify(ev));
     return true;
@@ -238,8 +298,13 @@ export class Socket {
       if (c.code >= 4101 && c.code <= 4199) {
         this.halt();
         this.handlers.state("closed");
-        this.handlers.fatal(`The server closed the connection (${c.code}${c.reason ? ": " + c.reason : ""}). Reload the page.`);
+        this.handlers.notice(`The server closed the connection (${c.code}${c.reason ? ": " + c.reason : ""}). Reload the page.`);
         return;
+      }
+      if (c.code === CLOSE_RATE_LIMITED) {
+        // Rate limited: reconnect and resume like any 40xx, but later.
+        this.attempt = Math.max(this.attempt, RATE_LIMITED_ATTEMPT);
+        this.handlers.notice("You were sending too fast, so the server disconnected you for a moment. Reconnecting soon.", "rate_limited");
       }
       if (!greeted) {
         // The handshake failed: a 401 looks like any network error to a
