@@ -18,6 +18,7 @@ import (
 	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/services/chat/internal/chats"
 	"github.com/communications/communications/services/chat/internal/chatstore"
+	"github.com/communications/communications/services/chat/internal/historydir"
 	"github.com/communications/communications/services/chat/internal/msgstream"
 	"github.com/communications/communications/services/chat/internal/natsapi"
 	"github.com/communications/communications/services/chat/internal/userdir"
@@ -97,8 +98,12 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 
 	// Member usernames are resolved by the auth service; changes of chats
 	// are announced to the gateways on subjects.ChatEvents.
-	users := userdir.New(natsbus.NewClient(nc, tel.TracerProvider), subj)
-	svc := chats.NewService(chatstore.New(pool), stream, users, natsapi.NewEvents(nc, subj), log, chats.Config{})
+	// The targets of edits and deletions, and the sequence numbers of
+	// retried messages, are asked of the history service.
+	bus := natsbus.NewClient(nc, tel.TracerProvider)
+	users := userdir.New(bus, subj)
+	entries := historydir.New(bus, subj)
+	svc := chats.NewService(chatstore.New(pool), stream, entries, users, natsapi.NewEvents(nc, subj), log, chats.Config{})
 	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.
