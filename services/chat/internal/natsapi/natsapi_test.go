@@ -30,6 +30,7 @@ import (
 	"github.com/communications/communications/services/chat/internal/historydir"
 	"github.com/communications/communications/services/chat/internal/historydir/historydirtest"
 	"github.com/communications/communications/services/chat/internal/msgstream"
+	"github.com/communications/communications/services/chat/internal/unread"
 	"github.com/communications/communications/services/chat/internal/userdir"
 	"github.com/communications/communications/services/chat/internal/userdir/userdirtest"
 )
@@ -93,6 +94,7 @@ var (
 func member(u busapi.User) protocol.Member { return protocol.Member{ID: u.ID, Username: u.Username} }
 
 type harness struct {
+	url     string // of the NATS server
 	subj    subjects.Subjects
 	client  *natsbus.Client
 	events  *nats.Subscription
@@ -137,9 +139,11 @@ func start(t *testing.T, noAuth bool) *harness {
 		t.Fatal(err)
 	}
 	users := userdir.New(natsbus.NewClient(service, tp), subj)
-	svc := chats.NewService(chatstore.New(pool), stream, historydir.New(natsbus.NewClient(service, tp), subj), users, NewEvents(service, subj), log, chats.Config{})
+	store, events := chatstore.New(pool), NewEvents(service, subj)
+	svc := chats.NewService(store, stream, historydir.New(natsbus.NewClient(service, tp), subj), users, events, log, chats.Config{})
+	reads := chats.NewReads(svc, store, unread.New(natsbus.NewClient(service, tp), subj), events, log)
 	srv := natsbus.NewServer(service, tp, log, 5*time.Second)
-	if _, err := Register(ctx, srv, subj, svc); err != nil {
+	if _, err := Register(ctx, srv, subj, svc, reads); err != nil {
 		t.Fatal(err)
 	}
 	if err := service.Flush(); err != nil {
@@ -156,14 +160,14 @@ func start(t *testing.T, noAuth bool) *harness {
 		t.Fatal(err)
 	}
 	gateway := connect("gateway")
-	events, err := gateway.SubscribeSync(subj.ChatEvents())
+	chatEvents, err := gateway.SubscribeSync(subj.ChatEvents())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := gateway.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{subj: subj, client: natsbus.NewClient(gateway, tp), events: events, tp: tp, js: js, history: history}
+	return &harness{url: ns.ClientURL(), subj: subj, client: natsbus.NewClient(gateway, tp), events: chatEvents, tp: tp, js: js, history: history}
 }
 
 // call sends a request and returns the reply's error code ("" for none).

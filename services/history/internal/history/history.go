@@ -106,6 +106,7 @@ type PageStore interface {
 	// BySender returns the entry of chat that sender stored under
 	// clientMsgID, or ErrNotFound.
 	BySender(ctx context.Context, chatID, senderID int64, clientMsgID string) (Message, error)
+	UnreadStore
 }
 
 // MaxLatestChats bounds the chats of one Latest request.

@@ -1,5 +1,5 @@
 // Package natsapi is the history service's NATS transport: it serves history
-// pages, the newest sequences and single entries, and maps domain errors to
+// pages, the newest sequences, single entries and unread counts, and maps domain errors to
 // protocol codes.
 package natsapi
 
@@ -88,7 +88,11 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 	if err != nil {
 		return nil, err
 	}
-	return []*nats.Subscription{page, latest, message}, nil
+	unread, err := registerUnread(ctx, srv, subj, svc)
+	if err != nil {
+		return nil, err
+	}
+	return []*nats.Subscription{page, latest, message, unread}, nil
 }
 
 // mapError is the one place domain errors become protocol codes.
