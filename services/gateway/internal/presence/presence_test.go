@@ -134,7 +134,9 @@ func online(t *testing.T, g *gateway, ids ...int64) []protocol.Member {
 func waitOnline(t *testing.T, g *gateway, want []protocol.Member, ids ...int64) {
 	t.Helper()
 	testenv.EventuallyDescribe(t, 10*time.Second, func() bool { return cmp.Equal(want, online(t, g, ids...)) },
-		func() string { return fmt.Sprintf("online %v (-want +got):\n%s", ids, cmp.Diff(want, online(t, g, ids...))) })
+		func() string {
+			return fmt.Sprintf("online %v (-want +got):\n%s", ids, cmp.Diff(want, online(t, g, ids...)))
+		})
 }
 
 var (
