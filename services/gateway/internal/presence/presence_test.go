@@ -219,6 +219,7 @@ func TestDeadGatewaySwept(t *testing.T) {
 	g1 := startGateway(t, rdb, prefix, "g1")
 	g2 := startGateway(t, rdb, prefix, "g2")
 	g1.Connect(alice.ID, alice.Username)
+	g1.rec.waitChanges(t, []Change{on(alice)})
 	g2.Connect(bob.ID, bob.Username)
 	g2.Connect(alice.ID, alice.Username)
 	g1.rec.waitChanges(t, []Change{on(alice), on(bob)})

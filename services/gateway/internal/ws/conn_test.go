@@ -45,6 +45,8 @@ func (h *fakeHub) Leave(s hub.Sink, ids []int64) {
 	h.joined[s] = slices.DeleteFunc(h.joined[s], func(id int64) bool { return slices.Contains(ids, id) })
 }
 
+func (h *fakeHub) PublishEphemeral(context.Context, int64, int64, []byte) error { return nil }
+
 func (h *fakeHub) of(s hub.Sink) []int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -65,6 +67,10 @@ func (noUpstream) History(context.Context, busapi.HistoryRequest) (busapi.Histor
 func (noUpstream) Latest(context.Context, []int64) (map[string]int64, error) { return nil, nil }
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
+}
+
+func (noUpstream) GetChat(context.Context, int64, int64) (busapi.Chat, error) {
+	return busapi.Chat{}, nil
 }
 
 func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
