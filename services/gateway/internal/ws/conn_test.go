@@ -45,6 +45,8 @@ func (h *fakeHub) Leave(s hub.Sink, ids []int64) {
 	h.joined[s] = slices.DeleteFunc(h.joined[s], func(id int64) bool { return slices.Contains(ids, id) })
 }
 
+func (h *fakeHub) PublishEphemeral(context.Context, int64, int64, []byte) error { return nil }
+
 func (h *fakeHub) of(s hub.Sink) []int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -68,6 +70,10 @@ func (noUpstream) Read(context.Context, busapi.ReadRequest) (busapi.ReadResult, 
 }
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
+}
+
+func (noUpstream) GetChat(context.Context, int64, int64) (busapi.Chat, error) {
+	return busapi.Chat{}, nil
 }
 
 func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
