@@ -85,8 +85,10 @@ export class ChatPage {
   private readonly outbox = new Map<string, OutboxEntry>();
   /** edits and deletions sent, by client_msg_id */
   private readonly changes = new Map<string, ChangeEntry>();
-  /** per chat, the seqs of messages counted as unread here since the chat list was last asked for */
+  /** per chat, the seqs of messages counted as unread here while the chat list was on its way */
   private readonly liveCounted = new Map<number, number[]>();
+  /** chat list requests on their way */
+  private listsLoading = 0;
   /** the highest read position sent on this connection, per chat */
   private readonly readSent = new Map<number, number>();
   private readTimer: number | undefined;
@@ -245,6 +247,7 @@ export class ChatPage {
   private async loadChats(): Promise<void> {
     // Messages counted while the list is on its way may be in its counts or not: their seqs tell.
     this.liveCounted.clear();
+    this.listsLoading++;
     try {
       const { chats } = await api.chats();
       const before = new Map(this.chats);
@@ -273,6 +276,8 @@ export class ChatPage {
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return;
       this.showError(`The chats could not be loaded: ${errorText(err)}`, err instanceof ApiError ? err.code : "");
+    } finally {
+      this.listsLoading--;
     }
   }
 
@@ -934,9 +939,11 @@ export class ChatPage {
       // Messages of others in a chat not on screen are unread, each once.
       if (!onScreen && !m.kind && m.sender_id !== this.me.id && m.seq > (chat.last_seq ?? 0) && m.seq > (chat.read_seq ?? 0)) {
         chat.unread = Math.min(MAX_UNREAD, (chat.unread ?? 0) + 1);
-        const counted = this.liveCounted.get(m.chat_id) ?? [];
-        counted.push(m.seq);
-        this.liveCounted.set(m.chat_id, counted);
+        if (this.listsLoading > 0) {
+          const counted = this.liveCounted.get(m.chat_id) ?? [];
+          if (counted.length < MAX_UNREAD) counted.push(m.seq);
+          this.liveCounted.set(m.chat_id, counted);
+        }
         this.renderList();
       }
       if (m.seq > (chat.last_seq ?? 0)) chat.last_seq = m.seq;

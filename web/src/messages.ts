@@ -201,11 +201,17 @@ export class MessageView {
     let addedAbove = false;
     for (const m of msgs) {
       if (this.known.has(m.seq)) {
-        // A copy of a message shown: a deletion is final, whoever saw it first.
+        // A copy of a message shown (a page read again): it may know a
+        // deletion, which is final, or a later edit than the one shown.
         const item = this.items.get(m.seq);
-        if (item && !m.kind && m.deleted && !item.msg.deleted) {
-          item.msg = { ...item.msg, deleted: true, text: "" };
-          this.paint(item);
+        if (item && !m.kind && !item.msg.deleted) {
+          if (m.deleted) {
+            item.msg = { ...item.msg, deleted: true, text: "" };
+            this.paint(item);
+          } else if (m.edited_at && Date.parse(m.edited_at) > (item.msg.edited_at ? Date.parse(item.msg.edited_at) : 0)) {
+            item.msg = { ...item.msg, text: m.text, edited_at: m.edited_at };
+            this.paint(item);
+          }
         }
         continue;
       }
@@ -313,8 +319,11 @@ export class MessageView {
       item.text.textContent = "message deleted";
       item.text.classList.add("tombstone");
       item.edited.hidden = true;
+      // Focus on the buttons that go away moves to the list.
+      const hadFocus = item.actions?.contains(document.activeElement) ?? false;
       item.actions?.remove();
       item.actions = null;
+      if (hadFocus) this.el.focus();
       return;
     }
     item.text.textContent = m.text;
