@@ -66,6 +66,9 @@ func (noUpstream) Latest(context.Context, []int64) (map[string]int64, error) { r
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
+func (noUpstream) Change(context.Context, busapi.ChangeRequest) (busapi.SendResult, error) {
+	return busapi.SendResult{}, nil
+}
 
 func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
 	t.Helper()
