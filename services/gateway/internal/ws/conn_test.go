@@ -71,6 +71,9 @@ func (noUpstream) Read(context.Context, busapi.ReadRequest) (busapi.ReadResult, 
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
+func (noUpstream) Change(context.Context, busapi.ChangeRequest) (busapi.SendResult, error) {
+	return busapi.SendResult{}, nil
+}
 
 func (noUpstream) GetChat(context.Context, int64, int64) (busapi.Chat, error) {
 	return busapi.Chat{}, nil

@@ -61,6 +61,7 @@ type Upstream interface {
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
 	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
+	Change(ctx context.Context, req busapi.ChangeRequest) (busapi.SendResult, error)
 }
 
 type metrics struct {
