@@ -127,8 +127,12 @@ func TestDirectChatsAndReadPositions(t *testing.T) {
 		{"direct chat with nobody", func() error {
 			return do(ctx, http.MethodPost, alice.base+"/api/v1/direct", alice.token, map[string]string{"username": "nobody"}, nil)
 		}, 400, protocol.CodeUnknownUser},
-		{"edit a direct chat", func() error { return do(ctx, http.MethodPatch, dmURL, alice.token, map[string]string{"name": "ours"}, nil) }, 403, protocol.CodeNotCreator},
-		{"read beyond the newest", func() error { return do(ctx, http.MethodPut, dmURL+"/read", bob.token, map[string]int64{"seq": 1}, nil) }, 400, protocol.CodeInvalidInput},
+		{"edit a direct chat", func() error {
+			return do(ctx, http.MethodPatch, dmURL, alice.token, map[string]string{"name": "ours"}, nil)
+		}, 403, protocol.CodeNotCreator},
+		{"read beyond the newest", func() error {
+			return do(ctx, http.MethodPut, dmURL+"/read", bob.token, map[string]int64{"seq": 1}, nil)
+		}, 400, protocol.CodeInvalidInput},
 	}
 	for _, tc := range refusals {
 		t.Run(tc.name, func(t *testing.T) {
