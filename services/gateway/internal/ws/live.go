@@ -51,11 +51,6 @@ type view struct {
 	held    [][]byte
 }
 
-// has reports whether the user is a member of the viewed chat.
-func (v *view) has(userID int64) bool {
-	return v.everyone || slices.Contains(v.members, userID)
-}
-
 // allow takes a token of the connection's bucket for a costly request
 // (send, edit, delete, view). Over the limit the request is answered with
 // rate_limited; a connection refused Config.SendRefusals times within
