@@ -18,6 +18,7 @@ import (
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/libs/testenv"
 	"github.com/communications/communications/services/gateway/internal/hub"
 )
 
@@ -288,4 +289,38 @@ func TestChangesFollowTheList(t *testing.T) {
 	if diff := cmp.Diff(want, queued(alice)); diff != "" {
 		t.Errorf("queue (-want +got):\n%s", diff)
 	}
+}
+
+// TestPresenceBurstNeverCloses: a burst of changes (a dead gateway's users
+// going offline at once) fills at most half of a viewer's queue, leaving the
+// rest to messages; the changes that did not fit are replaced by a fresh
+// list once the client has read.
+func TestPresenceBurstNeverCloses(t *testing.T) {
+	t.Parallel()
+	p := &fakePresence{online: map[int64]string{7: "alice"}}
+	s, _ := newLiveServer(t, p)
+	alice := liveConn(s, busapi.User{ID: 7, Username: "alice"}, 1)
+	alice.handleView(context.Background(), protocol.ClientEvent{Type: protocol.TypeView, ChatID: 1})
+	queued(alice)
+	for i := range 100 {
+		s.PresenceChanged(int64(100+i), fmt.Sprintf("user%d", i), false)
+	}
+	if alice.isClosed() {
+		t.Fatal("a burst of presence changes closed the connection")
+	}
+	if n := len(alice.send); n != cap(alice.send)/2 {
+		t.Errorf("%d changes queued, want half the queue (%d)", n, cap(alice.send)/2)
+	}
+	for range cap(alice.send) / 2 {
+		alice.Deliver([]byte(`{"type":"message"}`)) // messages still fit
+	}
+	if alice.isClosed() {
+		t.Fatal("messages after the burst closed the connection")
+	}
+	// The client reads; a fresh list follows.
+	var got []string
+	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
+		got = append(got, queued(alice)...)
+		return slices.Contains(got, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"}]}`)
+	}, func() string { return fmt.Sprintf("a fresh presence list among %d events", len(got)) })
 }
