@@ -264,7 +264,9 @@ func (t *Tracker) Run(ctx context.Context, onChange func(Change), rebuilt func()
 			<-ctx.Done()
 			return nil
 		case <-t.wake:
-			t.apply(ctx)
+			if t.apply(ctx) {
+				rebuildPending = true
+			}
 		case <-refresh.C:
 			if rebuildPending && rebuilt != nil {
 				rebuildPending = false
@@ -285,13 +287,14 @@ func (t *Tracker) Run(ctx context.Context, onChange func(Change), rebuilt func()
 	}
 }
 
-// apply writes the users changed since the last write.
-func (t *Tracker) apply(ctx context.Context) {
+// apply writes the users changed since the last write. It reports whether
+// it found the lease gone and wrote the whole state again.
+func (t *Tracker) apply(ctx context.Context) (rebuilt bool) {
 	t.mu.Lock()
 	if len(t.dirty) == 0 || t.resync {
 		// A pending full write covers the changes.
 		t.mu.Unlock()
-		return
+		return false
 	}
 	var up, down []any
 	for id := range t.dirty {
@@ -307,7 +310,7 @@ func (t *Tracker) apply(ctx context.Context) {
 	args = append(args, down...)
 	n, err := applyScript.Run(ctx, t.rdb, nil, args...).Int()
 	if err == nil && n == 0 {
-		return
+		return false
 	}
 	if err != nil && ctx.Err() == nil {
 		t.log.WarnContext(ctx, "presence: write changes; writing the whole state at the next refresh", "err", err)
@@ -317,8 +320,9 @@ func (t *Tracker) apply(ctx context.Context) {
 	t.mu.Unlock()
 	if err == nil {
 		// The lease is gone: write everything now.
-		t.refresh(ctx)
+		return t.refresh(ctx)
 	}
+	return false
 }
 
 // refresh renews the lease, or writes the whole state when the lease is gone

@@ -49,12 +49,15 @@ type view struct {
 	gen     int
 	loading bool
 	held    [][]byte
+	// stale: a change could not be queued (the connection's queue was
+	// half full); a fresh list follows once there is room, and changes
+	// are dropped until then.
+	stale bool
 }
 
-// has reports whether the user is a member of the viewed chat.
-func (v *view) has(userID int64) bool {
-	return v.everyone || slices.Contains(v.members, userID)
-}
+// maxHeldChanges bounds the changes a view holds while its list loads;
+// past it the view goes stale and gets a fresh list instead.
+const maxHeldChanges = 64
 
 // allow takes a token of the connection's bucket for a costly request
 // (send, edit, delete, view). Over the limit the request is answered with
@@ -133,18 +136,30 @@ func (c *Conn) inChat(ev protocol.ClientEvent) bool {
 }
 
 // DeliverEphemeral passes on an event that is not part of a chat's history
-// (typing) if the connection views the chat; when its queue is full the
-// event is dropped, never the connection.
+// (typing) if the connection views the chat; when its queue is half full
+// the event is dropped, never the connection.
 func (c *Conn) DeliverEphemeral(chatID int64, event []byte) {
 	c.srv.viewMu.Lock()
 	viewing := c.view != nil && c.view.chatID == chatID
 	c.srv.viewMu.Unlock()
-	if !viewing || !c.started.Load() {
-		return
+	if viewing {
+		c.offer(event)
+	}
+}
+
+// offer queues an event that may be dropped (typing, presence changes)
+// while the send queue is less than half full, leaving the rest to the
+// events that may not (messages), so that a burst of these never closes
+// the connection as a slow consumer. It reports whether it queued it.
+func (c *Conn) offer(event []byte) bool {
+	if !c.started.Load() || len(c.send) >= cap(c.send)/2 {
+		return false
 	}
 	select {
 	case c.send <- event:
+		return true
 	default:
+		return false
 	}
 }
 
@@ -306,7 +321,10 @@ func (s *Server) pushPresence(ctx context.Context, views []*view) error {
 				v.c.Deliver(list)
 			}
 			for _, ev := range v.held {
-				v.c.Deliver(ev)
+				if !v.c.offer(ev) {
+					s.markStale(v)
+					break
+				}
 			}
 			v.held, v.loading = nil, false
 		}
@@ -332,15 +350,14 @@ func (s *Server) PresenceChanged(userID int64, username string, online bool) {
 			}
 			events[v.chatID] = b
 		}
-		if v.loading {
-			if len(v.held) >= cap(v.c.send) {
-				v.c.slow()
-				return
-			}
+		switch {
+		case v.stale:
+			// A fresh list is on its way.
+		case v.loading && len(v.held) < maxHeldChanges:
 			v.held = append(v.held, b)
-			return
+		case v.loading || !v.c.offer(b):
+			s.markStale(v)
 		}
-		v.c.Deliver(b)
 	}
 	for v := range s.watchers[userID] {
 		deliver(v)
@@ -348,6 +365,41 @@ func (s *Server) PresenceChanged(userID int64, username string, online bool) {
 	for v := range s.everyoneViews {
 		deliver(v)
 	}
+}
+
+// markStale drops a view's held changes and sends it a fresh list once its
+// connection's queue has room again. Call with viewMu held.
+func (s *Server) markStale(v *view) {
+	if v.stale {
+		return
+	}
+	v.stale = true
+	v.held = nil
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for len(v.c.send) >= cap(v.c.send)/2 {
+			select {
+			case <-v.c.closed:
+				return
+			case <-s.base.Done():
+				return
+			case <-tick.C:
+			}
+		}
+		s.viewMu.Lock()
+		current := v.c.view == v
+		v.stale = false
+		s.viewMu.Unlock()
+		if !current {
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.base, 10*time.Second)
+		defer cancel()
+		if err := s.pushPresence(ctx, []*view{v}); err != nil {
+			s.log.WarnContext(ctx, "presence list after dropped changes", "err", err)
+		}
+	}()
 }
 
 // RefreshViews sends every viewing connection its chat's online members
