@@ -43,7 +43,16 @@ const LIVE_ID_PREFIXES = ["read-", "typing-", "view-"];
 interface ChangeEntry {
   ev: ChangeEvent;
   acked: boolean;
+  /** after the ack: when the change's entry has not come by then, the message's state is read from history */
+  timer?: number | undefined;
 }
+
+/**
+ * how long an acknowledged edit or deletion waits for its entry; the server
+ * drops a change that lost a race (say, an edit of a message deleted
+ * meanwhile) although it acknowledged it
+ */
+const CHANGE_ENTRY_TIMEOUT_MS = 10_000;
 
 /** unreadLabel shows an unread count, capped the way the server caps it. */
 export function unreadLabel(n: number): string {
@@ -653,8 +662,28 @@ export class ChatPage {
     });
   }
 
-  /** changeFailed ends an edit or deletion the server refused. */
+  /**
+   * changeLost ends an acknowledged edit or deletion whose entry did not
+   * come: the message is shown as the history has it now.
+   */
+  private async changeLost(entry: ChangeEntry): Promise<void> {
+    entry.timer = undefined;
+    if (this.changes.get(entry.ev.client_msg_id) !== entry) return;
+    this.changeFailed(entry);
+    const view = this.view;
+    if (view.kind !== "chat" || view.chat.id !== entry.ev.chat_id) return;
+    try {
+      const { messages } = await api.messages(entry.ev.chat_id, { before: entry.ev.seq + 1, limit: 1 });
+      if (this.view === view) view.messages.merge(messages);
+    } catch {
+      // The next reconnect reloads the latest page anyway.
+    }
+  }
+
+  /** changeFailed ends an edit or deletion the server refused (or that got lost). */
   private changeFailed(entry: ChangeEntry): void {
+    if (entry.timer !== undefined) window.clearTimeout(entry.timer);
+    entry.timer = undefined;
     this.changes.delete(entry.ev.client_msg_id);
     const view = this.view;
     if (view.kind === "chat" && view.chat.id === entry.ev.chat_id) view.messages.setChangeState(entry.ev.seq, "");
@@ -833,6 +862,7 @@ export class ChatPage {
         const change = this.changes.get(ev.client_msg_id);
         if (change) {
           change.acked = true;
+          if (change.timer === undefined) change.timer = window.setTimeout(() => void this.changeLost(change), CHANGE_ENTRY_TIMEOUT_MS);
           break;
         }
         const entry = this.outbox.get(ev.client_msg_id);
@@ -930,7 +960,10 @@ export class ChatPage {
         this.outbox.delete(m.client_msg_id);
       }
       const change = this.changes.get(m.client_msg_id);
-      if (change && change.ev.chat_id === m.chat_id) this.changes.delete(m.client_msg_id);
+      if (change && change.ev.chat_id === m.chat_id) {
+        if (change.timer !== undefined) window.clearTimeout(change.timer);
+        this.changes.delete(m.client_msg_id);
+      }
     }
     const chat = this.chats.get(m.chat_id);
     const view = this.view;
@@ -980,7 +1013,7 @@ export class ChatPage {
       this.clearAckTimer(e);
       this.outbox.delete(k);
     }
-    for (const [k, e] of this.changes) if (e.ev.chat_id === id) this.changes.delete(k);
+    for (const e of [...this.changes.values()]) if (e.ev.chat_id === id) this.changeFailed(e);
     this.renderList();
     if (id === this.currentId && this.view.kind === "chat") {
       this.loadToken++;
