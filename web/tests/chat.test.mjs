@@ -469,6 +469,7 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     // The edit has a seq of its own but shows as no message.
     assert.equal(await messageWith(pb, original).count(), 0);
     assert.equal(await messageWith(pb, edited).count(), 1);
+    await pb.screenshot({ path: join(ARTIFACTS, "edited-375x667.png") });
 
     // Delete asks first; Cancel keeps the message.
     await onA.getByTestId("delete-message").click();
@@ -489,6 +490,7 @@ test("two people chat in real time across two gateway replicas", async (t) => {
       assert.equal(await m.getByTestId("edit-message").count(), 0);
     }
     assert.equal(await messageWith(pb, edited).count(), 0, "the deleted text is still shown");
+    await pa.screenshot({ path: join(ARTIFACTS, "deleted-1280x800.png") });
     await assertNotReloaded(pa);
     await assertNotReloaded(pb);
   });
