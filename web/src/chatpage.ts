@@ -390,7 +390,7 @@ export class ChatPage {
       this.renderList();
       const view = this.renderChat(shown);
       this.sendView();
-      view.messages.merge(messages);
+      view.messages.mergePage(messages);
       const early = this.early;
       this.early = [];
       for (const m of early) this.mergeLive(view, m);
@@ -674,7 +674,7 @@ export class ChatPage {
     if (view.kind !== "chat" || view.chat.id !== entry.ev.chat_id) return;
     try {
       const { messages } = await api.messages(entry.ev.chat_id, { before: entry.ev.seq + 1, limit: 1 });
-      if (this.view === view) view.messages.merge(messages);
+      if (this.view === view) view.messages.mergePage(messages);
     } catch {
       // The next reconnect reloads the latest page anyway.
     }
@@ -702,7 +702,7 @@ export class ChatPage {
       const res = await api.messages(chat.id, { before, limit: 50 });
       if (this.view.kind !== "chat" || this.view.messages !== messages) return;
       messages.setOlderLoading(false);
-      messages.merge(res.messages);
+      messages.mergePage(res.messages);
     } catch (err) {
       messages.setOlderLoading(false, `Older messages could not be loaded: ${errorText(err)}`);
     }
@@ -722,7 +722,7 @@ export class ChatPage {
       if (token !== this.loadToken) return;
       const first = messages[0];
       if (first && view.messages.maxSeq > 0 && first.seq > view.messages.maxSeq + 1) view.messages.clear();
-      view.messages.merge(messages);
+      view.messages.mergePage(messages);
     } catch (err) {
       if (token !== this.loadToken) return;
       if (err instanceof ApiError && (err.status === 403 || err.status === 404)) this.renderFailure(view.chat.id, err);
@@ -739,7 +739,7 @@ export class ChatPage {
     }
     try {
       const { messages } = await api.messages(view.chat.id, { before, limit: missing });
-      if (this.view === view) view.messages.merge(messages);
+      if (this.view === view) view.messages.mergePage(messages);
     } catch {
       // The next reconnect reloads the latest page anyway.
     }

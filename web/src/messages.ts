@@ -186,12 +186,22 @@ export class MessageView {
   }
 
   /**
+   * mergePage merges a page of history. A page shows each message as it was
+   * when the page was read, its edits and deletions included: a change in
+   * the page to a message of the same page is already in that message's
+   * copy, and one older than the page (coming later) is not applied either.
+   */
+  mergePage(msgs: readonly Message[]): void {
+    this.merge(msgs, true);
+  }
+
+  /**
    * merge shows the messages not shown yet, each in its place by seq, and
    * applies the edits and deletions among them. It keeps the view at the
    * bottom if it was there, and the messages in view where they are when
    * older ones are added above them.
    */
-  merge(msgs: readonly Message[]): void {
+  merge(msgs: readonly Message[], page = false): void {
     const wasAtBottom = this.atBottom();
     const heightBefore = this.el.scrollHeight;
     const topBefore = this.el.scrollTop;
@@ -199,7 +209,9 @@ export class MessageView {
     const oldMax = this.highest;
     let addedBelow = false;
     let addedAbove = false;
-    for (const m of msgs) {
+    /** the messages shown from this page */
+    const fromPage = new Set<number>();
+    for (const m of [...msgs].sort((x, y) => x.seq - y.seq)) {
       if (this.known.has(m.seq)) {
         // A copy of a message shown (a page read again): it may know a
         // deletion, which is final, or a later edit than the one shown.
@@ -222,7 +234,9 @@ export class MessageView {
       else addedAbove = true;
       if (m.sender_id === this.myId) this.removePending(m.client_msg_id);
       if (m.kind === "edit" || m.kind === "delete") {
-        this.applyChange(m);
+        const target = m.target_seq !== undefined && fromPage.has(m.target_seq) ? this.items.get(m.target_seq) : undefined;
+        if (target) target.mark = Math.max(target.mark, m.seq);
+        else this.applyChange(m);
         continue;
       }
       const item = this.render(m);
@@ -231,6 +245,7 @@ export class MessageView {
       this.list.insertBefore(item.li, next === undefined ? null : (this.items.get(next)?.li ?? null));
       this.seqs.splice(i, 0, m.seq);
       this.items.set(m.seq, item);
+      if (page) fromPage.add(m.seq);
     }
     this.loaded = true;
     this.update();

@@ -470,6 +470,13 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     assert.equal(await messageWith(pb, original).count(), 0);
     assert.equal(await messageWith(pb, edited).count(), 1);
     await pb.screenshot({ path: join(ARTIFACTS, "edited-375x667.png") });
+    // History pages show the message as it is now, and the edit as no message.
+    const shownB = await pb.getByTestId("message").count();
+    await pb.reload();
+    await onB.locator('[data-testid="message-text"]').filter({ hasText: edited }).waitFor();
+    await onB.getByTestId("message-edited").waitFor({ state: "visible" });
+    assert.equal(await pb.getByTestId("message").count(), shownB, "the reload shows other messages");
+    await markPage(pb);
 
     // Delete asks first; Cancel keeps the message.
     await onA.getByTestId("delete-message").click();
