@@ -80,9 +80,22 @@ export class MessageView {
       { type: "button", class: "older", "data-testid": "load-older", hidden: true, onclick: () => this.requestOlder() },
       "Load older messages",
     );
+    const hintId = uid("log-hint");
     this.el = h(
       "div",
-      { class: "messages", role: "log", "aria-label": label, tabindex: 0, "data-testid": "messages", onscroll: () => this.onScroll() },
+      {
+        class: "messages",
+        role: "log",
+        "aria-label": label,
+        "aria-describedby": hintId,
+        tabindex: 0,
+        "data-testid": "messages",
+        onscroll: () => this.onScroll(),
+        onkeydown: (e: Event) => this.onKeyDown(e as KeyboardEvent),
+        onfocusin: (e: Event) => this.onFocusIn(e as FocusEvent),
+        onfocusout: (e: Event) => this.onFocusOut(e as FocusEvent),
+      },
+      h("p", { id: hintId, class: "visually-hidden" }, "Arrow keys move between messages; Tab then reaches the buttons of one's own message."),
       this.sentinel,
       this.older,
       this.olderStatus,
@@ -138,6 +151,51 @@ export class MessageView {
     this.el.scrollTop = this.el.scrollHeight;
     this.jump.hidden = true;
     this.hooks.atNewest();
+  }
+
+  /**
+   * Keyboard: the list is one tab stop. Up and Down (Home, End) move the
+   * focus between messages; Tab from a message reaches its buttons, which
+   * are out of the tab order otherwise, so that a long chat is not a long
+   * way to the composer.
+   */
+  private onKeyDown(e: KeyboardEvent): void {
+    if (e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+    if (e.key !== "ArrowUp" && e.key !== "ArrowDown" && e.key !== "Home" && e.key !== "End") return;
+    const target = e.target instanceof HTMLElement ? e.target : null;
+    if (!target || target.closest("form, button")) return;
+    const items = Array.from(this.list.children) as HTMLElement[];
+    if (items.length === 0) return;
+    const current = target.closest<HTMLElement>("li.message");
+    const i = current ? items.indexOf(current) : -1;
+    const last = items.length - 1;
+    const next =
+      e.key === "Home" ? 0 : e.key === "End" ? last : i === -1 ? last : e.key === "ArrowUp" ? Math.max(0, i - 1) : Math.min(last, i + 1);
+    e.preventDefault();
+    items[next]?.focus();
+  }
+
+  /** the message whose buttons are in the tab order now */
+  private activeItem: HTMLElement | null = null;
+
+  private onFocusIn(e: FocusEvent): void {
+    const li = e.target instanceof HTMLElement ? e.target.closest<HTMLElement>("li.message") : null;
+    if (li === this.activeItem) return;
+    this.setTabbable(this.activeItem, false);
+    this.activeItem = li;
+    this.setTabbable(li, true);
+  }
+
+  private onFocusOut(e: FocusEvent): void {
+    const to = e.relatedTarget instanceof Node ? e.relatedTarget : null;
+    if (this.activeItem && (!to || !this.activeItem.contains(to))) {
+      this.setTabbable(this.activeItem, false);
+      this.activeItem = null;
+    }
+  }
+
+  private setTabbable(li: HTMLElement | null, on: boolean): void {
+    for (const b of li?.querySelectorAll<HTMLElement>(".message-actions button") ?? []) b.tabIndex = on ? 0 : -1;
   }
 
   private onScroll(): void {
@@ -305,13 +363,13 @@ export class MessageView {
       );
     const li = h(
       "li",
-      { class: mine ? "message mine" : "message", "data-testid": "message", "data-seq": m.seq, "data-state": mine ? "sent" : null },
+      { class: mine ? "message mine" : "message", "data-testid": "message", "data-seq": m.seq, "data-state": mine ? "sent" : null, tabindex: -1 },
       meta,
       text,
     );
     const item: Item = { msg: m, li, text, edited, actions: null, change: null, editor: null, mark: 0 };
     if (mine) {
-      const describe = { "aria-describedby": textId };
+      const describe = { "aria-describedby": textId, tabindex: -1 };
       item.actions = h(
         "span",
         { class: "message-actions" },

@@ -448,8 +448,15 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     // Only one's own messages offer Edit and Delete.
     assert.equal(await onB.getByTestId("edit-message").count(), 0, "B is offered to edit A's message");
 
-    // Escape leaves the editor without a change; focus goes back to Edit.
-    await onA.getByTestId("edit-message").click();
+    // The keyboard: Up from the list reaches the newest message, Tab its
+    // Edit button, Enter opens the editor; Escape leaves it without a
+    // change, with focus back on Edit.
+    await pa.getByTestId("messages").focus();
+    await pa.keyboard.press("ArrowUp");
+    assert.equal(await pa.evaluate(() => document.activeElement?.getAttribute("data-seq")), seq);
+    await pa.keyboard.press("Tab");
+    assert.equal(await pa.evaluate(() => document.activeElement?.getAttribute("data-testid")), "edit-message");
+    await pa.keyboard.press("Enter");
     await onA.getByLabel("Edit message").waitFor();
     await pa.keyboard.press("Escape");
     await onA.getByTestId("edit-form").waitFor({ state: "detached" });
