@@ -38,6 +38,9 @@ const TYPING_SHOWN_MS = 4_000;
 const PRESENCE_NAMES = 8;
 /** ids of the events sent in the background start with these: their errors are not the person's business */
 const LIVE_ID_PREFIXES = ["read-", "typing-", "view-"];
+/** a refused view is sent again after 1, 2 and 3 s */
+const VIEW_RETRIES = 3;
+const VIEW_RETRY_MS = 1_000;
 
 /** an edit or deletion of one's own message, until its entry arrives */
 interface ChangeEntry {
@@ -108,6 +111,13 @@ export class ChatPage {
   /** who types in the chat on screen, with the timer that ends it */
   private readonly typists = new Map<number, { username: string; timer: number }>();
   private lastTypingSent = 0;
+  /** the chat and id of the last view sent, its retries and the timer of the next */
+  private viewChat = 0;
+  private viewId = "";
+  private viewRetries = 0;
+  private viewRetry: number | undefined;
+  /** the chat of each read position on its way, by request id */
+  private readonly readIds = new Map<string, number>();
   private currentId = 0;
   private loadToken = 0;
   private view: View = { kind: "loading" };
@@ -413,12 +423,36 @@ export class ChatPage {
     this.lastTypingSent = 0;
     if (this.readTimer !== undefined) window.clearTimeout(this.readTimer);
     this.readTimer = undefined;
+    if (this.viewRetry !== undefined) window.clearTimeout(this.viewRetry);
+    this.viewRetry = undefined;
   }
 
   /** sendView tells the server which chat this connection shows (0: none), for presence and typing. */
   private sendView(): void {
     const chatId = this.view.kind === "chat" ? this.view.chat.id : 0;
-    this.sendLive({ type: "view", id: `view-${newId()}`, chat_id: chatId });
+    if (this.viewRetry !== undefined) window.clearTimeout(this.viewRetry);
+    this.viewRetry = undefined;
+    if (chatId !== this.viewChat) this.viewRetries = 0;
+    this.viewChat = chatId;
+    this.viewId = `view-${newId()}`;
+    this.sendLive({ type: "view", id: this.viewId, chat_id: chatId });
+  }
+
+  /**
+   * viewRefused handles a refused view. A chat just created (or joined)
+   * reaches this connection's gateway a moment after its HTTP answer: a view
+   * sent in between is not_a_member. It is sent again a little later, a few
+   * times; other refusals (a server without presence, say) are left alone.
+   */
+  private viewRefused(code: string): void {
+    const view = this.view;
+    if (code !== "not_a_member" || view.kind !== "chat" || view.chat.id !== this.viewChat || this.viewRetries >= VIEW_RETRIES) return;
+    this.viewRetries++;
+    if (this.viewRetry !== undefined) window.clearTimeout(this.viewRetry);
+    this.viewRetry = window.setTimeout(() => {
+      this.viewRetry = undefined;
+      if (this.view === view) this.sendView();
+    }, VIEW_RETRY_MS * this.viewRetries);
   }
 
   private sendLive(ev: LiveEvent): boolean {
@@ -626,7 +660,12 @@ export class ChatPage {
       const upTo = view.messages.maxSeq;
       const c = this.chats.get(view.chat.id);
       if (!c || upTo <= Math.max(c.read_seq ?? 0, this.readSent.get(c.id) ?? 0)) return;
-      if (this.sendLive({ type: "read", id: `read-${newId()}`, chat_id: c.id, seq: upTo })) this.readSent.set(c.id, upTo);
+      const id = `read-${newId()}`;
+      if (!this.sendLive({ type: "read", id, chat_id: c.id, seq: upTo })) return;
+      this.readSent.set(c.id, upTo);
+      // Only refusals are answered by id; the newest few are enough to match them.
+      this.readIds.set(id, c.id);
+      if (this.readIds.size > 16) this.readIds.delete(this.readIds.keys().next().value ?? "");
     }, READ_DEBOUNCE_MS);
   }
 
@@ -932,7 +971,16 @@ export class ChatPage {
     // The events sent in the background (read, typing, view) fail quietly:
     // a server without the feature, or a rate limit, changes nothing the
     // person did.
-    if (id !== undefined && LIVE_ID_PREFIXES.some((p) => id.startsWith(p))) return;
+    if (id !== undefined && LIVE_ID_PREFIXES.some((p) => id.startsWith(p))) {
+      if (id === this.viewId) this.viewRefused(code);
+      // A refused read position goes out again when the newest message is next in view.
+      const readChat = this.readIds.get(id);
+      if (readChat !== undefined) {
+        this.readIds.delete(id);
+        this.readSent.delete(readChat);
+      }
+      return;
+    }
     const text = code === "rate_limited" ? RATE_LIMITED_TEXT : message;
     const change = id !== undefined ? this.changes.get(id) : undefined;
     if (change) {

@@ -483,6 +483,7 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     await onB.locator('[data-testid="message-text"]').filter({ hasText: edited }).waitFor();
     await onB.getByTestId("message-edited").waitFor({ state: "visible" });
     assert.equal(await pb.getByTestId("message").count(), shownB, "the reload shows other messages");
+    await pb.locator('[data-testid="connection"][data-state="open"]').waitFor();
     await markPage(pb);
 
     // Delete asks first; Cancel keeps the message.
@@ -656,6 +657,32 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     await pa.screenshot({ path: join(ARTIFACTS, "history-1280x800.png") });
     assert.deepEqual(await unlabelled(pa), []);
     assert.deepEqual(await unlabelled(pb), []);
+  });
+
+  await step("a flood of sends is rate limited with a clear notice, and the app recovers", async () => {
+    // 100 sends in one go, faster than anyone types: the connection's
+    // bucket refuses the rest with rate_limited, and enough refusals close
+    // it with 4003, after which the app reconnects and resumes.
+    const flood = `flood ${suffix}`;
+    await pa.evaluate((text) => {
+      const input = document.querySelector('[data-testid="composer-input"]');
+      const form = document.querySelector('[data-testid="composer"]');
+      for (let i = 0; i < 100; i++) {
+        input.value = `${text} ${i}`;
+        form.requestSubmit();
+      }
+    }, flood);
+    const banner = pa.locator('[data-testid="error"][role="alert"][data-code="rate_limited"]');
+    await banner.filter({ hasText: /too fast/ }).waitFor();
+    const refused = pa.getByTestId("pending-message").filter({ has: pa.locator('[data-testid="message-state"][data-state="failed"]') });
+    await refused.first().waitFor();
+    assert.match(await refused.first().getByTestId("message-state").textContent(), /too fast/);
+    // Connected again (after a 4003 close, at least 4 s later), a retry goes through.
+    await pa.locator('[data-testid="connection"][data-state="open"]').waitFor();
+    const retried = await refused.first().getAttribute("data-client-msg-id");
+    await refused.first().getByRole("button", { name: "Retry", exact: true }).click();
+    await pa.locator(`[data-testid="pending-message"][data-client-msg-id="${retried}"]`).waitFor({ state: "detached" });
+    await pa.getByRole("button", { name: "Dismiss the error" }).click();
   });
 
   await step("a chat B is not in is refused", async () => {
