@@ -14,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/protocol"
@@ -57,6 +58,7 @@ type metrics struct {
 	eventsOut     prometheus.Counter
 	slowConsumers prometheus.Counter
 	gapsFilled    prometheus.Counter
+	pagesShared   prometheus.Counter
 }
 
 // Server accepts websocket connections and keeps track of them.
@@ -74,6 +76,8 @@ type Server struct {
 	byUser    map[int64]map[*Conn]struct{}
 	bySession map[string]map[*Conn]struct{}
 	userLocks map[int64]*userLock
+	// pages shares history reads of replays between connections.
+	pages singleflight.Group
 
 	// posMu guards storedBefore: the newest stored sequence of each chat
 	// at the previous position check.
@@ -127,9 +131,10 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			eventsOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_out_total", Help: "Protocol events sent."}),
 			slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send queue was full."}),
 			gapsFilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_sequence_gaps_filled_total", Help: "Gaps in a chat's live messages filled from history."}),
+			pagesShared:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_history_reads_shared_total", Help: "Replay history reads answered by another connection's read of the same page."}),
 		},
 	}
-	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled)
+	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled, s.metrics.pagesShared)
 	return s
 }
 
