@@ -122,9 +122,13 @@ type ChatRequest struct {
 	ChatID int64 `json:"chat_id"`
 }
 
-// ChatList is a user's chats, "general" first, then by name.
+// ChatList is a user's chats, "general" first, then by name (a direct
+// chat by the other member's name). UnreadUnavailable is set when counts
+// were asked for but the history service did not answer: the chats then
+// carry ReadSeq only.
 type ChatList struct {
-	Chats []Chat `json:"chats"`
+	Chats             []Chat `json:"chats"`
+	UnreadUnavailable bool   `json:"unread_unavailable,omitempty"`
 }
 
 // ChatEvent is published on subjects.ChatEvents after a change. Kind is
@@ -137,9 +141,13 @@ type ChatEvent struct {
 	Removed []int64 `json:"removed,omitempty"`
 }
 
-// UserChatsRequest asks the chat service for a user's chats.
+// UserChatsRequest asks the chat service for a user's chats. Counts (for
+// chat.list) asks for each chat's LastSeq, ReadSeq and Unread as well, which
+// costs a request to the history service: the HTTP chat list sets it, the
+// gateways' reconciliation does not.
 type UserChatsRequest struct {
 	UserID int64 `json:"user_id"`
+	Counts bool  `json:"counts,omitempty"`
 }
 
 // UserChats lists the ids of a user's chats.
@@ -198,4 +206,75 @@ type Latest struct {
 // HistoryPage holds messages in ascending sequence order.
 type HistoryPage struct {
 	Messages []protocol.Message `json:"messages"`
+}
+
+// DirectRequest asks the chat service for the direct chat of user UserID
+// (Username, from the session) with the user named Other (any letter case),
+// creating it when it does not exist.
+type DirectRequest struct {
+	UserID   int64  `json:"user_id"`
+	Username string `json:"username"`
+	Other    string `json:"other"`
+}
+
+// DirectChat answers a DirectRequest: the chat, and whether this request
+// created it.
+type DirectChat struct {
+	Chat    Chat `json:"chat"`
+	Created bool `json:"created"`
+}
+
+// ReadRequest moves user UserID's read position in a chat forward to Seq.
+type ReadRequest struct {
+	UserID int64 `json:"user_id"`
+	ChatID int64 `json:"chat_id"`
+	Seq    int64 `json:"seq"`
+}
+
+// ReadResult is the read position after a ReadRequest: Seq is the stored
+// position (higher than asked when it was already further), Unread the
+// messages of others after it, and Moved whether this request moved it
+// (then a ReadEvent was published).
+type ReadResult struct {
+	ChatID int64 `json:"chat_id"`
+	Seq    int64 `json:"seq"`
+	Unread int   `json:"unread"`
+	Moved  bool  `json:"moved"`
+}
+
+// ReadEvent is published on subjects.ChatEventsRead when a user's read
+// position in a chat moved; every gateway passes it to that user's
+// connections as protocol.ReadPosition.
+type ReadEvent struct {
+	UserID int64 `json:"user_id"`
+	ChatID int64 `json:"chat_id"`
+	Seq    int64 `json:"seq"`
+	Unread int   `json:"unread"`
+}
+
+// ReadMark is a user's read position in a chat (0: nothing read).
+type ReadMark struct {
+	ChatID int64 `json:"chat_id"`
+	Seq    int64 `json:"seq"`
+}
+
+// UnreadRequest asks the history service, for user UserID, how many
+// messages of others follow each read position.
+type UnreadRequest struct {
+	UserID int64      `json:"user_id"`
+	Chats  []ReadMark `json:"chats"`
+}
+
+// UnreadCount is one chat's answer: its newest sequence (0: no message
+// yet) and the unread messages of others after the position, at most
+// protocol.MaxUnread.
+type UnreadCount struct {
+	ChatID  int64 `json:"chat_id"`
+	LastSeq int64 `json:"last_seq"`
+	Unread  int   `json:"unread"`
+}
+
+// Unread answers an UnreadRequest, one count per chat asked, in order.
+type Unread struct {
+	Chats []UnreadCount `json:"chats"`
 }

@@ -112,10 +112,21 @@ func (s Subjects) ChatList() string { return s.prefix + ".chat.list" }
 // ChatAccess checks that a user may read a chat (before a history read).
 func (s Subjects) ChatAccess() string { return s.prefix + ".chat.access" }
 
+// ChatDirect gets or creates the direct chat of two users.
+func (s Subjects) ChatDirect() string { return s.prefix + ".chat.direct" }
+
+// ChatRead moves a user's read position in a chat.
+func (s Subjects) ChatRead() string { return s.prefix + ".chat.read" }
+
 // ChatEvents carries changes of chats (created, renamed, members added or
 // removed), published by the chat service and received by every gateway
 // (no queue group).
 func (s Subjects) ChatEvents() string { return s.prefix + ".chat.events" }
+
+// ChatEventsRead carries moved read positions, published by the chat
+// service and received by every gateway (no queue group), which tells every
+// connection of the user.
+func (s Subjects) ChatEventsRead() string { return s.prefix + ".chat.events.read" }
 
 // Request subjects served by the history service (queue group QueueHistory).
 
@@ -125,6 +136,10 @@ func (s Subjects) HistoryPage() string { return s.prefix + ".history.page" }
 // HistoryLatest returns the newest stored sequence of each of some chats
 // (the gateways' periodic position check).
 func (s Subjects) HistoryLatest() string { return s.prefix + ".history.latest" }
+
+// HistoryUnread counts, per chat, the unread messages after a user's read
+// positions (for the chat service's chat list and read positions).
+func (s Subjects) HistoryUnread() string { return s.prefix + ".history.unread" }
 
 // The message stream, owned by the chat service and consumed by the history
 // writer.

@@ -39,6 +39,10 @@ func TestNames(t *testing.T) {
 	tests := []struct{ name, got, want string }{
 		{"send", s.ChatSend(), "t1.x-y.chat.send"},
 		{"message", s.Message(42), "t1.x-y.msg.42"},
+		{"direct", s.ChatDirect(), "t1.x-y.chat.direct"},
+		{"read", s.ChatRead(), "t1.x-y.chat.read"},
+		{"read events", s.ChatEventsRead(), "t1.x-y.chat.events.read"},
+		{"unread", s.HistoryUnread(), "t1.x-y.history.unread"},
 		{"all", s.MessagesAll(), "t1.x-y.msg.>"},
 		{"stream", s.MessagesStream(), "T1_X-Y_MESSAGES"},
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/communications/communications/services/chat/internal/chatstore"
 	"github.com/communications/communications/services/chat/internal/msgstream"
 	"github.com/communications/communications/services/chat/internal/natsapi"
+	"github.com/communications/communications/services/chat/internal/unread"
 	"github.com/communications/communications/services/chat/internal/userdir"
 )
 
@@ -97,14 +98,20 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 
 	// Member usernames are resolved by the auth service; changes of chats
 	// are announced to the gateways on subjects.ChatEvents.
-	users := userdir.New(natsbus.NewClient(nc, tel.TracerProvider), subj)
-	svc := chats.NewService(chatstore.New(pool), stream, users, natsapi.NewEvents(nc, subj), log, chats.Config{})
+	bus := natsbus.NewClient(nc, tel.TracerProvider)
+	users := userdir.New(bus, subj)
+	store := chatstore.New(pool)
+	events := natsapi.NewEvents(nc, subj)
+	svc := chats.NewService(store, stream, users, events, log, chats.Config{})
+	// Read positions are kept here; unread counts are asked of the history
+	// service; moved positions are announced on subjects.ChatEventsRead.
+	reads := chats.NewReads(svc, store, unread.New(bus, subj), events, log)
 	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	if _, err := natsapi.Register(handlerCtx, srv, subj, svc); err != nil {
+	if _, err := natsapi.Register(handlerCtx, srv, subj, svc, reads); err != nil {
 		return err
 	}
 	// Readiness must not pass before the server has the subscriptions.

@@ -80,12 +80,21 @@ type Chat struct {
 	CreatorID int64
 	// Everyone is true for chats every user belongs to ("general"); they
 	// have no member list and nobody may edit them.
-	Everyone  bool
+	Everyone bool
+	// Direct is true for the chat of two users (no name, no creator, two
+	// members); nobody may edit it.
+	Direct    bool
 	CreatedAt time.Time
 	// Members are the explicit members ordered by username (regardless of
 	// letter case), the creator among them; nil for Everyone chats and
 	// when not loaded (Store.Chat).
 	Members []Member
+	// LastSeq, ReadSeq and Unread are per user, filled only by Reads.List:
+	// the chat's newest sequence, the user's read position and the unread
+	// messages of others after it.
+	LastSeq int64
+	ReadSeq int64
+	Unread  int
 }
 
 // Member is a user in a chat. Usernames never change, so a membership keeps
@@ -154,6 +163,10 @@ type Store interface {
 	// changes and its error is returned. Errors: ErrChatNotFound,
 	// ErrNameTaken.
 	UpdateChat(ctx context.Context, id int64, decide func(Chat) (Change, error)) (Chat, error)
+	// DirectChat returns the direct chat of two different users, creating
+	// it with both as members when there is none (created tells which),
+	// also when several ask at once.
+	DirectChat(ctx context.Context, a, b Member) (c Chat, created bool, err error)
 }
 
 // Publisher makes an accepted message durable.
@@ -512,11 +525,16 @@ func (s *Service) checkEditor(ctx context.Context, chatID, actor int64) error {
 	return mayEdit(c, actor, member)
 }
 
-// mayEdit: the creator may edit a chat; nobody may edit an "everyone" chat.
+// mayEdit: the creator may edit a chat; nobody may edit an "everyone" chat
+// or a direct chat.
 func mayEdit(c Chat, actor int64, member bool) error {
 	switch {
 	case c.Everyone:
 		return refuse(ErrNotCreator, "nobody can edit %q", c.Name)
+	case c.Direct && member:
+		return refuse(ErrNotCreator, "nobody can edit a direct chat")
+	case c.Direct:
+		return ErrNotAMember
 	case c.CreatorID == actor:
 		return nil
 	case member:

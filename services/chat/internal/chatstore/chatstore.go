@@ -31,8 +31,12 @@ const MigrationTable = "chat_schema_version"
 // nameIndex is the unique index on lower(name) (migration 00001).
 const nameIndex = "chats_name_lower_key"
 
-// uniqueViolation is PostgreSQL's SQLSTATE for a unique index conflict.
-const uniqueViolation = "23505"
+// PostgreSQL's SQLSTATEs for a unique index conflict and a missing
+// referenced row.
+const (
+	uniqueViolation     = "23505"
+	foreignKeyViolation = "23503"
+)
 
 // Store implements chats.Store.
 type Store struct{ pool *pgxpool.Pool }
@@ -50,8 +54,8 @@ type querier interface {
 func (s *Store) Chat(ctx context.Context, id int64) (chats.Chat, error) {
 	var c chats.Chat
 	err := s.pool.QueryRow(ctx, `
-		SELECT id, name, description, coalesce(creator_id, 0), everyone, created_at
-		FROM chats WHERE id = $1`, id).Scan(&c.ID, &c.Name, &c.Description, &c.CreatorID, &c.Everyone, &c.CreatedAt)
+		SELECT id, name, description, coalesce(creator_id, 0), everyone, direct, created_at
+		FROM chats WHERE id = $1`, id).Scan(&c.ID, &c.Name, &c.Description, &c.CreatorID, &c.Everyone, &c.Direct, &c.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return chats.Chat{}, chats.ErrChatNotFound
 	}
@@ -93,7 +97,7 @@ func (s *Store) UserChats(ctx context.Context, userID int64) ([]int64, error) {
 // snapshot), members ordered by username regardless of letter case. The
 // caller appends the WHERE clause over c and the ORDER BY.
 const selectChats = `
-	SELECT c.id, c.name, c.description, coalesce(c.creator_id, 0), c.everyone, c.created_at,
+	SELECT c.id, c.name, c.description, coalesce(c.creator_id, 0), c.everyone, c.direct, c.created_at,
 	       coalesce(m.ids, '{}'), coalesce(m.names, '{}')
 	FROM chats c
 	CROSS JOIN LATERAL (
@@ -114,7 +118,7 @@ func queryChats(ctx context.Context, q querier, where string, args ...any) ([]ch
 			ids   []int64
 			names []string
 		)
-		if err := row.Scan(&c.ID, &c.Name, &c.Description, &c.CreatorID, &c.Everyone, &c.CreatedAt, &ids, &names); err != nil {
+		if err := row.Scan(&c.ID, &c.Name, &c.Description, &c.CreatorID, &c.Everyone, &c.Direct, &c.CreatedAt, &ids, &names); err != nil {
 			return chats.Chat{}, err
 		}
 		c.CreatedAt = c.CreatedAt.UTC()
@@ -148,11 +152,16 @@ func (s *Store) ChatWithMembers(ctx context.Context, id int64) (chats.Chat, erro
 }
 
 // ListChats returns a user's chats with their members, "everyone" chats
-// first, then by name regardless of letter case.
+// first, then by name regardless of letter case, a direct chat by the other
+// member's name.
 func (s *Store) ListChats(ctx context.Context, userID int64) ([]chats.Chat, error) {
 	cs, err := queryChats(ctx, s.pool, `
 		WHERE c.everyone OR EXISTS (SELECT 1 FROM chat_members WHERE chat_id = c.id AND user_id = $1)
-		ORDER BY c.everyone DESC, lower(c.name), c.id`, userID)
+		ORDER BY c.everyone DESC,
+		    lower(CASE WHEN c.direct
+		        THEN (SELECT username FROM chat_members WHERE chat_id = c.id AND user_id <> $1 LIMIT 1)
+		        ELSE c.name END),
+		    c.id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("select chats of user %d: %w", userID, err)
 	}
@@ -262,4 +271,9 @@ func nameTaken(err error) error {
 		return chats.ErrNameTaken
 	}
 	return fmt.Errorf("write chat: %w", err)
+}
+
+func isForeignKeyViolation(err error) bool {
+	pe, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && pe.Code == foreignKeyViolation
 }

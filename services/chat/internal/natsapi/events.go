@@ -19,17 +19,19 @@ type MsgPublisher interface {
 }
 
 // Events publishes the domain's chat events as busapi.ChatEvent on
-// subjects.ChatEvents, with core NATS (at most once, to every gateway
+// subjects.ChatEvents, and moved read positions as busapi.ReadEvent on
+// subjects.ChatEventsRead, with core NATS (at most once, to every gateway
 // subscribed), the trace context in the headers. It implements
-// chats.Events.
+// chats.Events and chats.ReadEvents.
 type Events struct {
-	nc      MsgPublisher
-	subject string
+	nc          MsgPublisher
+	subject     string
+	readSubject string
 }
 
 // NewEvents returns an Events publishing with nc.
 func NewEvents(nc MsgPublisher, subj subjects.Subjects) *Events {
-	return &Events{nc: nc, subject: subj.ChatEvents()}
+	return &Events{nc: nc, subject: subj.ChatEvents(), readSubject: subj.ChatEventsRead()}
 }
 
 // ChatChanged publishes ev.
@@ -40,11 +42,27 @@ func (e *Events) ChatChanged(ctx context.Context, ev chats.Event) error {
 	if err != nil {
 		return fmt.Errorf("encode chat event: %w", err)
 	}
-	msg := nats.NewMsg(e.subject)
-	msg.Data = data
-	natsbus.Inject(ctx, msg)
-	if err := e.nc.PublishMsg(msg); err != nil {
+	if err := e.publish(ctx, e.subject, data); err != nil {
 		return fmt.Errorf("publish chat event: %w", err)
 	}
 	return nil
+}
+
+// ReadMoved publishes ev.
+func (e *Events) ReadMoved(ctx context.Context, ev chats.ReadEvent) error {
+	data, err := json.Marshal(busapi.ReadEvent{UserID: ev.UserID, ChatID: ev.ChatID, Seq: ev.Seq, Unread: ev.Unread})
+	if err != nil {
+		return fmt.Errorf("encode read event: %w", err)
+	}
+	if err := e.publish(ctx, e.readSubject, data); err != nil {
+		return fmt.Errorf("publish read event: %w", err)
+	}
+	return nil
+}
+
+func (e *Events) publish(ctx context.Context, subject string, data []byte) error {
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	natsbus.Inject(ctx, msg)
+	return e.nc.PublishMsg(msg)
 }

@@ -19,7 +19,7 @@ import (
 
 // Register subscribes the chat service's request handlers, all in queue
 // group subjects.QueueChat.
-func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, svc *chats.Service) ([]*nats.Subscription, error) {
+func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, svc *chats.Service, reads *chats.Reads) ([]*nats.Subscription, error) {
 	var (
 		subs []*nats.Subscription
 		errs []error
@@ -79,11 +79,20 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 		}))
 	add(natsbus.Handle(ctx, srv, subj.ChatList(), subjects.QueueChat,
 		func(ctx context.Context, req busapi.UserChatsRequest) (busapi.ChatList, error) {
-			cs, err := svc.List(ctx, req.UserID)
+			var (
+				cs      []chats.Chat
+				missing bool
+				err     error
+			)
+			if req.Counts {
+				cs, missing, err = reads.List(ctx, req.UserID)
+			} else {
+				cs, err = svc.List(ctx, req.UserID)
+			}
 			if err != nil {
 				return busapi.ChatList{}, mapError(err)
 			}
-			out := busapi.ChatList{Chats: make([]busapi.Chat, len(cs))}
+			out := busapi.ChatList{Chats: make([]busapi.Chat, len(cs)), UnreadUnavailable: missing}
 			for i, c := range cs {
 				out.Chats[i] = toProtocol(c)
 			}
@@ -95,6 +104,22 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 				return struct{}{}, mapError(err)
 			}
 			return struct{}{}, nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatDirect(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.DirectRequest) (busapi.DirectChat, error) {
+			c, created, err := svc.StartDirect(ctx, chats.DirectStart{UserID: req.UserID, Username: req.Username, Other: req.Other})
+			if err != nil {
+				return busapi.DirectChat{}, mapError(err)
+			}
+			return busapi.DirectChat{Chat: toProtocol(c), Created: created}, nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatRead(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error) {
+			p, err := reads.MarkRead(ctx, req.UserID, req.ChatID, req.Seq)
+			if err != nil {
+				return busapi.ReadResult{}, mapError(err)
+			}
+			return busapi.ReadResult{ChatID: p.ChatID, Seq: p.Seq, Unread: p.Unread, Moved: p.Moved}, nil
 		}))
 	if err := errors.Join(errs...); err != nil {
 		for _, sub := range subs {
@@ -112,7 +137,8 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 func toProtocol(c chats.Chat) protocol.Chat {
 	out := protocol.Chat{
 		ID: c.ID, Name: c.Name, Description: c.Description, CreatorID: c.CreatorID,
-		Everyone: c.Everyone, CreatedAt: c.CreatedAt.UTC(),
+		Everyone: c.Everyone, Direct: c.Direct, CreatedAt: c.CreatedAt.UTC(),
+		LastSeq: c.LastSeq, ReadSeq: c.ReadSeq, Unread: c.Unread,
 	}
 	if !c.Everyone && len(c.Members) > 0 {
 		out.Members = make([]protocol.Member, len(c.Members))

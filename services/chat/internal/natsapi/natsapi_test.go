@@ -27,6 +27,7 @@ import (
 	"github.com/communications/communications/services/chat/internal/chats"
 	"github.com/communications/communications/services/chat/internal/chatstore"
 	"github.com/communications/communications/services/chat/internal/msgstream"
+	"github.com/communications/communications/services/chat/internal/unread"
 	"github.com/communications/communications/services/chat/internal/userdir"
 	"github.com/communications/communications/services/chat/internal/userdir/userdirtest"
 )
@@ -86,6 +87,7 @@ var (
 func member(u busapi.User) protocol.Member { return protocol.Member{ID: u.ID, Username: u.Username} }
 
 type harness struct {
+	url    string // of the NATS server
 	subj   subjects.Subjects
 	client *natsbus.Client
 	events *nats.Subscription
@@ -128,9 +130,11 @@ func start(t *testing.T, noAuth bool) *harness {
 		t.Fatal(err)
 	}
 	users := userdir.New(natsbus.NewClient(service, tp), subj)
-	svc := chats.NewService(chatstore.New(pool), stream, users, NewEvents(service, subj), log, chats.Config{})
+	store, events := chatstore.New(pool), NewEvents(service, subj)
+	svc := chats.NewService(store, stream, users, events, log, chats.Config{})
+	reads := chats.NewReads(svc, store, unread.New(natsbus.NewClient(service, tp), subj), events, log)
 	srv := natsbus.NewServer(service, tp, log, 5*time.Second)
-	if _, err := Register(ctx, srv, subj, svc); err != nil {
+	if _, err := Register(ctx, srv, subj, svc, reads); err != nil {
 		t.Fatal(err)
 	}
 	if err := service.Flush(); err != nil {
@@ -142,14 +146,14 @@ func start(t *testing.T, noAuth bool) *harness {
 		userdirtest.Serve(t, connect("auth"), subj, alice, bob, carol, dave)
 	}
 	gateway := connect("gateway")
-	events, err := gateway.SubscribeSync(subj.ChatEvents())
+	chatEvents, err := gateway.SubscribeSync(subj.ChatEvents())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := gateway.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{subj: subj, client: natsbus.NewClient(gateway, tp), events: events, tp: tp}
+	return &harness{url: ns.ClientURL(), subj: subj, client: natsbus.NewClient(gateway, tp), events: chatEvents, tp: tp}
 }
 
 // call sends a request and returns the reply's error code ("" for none).

@@ -1,6 +1,7 @@
 // Package busevents receives the events other services broadcast to every
-// gateway over NATS (no queue group): sessions revoked at logout, and chats
-// changed. Each is applied to this replica's own connections.
+// gateway over NATS (no queue group): sessions revoked at logout, chats
+// changed, and read positions moved. Each is applied to this replica's own
+// connections.
 package busevents
 
 import (
@@ -25,6 +26,7 @@ const maxConcurrentChatEvents = 32
 type Connections interface {
 	RevokeSession(sessionID string) int
 	ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent)
+	ApplyReadEvent(ctx context.Context, ev busapi.ReadEvent)
 }
 
 // Events applies the events; Wait returns when the ones in progress are done.
@@ -84,6 +86,18 @@ func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns
 		return nil
 	})); err != nil {
 		return nil, fmt.Errorf("subscribe chat events: %w", err)
+	}
+	// A moved read position only queues an event on the user's local
+	// connections: applied in the subscription's own goroutine, in order.
+	if _, err := nc.Subscribe(subj.ChatEventsRead(), handle("read event", func(ctx context.Context, data []byte) error {
+		var ev busapi.ReadEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return err
+		}
+		conns.ApplyReadEvent(ctx, ev)
+		return nil
+	})); err != nil {
+		return nil, fmt.Errorf("subscribe read events: %w", err)
 	}
 	if err := nc.Flush(); err != nil {
 		return nil, fmt.Errorf("subscribe events: %w", err)

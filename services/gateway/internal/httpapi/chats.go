@@ -10,16 +10,19 @@ import (
 	"github.com/communications/communications/libs/protocol"
 )
 
+// listChats answers the user's chats with unread counts. When the history
+// service could not count, the chats come with read positions only and
+// "unread_unavailable": true.
 func (a *API) listChats(c *gin.Context) {
-	chats, err := a.up.ListChats(c.Request.Context(), currentUser(c).ID)
+	list, err := a.up.ListChatsWithCounts(c.Request.Context(), currentUser(c).ID)
 	if err != nil {
 		failErr(c, err)
 		return
 	}
-	if chats == nil {
-		chats = []busapi.Chat{}
+	if list.Chats == nil {
+		list.Chats = []busapi.Chat{}
 	}
-	c.JSON(http.StatusOK, gin.H{"chats": chats})
+	c.JSON(http.StatusOK, list)
 }
 
 type createChatBody struct {

@@ -28,11 +28,13 @@ type Upstream interface {
 	Login(ctx context.Context, username, password string) (busapi.Session, error)
 	Logout(ctx context.Context, token string) error
 	Session(ctx context.Context, token string) (busapi.Session, error)
-	ListChats(ctx context.Context, userID int64) ([]busapi.Chat, error)
+	ListChatsWithCounts(ctx context.Context, userID int64) (busapi.ChatList, error)
 	CreateChat(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error)
 	UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (busapi.Chat, error)
 	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
 	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
+	StartDirect(ctx context.Context, req busapi.DirectRequest) (busapi.DirectChat, error)
+	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
 }
 
 // Websockets serves an upgraded connection for an authenticated session

@@ -27,6 +27,8 @@ func (a *API) Routes(r *gin.Engine) {
 	v1.GET("/chats/:id", a.authenticated, a.getChat)
 	v1.PATCH("/chats/:id", a.authenticated, a.updateChat)
 	v1.GET("/chats/:id/messages", a.authenticated, a.history)
+	v1.PUT("/chats/:id/read", a.authenticated, a.markRead)
+	v1.POST("/direct", a.authenticated, a.startDirect)
 
 	// Everything else: the web app's files, and its pages for any other
 	// path (the app shows its own 404 page); unknown API paths get JSON.

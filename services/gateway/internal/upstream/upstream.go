@@ -68,6 +68,24 @@ func (c *Client) ListChats(ctx context.Context, userID int64) ([]busapi.Chat, er
 	return r.Chats, err
 }
 
+// ListChatsWithCounts returns the user's chats with their newest sequence,
+// the user's read position and unread count (left out, with
+// UnreadUnavailable set, when the history service did not answer the chat
+// service).
+func (c *Client) ListChatsWithCounts(ctx context.Context, userID int64) (busapi.ChatList, error) {
+	return call[busapi.ChatList](ctx, c, c.subj.ChatList(), busapi.UserChatsRequest{UserID: userID, Counts: true})
+}
+
+// StartDirect returns the direct chat of two users, creating it if needed.
+func (c *Client) StartDirect(ctx context.Context, req busapi.DirectRequest) (busapi.DirectChat, error) {
+	return call[busapi.DirectChat](ctx, c, c.subj.ChatDirect(), req)
+}
+
+// Read moves a user's read position in a chat forward.
+func (c *Client) Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error) {
+	return call[busapi.ReadResult](ctx, c, c.subj.ChatRead(), req)
+}
+
 // CreateChat creates a chat.
 func (c *Client) CreateChat(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error) {
 	return call[busapi.Chat](ctx, c, c.subj.ChatCreate(), req)

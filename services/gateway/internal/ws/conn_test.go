@@ -63,6 +63,9 @@ func (noUpstream) History(context.Context, busapi.HistoryRequest) (busapi.Histor
 	return busapi.HistoryPage{}, nil
 }
 func (noUpstream) Latest(context.Context, []int64) (map[string]int64, error) { return nil, nil }
+func (noUpstream) Read(context.Context, busapi.ReadRequest) (busapi.ReadResult, error) {
+	return busapi.ReadResult{}, busapi.Errorf(protocol.CodeUnavailable, "no upstream")
+}
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }

@@ -48,6 +48,7 @@ type Upstream interface {
 	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
 	Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
+	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
 }
 
 type metrics struct {

@@ -53,6 +53,7 @@ type PageStore interface {
 	After(ctx context.Context, chatID, afterSeq int64, limit int) ([]Message, error)
 	// Latest returns the newest stored sequence of each chat that has one.
 	Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, error)
+	UnreadStore
 }
 
 // MaxLatestChats bounds the chats of one Latest request.

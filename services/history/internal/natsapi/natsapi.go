@@ -1,5 +1,6 @@
 // Package natsapi is the history service's NATS transport: it serves history
-// pages and maps domain errors to protocol codes.
+// pages, newest sequences and unread counts, and maps domain errors to
+// protocol codes.
 package natsapi
 
 import (
@@ -76,7 +77,11 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 	if err != nil {
 		return nil, err
 	}
-	return []*nats.Subscription{page, latest}, nil
+	unread, err := registerUnread(ctx, srv, subj, svc)
+	if err != nil {
+		return nil, err
+	}
+	return []*nats.Subscription{page, latest, unread}, nil
 }
 
 // mapError is the one place domain errors become protocol codes.
