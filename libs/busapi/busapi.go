@@ -164,13 +164,32 @@ type SendRequest struct {
 	Text        string `json:"text"`
 }
 
-// SendResult says a message is durable in the message stream.
+// SendResult says a message (or a change) is durable in the message
+// stream. Duplicate: an entry with this client message id had been accepted
+// before; Seq is then its sequence number when it is already stored (0:
+// not stored yet).
 type SendResult struct {
-	Duplicate bool `json:"duplicate"`
+	Duplicate bool  `json:"duplicate"`
+	Seq       int64 `json:"seq,omitempty"`
+}
+
+// ChangeRequest asks the chat service to accept an edit (Kind
+// protocol.KindEdit, with the new Text) or a deletion (protocol.KindDelete,
+// no Text) of the sender's message TargetSeq.
+type ChangeRequest struct {
+	ChatID      int64  `json:"chat_id"`
+	SenderID    int64  `json:"sender_id"`
+	Sender      string `json:"sender"`
+	Kind        string `json:"kind"`
+	TargetSeq   int64  `json:"target_seq"`
+	ClientMsgID string `json:"client_msg_id"`
+	Text        string `json:"text,omitempty"`
 }
 
 // StreamMessage is the payload of a message in the JetStream message stream,
-// written by the chat service and read by the history writer.
+// written by the chat service and read by the history writer. Kind is
+// protocol.KindMessage (empty) for a message, or protocol.KindEdit or
+// protocol.KindDelete for a change of the message TargetSeq.
 type StreamMessage struct {
 	ChatID      int64     `json:"chat_id"`
 	SenderID    int64     `json:"sender_id"`
@@ -178,6 +197,19 @@ type StreamMessage struct {
 	ClientMsgID string    `json:"client_msg_id"`
 	Text        string    `json:"text"`
 	AcceptedAt  time.Time `json:"accepted_at"`
+	Kind        string    `json:"kind,omitempty"`
+	TargetSeq   int64     `json:"target_seq,omitempty"`
+}
+
+// MessageRequest asks the history service for one stored entry of a chat:
+// the one at Seq, or (Seq 0) the one SenderID stored under ClientMsgID. The
+// reply is the protocol.Message as it is now, or the error
+// message_not_found.
+type MessageRequest struct {
+	ChatID      int64  `json:"chat_id"`
+	Seq         int64  `json:"seq,omitempty"`
+	SenderID    int64  `json:"sender_id,omitempty"`
+	ClientMsgID string `json:"client_msg_id,omitempty"`
 }
 
 // HistoryRequest asks the history service, for user UserID, for the newest

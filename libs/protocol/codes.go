@@ -28,6 +28,9 @@ const (
 	CodeNotCreator           Code = "not_creator"            // only the chat's creator may do this
 	CodeCSRF                 Code = "csrf_rejected"          // a cookie-authenticated change from a foreign origin
 	CodeUnsupportedMediaType Code = "unsupported_media_type" // an HTTP body that is not JSON
+	CodeMessageNotFound      Code = "message_not_found"      // an edit or delete of a sequence that is no message of the chat
+	CodeNotSender            Code = "not_sender"             // only a message's sender may edit or delete it
+	CodeMessageDeleted       Code = "message_deleted"        // an edit or delete of a message already deleted
 )
 
 // Temporary errors: the server could not serve the request now. The same

@@ -107,16 +107,19 @@ type Hello struct {
 	Chats    []int64 `json:"chats"`
 }
 
-// Ack tells the sender that its message is durable: it will be stored and
-// delivered even if any one process crashes now. The sequence number arrives
-// with the message event. Duplicate is true when the server had already
-// accepted a message with this client message id.
+// Ack tells the sender that its message (or edit, or deletion) is durable:
+// it will be stored and delivered even if any one process crashes now. The
+// sequence number arrives with the message event. Duplicate is true when the
+// server had already accepted an entry with this client message id; Seq is
+// then its sequence number if it is already stored (0: not stored yet, its
+// message event follows).
 type Ack struct {
 	Type        string `json:"type"`
 	ID          string `json:"id,omitempty"`
 	ChatID      int64  `json:"chat_id"`
 	ClientMsgID string `json:"client_msg_id"`
 	Duplicate   bool   `json:"duplicate,omitempty"`
+	Seq         int64  `json:"seq,omitempty"`
 }
 
 // Message is a stored entry of a chat's history as delivered to members:

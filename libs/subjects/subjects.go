@@ -94,6 +94,11 @@ func (s Subjects) AuthSessionRevoked() string { return s.prefix + ".auth.events.
 // ChatSend accepts a message: membership check, validation, durable publish.
 func (s Subjects) ChatSend() string { return s.prefix + ".chat.send" }
 
+// ChatChange accepts an edit or a deletion of one of the sender's
+// messages: membership, validation, the target checked with the history
+// service, durable publish.
+func (s Subjects) ChatChange() string { return s.prefix + ".chat.change" }
+
 // ChatUserChats lists the chats a user is a member of.
 func (s Subjects) ChatUserChats() string { return s.prefix + ".chat.userchats" }
 
@@ -140,6 +145,10 @@ func (s Subjects) HistoryLatest() string { return s.prefix + ".history.latest" }
 // HistoryUnread counts, per chat, the unread messages after a user's read
 // positions (for the chat service's chat list and read positions).
 func (s Subjects) HistoryUnread() string { return s.prefix + ".history.unread" }
+
+// HistoryMessage returns one stored entry of a chat, by sequence or by its
+// sender and client message id (for the chat service).
+func (s Subjects) HistoryMessage() string { return s.prefix + ".history.message" }
 
 // The message stream, owned by the chat service and consumed by the history
 // writer.

@@ -18,6 +18,7 @@ import (
 	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/services/chat/internal/chats"
 	"github.com/communications/communications/services/chat/internal/chatstore"
+	"github.com/communications/communications/services/chat/internal/historydir"
 	"github.com/communications/communications/services/chat/internal/msgstream"
 	"github.com/communications/communications/services/chat/internal/natsapi"
 	"github.com/communications/communications/services/chat/internal/unread"
@@ -98,11 +99,14 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 
 	// Member usernames are resolved by the auth service; changes of chats
 	// are announced to the gateways on subjects.ChatEvents.
+	// The targets of edits and deletions, and the sequence numbers of
+	// retried messages, are asked of the history service.
 	bus := natsbus.NewClient(nc, tel.TracerProvider)
 	users := userdir.New(bus, subj)
+	entries := historydir.New(bus, subj)
 	store := chatstore.New(pool)
 	events := natsapi.NewEvents(nc, subj)
-	svc := chats.NewService(store, stream, users, events, log, chats.Config{})
+	svc := chats.NewService(store, stream, entries, users, events, log, chats.Config{})
 	// Read positions are kept here; unread counts are asked of the history
 	// service; moved positions are announced on subjects.ChatEventsRead.
 	reads := chats.NewReads(svc, store, unread.New(bus, subj), events, log)

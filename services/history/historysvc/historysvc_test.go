@@ -175,6 +175,32 @@ func TestRun(t *testing.T) {
 	if code := busapi.CodeOf(err); code != protocol.CodeInvalidInput {
 		t.Errorf("unread at a negative position: %v, want invalid_input", err)
 	}
+	// Single entries, for the chat service.
+	entry := func(req busapi.MessageRequest) (protocol.Message, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var m protocol.Message
+		err := client.Request(ctx, subj.HistoryMessage(), req, &m)
+		return m, err
+	}
+	if m, err := entry(busapi.MessageRequest{ChatID: 3, Seq: 5}); err != nil || m.Text != "m5" || m.Type != protocol.TypeMessage {
+		t.Errorf("entry 5 = %+v, %v; want m5", m, err)
+	}
+	if m, err := entry(busapi.MessageRequest{ChatID: 3, SenderID: 1, ClientMsgID: "6"}); err != nil || m.Seq != 7 {
+		t.Errorf("entry of client id 6 = %+v, %v; want seq 7", m, err)
+	}
+	for _, tc := range []struct {
+		req  busapi.MessageRequest
+		code protocol.Code
+	}{
+		{busapi.MessageRequest{ChatID: 3, Seq: 99}, protocol.CodeMessageNotFound},
+		{busapi.MessageRequest{ChatID: 3, SenderID: 2, ClientMsgID: "6"}, protocol.CodeMessageNotFound},
+		{busapi.MessageRequest{ChatID: 3}, protocol.CodeInvalidInput},
+	} {
+		if _, err := entry(tc.req); busapi.CodeOf(err) != tc.code {
+			t.Errorf("entry %+v: %v, want code %s", tc.req, err, tc.code)
+		}
+	}
 	p, err = page(busapi.HistoryRequest{UserID: 1, ChatID: 3, AfterSeq: 9, Limit: 2})
 	if err != nil {
 		t.Fatal(err)

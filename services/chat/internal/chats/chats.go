@@ -1,7 +1,9 @@
 // Package chats is the chat service's domain: which chats exist, who is in
-// them, who may edit them, and whether a message may be accepted. Every
-// permission on a chat is decided here, by the service that owns the data:
-// membership for every send and read, the creator for every edit.
+// them, who may edit them, and whether a message, or an edit or deletion of
+// one, may be accepted. Every permission on a chat is decided here, by the
+// service that owns the data: membership for every send and read, the
+// creator for every edit of a chat, the sender for every change of a
+// message.
 package chats
 
 import (
@@ -34,6 +36,13 @@ var (
 	ErrUnknownUser = errors.New("unknown user")
 	// ErrDuplicateMember: one user listed twice in one request.
 	ErrDuplicateMember = errors.New("duplicate member")
+	// ErrMessageNotFound: an edit or deletion of a sequence that is no
+	// message of the chat (nothing, or an edit or deletion).
+	ErrMessageNotFound = errors.New("message not found")
+	// ErrNotSender: only a message's sender may edit or delete it.
+	ErrNotSender = errors.New("not the message's sender")
+	// ErrMessageDeleted: an edit or deletion of a deleted message.
+	ErrMessageDeleted = errors.New("message deleted")
 )
 
 // RequestError refuses a request: Err is the sentinel saying why
@@ -113,14 +122,44 @@ func (c Chat) hasMember(userID int64) bool {
 	return false
 }
 
-// Message is a message to accept.
+// Message is a message to accept, or (Kind protocol.KindEdit or
+// protocol.KindDelete) an edit or deletion of the message TargetSeq.
 type Message struct {
 	ChatID      int64
 	SenderID    int64
 	Sender      string
+	Kind        string
+	TargetSeq   int64
 	ClientMsgID string
 	Text        string
 	AcceptedAt  time.Time
+}
+
+// Accepted says a message (or change) is durable. Duplicate: one with the
+// same client message id had been accepted before; Seq is then its
+// sequence number when it is already stored (0: not yet).
+type Accepted struct {
+	Duplicate bool
+	Seq       int64
+}
+
+// Entry is a stored entry of a chat's history as the chat service needs
+// it: whom it belongs to and whether it is a message that can change.
+type Entry struct {
+	Seq      int64
+	Kind     string // protocol.KindMessage, KindEdit or KindDelete
+	SenderID int64
+	Deleted  bool
+}
+
+// Entries reads stored entries; the history service owns them.
+type Entries interface {
+	// Entry returns the entry of chat at seq, or an error wrapping
+	// ErrMessageNotFound.
+	Entry(ctx context.Context, chatID, seq int64) (Entry, error)
+	// BySender returns the entry of chat that sender stored under
+	// clientMsgID, or an error wrapping ErrMessageNotFound.
+	BySender(ctx context.Context, chatID, senderID int64, clientMsgID string) (Entry, error)
 }
 
 // Change is what an edit changes; nil and empty fields are left alone.
@@ -223,6 +262,7 @@ type Config struct {
 type Service struct {
 	store      Store
 	pub        Publisher
+	entries    Entries
 	users      Users
 	events     Events
 	log        *slog.Logger
@@ -232,34 +272,118 @@ type Service struct {
 
 // NewService returns a Service. log records events that could not be
 // announced (the change itself is committed by then).
-func NewService(store Store, pub Publisher, users Users, events Events, log *slog.Logger, cfg Config) *Service {
+func NewService(store Store, pub Publisher, entries Entries, users Users, events Events, log *slog.Logger, cfg Config) *Service {
 	if cfg.MaxMembers <= 0 {
 		cfg.MaxMembers = MaxMembersPerChat
 	}
 	return &Service{
-		store: store, pub: pub, users: users, events: events, log: log,
+		store: store, pub: pub, entries: entries, users: users, events: events, log: log,
 		maxMembers: cfg.MaxMembers, now: time.Now,
 	}
 }
 
 // Send validates m, checks that its sender is a member of its chat, and
 // publishes it durably. When Send returns nil the message will be stored.
+// A retry the stream recognises is answered with the original's sequence
+// number when it is already stored.
 //
 // Membership is read from the store on every send, with no cache, so that
 // a member added or removed is allowed or refused from the next send on.
-func (s *Service) Send(ctx context.Context, m Message) (duplicate bool, err error) {
+func (s *Service) Send(ctx context.Context, m Message) (Accepted, error) {
+	if m.Kind != protocol.KindMessage || m.TargetSeq != 0 {
+		return Accepted{}, fmt.Errorf("%w: a send has no kind or target", ErrInvalidMessage)
+	}
 	if err := validate(m); err != nil {
-		return false, err
+		return Accepted{}, err
 	}
 	if err := s.checkMember(ctx, m.ChatID, m.SenderID); err != nil {
-		return false, err
+		return Accepted{}, err
 	}
+	return s.publish(ctx, m)
+}
+
+// ChangeMessage accepts an edit (Kind protocol.KindEdit, with the new
+// text) or a deletion (protocol.KindDelete, no text) of the sender's
+// message m.TargetSeq: the sender must be a member of the chat, and the
+// target (asked of the history service) a message of the chat, sent by the
+// sender, not deleted. The history writer checks the target again when it
+// stores the change.
+//
+// A change whose client message id the sender already stored is answered
+// as a duplicate with its sequence number whatever its target's state now
+// (a retried deletion finds its target deleted by itself).
+//
+// Errors: ErrInvalidMessage, ErrChatNotFound, ErrNotAMember,
+// ErrMessageNotFound, ErrNotSender, ErrMessageDeleted.
+func (s *Service) ChangeMessage(ctx context.Context, m Message) (Accepted, error) {
+	if m.Kind != protocol.KindEdit && m.Kind != protocol.KindDelete {
+		return Accepted{}, fmt.Errorf("%w: a change is an edit or a delete, not %q", ErrInvalidMessage, m.Kind)
+	}
+	if err := validate(m); err != nil {
+		return Accepted{}, err
+	}
+	if err := s.checkMember(ctx, m.ChatID, m.SenderID); err != nil {
+		return Accepted{}, err
+	}
+	target, err := s.entries.Entry(ctx, m.ChatID, m.TargetSeq)
+	var refusal error
+	switch {
+	case errors.Is(err, ErrMessageNotFound):
+		refusal = refuse(ErrMessageNotFound, "no message with sequence %d in this chat", m.TargetSeq)
+	case err != nil:
+		return Accepted{}, fmt.Errorf("change message: %w", err)
+	default:
+		refusal = checkTarget(m, target)
+	}
+	if refusal != nil {
+		prev, err := s.entries.BySender(ctx, m.ChatID, m.SenderID, m.ClientMsgID)
+		switch {
+		case err == nil:
+			return Accepted{Duplicate: true, Seq: prev.Seq}, nil
+		case !errors.Is(err, ErrMessageNotFound):
+			return Accepted{}, fmt.Errorf("change message: %w", err)
+		}
+		return Accepted{}, refusal
+	}
+	return s.publish(ctx, m)
+}
+
+// checkTarget decides whether change may apply to target.
+func checkTarget(change Message, target Entry) error {
+	switch {
+	case target.Kind != protocol.KindMessage:
+		return refuse(ErrMessageNotFound, "sequence %d is a change of another message, not a message", target.Seq)
+	case target.SenderID != change.SenderID:
+		return refuse(ErrNotSender, "only its sender can %s a message", change.Kind)
+	case target.Deleted:
+		return refuse(ErrMessageDeleted, "message %d is deleted", target.Seq)
+	}
+	return nil
+}
+
+// publish makes m durable. When the stream knew it already (a retry), the
+// answer carries the original's sequence number if it is stored; a failure
+// to learn it is logged and only leaves the number out: the message is
+// durable all the same.
+func (s *Service) publish(ctx context.Context, m Message) (Accepted, error) {
 	m.AcceptedAt = s.now().UTC()
 	dup, err := s.pub.Publish(ctx, m)
 	if err != nil {
-		return false, fmt.Errorf("send: %w", err)
+		return Accepted{}, fmt.Errorf("publish: %w", err)
 	}
-	return dup, nil
+	if !dup {
+		return Accepted{}, nil
+	}
+	prev, err := s.entries.BySender(ctx, m.ChatID, m.SenderID, m.ClientMsgID)
+	switch {
+	case errors.Is(err, ErrMessageNotFound):
+		// Accepted before but not stored yet: its message event follows.
+	case err != nil:
+		s.log.WarnContext(ctx, "look up the sequence of a retried message", "chat_id", m.ChatID, "err", err)
+	default:
+		return Accepted{Duplicate: true, Seq: prev.Seq}, nil
+	}
+	return Accepted{Duplicate: true}, nil
 }
 
 // UserChats lists the ids of a user's chats.
@@ -611,6 +735,8 @@ func checkUsernames(add, remove []string) error {
 	return nil
 }
 
+// validate checks a message, an edit or a deletion: an edit's text has the
+// rules of a message's, a deletion has none.
 func validate(m Message) error {
 	switch {
 	case m.ChatID <= 0:
@@ -619,11 +745,32 @@ func validate(m Message) error {
 		return fmt.Errorf("%w: no sender", ErrInvalidMessage)
 	case !protocol.ValidClientMsgID(m.ClientMsgID):
 		return fmt.Errorf("%w: client_msg_id must be 1 to %d printable characters without spaces", ErrInvalidMessage, protocol.MaxClientMsgIDLen)
-	case !utf8.ValidString(m.Text):
+	}
+	switch m.Kind {
+	case protocol.KindMessage:
+		return validateText(m.Text)
+	case protocol.KindEdit, protocol.KindDelete:
+		if m.TargetSeq <= 0 {
+			return fmt.Errorf("%w: seq (the message to %s) must be positive", ErrInvalidMessage, m.Kind)
+		}
+		if m.Kind == protocol.KindDelete {
+			if m.Text != "" {
+				return fmt.Errorf("%w: a delete has no text", ErrInvalidMessage)
+			}
+			return nil
+		}
+		return validateText(m.Text)
+	}
+	return fmt.Errorf("%w: unknown kind %q", ErrInvalidMessage, m.Kind)
+}
+
+func validateText(text string) error {
+	switch {
+	case !utf8.ValidString(text):
 		return fmt.Errorf("%w: text is not valid UTF-8", ErrInvalidMessage)
-	case strings.TrimSpace(m.Text) == "":
+	case strings.TrimSpace(text) == "":
 		return fmt.Errorf("%w: text is empty", ErrInvalidMessage)
-	case utf8.RuneCountInString(m.Text) > protocol.MaxTextRunes:
+	case utf8.RuneCountInString(text) > protocol.MaxTextRunes:
 		return fmt.Errorf("%w: text is longer than %d characters", ErrInvalidMessage, protocol.MaxTextRunes)
 	}
 	return nil

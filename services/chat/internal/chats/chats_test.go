@@ -250,7 +250,7 @@ func newFixtureWith(t *testing.T, cfg Config) *fixture {
 		users:  newUsers(append([]Member{alice, bob, carol, dave}, many(101)...)...),
 		events: &recordingEvents{},
 	}
-	f.svc = NewService(f.store, &recordingPublisher{}, f.users, f.events, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)
+	f.svc = NewService(f.store, &recordingPublisher{}, nil, f.users, f.events, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)
 	team, err := f.svc.CreateChat(context.Background(), NewChat{
 		CreatorID: alice.ID, CreatorName: alice.Username, Name: "Team", Description: "our team", Members: []string{"bob"},
 	})
@@ -706,7 +706,7 @@ func TestSend(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			pub := &recordingPublisher{}
-			svc := NewService(store, pub, newUsers(), &recordingEvents{}, slog.New(slog.NewTextHandler(io.Discard, nil)), Config{})
+			svc := NewService(store, pub, nil, newUsers(), &recordingEvents{}, slog.New(slog.NewTextHandler(io.Discard, nil)), Config{})
 			_, err := svc.Send(context.Background(), tc.msg)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Send error = %v, want %v", err, tc.wantErr)

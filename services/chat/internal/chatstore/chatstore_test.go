@@ -357,7 +357,7 @@ func TestMemberLimit(t *testing.T) {
 		dir[u.Username] = u
 		users = append(users, u.Username)
 	}
-	svc := chats.NewService(s, nil, dir, noEvents{}, telemetry.NewLogger(io.Discard, 0), chats.Config{MaxMembers: limit})
+	svc := chats.NewService(s, nil, nil, dir, noEvents{}, telemetry.NewLogger(io.Discard, 0), chats.Config{MaxMembers: limit})
 	countMembers := func(chatID int64) int {
 		t.Helper()
 		var n int

@@ -82,11 +82,14 @@ func MsgID(chatID, senderID int64, clientMsgID string) string {
 	return strconv.FormatInt(chatID, 10) + ":" + strconv.FormatInt(senderID, 10) + ":" + clientMsgID
 }
 
-// Publish publishes m and waits for the stream's acknowledgement.
+// Publish publishes m (a message, an edit or a deletion) and waits for the
+// stream's acknowledgement. It reports whether the stream already had m's
+// message id (a retry within its duplicate window).
 func (s *Stream) Publish(ctx context.Context, m chats.Message) (bool, error) {
 	data, err := json.Marshal(busapi.StreamMessage{
 		ChatID: m.ChatID, SenderID: m.SenderID, Sender: m.Sender,
 		ClientMsgID: m.ClientMsgID, Text: m.Text, AcceptedAt: m.AcceptedAt,
+		Kind: m.Kind, TargetSeq: m.TargetSeq,
 	})
 	if err != nil {
 		return false, fmt.Errorf("encode stream message: %w", err)

@@ -30,14 +30,25 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 	}
 	add(natsbus.Handle(ctx, srv, subj.ChatSend(), subjects.QueueChat,
 		func(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error) {
-			dup, err := svc.Send(ctx, chats.Message{
+			acc, err := svc.Send(ctx, chats.Message{
 				ChatID: req.ChatID, SenderID: req.SenderID, Sender: req.Sender,
 				ClientMsgID: req.ClientMsgID, Text: req.Text,
 			})
 			if err != nil {
 				return busapi.SendResult{}, mapError(err)
 			}
-			return busapi.SendResult{Duplicate: dup}, nil
+			return busapi.SendResult{Duplicate: acc.Duplicate, Seq: acc.Seq}, nil
+		}))
+	add(natsbus.Handle(ctx, srv, subj.ChatChange(), subjects.QueueChat,
+		func(ctx context.Context, req busapi.ChangeRequest) (busapi.SendResult, error) {
+			acc, err := svc.ChangeMessage(ctx, chats.Message{
+				ChatID: req.ChatID, SenderID: req.SenderID, Sender: req.Sender, Kind: req.Kind,
+				TargetSeq: req.TargetSeq, ClientMsgID: req.ClientMsgID, Text: req.Text,
+			})
+			if err != nil {
+				return busapi.SendResult{}, mapError(err)
+			}
+			return busapi.SendResult{Duplicate: acc.Duplicate, Seq: acc.Seq}, nil
 		}))
 	add(natsbus.Handle(ctx, srv, subj.ChatUserChats(), subjects.QueueChat,
 		func(ctx context.Context, req busapi.UserChatsRequest) (busapi.UserChats, error) {
@@ -174,6 +185,12 @@ func mapError(err error) error {
 		return busapi.Errorf(protocol.CodeUnknownUser, msg("unknown user"))
 	case errors.Is(err, chats.ErrDuplicateMember):
 		return busapi.Errorf(protocol.CodeDuplicateMember, msg("a member is listed twice"))
+	case errors.Is(err, chats.ErrMessageNotFound):
+		return busapi.Errorf(protocol.CodeMessageNotFound, msg("no such message in this chat"))
+	case errors.Is(err, chats.ErrNotSender):
+		return busapi.Errorf(protocol.CodeNotSender, msg("only its sender can change a message"))
+	case errors.Is(err, chats.ErrMessageDeleted):
+		return busapi.Errorf(protocol.CodeMessageDeleted, msg("the message is deleted"))
 	case errors.Is(err, chats.ErrInvalidInput):
 		return busapi.Errorf(protocol.CodeInvalidInput, msg("invalid input"))
 	}

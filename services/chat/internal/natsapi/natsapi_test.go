@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
@@ -26,6 +27,8 @@ import (
 	"github.com/communications/communications/libs/testenv"
 	"github.com/communications/communications/services/chat/internal/chats"
 	"github.com/communications/communications/services/chat/internal/chatstore"
+	"github.com/communications/communications/services/chat/internal/historydir"
+	"github.com/communications/communications/services/chat/internal/historydir/historydirtest"
 	"github.com/communications/communications/services/chat/internal/msgstream"
 	"github.com/communications/communications/services/chat/internal/unread"
 	"github.com/communications/communications/services/chat/internal/userdir"
@@ -56,6 +59,10 @@ func TestMapError(t *testing.T) {
 		{name: "duplicate member", err: refusal(chats.ErrDuplicateMember, `"bob" is listed twice`), want: protocol.CodeDuplicateMember, wantMsg: `"bob" is listed twice`},
 		{name: "invalid input", err: refusal(chats.ErrInvalidInput, "the name is empty"), want: protocol.CodeInvalidInput, wantMsg: "the name is empty"},
 		{name: "chat too big", err: refusal(chats.ErrInvalidInput, "a chat has at most 1000 members"), want: protocol.CodeInvalidInput, wantMsg: "a chat has at most 1000 members"},
+		{name: "message not found", err: refusal(chats.ErrMessageNotFound, "no message with sequence 9 in this chat"), want: protocol.CodeMessageNotFound, wantMsg: "sequence 9"},
+		{name: "not sender", err: refusal(chats.ErrNotSender, "only its sender can edit a message"), want: protocol.CodeNotSender, wantMsg: "only its sender"},
+		{name: "message deleted", err: refusal(chats.ErrMessageDeleted, "message 4 is deleted"), want: protocol.CodeMessageDeleted, wantMsg: "message 4 is deleted"},
+		{name: "history unavailable", err: fmt.Errorf("change message: history entry: %w", natsbus.ErrUnavailable), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
 		{name: "other", err: fmt.Errorf("create chat: %w", cause), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
 		{name: "auth unavailable", err: fmt.Errorf("look up: %w", natsbus.ErrUnavailable), want: protocol.CodeUnavailable, wantMsg: "retry", wantCause: true},
 	}
@@ -87,11 +94,13 @@ var (
 func member(u busapi.User) protocol.Member { return protocol.Member{ID: u.ID, Username: u.Username} }
 
 type harness struct {
-	url    string // of the NATS server
-	subj   subjects.Subjects
-	client *natsbus.Client
-	events *nats.Subscription
-	tp     trace.TracerProvider
+	url     string // of the NATS server
+	subj    subjects.Subjects
+	client  *natsbus.Client
+	events  *nats.Subscription
+	tp      trace.TracerProvider
+	js      jetstream.JetStream
+	history *historydirtest.History // the history service's stored entries
 }
 
 // start runs the chat service's handlers on a fresh database and an
@@ -131,7 +140,7 @@ func start(t *testing.T, noAuth bool) *harness {
 	}
 	users := userdir.New(natsbus.NewClient(service, tp), subj)
 	store, events := chatstore.New(pool), NewEvents(service, subj)
-	svc := chats.NewService(store, stream, users, events, log, chats.Config{})
+	svc := chats.NewService(store, stream, historydir.New(natsbus.NewClient(service, tp), subj), users, events, log, chats.Config{})
 	reads := chats.NewReads(svc, store, unread.New(natsbus.NewClient(service, tp), subj), events, log)
 	srv := natsbus.NewServer(service, tp, log, 5*time.Second)
 	if _, err := Register(ctx, srv, subj, svc, reads); err != nil {
@@ -145,6 +154,11 @@ func start(t *testing.T, noAuth bool) *harness {
 	if !noAuth {
 		userdirtest.Serve(t, connect("auth"), subj, alice, bob, carol, dave)
 	}
+	history := historydirtest.Serve(t, connect("history"), subj)
+	js, err := jetstream.New(connect("stream reader"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	gateway := connect("gateway")
 	chatEvents, err := gateway.SubscribeSync(subj.ChatEvents())
 	if err != nil {
@@ -153,7 +167,7 @@ func start(t *testing.T, noAuth bool) *harness {
 	if err := gateway.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{url: ns.ClientURL(), subj: subj, client: natsbus.NewClient(gateway, tp), events: chatEvents, tp: tp}
+	return &harness{url: ns.ClientURL(), subj: subj, client: natsbus.NewClient(gateway, tp), events: chatEvents, tp: tp, js: js, history: history}
 }
 
 // call sends a request and returns the reply's error code ("" for none).
@@ -378,5 +392,136 @@ func TestAuthUnavailable(t *testing.T) {
 	}
 	if ev, _ := h.nextEvent(t); ev.Chat.ID != c.ID {
 		t.Errorf("first event is for chat %d, want %d (and none for the failed create)", ev.Chat.ID, c.ID)
+	}
+}
+
+// lastStreamed returns the newest message in the stream of chat.
+func (h *harness) lastStreamed(t *testing.T, chatID int64) busapi.StreamMessage {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := h.js.Stream(ctx, h.subj.MessagesStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, h.subj.Message(chatID))
+	if err != nil {
+		t.Fatalf("last message of chat %d: %v", chatID, err)
+	}
+	var m busapi.StreamMessage
+	if err := json.Unmarshal(raw.Data, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestChangeMessages drives chat.change over NATS: every refusal with its
+// code (the target asked of a stand-in history service), an accepted edit
+// and delete in the stream with their kind and target, and retries answered
+// with the original sequence number, for sends too.
+func TestChangeMessages(t *testing.T) {
+	t.Parallel()
+	h := start(t, false)
+	ctx := context.Background()
+	var team busapi.Chat
+	if code, msg := h.call(t, ctx, h.subj.ChatCreate(), busapi.CreateChatRequest{
+		CreatorID: alice.ID, CreatorName: alice.Username, Name: "team", Members: []string{"bob"},
+	}, &team); code != "" {
+		t.Fatalf("create: %s %s", code, msg)
+	}
+	entry := func(seq int64, kind string, sender busapi.User, client string, deleted bool) protocol.Message {
+		return protocol.Message{ChatID: team.ID, Seq: seq, Kind: kind, SenderID: sender.ID, Sender: sender.Username, ClientMsgID: client, Deleted: deleted}
+	}
+	h.history.Add(
+		entry(1, protocol.KindMessage, alice, "a-1", false),
+		entry(2, protocol.KindMessage, bob, "b-1", false),
+		entry(3, protocol.KindEdit, alice, "a-e1", false),
+		entry(4, protocol.KindMessage, alice, "a-2", true),
+		entry(5, protocol.KindDelete, alice, "a-d1", false),
+	)
+	chg := func(user busapi.User, kind string, target int64, client, text string) busapi.ChangeRequest {
+		return busapi.ChangeRequest{ChatID: team.ID, SenderID: user.ID, Sender: user.Username, Kind: kind, TargetSeq: target, ClientMsgID: client, Text: text}
+	}
+	edit := func(user busapi.User, target int64, client string) busapi.ChangeRequest {
+		return chg(user, protocol.KindEdit, target, client, "new text")
+	}
+	refusals := []struct {
+		name    string
+		req     busapi.ChangeRequest
+		want    protocol.Code
+		wantMsg string
+	}{
+		{"another's message", edit(bob, 1, "x-1"), protocol.CodeNotSender, "sender"},
+		{"delete another's message", chg(alice, protocol.KindDelete, 2, "x-2", ""), protocol.CodeNotSender, "sender"},
+		{"no such sequence", edit(alice, 99, "x-3"), protocol.CodeMessageNotFound, "99"},
+		{"an edit is no message", edit(alice, 3, "x-4"), protocol.CodeMessageNotFound, "not a message"},
+		{"deleted message", edit(alice, 4, "x-5"), protocol.CodeMessageDeleted, "deleted"},
+		{"delete a deleted message", chg(alice, protocol.KindDelete, 4, "x-6", ""), protocol.CodeMessageDeleted, "deleted"},
+		{"non-member", edit(carol, 1, "x-7"), protocol.CodeNotAMember, ""},
+		{"unknown chat", busapi.ChangeRequest{ChatID: 9999, SenderID: alice.ID, Sender: "alice", Kind: protocol.KindEdit, TargetSeq: 1, ClientMsgID: "x-8", Text: "x"},
+			protocol.CodeChatNotFound, ""},
+		{"empty text", chg(alice, protocol.KindEdit, 1, "x-9", " "), protocol.CodeInvalidMessage, "empty"},
+		{"text too long", chg(alice, protocol.KindEdit, 1, "x-10", strings.Repeat("é", protocol.MaxTextRunes+1)), protocol.CodeInvalidMessage, "longer"},
+		{"delete with text", chg(alice, protocol.KindDelete, 1, "x-11", "why"), protocol.CodeInvalidMessage, "no text"},
+		{"no target", edit(alice, 0, "x-12"), protocol.CodeInvalidMessage, "seq"},
+		{"unknown kind", chg(alice, "shout", 1, "x-13", "x"), protocol.CodeInvalidMessage, "edit or a delete"},
+		{"bad client id", edit(alice, 1, "has space"), protocol.CodeInvalidMessage, "client_msg_id"},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := h.call(t, ctx, h.subj.ChatChange(), tc.req, nil)
+			if code != tc.want || !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("got %s %q, want %s with %q", code, msg, tc.want, tc.wantMsg)
+			}
+		})
+	}
+	if code, _ := h.call(t, ctx, h.subj.ChatSend(), busapi.SendRequest{ChatID: team.ID, SenderID: alice.ID, Sender: "alice", ClientMsgID: "s-0", Text: "x"}, nil); code != "" {
+		t.Fatalf("send: %s", code)
+	}
+	if m := h.lastStreamed(t, team.ID); m.ClientMsgID != "s-0" {
+		t.Errorf("the refusals reached the stream: last is %+v", m)
+	}
+
+	// Accepted: an edit and a delete, in the stream with kind and target.
+	var res busapi.SendResult
+	if code, msg := h.call(t, ctx, h.subj.ChatChange(), edit(alice, 1, "e-1"), &res); code != "" || res.Duplicate {
+		t.Fatalf("edit: %s %s %+v", code, msg, res)
+	}
+	if m := h.lastStreamed(t, team.ID); m.Kind != protocol.KindEdit || m.TargetSeq != 1 || m.Text != "new text" || m.ClientMsgID != "e-1" || m.SenderID != alice.ID {
+		t.Errorf("streamed edit = %+v", m)
+	}
+	if code, msg := h.call(t, ctx, h.subj.ChatChange(), chg(bob, protocol.KindDelete, 2, "d-1", ""), &res); code != "" || res.Duplicate {
+		t.Fatalf("delete: %s %s %+v", code, msg, res)
+	}
+	if m := h.lastStreamed(t, team.ID); m.Kind != protocol.KindDelete || m.TargetSeq != 2 || m.Text != "" || m.SenderID != bob.ID {
+		t.Errorf("streamed delete = %+v", m)
+	}
+
+	// Retries the stream recognises: without a sequence until history
+	// has the original, then with it.
+	res = busapi.SendResult{}
+	if code, _ := h.call(t, ctx, h.subj.ChatChange(), edit(alice, 1, "e-1"), &res); code != "" || !res.Duplicate || res.Seq != 0 {
+		t.Errorf("retried edit not stored yet: %s %+v, want duplicate without seq", code, res)
+	}
+	h.history.Add(entry(6, protocol.KindEdit, alice, "e-1", false))
+	if code, _ := h.call(t, ctx, h.subj.ChatChange(), edit(alice, 1, "e-1"), &res); code != "" || !res.Duplicate || res.Seq != 6 {
+		t.Errorf("retried edit: %s %+v, want duplicate with seq 6", code, res)
+	}
+	send := busapi.SendRequest{ChatID: team.ID, SenderID: bob.ID, Sender: "Bob", ClientMsgID: "s-1", Text: "hi"}
+	for _, want := range []busapi.SendResult{{}, {Duplicate: true}} {
+		res = busapi.SendResult{}
+		if code, _ := h.call(t, ctx, h.subj.ChatSend(), send, &res); code != "" || res != want {
+			t.Errorf("send s-1: %s %+v, want %+v", code, res, want)
+		}
+	}
+	h.history.Add(entry(7, protocol.KindMessage, bob, "s-1", false))
+	res = busapi.SendResult{}
+	if code, _ := h.call(t, ctx, h.subj.ChatSend(), send, &res); code != "" || res != (busapi.SendResult{Duplicate: true, Seq: 7}) {
+		t.Errorf("retried send: %s %+v, want duplicate with seq 7", code, res)
+	}
+	// A retried delete finds its target deleted (by itself): it is
+	// answered with the original, not refused.
+	if code, msg := h.call(t, ctx, h.subj.ChatChange(), chg(alice, protocol.KindDelete, 4, "a-d1", ""), &res); code != "" || !res.Duplicate || res.Seq != 5 {
+		t.Errorf("retried delete: %s %s %+v, want duplicate with seq 5", code, msg, res)
 	}
 }

@@ -57,6 +57,11 @@ func (c *Client) Send(ctx context.Context, req busapi.SendRequest) (busapi.SendR
 	return call[busapi.SendResult](ctx, c, c.subj.ChatSend(), req)
 }
 
+// Change asks the chat service to accept an edit or a deletion.
+func (c *Client) Change(ctx context.Context, req busapi.ChangeRequest) (busapi.SendResult, error) {
+	return call[busapi.SendResult](ctx, c, c.subj.ChatChange(), req)
+}
+
 // History reads a page of a chat's messages.
 func (c *Client) History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
 	return call[busapi.HistoryPage](ctx, c, c.subj.HistoryPage(), req)

@@ -356,6 +356,12 @@ func (c *Conn) handleSend(ctx context.Context, ev protocol.ClientEvent) {
 		ChatID: ev.ChatID, SenderID: c.user.ID, Sender: c.user.Username,
 		ClientMsgID: ev.ClientMsgID, Text: ev.Text,
 	})
+	c.answerAccepted(ctx, span, ev, res, err)
+}
+
+// answerAccepted answers a send, edit or delete: an ack (with the original's
+// sequence number for a retry whose original is stored) or an error.
+func (c *Conn) answerAccepted(ctx context.Context, span trace.Span, ev protocol.ClientEvent, res busapi.SendResult, err error) {
 	if err != nil {
 		code := busapi.CodeOf(err)
 		msg := "internal error"
@@ -363,11 +369,11 @@ func (c *Conn) handleSend(ctx context.Context, ev protocol.ClientEvent) {
 			msg = be.Message
 		}
 		if code == protocol.CodeInternal || code == protocol.CodeUnavailable {
-			c.srv.log.WarnContext(ctx, "send failed", "err", err)
+			c.srv.log.WarnContext(ctx, ev.Type+" failed", "err", err)
 			span.SetStatus(codes.Error, err.Error())
 		}
 		c.deliverJSON(protocol.Error{Type: protocol.TypeError, ID: ev.ID, Code: code, Message: msg, Retryable: code.Retryable()})
 		return
 	}
-	c.deliverJSON(protocol.Ack{Type: protocol.TypeAck, ID: ev.ID, ChatID: ev.ChatID, ClientMsgID: ev.ClientMsgID, Duplicate: res.Duplicate})
+	c.deliverJSON(protocol.Ack{Type: protocol.TypeAck, ID: ev.ID, ChatID: ev.ChatID, ClientMsgID: ev.ClientMsgID, Duplicate: res.Duplicate, Seq: res.Seq})
 }

@@ -69,6 +69,9 @@ func (noUpstream) Read(context.Context, busapi.ReadRequest) (busapi.ReadResult, 
 func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
 }
+func (noUpstream) Change(context.Context, busapi.ChangeRequest) (busapi.SendResult, error) {
+	return busapi.SendResult{}, nil
+}
 
 func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
 	t.Helper()

@@ -49,6 +49,7 @@ type Upstream interface {
 	Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
+	Change(ctx context.Context, req busapi.ChangeRequest) (busapi.SendResult, error)
 }
 
 type metrics struct {

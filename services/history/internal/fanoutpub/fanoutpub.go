@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/communications/communications/libs/fanout"
-	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/services/history/internal/writer"
 )
 
@@ -29,8 +28,8 @@ func New(rdb redis.UniversalClient, prefix string) *Publisher {
 }
 
 // Publish publishes each event, in order, in one pipeline. Each payload is
-// a fanout.Envelope holding the protocol.Message event and its trace
-// context.
+// a fanout.Envelope holding the protocol.Message event (a message, an edit
+// or a deletion, with its kind and target) and its trace context.
 func (p *Publisher) Publish(ctx context.Context, events []writer.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -38,10 +37,7 @@ func (p *Publisher) Publish(ctx context.Context, events []writer.Event) error {
 	pipe := p.rdb.Pipeline()
 	for _, e := range events {
 		m := e.Message
-		ev, err := json.Marshal(protocol.Message{
-			Type: protocol.TypeMessage, ChatID: m.ChatID, Seq: m.Seq, SenderID: m.SenderID, Sender: m.Sender,
-			ClientMsgID: m.ClientMsgID, Text: m.Text, SentAt: m.SentAt,
-		})
+		ev, err := json.Marshal(m.Event())
 		if err != nil {
 			return fmt.Errorf("encode message event: %w", err)
 		}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/communications/communications/libs/protocol"
 )
 
 // Page limits.
@@ -21,25 +23,71 @@ const (
 // sequence or limit.
 var ErrInvalidPage = errors.New("invalid page request")
 
-// Message is a chat message. Seq is 0 until the message is stored; then it
-// is the message's place in its chat (1, 2, 3, ...).
+// ErrNotFound is returned for an entry that is not stored.
+var ErrNotFound = errors.New("no such entry")
+
+// Why a change (an edit or a deletion) is refused: its target is not a
+// message of the chat, was sent by someone else, or is deleted.
+var (
+	ErrTargetNotFound = errors.New("the target is no message of the chat")
+	ErrNotSender      = errors.New("the target was sent by another user")
+	ErrTargetDeleted  = errors.New("the target is deleted")
+)
+
+// Kind says what an entry of a chat's history is. The values are the
+// protocol's (protocol.KindMessage, KindEdit, KindDelete).
+type Kind string
+
+// Kinds of entries.
+const (
+	KindMessage Kind = protocol.KindMessage // a message
+	KindEdit    Kind = protocol.KindEdit    // a new text for the message TargetSeq
+	KindDelete  Kind = protocol.KindDelete  // the deletion of the message TargetSeq
+)
+
+// Message is an entry of a chat's history: a message, or an edit or deletion
+// of the message TargetSeq. Seq is 0 until it is stored; then it is its place
+// in its chat (1, 2, 3, ...). A stored message shows its current state:
+// EditedAt is set once it was edited, and a deleted one has Deleted set and
+// no text.
 type Message struct {
 	ChatID      int64
 	Seq         int64
+	Kind        Kind
+	TargetSeq   int64
 	SenderID    int64
 	Sender      string
 	ClientMsgID string
 	Text        string
 	SentAt      time.Time
+	EditedAt    time.Time // zero: never edited
+	Deleted     bool
 }
 
-// Stored is one message of a written batch as it is stored. Duplicate is
-// true when a message with the same chat, sender and client message id had
+// Event returns the entry as the protocol's message event.
+func (m Message) Event() protocol.Message {
+	out := protocol.Message{
+		Type: protocol.TypeMessage, ChatID: m.ChatID, Seq: m.Seq, Kind: string(m.Kind), TargetSeq: m.TargetSeq,
+		SenderID: m.SenderID, Sender: m.Sender, ClientMsgID: m.ClientMsgID, Text: m.Text, SentAt: m.SentAt,
+		Deleted: m.Deleted,
+	}
+	if !m.EditedAt.IsZero() {
+		at := m.EditedAt
+		out.EditedAt = &at
+	}
+	return out
+}
+
+// Stored is one entry of a written batch as it is stored. Duplicate is
+// true when an entry with the same chat, sender and client message id had
 // been stored before (by an earlier batch or earlier in the same batch): the
-// message then is that original, with its original Seq.
+// entry then is that original, with its original Seq. Rejected is set (and
+// nothing stored, no number spent) for an edit or deletion whose target
+// failed the check: ErrTargetNotFound, ErrNotSender or ErrTargetDeleted.
 type Stored struct {
 	Message
 	Duplicate bool
+	Rejected  error
 }
 
 // PageStore reads stored messages.
@@ -54,6 +102,11 @@ type PageStore interface {
 	// Latest returns the newest stored sequence of each chat that has one.
 	Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, error)
 	UnreadStore
+	// Entry returns the entry of chat at seq, or ErrNotFound.
+	Entry(ctx context.Context, chatID, seq int64) (Message, error)
+	// BySender returns the entry of chat that sender stored under
+	// clientMsgID, or ErrNotFound.
+	BySender(ctx context.Context, chatID, senderID int64, clientMsgID string) (Message, error)
 }
 
 // MaxLatestChats bounds the chats of one Latest request.
@@ -125,4 +178,28 @@ func (s *Service) Latest(ctx context.Context, chatIDs []int64) (map[int64]int64,
 		return nil, fmt.Errorf("latest: %w", err)
 	}
 	return latest, nil
+}
+
+// Entry returns one stored entry of a chat: the one at seq, or (seq 0) the
+// one sender stored under clientMsgID. Errors: ErrInvalidPage for a bad
+// request, ErrNotFound.
+func (s *Service) Entry(ctx context.Context, chatID, seq, senderID int64, clientMsgID string) (Message, error) {
+	var (
+		m   Message
+		err error
+	)
+	switch {
+	case chatID <= 0:
+		return Message{}, fmt.Errorf("%w: chat_id must be positive", ErrInvalidPage)
+	case seq > 0:
+		m, err = s.store.Entry(ctx, chatID, seq)
+	case seq == 0 && senderID > 0 && clientMsgID != "":
+		m, err = s.store.BySender(ctx, chatID, senderID, clientMsgID)
+	default:
+		return Message{}, fmt.Errorf("%w: give seq, or sender_id and client_msg_id", ErrInvalidPage)
+	}
+	if err != nil {
+		return Message{}, fmt.Errorf("entry: %w", err)
+	}
+	return m, nil
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/communications/communications/libs/protocol"
 )
 
 type recordingStore struct {
@@ -31,6 +34,61 @@ func (s *recordingStore) Latest(_ context.Context, ids []int64) (map[int64]int64
 		out[id] = id * 10
 	}
 	return out, nil
+}
+
+func (s *recordingStore) Entry(_ context.Context, chatID, seq int64) (Message, error) {
+	s.calls++
+	if seq > 10 {
+		return Message{}, ErrNotFound
+	}
+	return Message{ChatID: chatID, Seq: seq}, nil
+}
+
+func (s *recordingStore) BySender(_ context.Context, chatID, senderID int64, clientMsgID string) (Message, error) {
+	s.calls++
+	return Message{ChatID: chatID, Seq: 3, SenderID: senderID, ClientMsgID: clientMsgID}, nil
+}
+
+func TestEntry(t *testing.T) {
+	tests := []struct {
+		name             string
+		chatID, seq, snd int64
+		client           string
+		wantSeq          int64
+		wantErr          error
+	}{
+		{name: "by seq", chatID: 1, seq: 4, wantSeq: 4},
+		{name: "by client id", chatID: 1, snd: 7, client: "c-1", wantSeq: 3},
+		{name: "not stored", chatID: 1, seq: 11, wantErr: ErrNotFound},
+		{name: "no chat", seq: 4, wantErr: ErrInvalidPage},
+		{name: "negative seq", chatID: 1, seq: -1, snd: 7, client: "c-1", wantErr: ErrInvalidPage},
+		{name: "client id without sender", chatID: 1, client: "c-1", wantErr: ErrInvalidPage},
+		{name: "nothing asked", chatID: 1, wantErr: ErrInvalidPage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := NewService(&recordingStore{}).Entry(context.Background(), tc.chatID, tc.seq, tc.snd, tc.client)
+			if !errors.Is(err, tc.wantErr) || (err == nil && m.Seq != tc.wantSeq) {
+				t.Errorf("Entry = seq %d, %v; want seq %d, %v", m.Seq, err, tc.wantSeq, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestEvent(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := Message{ChatID: 1, Seq: 2, SenderID: 3, Sender: "ann", ClientMsgID: "c", Text: "x", SentAt: at}
+	if ev := m.Event(); ev.Type != protocol.TypeMessage || ev.EditedAt != nil || ev.Kind != "" {
+		t.Errorf("message event = %+v", ev)
+	}
+	m.EditedAt = at.Add(time.Minute)
+	if ev := m.Event(); ev.EditedAt == nil || !ev.EditedAt.Equal(m.EditedAt) {
+		t.Errorf("edited message event = %+v, want edited_at %v", ev, m.EditedAt)
+	}
+	d := Message{ChatID: 1, Seq: 5, Kind: KindDelete, TargetSeq: 2, SenderID: 3}
+	if ev := d.Event(); ev.Kind != protocol.KindDelete || ev.TargetSeq != 2 {
+		t.Errorf("delete event = %+v", ev)
+	}
 }
 
 func TestLatest(t *testing.T) {

@@ -1,6 +1,7 @@
-// Package msgstore keeps chat messages and the per-chat sequence counters in
-// PostgreSQL: it writes a batch of messages in one transaction, numbering
-// each chat's new messages contiguously, and reads history pages.
+// Package msgstore keeps chat messages, their edits and deletions, and the
+// per-chat sequence counters in PostgreSQL: it writes a batch of entries in
+// one transaction, numbering each chat's new entries contiguously and
+// applying edits and deletions to their messages, and reads history pages.
 package msgstore
 
 import (
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -43,15 +45,79 @@ type msgKey struct {
 
 func keyOf(m history.Message) msgKey { return msgKey{m.ChatID, m.SenderID, m.ClientMsgID} }
 
+// chatSeq names one entry of one chat.
+type chatSeq struct{ chatID, seq int64 }
+
+// columns are the columns of an entry, in the order row.dest scans them.
+const columns = `chat_id, seq, kind, target_seq, sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted`
+
+// row scans one entry.
+type row struct {
+	m        history.Message
+	kind     string
+	target   *int64
+	editedAt *time.Time
+}
+
+func (r *row) dest() []any {
+	return []any{&r.m.ChatID, &r.m.Seq, &r.kind, &r.target, &r.m.SenderID, &r.m.Sender, &r.m.ClientMsgID,
+		&r.m.Text, &r.m.SentAt, &r.editedAt, &r.m.Deleted}
+}
+
+func (r *row) message() history.Message {
+	m := r.m
+	m.Kind, m.TargetSeq, m.EditedAt = history.KindMessage, 0, time.Time{}
+	if r.kind != dbKindMessage {
+		m.Kind = history.Kind(r.kind)
+	}
+	if r.target != nil {
+		m.TargetSeq = *r.target
+	}
+	if r.editedAt != nil {
+		m.EditedAt = *r.editedAt
+	}
+	return m
+}
+
+// dbKindMessage is the kind column of a message (history.KindMessage is
+// empty, as in the protocol).
+const dbKindMessage = "message"
+
+func dbKind(k history.Kind) string {
+	if k == history.KindMessage {
+		return dbKindMessage
+	}
+	return string(k)
+}
+
+// checkChange decides whether change may apply to target (its current
+// state; nil when there is no entry at its sequence).
+func checkChange(change history.Message, target *history.Message) error {
+	switch {
+	case target == nil || target.Kind != history.KindMessage:
+		return history.ErrTargetNotFound
+	case target.SenderID != change.SenderID:
+		return history.ErrNotSender
+	case target.Deleted:
+		return history.ErrTargetDeleted
+	}
+	return nil
+}
+
 // StoreBatch stores msgs, given in stream order, in one transaction and
-// returns, for each of them, the message as stored. A message whose chat,
+// returns, for each of them, the entry as stored. An entry whose chat,
 // sender and client message id are already stored, or appear earlier in
 // msgs, is not stored again and gets the original back (Duplicate set).
-// The others get their chat's next sequence numbers, in the order of msgs.
+// An edit or deletion whose target is not a message of the chat, was sent
+// by another user or is deleted (also by an earlier entry of msgs) is not
+// stored and spends no number (Rejected set). The others get their chat's
+// next sequence numbers, in the order of msgs; an edit changes its
+// target's text and edited_at, a deletion marks the target deleted and
+// clears its text and the text of its edits.
 //
 // The transaction locks the counter rows of the batch's chats in ascending
 // chat id order, so concurrent writers serialise per chat and never
-// deadlock; under the lock, a key stored by another writer is visible.
+// deadlock; under the lock, entries stored by another writer are visible.
 func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
 	out := make([]history.Stored, len(msgs))
 	if len(msgs) == 0 {
@@ -64,6 +130,7 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 	var chats []int64
 	var keyChats, keySenders []int64
 	var keyClients []string
+	var tgtChats, tgtSeqs []int64
 	for i, m := range msgs {
 		k := keyOf(m)
 		if j, ok := first[k]; ok {
@@ -73,6 +140,9 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 		first[k], origin[i] = i, i
 		chats = append(chats, m.ChatID)
 		keyChats, keySenders, keyClients = append(keyChats, k.chatID), append(keySenders, k.senderID), append(keyClients, k.clientMsgID)
+		if m.Kind != history.KindMessage {
+			tgtChats, tgtSeqs = append(tgtChats, m.ChatID), append(tgtSeqs, m.TargetSeq)
+		}
 	}
 	slices.Sort(chats)
 	chats = slices.Compact(chats)
@@ -84,7 +154,7 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
 	// One round trip: create missing counters, lock them in chat order,
-	// and find the keys already stored.
+	// find the keys already stored and the targets of edits and deletions.
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO chat_counters (chat_id)
 		SELECT c FROM unnest($1::bigint[]) AS c ORDER BY c
@@ -101,40 +171,69 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 			return err
 		})
 	stored := make(map[msgKey]history.Message)
-	b.Queue(`SELECT m.chat_id, m.seq, m.sender_id, m.sender, m.client_msg_id, m.text, m.sent_at
+	b.Queue(`SELECT `+prefixed("m.", columns)+`
 		FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(chat_id, sender_id, client_msg_id)
 		JOIN messages m ON m.chat_id = k.chat_id AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id`,
 		keyChats, keySenders, keyClients).
 		Query(func(rows pgx.Rows) error {
-			var m history.Message
-			_, err := pgx.ForEachRow(rows, []any{&m.ChatID, &m.Seq, &m.SenderID, &m.Sender, &m.ClientMsgID, &m.Text, &m.SentAt}, func() error {
+			var r row
+			_, err := pgx.ForEachRow(rows, r.dest(), func() error {
+				m := r.message()
 				stored[keyOf(m)] = m
 				return nil
 			})
 			return err
 		})
+	// The current state of every target: loaded ones, then the batch's
+	// new messages; the batch's changes apply to it in order. Targets
+	// belong to the locked chats, so no other writer changes them.
+	state := make(map[chatSeq]*history.Message)
+	loaded := make(map[chatSeq]bool)
+	if len(tgtChats) > 0 {
+		b.Queue(`SELECT `+prefixed("m.", columns)+`
+			FROM unnest($1::bigint[], $2::bigint[]) AS t(chat_id, seq)
+			JOIN messages m ON m.chat_id = t.chat_id AND m.seq = t.seq`, tgtChats, tgtSeqs).
+			Query(func(rows pgx.Rows) error {
+				var r row
+				_, err := pgx.ForEachRow(rows, r.dest(), func() error {
+					m := r.message()
+					k := chatSeq{m.ChatID, m.Seq}
+					state[k], loaded[k] = &m, true
+					return nil
+				})
+				return err
+			})
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("store batch: lock counters: %w", err)
 	}
 
-	// Number the new messages, each chat from its counter, in batch order.
-	n := len(msgs) - len(stored)
-	ins := struct {
-		chats, seqs, senderIDs []int64
-		senders, clients, text []string
-		sentAt                 []time.Time
-	}{
-		make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n),
-		make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]time.Time, 0, n),
-	}
+	// Number the new entries, each chat from its counter, in batch order,
+	// and apply the changes to their targets.
+	var entries []*history.Message
+	changed := make(map[chatSeq]bool) // loaded targets whose row changes
+	var deleted []chatSeq             // targets deleted by the batch
 	for i, m := range msgs {
 		if j := origin[i]; j != i {
+			if out[j].Rejected != nil {
+				out[i] = out[j]
+				continue
+			}
 			out[i] = history.Stored{Message: out[j].Message, Duplicate: true}
 			continue
 		}
 		if orig, ok := stored[keyOf(m)]; ok {
 			out[i] = history.Stored{Message: orig, Duplicate: true}
 			continue
+		}
+		var target *history.Message
+		tk := chatSeq{m.ChatID, m.TargetSeq}
+		if m.Kind != history.KindMessage {
+			target = state[tk]
+			if err := checkChange(m, target); err != nil {
+				out[i] = history.Stored{Message: m, Rejected: err}
+				continue
+			}
 		}
 		last, ok := lastSeq[m.ChatID]
 		if !ok {
@@ -143,12 +242,23 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 		m.Seq = last + 1
 		lastSeq[m.ChatID] = m.Seq
 		out[i] = history.Stored{Message: m}
-		ins.chats, ins.seqs, ins.senderIDs = append(ins.chats, m.ChatID), append(ins.seqs, m.Seq), append(ins.senderIDs, m.SenderID)
-		ins.senders, ins.clients, ins.text = append(ins.senders, m.Sender), append(ins.clients, m.ClientMsgID), append(ins.text, m.Text)
-		ins.sentAt = append(ins.sentAt, m.SentAt)
+		e := m
+		entries = append(entries, &e)
+		switch m.Kind {
+		case history.KindMessage:
+			state[chatSeq{m.ChatID, m.Seq}] = &e
+		case history.KindEdit:
+			target.Text, target.EditedAt = m.Text, m.SentAt
+		case history.KindDelete:
+			target.Text, target.Deleted = "", true
+			deleted = append(deleted, tk)
+		}
+		if target != nil && loaded[tk] {
+			changed[tk] = true
+		}
 	}
-	if len(ins.chats) == 0 {
-		// Only duplicates: nothing to write.
+	if len(entries) == 0 {
+		// Only duplicates and rejected changes: nothing to write.
 		return out, nil
 	}
 	counterChats := make([]int64, 0, len(lastSeq))
@@ -157,13 +267,60 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 		counterChats, counterSeqs = append(counterChats, c), append(counterSeqs, lastSeq[c])
 	}
 
+	n := len(entries)
+	ins := struct {
+		chats, seqs, targets, senderIDs []int64
+		kinds, senders, clients, text   []string
+		sentAt                          []time.Time
+		editedAt                        []*time.Time
+		deleted                         []bool
+	}{
+		make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n),
+		make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n),
+		make([]time.Time, 0, n), make([]*time.Time, 0, n), make([]bool, 0, n),
+	}
+	for _, e := range entries {
+		ins.chats, ins.seqs, ins.targets, ins.senderIDs = append(ins.chats, e.ChatID), append(ins.seqs, e.Seq), append(ins.targets, e.TargetSeq), append(ins.senderIDs, e.SenderID)
+		ins.kinds, ins.senders, ins.clients, ins.text = append(ins.kinds, dbKind(e.Kind)), append(ins.senders, e.Sender), append(ins.clients, e.ClientMsgID), append(ins.text, e.Text)
+		ins.sentAt, ins.editedAt, ins.deleted = append(ins.sentAt, e.SentAt), append(ins.editedAt, timeOrNil(e.EditedAt)), append(ins.deleted, e.Deleted)
+	}
+
 	b = &pgx.Batch{}
 	b.Queue(`UPDATE chat_counters c SET last_seq = u.last_seq
 		FROM unnest($1::bigint[], $2::bigint[]) AS u(chat_id, last_seq)
 		WHERE c.chat_id = u.chat_id AND c.last_seq <> u.last_seq`, counterChats, counterSeqs)
-	b.Queue(`INSERT INTO messages (chat_id, seq, sender_id, sender, client_msg_id, text, sent_at)
-		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])`,
-		ins.chats, ins.seqs, ins.senderIDs, ins.senders, ins.clients, ins.text, ins.sentAt)
+	b.Queue(`INSERT INTO messages (chat_id, seq, kind, target_seq, sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted)
+		SELECT chat_id, seq, kind, NULLIF(target_seq, 0), sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted
+		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[],
+			$9::timestamptz[], $10::timestamptz[], $11::boolean[])
+			AS u(chat_id, seq, kind, target_seq, sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted)`,
+		ins.chats, ins.seqs, ins.kinds, ins.targets, ins.senderIDs, ins.senders, ins.clients, ins.text,
+		ins.sentAt, ins.editedAt, ins.deleted)
+	if len(changed) > 0 {
+		var upChats, upSeqs []int64
+		var upText []string
+		var upEdited []*time.Time
+		var upDeleted []bool
+		for k := range changed {
+			t := state[k]
+			upChats, upSeqs, upText = append(upChats, k.chatID), append(upSeqs, k.seq), append(upText, t.Text)
+			upEdited, upDeleted = append(upEdited, timeOrNil(t.EditedAt)), append(upDeleted, t.Deleted)
+		}
+		b.Queue(`UPDATE messages m SET text = u.text, edited_at = u.edited_at, deleted = u.deleted
+			FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::boolean[])
+				AS u(chat_id, seq, text, edited_at, deleted)
+			WHERE m.chat_id = u.chat_id AND m.seq = u.seq`, upChats, upSeqs, upText, upEdited, upDeleted)
+	}
+	if len(deleted) > 0 {
+		// A deletion takes the text out of the message's edits too.
+		delChats, delSeqs := make([]int64, len(deleted)), make([]int64, len(deleted))
+		for i, k := range deleted {
+			delChats[i], delSeqs[i] = k.chatID, k.seq
+		}
+		b.Queue(`UPDATE messages m SET text = ''
+			FROM unnest($1::bigint[], $2::bigint[]) AS d(chat_id, seq)
+			WHERE m.chat_id = d.chat_id AND m.kind = 'edit' AND m.target_seq = d.seq AND m.text <> ''`, delChats, delSeqs)
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("store batch: insert: %w", err)
 	}
@@ -173,13 +330,29 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 	return out, nil
 }
 
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// prefixed qualifies each column of a column list with prefix.
+func prefixed(prefix, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i, c := range parts {
+		parts[i] = prefix + c
+	}
+	return strings.Join(parts, ", ")
+}
+
 // Page implements history.PageStore with a keyset query on the primary key.
 func (s *Store) Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([]history.Message, error) {
 	if beforeSeq <= 0 {
 		beforeSeq = math.MaxInt64
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT chat_id, seq, sender_id, sender, client_msg_id, text, sent_at
+		SELECT `+columns+`
 		FROM messages WHERE chat_id = $1 AND seq < $2
 		ORDER BY seq DESC LIMIT $3`, chatID, beforeSeq, limit)
 	msgs, err := scanMessages(rows, err, limit)
@@ -196,9 +369,9 @@ func scanMessages(rows pgx.Rows, err error, limit int) ([]history.Message, error
 		return nil, err
 	}
 	msgs := make([]history.Message, 0, limit)
-	var m history.Message
-	_, err = pgx.ForEachRow(rows, []any{&m.ChatID, &m.Seq, &m.SenderID, &m.Sender, &m.ClientMsgID, &m.Text, &m.SentAt}, func() error {
-		msgs = append(msgs, m)
+	var r row
+	_, err = pgx.ForEachRow(rows, r.dest(), func() error {
+		msgs = append(msgs, r.message())
 		return nil
 	})
 	return msgs, err
@@ -208,7 +381,7 @@ func scanMessages(rows pgx.Rows, err error, limit int) ([]history.Message, error
 // first: a keyset read on the primary key (chat_id, seq).
 func (s *Store) After(ctx context.Context, chatID, afterSeq int64, limit int) ([]history.Message, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT chat_id, seq, sender_id, sender, client_msg_id, text, sent_at
+		SELECT `+columns+`
 		FROM messages WHERE chat_id = $1 AND seq > $2
 		ORDER BY seq LIMIT $3`, chatID, afterSeq, limit)
 	msgs, err := scanMessages(rows, err, limit)
@@ -216,6 +389,32 @@ func (s *Store) After(ctx context.Context, chatID, afterSeq int64, limit int) ([
 		return nil, fmt.Errorf("select page after: %w", err)
 	}
 	return msgs, nil
+}
+
+// Entry implements history.PageStore: the entry of chat at seq.
+func (s *Store) Entry(ctx context.Context, chatID, seq int64) (history.Message, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM messages WHERE chat_id = $1 AND seq = $2`, chatID, seq)
+	return one(rows, err)
+}
+
+// BySender implements history.PageStore: the entry of chat that sender
+// stored under clientMsgID (the unique key).
+func (s *Store) BySender(ctx context.Context, chatID, senderID int64, clientMsgID string) (history.Message, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM messages
+		WHERE chat_id = $1 AND sender_id = $2 AND client_msg_id = $3`, chatID, senderID, clientMsgID)
+	return one(rows, err)
+}
+
+// one reads the single row of rows, or history.ErrNotFound.
+func one(rows pgx.Rows, err error) (history.Message, error) {
+	msgs, err := scanMessages(rows, err, 1)
+	switch {
+	case err != nil:
+		return history.Message{}, fmt.Errorf("select entry: %w", err)
+	case len(msgs) == 0:
+		return history.Message{}, history.ErrNotFound
+	}
+	return msgs[0], nil
 }
 
 // Latest returns the newest stored sequence of each chat that has one.

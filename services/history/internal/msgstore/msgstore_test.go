@@ -2,6 +2,7 @@ package msgstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -239,4 +240,173 @@ func BenchmarkStoreBatch(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// change returns an edit (text set) or a deletion (text empty) of target,
+// accepted minute minutes after t0.
+func change(chat, sender int64, client string, target int64, text string, minute int) history.Message {
+	m := msg(chat, sender, client, text)
+	m.Kind, m.TargetSeq, m.SentAt = history.KindEdit, target, t0.Add(time.Duration(minute)*time.Minute)
+	if text == "" {
+		m.Kind = history.KindDelete
+	}
+	return m
+}
+
+// outcomes describes each stored entry: chat/seq, "dup", or the rejection.
+func outcomes(stored []history.Stored) []string {
+	out := seqs(stored)
+	for i, s := range stored {
+		switch {
+		case errors.Is(s.Rejected, history.ErrTargetNotFound):
+			out[i] = "not found"
+		case errors.Is(s.Rejected, history.ErrNotSender):
+			out[i] = "not sender"
+		case errors.Is(s.Rejected, history.ErrTargetDeleted):
+			out[i] = "deleted"
+		case s.Rejected != nil:
+			out[i] = s.Rejected.Error()
+		}
+	}
+	return out
+}
+
+// entryState describes a stored entry as history shows it.
+func entryState(m history.Message) string {
+	s := fmt.Sprintf("%d %s", m.Seq, m.Kind)
+	if m.Kind == history.KindMessage {
+		s += "message"
+	}
+	if m.TargetSeq != 0 {
+		s += fmt.Sprintf(" of %d", m.TargetSeq)
+	}
+	s += fmt.Sprintf(" %q", m.Text)
+	if !m.EditedAt.IsZero() {
+		s += fmt.Sprintf(" edited +%s", m.EditedAt.Sub(t0))
+	}
+	if m.Deleted {
+		s += " deleted"
+	}
+	return s
+}
+
+func TestStoreChanges(t *testing.T) {
+	t.Parallel()
+	store, pool := newStore(t)
+	ctx := context.Background()
+
+	got, err := store.StoreBatch(ctx, []history.Message{
+		msg(1, 10, "a", "hello"),
+		msg(1, 11, "b", "bob's"),
+		change(1, 10, "e1", 1, "hello!", 1),
+		change(1, 11, "e2", 1, "hijack", 2),    // another user's message
+		change(1, 10, "e3", 99, "nothing", 3),  // no such entry
+		change(1, 11, "d1", 2, "", 4),          // bob deletes his own
+		change(1, 11, "e4", 2, "too late", 5),  // edit after delete, in one batch
+		msg(1, 10, "c", "new one"),             //
+		change(1, 10, "e5", 5, "in batch", 6),  // target stored in the same batch
+		change(1, 10, "e1", 1, "retried", 7),   // a retry of e1
+		change(1, 10, "e6", 3, "an edit's", 8), // an edit is no message
+		msg(2, 10, "a", "other chat"),
+		change(2, 10, "e1", 1, "other chat's edit", 9),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"1/1", "1/2", "1/3", "not sender", "not found", "1/4", "deleted", "1/5", "1/6", "1/3 dup", "not found", "2/1", "2/2"}
+	if diff := cmp.Diff(want, outcomes(got)); diff != "" {
+		t.Errorf("first batch (-want +got):\n%s", diff)
+	}
+	if got[9].Text != "hello!" || got[9].Kind != history.KindEdit || got[9].TargetSeq != 1 {
+		t.Errorf("retried edit = %+v, want the original edit", got[9].Message)
+	}
+	if got[7].Text != "new one" || !got[7].EditedAt.IsZero() {
+		t.Errorf("message 5 as published = %+v, want as sent (its edit follows)", got[7].Message)
+	}
+
+	page := func(chat int64) []string {
+		t.Helper()
+		msgs, err := store.Page(ctx, chat, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([]string, len(msgs))
+		for i, m := range msgs {
+			out[i] = entryState(m)
+		}
+		return out
+	}
+	wantPage := []string{
+		`1 message "hello!" edited +1m0s`,
+		`2 message "" deleted`,
+		`3 edit of 1 "hello!"`,
+		`4 delete of 2 ""`,
+		`5 message "in batch" edited +6m0s`,
+		`6 edit of 5 "in batch"`,
+	}
+	if diff := cmp.Diff(wantPage, page(1)); diff != "" {
+		t.Errorf("chat 1 after the first batch (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{`1 message "other chat's edit" edited +9m0s`, `2 edit of 1 "other chat's edit"`}, page(2)); diff != "" {
+		t.Errorf("chat 2 (-want +got):\n%s", diff)
+	}
+
+	// A later batch: targets loaded from the table.
+	got, err = store.StoreBatch(ctx, []history.Message{
+		change(1, 10, "d2", 1, "", 10),
+		change(1, 10, "e1", 1, "retried after the delete", 11), // still the original
+		change(1, 10, "d3", 1, "", 12),                         // deleted twice
+		change(1, 10, "e7", 5, "again", 13),
+		change(1, 11, "e4", 2, "retried too late", 14), // rejected before, rejected again
+		change(1, 11, "d1", 2, "", 15),                 // a retried delete: the original
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"1/7", "1/3 dup", "deleted", "1/8", "deleted", "1/4 dup"}, outcomes(got)); diff != "" {
+		t.Errorf("second batch (-want +got):\n%s", diff)
+	}
+	wantPage = []string{
+		`1 message "" edited +1m0s deleted`,
+		`2 message "" deleted`,
+		`3 edit of 1 ""`, // a deletion takes the text out of the edits
+		`4 delete of 2 ""`,
+		`5 message "again" edited +13m0s`,
+		`6 edit of 5 "in batch"`,
+		`7 delete of 1 ""`,
+		`8 edit of 5 "again"`,
+	}
+	if diff := cmp.Diff(wantPage, page(1)); diff != "" {
+		t.Errorf("chat 1 after the second batch (-want +got):\n%s", diff)
+	}
+
+	// Only rejected changes: nothing is written, no number spent.
+	got, err = store.StoreBatch(ctx, []history.Message{change(1, 11, "e8", 5, "not mine", 16)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"not sender"}, outcomes(got)); diff != "" {
+		t.Errorf("rejected batch (-want +got):\n%s", diff)
+	}
+	var last int64
+	if err := pool.QueryRow(ctx, `SELECT last_seq FROM chat_counters WHERE chat_id = 1`).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	if last != 8 {
+		t.Errorf("chat 1 counter = %d, want 8", last)
+	}
+
+	// Single entries, by sequence and by client message id.
+	if m, err := store.Entry(ctx, 1, 5); err != nil || m.Text != "again" || m.Kind != history.KindMessage {
+		t.Errorf("entry 1/5 = %+v, %v", m, err)
+	}
+	if m, err := store.BySender(ctx, 1, 10, "d2"); err != nil || m.Seq != 7 || m.Kind != history.KindDelete || m.TargetSeq != 1 {
+		t.Errorf("entry of d2 = %+v, %v; want the delete at 7", m, err)
+	}
+	if _, err := store.Entry(ctx, 1, 99); !errors.Is(err, history.ErrNotFound) {
+		t.Errorf("entry 1/99: %v, want ErrNotFound", err)
+	}
+	if _, err := store.BySender(ctx, 1, 11, "e4"); !errors.Is(err, history.ErrNotFound) {
+		t.Errorf("rejected e4: %v, want ErrNotFound", err)
+	}
 }

@@ -1,5 +1,6 @@
 // Package natsapi is the history service's NATS transport: it serves history
-// pages, newest sequences and unread counts, and maps domain errors to
+// pages, newest sequences, single entries and unread counts, and maps
+// domain errors to
 // protocol codes.
 package natsapi
 
@@ -52,10 +53,7 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 			}
 			out := busapi.HistoryPage{Messages: make([]protocol.Message, len(msgs))}
 			for i, m := range msgs {
-				out.Messages[i] = protocol.Message{
-					Type: protocol.TypeMessage, ChatID: m.ChatID, Seq: m.Seq, SenderID: m.SenderID, Sender: m.Sender,
-					ClientMsgID: m.ClientMsgID, Text: m.Text, SentAt: m.SentAt,
-				}
+				out.Messages[i] = m.Event()
 			}
 			return out, nil
 		})
@@ -77,17 +75,34 @@ func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, 
 	if err != nil {
 		return nil, err
 	}
+	// One entry, for the chat service: the target of an edit or deletion,
+	// or the entry a retried client message id stored. The chat service
+	// asks after its own membership check; no user reads through here.
+	message, err := natsbus.Handle(ctx, srv, subj.HistoryMessage(), subjects.QueueHistory,
+		func(ctx context.Context, req busapi.MessageRequest) (protocol.Message, error) {
+			m, err := svc.Entry(ctx, req.ChatID, req.Seq, req.SenderID, req.ClientMsgID)
+			if err != nil {
+				return protocol.Message{}, mapError(err)
+			}
+			return m.Event(), nil
+		})
+	if err != nil {
+		return nil, err
+	}
 	unread, err := registerUnread(ctx, srv, subj, svc)
 	if err != nil {
 		return nil, err
 	}
-	return []*nats.Subscription{page, latest, unread}, nil
+	return []*nats.Subscription{page, latest, message, unread}, nil
 }
 
 // mapError is the one place domain errors become protocol codes.
 func mapError(err error) error {
 	if errors.Is(err, history.ErrInvalidPage) {
 		return busapi.Errorf(protocol.CodeInvalidInput, err.Error())
+	}
+	if errors.Is(err, history.ErrNotFound) {
+		return busapi.Errorf(protocol.CodeMessageNotFound, "no such entry in the chat")
 	}
 	return fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "history is not available now; retry"), err)
 }

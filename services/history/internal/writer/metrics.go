@@ -12,6 +12,7 @@ type metrics struct {
 	commitSeconds prometheus.Histogram
 	stored        prometheus.Counter
 	duplicates    prometheus.Counter
+	rejected      prometheus.Counter
 	failedBatches prometheus.Counter
 	terminated    prometheus.Counter
 	fanoutErrors  prometheus.Counter
@@ -37,6 +38,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "history_writer_duplicates_total",
 			Help: "Messages already stored (retries, redeliveries) that kept their original sequence number.",
 		}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "history_writer_changes_rejected_total",
+			Help: "Edits and deletions not stored because their target was missing, another user's or deleted (a race the chat service's check cannot see).",
+		}),
 		failedBatches: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_failed_batches_total",
 			Help: "Batches whose transaction failed; their messages are redelivered.",
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Batches whose stored messages could not all be published for fanout.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.failedBatches, m.terminated, m.fanoutErrors} {
+	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register writer metrics: %w", err)
 		}

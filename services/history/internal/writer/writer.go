@@ -1,7 +1,7 @@
 // Package writer is the history writer: it consumes the message stream in
 // batches as a durable JetStream pull consumer, stores each batch in one
-// transaction, acknowledges it, and then publishes the stored messages for
-// fanout.
+// transaction (messages, and the edits and deletions of messages), publishes
+// the stored entries for fanout, and acknowledges them.
 //
 // A message is acknowledged only after the transaction holding it has
 // committed, so a crash anywhere before that redelivers it (P1); the store's
@@ -33,8 +33,9 @@ import (
 // Store writes batches of messages.
 type Store interface {
 	// StoreBatch stores msgs (in stream order) in one transaction and
-	// returns each of them as stored: with its sequence number, or, for a
-	// message stored before, the original and Duplicate set.
+	// returns each of them as stored: with its sequence number, or, for an
+	// entry stored before, the original and Duplicate set, or, for an edit
+	// or deletion whose target failed the check, Rejected set.
 	StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error)
 }
 
@@ -349,20 +350,30 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 	// that gateways send them to their sender only: a retrying sender
 	// learns its message's original sequence number from it, and nobody
 	// else sees the message twice.
-	events := make([]Event, len(stored))
-	dups := 0
+	// A rejected change (its target was deleted meanwhile, say) is
+	// stored nowhere and published to nobody; it is acked with the rest.
+	events := make([]Event, 0, len(stored))
+	dups, rejected := 0, 0
 	for i, s := range stored {
 		it := items[i]
+		if s.Rejected != nil {
+			rejected++
+			it.span.SetAttributes(attribute.String("history.rejected", s.Rejected.Error()))
+			w.log.WarnContext(it.ctx, "change of a message rejected; nothing stored",
+				"chat_id", s.ChatID, "kind", string(s.Kind), "target_seq", s.TargetSeq, "sender_id", s.SenderID, "reason", s.Rejected.Error())
+			continue
+		}
 		it.span.SetAttributes(attribute.Int64("chat.seq", s.Seq), attribute.Bool("history.duplicate", s.Duplicate))
 		carrier := propagation.MapCarrier{}
 		w.prop.Inject(it.ctx, carrier)
-		events[i] = Event{Message: s.Message, Trace: carrier, Duplicate: s.Duplicate}
+		events = append(events, Event{Message: s.Message, Trace: carrier, Duplicate: s.Duplicate})
 		if s.Duplicate {
 			dups++
 		}
 	}
-	w.m.stored.Add(float64(len(stored) - dups))
+	w.m.stored.Add(float64(len(stored) - dups - rejected))
 	w.m.duplicates.Add(float64(dups))
+	w.m.rejected.Add(float64(rejected))
 	if err := w.pub.Publish(bctx, events); err != nil {
 		w.m.fanoutErrors.Inc()
 		bspan.RecordError(err)
@@ -397,15 +408,30 @@ func decode(r jetstream.Msg) (history.Message, error) {
 	if sm.ChatID <= 0 || sm.ClientMsgID == "" {
 		return history.Message{}, errors.New("stream message lacks chat_id or client_msg_id")
 	}
+	kind := history.Kind(sm.Kind)
+	switch {
+	case kind == history.KindMessage && sm.TargetSeq != 0:
+		return history.Message{}, errors.New("a message has no target_seq")
+	case kind == history.KindEdit, kind == history.KindDelete:
+		if sm.TargetSeq <= 0 {
+			return history.Message{}, fmt.Errorf("%s without a target_seq", kind)
+		}
+	case kind != history.KindMessage:
+		return history.Message{}, fmt.Errorf("unknown kind %q", sm.Kind)
+	}
 	sentAt := sm.AcceptedAt
 	if sentAt.IsZero() {
 		if md, err := r.Metadata(); err == nil {
 			sentAt = md.Timestamp
 		}
 	}
+	text := sm.Text
+	if kind == history.KindDelete {
+		text = ""
+	}
 	return history.Message{
-		ChatID: sm.ChatID, SenderID: sm.SenderID, Sender: sm.Sender,
-		ClientMsgID: sm.ClientMsgID, Text: sm.Text, SentAt: sentAt,
+		ChatID: sm.ChatID, Kind: kind, TargetSeq: sm.TargetSeq, SenderID: sm.SenderID, Sender: sm.Sender,
+		ClientMsgID: sm.ClientMsgID, Text: text, SentAt: sentAt,
 	}, nil
 }
 

@@ -583,3 +583,87 @@ func TestTwoWritersShareTheConsumer(t *testing.T) {
 		return metric(t, standby, "history_writer_messages_stored_total") == before+20
 	}, "the standby writer stores the messages published after the active one stopped")
 }
+
+// changeMsg is an edit (text set) or a deletion (no text) of target.
+func changeMsg(chat, sender int64, client string, target int64, text string) busapi.StreamMessage {
+	m := streamMsg(chat, sender, client, text)
+	m.Kind, m.TargetSeq = protocol.KindEdit, target
+	if text == "" {
+		m.Kind = protocol.KindDelete
+	}
+	return m
+}
+
+// TestWriterStoresChanges: edits and deletions take sequence numbers and go
+// out for fanout with their kind and target; one whose target fails the
+// writer's check (a race the chat service cannot see) is acked, counted and
+// neither stored nor published; a retried edit keeps its original number.
+func TestWriterStoresChanges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	events := e.subscribe(t, 4)
+	ctx := context.Background()
+	publish := func(ms ...busapi.StreamMessage) {
+		for _, m := range ms {
+			streamtest.Publish(ctx, t, e.js, e.subj, m, streamtest.MsgID(m))
+		}
+	}
+	publish(
+		streamMsg(4, 1, "m1", "first"),
+		streamMsg(4, 2, "m2", "second"),
+		changeMsg(4, 1, "e1", 1, "first, edited"),
+		changeMsg(4, 2, "x1", 1, "not mine"), // rejected: another sender
+		changeMsg(4, 2, "d1", 2, ""),
+		changeMsg(4, 2, "e2", 2, "after the delete"), // rejected: deleted
+	)
+	// Malformed changes never block the stream.
+	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(4), []byte(`{"chat_id":4,"sender_id":1,"client_msg_id":"bad","kind":"edit"}`), "bad-1")
+	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(4), []byte(`{"chat_id":4,"sender_id":1,"client_msg_id":"bad2","kind":"shout","target_seq":1}`), "bad-2")
+	reg := e.startWriter(t, writerOpts{})
+
+	describe := func(evs []event) []string {
+		out := make([]string, len(evs))
+		for i, ev := range evs {
+			out[i] = fmt.Sprintf("%d %q of %d %q dup=%v", ev.msg.Seq, ev.msg.Kind, ev.msg.TargetSeq, ev.msg.Text, ev.duplicate)
+		}
+		return out
+	}
+	want := []string{
+		`1 "" of 0 "first" dup=false`,
+		`2 "" of 0 "second" dup=false`,
+		`3 "edit" of 1 "first, edited" dup=false`,
+		`4 "delete" of 2 "" dup=false`,
+	}
+	if diff := cmp.Diff(want, describe(e.collect(t, events, 4))); diff != "" {
+		t.Errorf("fanout events (-want +got):\n%s", diff)
+	}
+	e.waitDrained(t)
+	if got := metric(t, reg, "history_writer_changes_rejected_total"); got != 2 {
+		t.Errorf("rejected counter = %v, want 2", got)
+	}
+	if got := metric(t, reg, "history_writer_malformed_messages_total"); got != 2 {
+		t.Errorf("malformed counter = %v, want 2", got)
+	}
+
+	// A retried edit past the stream's window (another Nats-Msg-Id) keeps
+	// its number and goes back to its sender; the next entry takes 5.
+	retry := changeMsg(4, 1, "e1", 1, "first, edited")
+	streamtest.Publish(ctx, t, e.js, e.subj, retry, "retry-e1")
+	publish(changeMsg(4, 1, "e3", 1, "first, edited again"))
+	want = []string{
+		`3 "edit" of 1 "first, edited" dup=true`,
+		`5 "edit" of 1 "first, edited again" dup=false`,
+	}
+	if diff := cmp.Diff(want, describe(e.collect(t, events, 2))); diff != "" {
+		t.Errorf("fanout events after the retry (-want +got):\n%s", diff)
+	}
+	e.waitDrained(t)
+	msgs, err := e.store.Page(ctx, 4, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 5 || msgs[0].Text != "first, edited again" || msgs[0].EditedAt.IsZero() || !msgs[1].Deleted || msgs[1].Text != "" {
+		t.Errorf("history = %+v; want 5 entries, message 1 edited again, message 2 deleted", msgs)
+	}
+}
