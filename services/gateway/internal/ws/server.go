@@ -152,11 +152,12 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			// The HTTP layer checked the Origin before calling Serve.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-		conns:     map[*Conn]struct{}{},
-		byUser:    map[int64]map[*Conn]struct{}{},
-		bySession: map[string]map[*Conn]struct{}{},
-		userLocks: map[int64]*userLock{},
-		viewers:   map[int64]map[*view]struct{}{}, watchers: map[int64]map[*view]struct{}{},
+		conns:         map[*Conn]struct{}{},
+		byUser:        map[int64]map[*Conn]struct{}{},
+		bySession:     map[string]map[*Conn]struct{}{},
+		userLocks:     map[int64]*userLock{},
+		viewers:       map[int64]map[*view]struct{}{},
+		watchers:      map[int64]map[*view]struct{}{},
 		everyoneViews: map[*view]struct{}{},
 		base:          base, cancel: cancel,
 		metrics: metrics{
@@ -364,7 +365,8 @@ func (s *Server) RevokeSession(sessionID string) int {
 // For users added or removed, the event's deltas are not trusted (core NATS
 // events are at-most-once and may arrive out of order): their connections
 // are reconciled with the chat service's answer, which announces every chat
-// joined ("chat") or left ("chat_removed").
+// joined ("chat") or left ("chat_removed"). Connections viewing the chat
+// follow its new members (presence).
 func (s *Server) ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent) {
 	s.chatViewsChanged(ctx, ev.Chat)
 	changedUsers := map[int64]bool{}
