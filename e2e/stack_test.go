@@ -53,7 +53,22 @@ type stack struct {
 	// is closed when its Run has returned.
 	stopGateway []context.CancelFunc
 	gatewayDone []chan struct{}
+	// abandonPresence[i], closed, makes gateway i stop renewing its
+	// presence lease as if it had died (see killPresence).
+	abandonPresence []chan struct{}
 }
+
+// Presence timing of the test stack: a dead gateway's users are offline
+// within presenceTTL + presenceSweep.
+const (
+	presenceTTL   = 2 * time.Second
+	presenceSweep = 500 * time.Millisecond
+)
+
+// killPresence makes gateway i look dead to the others: it stops renewing
+// its presence lease and writes nothing more about presence, and does no
+// cleanup, while its connections stay open.
+func (s *stack) killPresence(i int) { close(s.abandonPresence[i]) }
 
 // newTelemetry gives one service its own tracer provider (so its spans carry
 // its service name) exporting into the shared in-memory exporter.
@@ -125,17 +140,20 @@ func startStack(t *testing.T) *stack {
 		mustDefaults(t, gatewaysvc.EnvPrefix, &gwCfg, map[string]string{
 			"NATS_URL": s.natsURL, "REDIS_URL": redisURL, "REDIS_PREFIX": redisPrefix, "SUBJECT_PREFIX": s.prefix,
 			"HTTP_ADDR": "127.0.0.1:0", "DEBUG_ADDR": "127.0.0.1:0", "SHUTDOWN_TIMEOUT": "10s", "DRAIN_TIMEOUT": "5s",
-			"WEB_DIR": webDir(t),
+			"WEB_DIR": webDir(t), "PRESENCE_TTL": presenceTTL.String(), "PRESENCE_REFRESH_INTERVAL": (presenceTTL / 4).String(),
+			"PRESENCE_SWEEP_INTERVAL": presenceSweep.String(),
 		})
 		started := make(chan gatewaysvc.Started, 1)
 		tel := newTelemetry(t, "gateway", s.spans)
 		gctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
+		abandon := make(chan struct{})
+		s.abandonPresence = append(s.abandonPresence, abandon)
 		s.stopGateway = append(s.stopGateway, stop)
 		s.gatewayDone = append(s.gatewayDone, done)
 		goRun(fmt.Sprintf("gateway-%d", i+1), func() error {
 			defer close(done)
-			return gatewaysvc.Run(gctx, gwCfg, tel, started)
+			return gatewaysvc.Run(gctx, gwCfg, tel, started, gatewaysvc.AbandonPresence(abandon))
 		})
 		select {
 		case st := <-started:

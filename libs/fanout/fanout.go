@@ -24,7 +24,12 @@ type Envelope struct {
 	// Duplicate marks a message stored earlier and published again
 	// because its sender retried it (or the stream redelivered it). The
 	// gateways deliver it to the sender's connections only.
-	Duplicate bool              `json:"duplicate,omitempty"`
+	Duplicate bool `json:"duplicate,omitempty"`
+	// Ephemeral marks an event that is not part of the chat's history (a
+	// typing indicator): it has no sequence number, is never stored, and
+	// goes only to the connections viewing the chat, other than the
+	// sender's. Gateways publish these themselves.
+	Ephemeral bool              `json:"ephemeral,omitempty"`
 	Trace     map[string]string `json:"trace,omitempty"`
 	Event     json.RawMessage   `json:"event"`
 }

@@ -65,6 +65,7 @@ const (
 	CloseGoingAway    = 4000 // the gateway is shutting down; reconnect elsewhere
 	CloseSlowConsumer = 4001 // the client did not read fast enough; resume
 	CloseServerError  = 4002 // an internal error; reconnect and resume
+	CloseRateLimited  = 4003 // too many requests; reconnect later and resume
 
 	CloseUnauthorized  = 4100 // the session is missing, expired or revoked
 	CloseProtocolError = 4101 // the client broke the protocol repeatedly

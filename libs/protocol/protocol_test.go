@@ -100,7 +100,7 @@ func TestValidClientMsgID(t *testing.T) {
 
 func TestCloseCodeRanges(t *testing.T) {
 	t.Parallel()
-	for _, c := range []int{CloseGoingAway, CloseSlowConsumer, CloseServerError} {
+	for _, c := range []int{CloseGoingAway, CloseSlowConsumer, CloseServerError, CloseRateLimited} {
 		if !CloseShouldReconnect(c) {
 			t.Errorf("close code %d should tell the client to reconnect", c)
 		}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -24,6 +25,7 @@ import (
 	"github.com/communications/communications/services/gateway/internal/busevents"
 	"github.com/communications/communications/services/gateway/internal/httpapi"
 	"github.com/communications/communications/services/gateway/internal/hub"
+	"github.com/communications/communications/services/gateway/internal/presence"
 	"github.com/communications/communications/services/gateway/internal/ratelimit"
 	"github.com/communications/communications/services/gateway/internal/upstream"
 	"github.com/communications/communications/services/gateway/internal/ws"
@@ -52,6 +54,14 @@ type Config struct {
 	PongWait        time.Duration `env:"PONG_WAIT" envDefault:"60s"`
 	ResyncInterval  time.Duration `env:"RESYNC_INTERVAL" envDefault:"5m"`
 	PositionCheck   time.Duration `env:"POSITION_CHECK_INTERVAL" envDefault:"30s"`
+	SendRate        float64       `env:"SEND_RATE" envDefault:"20"`
+	SendBurst       int           `env:"SEND_BURST" envDefault:"40"`
+	SendRefusals    int           `env:"SEND_REFUSALS_BEFORE_CLOSE" envDefault:"10"`
+	TypingInterval  time.Duration `env:"TYPING_INTERVAL" envDefault:"2s"`
+	GatewayID       string        `env:"ID"`
+	PresenceTTL     time.Duration `env:"PRESENCE_TTL" envDefault:"15s"`
+	PresenceRefresh time.Duration `env:"PRESENCE_REFRESH_INTERVAL" envDefault:"5s"`
+	PresenceSweep   time.Duration `env:"PRESENCE_SWEEP_INTERVAL" envDefault:"5s"`
 	DrainBatch      int           `env:"DRAIN_BATCH" envDefault:"200"`
 	DrainInterval   time.Duration `env:"DRAIN_INTERVAL" envDefault:"100ms"`
 	DrainTimeout    time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
@@ -80,11 +90,21 @@ func (c *Config) Validate() error {
 	if c.AuthRatePerAddr < 1 || c.AuthRatePerUser < 1 {
 		errs = append(errs, errors.New("AUTH_RATE_PER_ADDRESS and AUTH_RATE_PER_USERNAME must be at least 1 a minute"))
 	}
+	if c.SendRate <= 0 || c.SendBurst < 1 || c.SendRefusals < 1 {
+		errs = append(errs, errors.New("SEND_RATE must be positive, SEND_BURST and SEND_REFUSALS_BEFORE_CLOSE at least 1"))
+	}
+	if !gatewayID.MatchString(c.GatewayID) {
+		errs = append(errs, errors.New("ID must be empty (random) or 1 to 64 letters, digits, '.', '_' or '-'"))
+	}
+	if c.PresenceRefresh*2 > c.PresenceTTL {
+		errs = append(errs, errors.New("PRESENCE_REFRESH_INTERVAL must be at most half of PRESENCE_TTL"))
+	}
 	if c.DrainBatch < 1 {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
 	}
 	for name, d := range map[string]time.Duration{
 		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait, "RESYNC_INTERVAL": c.ResyncInterval, "POSITION_CHECK_INTERVAL": c.PositionCheck,
+		"TYPING_INTERVAL": c.TypingInterval, "PRESENCE_TTL": c.PresenceTTL, "PRESENCE_REFRESH_INTERVAL": c.PresenceRefresh, "PRESENCE_SWEEP_INTERVAL": c.PresenceSweep,
 		"DRAIN_INTERVAL": c.DrainInterval, "DRAIN_TIMEOUT": c.DrainTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout,
 	} {
 		if d <= 0 {
@@ -97,6 +117,24 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// gatewayID is what GATEWAY_ID may be: it goes into Redis key names.
+var gatewayID = regexp.MustCompile(`^[A-Za-z0-9._-]{0,64}$`)
+
+// Option changes how Run runs a gateway (for tests).
+type Option func(*options)
+
+type options struct {
+	abandonPresence <-chan struct{}
+}
+
+// AbandonPresence makes the gateway stop renewing its presence lease, and
+// write nothing more about presence, once ch is closed: to other gateways
+// it then looks dead and its users go offline within PRESENCE_TTL +
+// PRESENCE_SWEEP_INTERVAL. For tests of a gateway's death.
+func AbandonPresence(ch <-chan struct{}) Option {
+	return func(o *options) { o.abandonPresence = ch }
+}
+
 // Started reports the addresses a gateway listens on, once it listens.
 type Started struct {
 	HTTPAddr  string
@@ -106,7 +144,11 @@ type Started struct {
 // Run runs a gateway until ctx is cancelled, then drains its websockets and
 // shuts down within cfg.ShutdownTimeout. If started is not nil it receives
 // the bound addresses (useful with port 0).
-func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan<- Started) error {
+func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan<- Started, opts ...Option) error {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	log := tel.Logger
 	subj, err := subjects.New(cfg.SubjectPrefix)
 	if err != nil {
@@ -136,8 +178,16 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
 	h := hub.New(hubCtx, rdb, cfg.RedisPrefix, log, tel.TracerProvider, tel.Registry)
-	wss := ws.NewServer(ws.Config{SendQueue: cfg.SendQueue, WriteTimeout: cfg.WriteTimeout, PongWait: cfg.PongWait},
+	wss := ws.NewServer(ws.Config{SendQueue: cfg.SendQueue, WriteTimeout: cfg.WriteTimeout, PongWait: cfg.PongWait,
+		SendRate: cfg.SendRate, SendBurst: cfg.SendBurst, SendRefusals: cfg.SendRefusals, TypingInterval: cfg.TypingInterval},
 		up, h, log, tel.TracerProvider, tel.Registry)
+	tracker, err := presence.New(rdb, presence.Config{Prefix: cfg.RedisPrefix, GatewayID: cfg.GatewayID,
+		TTL: cfg.PresenceTTL, Refresh: cfg.PresenceRefresh, Sweep: cfg.PresenceSweep}, log)
+	if err != nil {
+		return err
+	}
+	wss.UsePresence(tracker)
+	log.InfoContext(ctx, "presence", "gateway_id", tracker.GatewayID())
 
 	ready := debugsrv.NewReadiness(map[string]debugsrv.Check{
 		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
@@ -199,6 +249,27 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(hubCtx) })
+	// Presence leaves Redis (announcing this gateway's users offline) when
+	// hubCtx ends, after the websockets have drained.
+	g.Go(func() error {
+		return tracker.Run(hubCtx, func(ch presence.Change) { wss.PresenceChanged(ch.UserID, ch.Username, ch.Online) },
+			func() {
+				rctx, cancel := context.WithTimeout(hubCtx, cfg.PresenceRefresh)
+				defer cancel()
+				wss.RefreshViews(rctx)
+			}, nil)
+	})
+	if o.abandonPresence != nil {
+		g.Go(func() error {
+			select {
+			case <-o.abandonPresence:
+				log.Warn("presence abandoned: the lease is left to expire")
+				tracker.Abandon()
+			case <-gctx.Done():
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		tick := time.NewTicker(cfg.PositionCheck)
 		defer tick.Stop()

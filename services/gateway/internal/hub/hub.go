@@ -30,8 +30,12 @@ type Sink interface {
 	// sequence number; duplicate marks a message published again for its
 	// retrying sender.
 	DeliverMessage(chatID, seq int64, duplicate bool, event []byte)
+	// DeliverEphemeral hands over an event of chat that is not part of its
+	// history (a typing indicator) from another user; the sink shows it
+	// only if it views the chat, and may drop it.
+	DeliverEphemeral(chatID int64, event []byte)
 	// UserID is the connection's user; events marked duplicate go to
-	// their sender's connections only.
+	// their sender's connections only, ephemeral ones to everyone else's.
 	UserID() int64
 }
 
@@ -46,6 +50,7 @@ func (s *channelState) confirm() { s.once.Do(func() { close(s.confirmed) }) }
 // Hub routes events from Redis to sinks.
 type Hub struct {
 	prefix string
+	rdb    *redis.Client
 	ps     *redis.PubSub
 	msgs   <-chan any
 	log    *slog.Logger
@@ -70,6 +75,7 @@ func New(ctx context.Context, rdb *redis.Client, prefix string, log *slog.Logger
 	ps := rdb.Subscribe(ctx)
 	h := &Hub{
 		prefix:   prefix,
+		rdb:      rdb,
 		ps:       ps,
 		msgs:     ps.ChannelWithSubscriptions(redis.WithChannelSize(8192)),
 		log:      log,
@@ -213,6 +219,18 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 	defer span.End()
 	h.mu.RLock()
 	n := 0
+	if env.Ephemeral {
+		for s := range h.chats[chatID] {
+			if s.UserID() != env.SenderID {
+				s.DeliverEphemeral(chatID, env.Event)
+				n++
+			}
+		}
+		h.mu.RUnlock()
+		h.delivered.Add(float64(n))
+		span.SetAttributes(attribute.Int64("chat.id", chatID), attribute.Int("fanout.recipients", n))
+		return
+	}
 	for s := range h.chats[chatID] {
 		// A stored message published again for its retrying sender
 		// goes to the sender only: nobody else sees it twice.
@@ -225,6 +243,23 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 	h.mu.RUnlock()
 	h.delivered.Add(float64(n))
 	span.SetAttributes(attribute.Int64("chat.id", chatID), attribute.Int("fanout.recipients", n))
+}
+
+// PublishEphemeral sends an event that is not part of the chat's history
+// (a typing indicator) from sender to the other members' connections on
+// every gateway, through the chat's channel. Nothing stores it; like all
+// pub/sub it may be lost.
+func (h *Hub) PublishEphemeral(ctx context.Context, chatID, senderID int64, event []byte) error {
+	env := fanout.Envelope{ChatID: chatID, SenderID: senderID, Ephemeral: true, Event: event, Trace: map[string]string{}}
+	telemetry.Propagator().Inject(ctx, propagation.MapCarrier(env.Trace))
+	b, err := json.Marshal(env)
+	if err != nil {
+		return fmt.Errorf("encode ephemeral event: %w", err)
+	}
+	if err := h.rdb.Publish(ctx, fanout.Channel(h.prefix, chatID), b).Err(); err != nil {
+		return fmt.Errorf("publish ephemeral event of chat %d: %w", chatID, err)
+	}
+	return nil
 }
 
 func (h *Hub) chatOf(channel string) (int64, bool) {

@@ -22,9 +22,22 @@ import (
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 type sink struct {
-	user   int64
-	mu     sync.Mutex
-	events []string
+	user      int64
+	mu        sync.Mutex
+	events    []string
+	ephemeral []string
+}
+
+func (s *sink) DeliverEphemeral(_ int64, ev []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ephemeral = append(s.ephemeral, string(ev))
+}
+
+func (s *sink) gotEphemeral() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.ephemeral...)
 }
 
 func (s *sink) UserID() int64 { return s.user }
@@ -137,6 +150,43 @@ func TestDuplicateGoesToSenderOnly(t *testing.T) {
 	}, "deliveries")
 	if got := other.got(); got[0] != `{"new":2}` {
 		t.Errorf("other user got %v, want only the new message", got)
+	}
+}
+
+// TestEphemeralSkipsSenderAndHistory: an ephemeral event (typing) published
+// by a gateway reaches the other users' connections in the chat through the
+// ephemeral path, never the sender's and never as a message.
+func TestEphemeralSkipsSenderAndHistory(t *testing.T) {
+	t.Parallel()
+	h, rdb, prefix := startHub(t)
+	sender, senderTab, other, outsider := &sink{user: 1}, &sink{user: 1}, &sink{user: 2}, &sink{user: 3}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range []*sink{sender, senderTab, other} {
+		if err := h.Join(ctx, s, []int64{7}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Join(ctx, outsider, []int64{8}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PublishEphemeral(ctx, 7, 1, json.RawMessage(`{"typing":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	// A message published after it arrives after it: then the typing
+	// event has been dispatched too.
+	publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: 7, Seq: 1, SenderID: 2, Event: json.RawMessage(`{"m":1}`)})
+	testenv.Eventually(t, 5*time.Second, func() bool { return len(sender.got()) == 1 && len(other.got()) == 1 }, "message")
+	if got := other.gotEphemeral(); len(got) != 1 || got[0] != `{"typing":1}` {
+		t.Errorf("other member got ephemeral %v, want the typing event", got)
+	}
+	for name, s := range map[string]*sink{"sender": sender, "sender's other tab": senderTab, "outsider": outsider} {
+		if got := s.gotEphemeral(); len(got) != 0 {
+			t.Errorf("%s got ephemeral %v, want none", name, got)
+		}
+	}
+	if got := other.got(); got[0] != `{"m":1}` {
+		t.Errorf("messages of other = %v, want only the message", got)
 	}
 }
 

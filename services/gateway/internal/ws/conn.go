@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/protocol"
@@ -50,6 +51,17 @@ type Conn struct {
 	posMu     sync.Mutex
 	positions map[int64]*chatPosition
 	heldTotal int // messages held over all chats, bounded by the send queue
+
+	// view is the chat the connection shows (nil: none); guarded by
+	// srv.viewMu.
+	view *view
+	// The reader goroutine alone uses these: the bucket of costly
+	// requests, its recent refusals, and when the user last typed in each
+	// chat.
+	limiter      *rate.Limiter
+	refusals     int
+	refusedSince time.Time
+	typedAt      map[int64]time.Time
 
 	send      chan []byte
 	closed    chan struct{}
@@ -151,6 +163,7 @@ func (c *Conn) syncChats(ctx context.Context, want []int64) (before []int64, err
 	}
 	if len(leave) > 0 {
 		c.srv.hub.Leave(c, leave)
+		c.srv.unviewChats(c, leave)
 		for _, id := range leave {
 			// A later rejoin starts afresh, not from before the absence.
 			c.dropPosition(id)
@@ -194,6 +207,16 @@ func (c *Conn) Close(code int, text string) {
 		c.closeCode, c.closeText = code, text
 		close(c.closed)
 	})
+}
+
+// isClosed reports whether the connection is closing.
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 func (c *Conn) deliverJSON(v any) {
@@ -315,6 +338,11 @@ func (c *Conn) readLoop(ctx context.Context) {
 			continue
 		}
 		for _, raw := range events {
+			if c.isClosed() {
+				// Closing (rate limited, logged out): the rest is not
+				// served.
+				break
+			}
 			c.handle(ctx, raw)
 		}
 	}
@@ -336,15 +364,25 @@ func (c *Conn) handle(ctx context.Context, raw []byte) {
 	case protocol.TypePing:
 		c.deliverJSON(protocol.Pong{Type: protocol.TypePong, ID: ev.ID})
 	case protocol.TypeSend:
-		c.handleSend(ctx, ev)
+		if c.allow(ev) {
+			c.handleSend(ctx, ev)
+		}
 	case protocol.TypeEdit, protocol.TypeDelete:
-		c.handleChange(ctx, ev)
+		if c.allow(ev) {
+			c.handleChange(ctx, ev)
+		}
 	case protocol.TypeRead:
-		c.handleRead(ctx, ev)
+		// A read costs a chat service request, a history query and a
+		// write, like a send.
+		if c.allow(ev) {
+			c.handleRead(ctx, ev)
+		}
 	case protocol.TypeTyping:
 		c.handleTyping(ctx, ev)
 	case protocol.TypeView:
-		c.handleView(ctx, ev)
+		if c.allow(ev) {
+			c.handleView(ctx, ev)
+		}
 	}
 }
 

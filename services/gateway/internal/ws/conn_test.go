@@ -24,9 +24,10 @@ import (
 
 // fakeHub records joins and leaves per sink.
 type fakeHub struct {
-	mu      sync.Mutex
-	joined  map[hub.Sink][]int64
-	failFor int64
+	mu        sync.Mutex
+	joined    map[hub.Sink][]int64
+	failFor   int64
+	published []string // ephemeral events, as "chat:sender:event"
 }
 
 func (h *fakeHub) Join(_ context.Context, s hub.Sink, ids []int64) error {
@@ -43,6 +44,13 @@ func (h *fakeHub) Leave(s hub.Sink, ids []int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.joined[s] = slices.DeleteFunc(h.joined[s], func(id int64) bool { return slices.Contains(ids, id) })
+}
+
+func (h *fakeHub) PublishEphemeral(_ context.Context, chatID, senderID int64, event []byte) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.published = append(h.published, fmt.Sprintf("%d:%d:%s", chatID, senderID, event))
+	return nil
 }
 
 func (h *fakeHub) of(s hub.Sink) []int64 {
@@ -71,6 +79,10 @@ func (noUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, 
 }
 func (noUpstream) Change(context.Context, busapi.ChangeRequest) (busapi.SendResult, error) {
 	return busapi.SendResult{}, nil
+}
+
+func (noUpstream) GetChat(context.Context, int64, int64) (busapi.Chat, error) {
+	return busapi.Chat{}, nil
 }
 
 func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {

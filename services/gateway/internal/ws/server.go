@@ -33,12 +33,24 @@ type Config struct {
 	PongWait time.Duration
 	// PingInterval is how often the server pings. Default PongWait*9/10.
 	PingInterval time.Duration
+	// SendRate is how many sends, edits, deletes and views a connection
+	// may make a second on average, SendBurst how many at once. Default
+	// 20/s, burst 40.
+	SendRate  float64
+	SendBurst int
+	// SendRefusals is how many requests over the rate within 10 s close
+	// the connection with CloseRateLimited. Default 10.
+	SendRefusals int
+	// TypingInterval is the least time between two typing events of one
+	// connection in one chat; more are dropped. Default 2s.
+	TypingInterval time.Duration
 }
 
 // Hub is the fanout the connections subscribe to.
 type Hub interface {
 	Join(ctx context.Context, s hub.Sink, chatIDs []int64) error
 	Leave(s hub.Sink, chatIDs []int64)
+	PublishEphemeral(ctx context.Context, chatID, senderID int64, event []byte) error
 }
 
 // Upstream is what connections need from the other services.
@@ -50,6 +62,7 @@ type Upstream interface {
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
 	Change(ctx context.Context, req busapi.ChangeRequest) (busapi.SendResult, error)
+	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
 }
 
 type metrics struct {
@@ -61,6 +74,10 @@ type metrics struct {
 	slowConsumers prometheus.Counter
 	gapsFilled    prometheus.Counter
 	pagesShared   prometheus.Counter
+	// rateLimited counts requests refused by the per-connection rate
+	// limit, rateLimitCloses the connections closed for it.
+	rateLimited     prometheus.Counter
+	rateLimitCloses prometheus.Counter
 }
 
 // Server accepts websocket connections and keeps track of them.
@@ -80,6 +97,15 @@ type Server struct {
 	userLocks map[int64]*userLock
 	// pages shares history reads of replays between connections.
 	pages singleflight.Group
+
+	presence Presence
+	// viewMu guards every connection's view and the indexes of views:
+	// by chat viewed, by member (the users whose presence a view shows),
+	// and the views of chats every user is in.
+	viewMu        sync.Mutex
+	viewers       map[int64]map[*view]struct{}
+	watchers      map[int64]map[*view]struct{}
+	everyoneViews map[*view]struct{}
 
 	// posMu guards storedBefore: the newest stored sequence of each chat
 	// at the previous position check.
@@ -110,6 +136,18 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 	if cfg.PingInterval <= 0 || cfg.PingInterval >= cfg.PongWait {
 		cfg.PingInterval = cfg.PongWait * 9 / 10
 	}
+	if cfg.SendRate <= 0 {
+		cfg.SendRate = 20
+	}
+	if cfg.SendBurst <= 0 {
+		cfg.SendBurst = 40
+	}
+	if cfg.SendRefusals <= 0 {
+		cfg.SendRefusals = 10
+	}
+	if cfg.TypingInterval <= 0 {
+		cfg.TypingInterval = 2 * time.Second
+	}
 	base, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: cfg, up: up, hub: h, log: log,
@@ -120,11 +158,14 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			// The HTTP layer checked the Origin before calling Serve.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-		conns:     map[*Conn]struct{}{},
-		byUser:    map[int64]map[*Conn]struct{}{},
-		bySession: map[string]map[*Conn]struct{}{},
-		userLocks: map[int64]*userLock{},
-		base:      base, cancel: cancel,
+		conns:         map[*Conn]struct{}{},
+		byUser:        map[int64]map[*Conn]struct{}{},
+		bySession:     map[string]map[*Conn]struct{}{},
+		userLocks:     map[int64]*userLock{},
+		viewers:       map[int64]map[*view]struct{}{},
+		watchers:      map[int64]map[*view]struct{}{},
+		everyoneViews: map[*view]struct{}{},
+		base:          base, cancel: cancel,
 		metrics: metrics{
 			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
 			framesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
@@ -134,9 +175,14 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send queue was full."}),
 			gapsFilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_sequence_gaps_filled_total", Help: "Gaps in a chat's live messages filled from history."}),
 			pagesShared:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_history_reads_shared_total", Help: "Replay history reads answered by another connection's read of the same page."}),
+			rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_rate_limited_requests_total",
+				Help: "Requests refused by the per-connection rate limit (rate_limited)."}),
+			rateLimitCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_rate_limit_disconnects_total",
+				Help: "Connections closed for going over the rate limit repeatedly (4003)."}),
 		},
 	}
-	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled, s.metrics.pagesShared)
+	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
+		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
 	return s
 }
 
@@ -167,6 +213,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		send:      make(chan []byte, s.cfg.SendQueue),
 		closed:    make(chan struct{}),
 		positions: map[int64]*chatPosition{},
+		limiter:   newLimiter(s.cfg),
 	}
 	// Registered first: a logout or a chat change from now on reaches the
 	// connection, and the checks below see everything before.
@@ -210,6 +257,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		})
 		defer expiry.Stop()
 	}
+	if s.presence != nil {
+		s.presence.Connect(user.ID, user.Username)
+		defer s.presence.Disconnect(user.ID)
+	}
+	defer s.setView(c, nil)
 	c.start(hello)
 	if len(resumeFrom) > 0 {
 		// The replay runs beside the reader, so the client's sends and
@@ -320,8 +372,10 @@ func (s *Server) RevokeSession(sessionID string) int {
 // For users added or removed, the event's deltas are not trusted (core NATS
 // events are at-most-once and may arrive out of order): their connections
 // are reconciled with the chat service's answer, which announces every chat
-// joined ("chat") or left ("chat_removed").
+// joined ("chat") or left ("chat_removed"). Connections viewing the chat
+// follow its new members (presence).
 func (s *Server) ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent) {
+	s.chatViewsChanged(ctx, ev.Chat)
 	changedUsers := map[int64]bool{}
 	for _, id := range ev.Added {
 		changedUsers[id] = true
