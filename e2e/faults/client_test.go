@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,10 +124,11 @@ type chatClient struct {
 	rec      *Recorder
 	// interval paces the sends (0: as fast as answers come).
 	interval time.Duration
+	// pad lengthens every text by this many characters.
+	pad int
 
-	sending atomic.Bool // cleared to stop sending new messages
-	stop    chan struct{}
-	done    chan struct{}
+	stop chan struct{}
+	done chan struct{}
 
 	mu         sync.Mutex
 	view       []Row
@@ -139,13 +139,13 @@ type chatClient struct {
 	gateway    int    // the gateway of the current connection
 	sent       int    // messages started
 	inFlight   string // the client message id awaiting an answer
+	noMore     bool   // set to stop sending new messages
 	logf       func(string, ...any)
 }
 
 func newChatClient(t *testing.T, u user, chatID int64, gateways []string, prefer int, rec *Recorder, interval time.Duration) *chatClient {
 	c := &chatClient{u: u, chatID: chatID, gateways: gateways, prefer: prefer, rec: rec, interval: interval,
 		stop: make(chan struct{}), done: make(chan struct{}), logf: t.Logf, gateway: -1}
-	c.sending.Store(true)
 	return c
 }
 
@@ -154,7 +154,11 @@ func (c *chatClient) start() { go c.run() }
 
 // stopSending makes the client send no new message; the one in flight is
 // still retried until answered or the client closes.
-func (c *chatClient) stopSending() { c.sending.Store(false) }
+func (c *chatClient) stopSending() {
+	c.mu.Lock()
+	c.noMore = true
+	c.mu.Unlock()
+}
 
 // close stops the client and waits for it.
 func (c *chatClient) close() {
@@ -181,7 +185,7 @@ func (c *chatClient) idle() bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.inFlight == ""
+	return c.noMore && c.inFlight == ""
 }
 
 // seq returns the last sequence the client has.
@@ -332,14 +336,6 @@ func (c *chatClient) readLoop(s *session) {
 func (c *chatClient) sendLoop(s *session, cur *pendingSend, tick *time.Ticker) *pendingSend {
 	for {
 		if cur == nil {
-			if !c.sending.Load() {
-				// Nothing more to send: stay connected and keep reading.
-				select {
-				case <-c.stop:
-				case <-s.ended:
-				}
-				return nil
-			}
 			select {
 			case <-c.stop:
 				return nil
@@ -347,14 +343,25 @@ func (c *chatClient) sendLoop(s *session, cur *pendingSend, tick *time.Ticker) *
 				return nil
 			case <-tick.C:
 			}
+			// Deciding to send and marking the message in flight happen
+			// at once, so that idle never misses a message about to go.
 			c.mu.Lock()
+			if c.noMore {
+				c.mu.Unlock()
+				// Nothing more to send: stay connected and keep reading.
+				select {
+				case <-c.stop:
+				case <-s.ended:
+				}
+				return nil
+			}
 			cur = &pendingSend{id: fmt.Sprintf("%s-%d", c.u.name, c.sent), index: c.sent}
 			c.sent++
+			c.inFlight = cur.id
 			c.mu.Unlock()
 		}
-		c.setInFlight(cur.id)
 		c.rec.Attempt(c.chatID, c.u.id, cur.id, cur.index)
-		b, _ := json.Marshal(protocol.ClientEvent{Type: protocol.TypeSend, ID: cur.id, ChatID: c.chatID, ClientMsgID: cur.id, Text: "text of " + cur.id})
+		b, _ := json.Marshal(protocol.ClientEvent{Type: protocol.TypeSend, ID: cur.id, ChatID: c.chatID, ClientMsgID: cur.id, Text: "text of " + cur.id + strings.Repeat(".", c.pad)})
 		_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
 			return cur

@@ -221,8 +221,12 @@ func TestFaultGatewayKill(t *testing.T) {
 
 // TestFaultHistoryWriterKill: kill -9 the active history writer while it
 // stores a burst, then start it again.
+//
+// The writers fetch with a longer batch wait here (100 ms), so that at
+// nearly every moment the active one holds delivered, unacknowledged
+// messages; the kill comes when it does.
 func TestFaultHistoryWriterKill(t *testing.T) {
-	sc := newScenario(t, stackOptions{}, 8, 10*time.Millisecond)
+	sc := newScenario(t, stackOptions{env: map[string]string{"HISTORY_BATCH_WAIT": "100ms"}}, 8, 10*time.Millisecond)
 	const stored = "history_writer_messages_stored_total"
 	var active string
 	testenv.Eventually(t, 30*time.Second, func() bool {
@@ -237,7 +241,13 @@ func TestFaultHistoryWriterKill(t *testing.T) {
 	before := sc.s.metric(active, stored)
 	testenv.Eventually(t, 30*time.Second, func() bool { return sc.s.metric(active, stored) >= before+20 },
 		"%s storing the burst", active)
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		n, err := sc.s.unacked()
+		return err == nil && n > 0
+	}, "%s holding a batch", active)
 	sc.s.kill(active)
+	n, err := sc.s.unacked()
+	t.Logf("%d messages delivered to the killed writer and not acknowledged (err %v)", n, err)
 	sc.waitAcked(100, "after the writer was killed")
 	sc.s.start(active)
 	sc.waitAcked(100, "after the writer restarted")

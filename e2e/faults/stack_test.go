@@ -18,8 +18,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/communications/communications/libs/devstack"
+	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/testenv"
 )
 
@@ -41,6 +44,7 @@ type stack struct {
 	t        *testing.T
 	in       *infra
 	dbURL    string
+	subjects subjects.Subjects
 	services map[string]*service
 	order    []string
 }
@@ -58,6 +62,10 @@ func startStack(t *testing.T, opts stackOptions) *stack {
 	s.dbURL = createDatabase(t, in.pg)
 	redisPrefix := testenv.UniqueName("f")
 	subjectPrefix := testenv.SubjectPrefix()
+	var err error
+	if s.subjects, err = subjects.New(subjectPrefix); err != nil {
+		t.Fatal(err)
+	}
 	natsURL, redisURL := in.nats.URL(), in.redis.URL()
 	webDir := filepath.Join(in.dir, "web") // nothing there: no web app
 
@@ -165,6 +173,31 @@ func (s *stack) kill(name string) {
 	svc := s.services[name]
 	svc.proc.Kill()
 	s.t.Logf("killed %s (kill -9)", name)
+}
+
+// unacked returns how many messages the history writers' consumer has
+// delivered and not yet had acknowledged.
+func (s *stack) unacked() (int, error) {
+	nc, err := nats.Connect(s.in.nats.URL())
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := js.Consumer(ctx, s.subjects.MessagesStream(), s.subjects.HistoryWriterConsumer())
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.NumAckPending, nil
 }
 
 // gateways returns the base URLs of the gateway replicas.
