@@ -67,15 +67,7 @@ func signUpAll(t *testing.T, base, prefix string, n int) []user {
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
 	for i := range n {
-		wg.Go(func() {
-			// Fatal must not run off the test goroutine: collect instead.
-			defer func() {
-				if r := recover(); r != nil {
-					errs <- fmt.Sprint(r)
-				}
-			}()
-			users[i] = signUpNoFatal(base, fmt.Sprintf("%s%d", prefix, i), errs)
-		})
+		wg.Go(func() { users[i] = signUpNoFatal(base, fmt.Sprintf("%s%d", prefix, i), errs) })
 	}
 	wg.Wait()
 	close(errs)
@@ -85,6 +77,8 @@ func signUpAll(t *testing.T, base, prefix string, n int) []user {
 	return users
 }
 
+// signUpNoFatal signs one user up off the test goroutine, reporting a
+// failure on errs.
 func signUpNoFatal(base, name string, errs chan<- string) user {
 	const password = "correct horse battery staple"
 	deadline := time.Now().Add(60 * time.Second)
@@ -127,8 +121,9 @@ type chatClient struct {
 	// pad lengthens every text by this many characters.
 	pad int
 
-	stop chan struct{}
-	done chan struct{}
+	started bool
+	stop    chan struct{}
+	done    chan struct{}
 
 	mu         sync.Mutex
 	view       []Row
@@ -150,7 +145,10 @@ func newChatClient(t *testing.T, u user, chatID int64, gateways []string, prefer
 }
 
 // start runs the client in the background; stopSending then close end it.
-func (c *chatClient) start() { go c.run() }
+func (c *chatClient) start() {
+	c.started = true
+	go c.run()
+}
 
 // stopSending makes the client send no new message; the one in flight is
 // still retried until answered or the client closes.
@@ -162,6 +160,9 @@ func (c *chatClient) stopSending() {
 
 // close stops the client and waits for it.
 func (c *chatClient) close() {
+	if !c.started {
+		return
+	}
 	select {
 	case <-c.stop:
 	default:
