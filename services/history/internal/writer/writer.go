@@ -320,6 +320,8 @@ func (w *Writer) inOrder(ctx context.Context, cons jetstream.Consumer, o *order,
 			return nil, msgs
 		}
 	}
+	// In order (or done waiting): a later wait starts its own clock.
+	o.waitingSince = time.Time{}
 	for i := 1; i < len(msgs); i++ {
 		if streamSeq(msgs[i]) != streamSeq(msgs[i-1])+1 {
 			return msgs[:i], msgs[i:]
