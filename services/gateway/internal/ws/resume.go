@@ -272,9 +272,11 @@ func (s *Server) historyAfter(ctx context.Context, userID, chatID, seq int64) (b
 	})
 	select {
 	case r := <-ch:
-		if r.Err != nil && r.Shared {
-			// Another user's read failed (it may have left the chat): the
-			// answer says nothing about this user, who reads alone.
+		if code := busapi.CodeOf(r.Err); r.Shared && (code == protocol.CodeNotAMember || code == protocol.CodeChatNotFound) {
+			// Another user was refused (they may have left the chat): that
+			// says nothing about this user, who reads alone. Other failures
+			// (history unavailable) are shared: retrying each alone would
+			// multiply the load on a struggling service.
 			return s.up.History(ctx, busapi.HistoryRequest{UserID: userID, ChatID: chatID, AfterSeq: seq, Limit: resumePage})
 		}
 		if r.Err != nil {
