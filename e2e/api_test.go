@@ -293,6 +293,27 @@ func TestSessions(t *testing.T) {
 		}
 		wantAPIError(t, last, 429, protocol.CodeRateLimited)
 	})
+
+	t.Run("changes over HTTP are rate limited per user, over both gateways", func(t *testing.T) {
+		flood := signUp(t, s.gateways[0], "flood")
+		other := signUp(t, s.gateways[1], "calm")
+		var last error
+		for i := range 200 {
+			// Alternate gateways: the limit holds for the user, not a replica.
+			last = do(ctx, http.MethodPut, s.gateways[i%2]+"/api/v1/chats/1/read", flood.token, map[string]int64{"seq": 1 << 40}, nil)
+			var ae *apiError
+			if errors.As(last, &ae) && ae.Code == string(protocol.CodeRateLimited) {
+				break
+			}
+			// Until then each request reached the chat service, which refused
+			// a position beyond the chat's end.
+			wantAPIError(t, last, 400, protocol.CodeInvalidInput)
+		}
+		wantAPIError(t, last, 429, protocol.CodeRateLimited)
+		// Another user is not affected.
+		err := do(ctx, http.MethodPut, s.gateways[1]+"/api/v1/chats/1/read", other.token, map[string]int64{"seq": 1 << 40}, nil)
+		wantAPIError(t, err, 400, protocol.CodeInvalidInput)
+	})
 }
 
 // login opens another session for an existing user of signUp.

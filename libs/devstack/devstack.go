@@ -85,6 +85,44 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
+// StopWith sends the process sig instead of its stop signal and waits up
+// to timeout for it to exit, then kills it.
+func (p *Process) StopWith(sig syscall.Signal, timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(timeout):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("stop %s: killed after %s", p.Name, timeout)
+	}
+}
+
+// Running reports whether the process has not exited yet.
+func (p *Process) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// relaunch starts a stopped server again with launch (same port, same
+// data), or fails when it still runs.
+func relaunch(ctx context.Context, cur *Process, launch func(context.Context) (*Process, error)) (*Process, error) {
+	if cur.Running() {
+		return nil, fmt.Errorf("start %s: it is still running", cur.Name)
+	}
+	return launch(ctx)
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 // Servers started on it are checked for readiness, so a lost race shows up as
 // a start error and the caller retries.

@@ -26,6 +26,7 @@ type NATS struct {
 	*Process
 	Port        int
 	MonitorPort int
+	launch      func(ctx context.Context) (*Process, error)
 }
 
 // URL returns the client URL.
@@ -33,6 +34,17 @@ func (n *NATS) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.Port) 
 
 // Stop shuts the server down.
 func (n *NATS) Stop() error { return n.Process.Stop(30 * time.Second) }
+
+// Start starts a stopped server again on the same ports with the same
+// JetStream store.
+func (n *NATS) Start(ctx context.Context) error {
+	proc, err := relaunch(ctx, n.Process, n.launch)
+	if err != nil {
+		return err
+	}
+	n.Process = proc
+	return nil
+}
 
 // NATSConfig renders a nats-server configuration: client and monitoring
 // listeners on loopback, JetStream with file storage in storeDir, fsync
@@ -66,22 +78,13 @@ func StartNATS(ctx context.Context, dir string, opts NATSOptions) (*NATS, error)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("nats data dir: %w", err)
 	}
-	return withPortRetry(func(port int) (*NATS, error) {
-		mport, err := FreePort()
-		if err != nil {
-			return nil, err
-		}
-		conf := filepath.Join(dir, "nats.conf")
-		if err := os.WriteFile(conf, []byte(NATSConfig(port, mport, filepath.Join(dir, "jetstream"))), 0o644); err != nil {
-			return nil, fmt.Errorf("write nats config: %w", err)
-		}
+	launch := func(ctx context.Context, conf, url string) (*Process, error) {
 		proc, err := Start("nats", exec.Command(bin, "-c", conf), syscall.SIGTERM, opts.Log)
 		if err != nil {
 			return nil, err
 		}
-		n := &NATS{Process: proc, Port: port, MonitorPort: mport}
 		err = waitFor(ctx, proc, 30*time.Second, func(ctx context.Context) error {
-			nc, err := nats.Connect(n.URL(), nats.Timeout(time.Second))
+			nc, err := nats.Connect(url, nats.Timeout(time.Second))
 			if err != nil {
 				return err
 			}
@@ -95,6 +98,22 @@ func StartNATS(ctx context.Context, dir string, opts NATSOptions) (*NATS, error)
 		})
 		if err != nil {
 			_ = proc.Stop(10 * time.Second)
+			return nil, err
+		}
+		return proc, nil
+	}
+	return withPortRetry(func(port int) (*NATS, error) {
+		mport, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		conf := filepath.Join(dir, "nats.conf")
+		if err := os.WriteFile(conf, []byte(NATSConfig(port, mport, filepath.Join(dir, "jetstream"))), 0o644); err != nil {
+			return nil, fmt.Errorf("write nats config: %w", err)
+		}
+		n := &NATS{Port: port, MonitorPort: mport}
+		n.launch = func(ctx context.Context) (*Process, error) { return launch(ctx, conf, n.URL()) }
+		if n.Process, err = n.launch(ctx); err != nil {
 			return nil, err
 		}
 		return n, nil

@@ -37,6 +37,9 @@ type Postgres struct {
 	Port int
 	// Dir is the data folder actually used.
 	Dir string
+	// launch starts the server on Port with the data in Dir and waits
+	// until it accepts connections.
+	launch func(ctx context.Context) (*Process, error)
 }
 
 // URL returns the connection URL of database db as superuser postgres.
@@ -66,6 +69,20 @@ func (p *Postgres) CreateDatabase(ctx context.Context, name string) error {
 
 // Stop stops the server with a fast shutdown.
 func (p *Postgres) Stop() error { return p.Process.Stop(30 * time.Second) }
+
+// StopImmediate stops the server the way a crash would (an immediate
+// shutdown: no checkpoint, recovery from the WAL at the next start).
+func (p *Postgres) StopImmediate() error { return p.StopWith(syscall.SIGQUIT, 30*time.Second) }
+
+// Start starts a stopped server again on the same port with the same data.
+func (p *Postgres) Start(ctx context.Context) error {
+	proc, err := relaunch(ctx, p.Process, p.launch)
+	if err != nil {
+		return err
+	}
+	p.Process = proc
+	return nil
+}
 
 // StartPostgres starts a PostgreSQL server on a free loopback port with its
 // data in dir, creating the cluster (superuser postgres, trust auth on
@@ -128,7 +145,7 @@ func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Post
 			return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 		}
 	}
-	return withPortRetry(func(port int) (*Postgres, error) {
+	launch := func(ctx context.Context, port int) (*Process, error) {
 		args := []string{"-D", dir, "-p", itoa(port),
 			"-c", "listen_addresses=127.0.0.1",
 			"-c", "unix_socket_directories=",
@@ -144,9 +161,9 @@ func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Post
 		if err != nil {
 			return nil, err
 		}
-		pg := &Postgres{Process: proc, Port: port, Dir: dir}
+		url := (&Postgres{Port: port}).URL("postgres")
 		err = waitFor(ctx, proc, 60*time.Second, func(ctx context.Context) error {
-			c, err := pgx.Connect(ctx, pg.URL("postgres"))
+			c, err := pgx.Connect(ctx, url)
 			if err != nil {
 				return err
 			}
@@ -156,7 +173,15 @@ func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Post
 			_ = proc.Stop(10 * time.Second)
 			return nil, err
 		}
-		return pg, nil
+		return proc, nil
+	}
+	return withPortRetry(func(port int) (*Postgres, error) {
+		proc, err := launch(ctx, port)
+		if err != nil {
+			return nil, err
+		}
+		return &Postgres{Process: proc, Port: port, Dir: dir,
+			launch: func(ctx context.Context) (*Process, error) { return launch(ctx, port) }}, nil
 	})
 }
 

@@ -25,7 +25,8 @@ type RedisOptions struct {
 // Redis is a running Redis server.
 type Redis struct {
 	*Process
-	Port int
+	Port   int
+	launch func(ctx context.Context) (*Process, error)
 }
 
 // URL returns the server's URL.
@@ -33,6 +34,17 @@ func (r *Redis) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.Po
 
 // Stop shuts the server down (saving its data unless ephemeral).
 func (r *Redis) Stop() error { return r.Process.Stop(30 * time.Second) }
+
+// Start starts a stopped server again on the same port with the same data
+// folder (an ephemeral server starts empty).
+func (r *Redis) Start(ctx context.Context) error {
+	proc, err := relaunch(ctx, r.Process, r.launch)
+	if err != nil {
+		return err
+	}
+	r.Process = proc
+	return nil
+}
 
 // StartRedis starts redis-server on a free loopback port with its data in dir.
 func StartRedis(ctx context.Context, dir string, opts RedisOptions) (*Redis, error) {
@@ -47,7 +59,7 @@ func StartRedis(ctx context.Context, dir string, opts RedisOptions) (*Redis, err
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("redis data dir: %w", err)
 	}
-	return withPortRetry(func(port int) (*Redis, error) {
+	launch := func(ctx context.Context, port int) (*Process, error) {
 		args := []string{"--port", itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--daemonize", "no", "--protected-mode", "yes", "--maxclients", "10000"}
 		if opts.Ephemeral {
@@ -59,7 +71,6 @@ func StartRedis(ctx context.Context, dir string, opts RedisOptions) (*Redis, err
 		if err != nil {
 			return nil, err
 		}
-		r := &Redis{Process: proc, Port: port}
 		err = waitFor(ctx, proc, 30*time.Second, func(ctx context.Context) error {
 			c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
 			defer c.Close()
@@ -69,6 +80,14 @@ func StartRedis(ctx context.Context, dir string, opts RedisOptions) (*Redis, err
 			_ = proc.Stop(10 * time.Second)
 			return nil, err
 		}
-		return r, nil
+		return proc, nil
+	}
+	return withPortRetry(func(port int) (*Redis, error) {
+		proc, err := launch(ctx, port)
+		if err != nil {
+			return nil, err
+		}
+		return &Redis{Process: proc, Port: port,
+			launch: func(ctx context.Context) (*Process, error) { return launch(ctx, port) }}, nil
 	})
 }

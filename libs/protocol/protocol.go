@@ -174,11 +174,18 @@ const MaxUnread = 100
 
 // Presence is the event of type "presence": the online members of a chat,
 // sent after a view event (for "general": every online user).
+//
+// Online holds at most MaxPresenceList members, the first by username;
+// Total counts them all.
 type Presence struct {
 	Type   string   `json:"type"`
 	ChatID int64    `json:"chat_id"`
 	Online []Member `json:"online"`
+	Total  int      `json:"total"`
 }
+
+// MaxPresenceList bounds the members listed in a presence event.
+const MaxPresenceList = 500
 
 // PresenceChanged is the event of type "presence_changed", sent to the
 // connections viewing a chat when one of its members comes online (first

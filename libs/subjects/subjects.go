@@ -142,13 +142,13 @@ func (s Subjects) HistoryPage() string { return s.prefix + ".history.page" }
 // (the gateways' periodic position check).
 func (s Subjects) HistoryLatest() string { return s.prefix + ".history.latest" }
 
-// HistoryMessage returns one stored entry of a chat, by sequence or by its
-// sender and client message id (for the chat service).
-func (s Subjects) HistoryMessage() string { return s.prefix + ".history.message" }
-
 // HistoryUnread counts, per chat, the unread messages after a user's read
 // positions (for the chat service's chat list and read positions).
 func (s Subjects) HistoryUnread() string { return s.prefix + ".history.unread" }
+
+// HistoryMessage returns one stored entry of a chat, by sequence or by its
+// sender and client message id (for the chat service).
+func (s Subjects) HistoryMessage() string { return s.prefix + ".history.message" }
 
 // The message stream, owned by the chat service and consumed by the history
 // writer.

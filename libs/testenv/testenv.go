@@ -30,6 +30,9 @@ import (
 const (
 	EnvPostgresURL = "COMMS_TEST_POSTGRES_URL"
 	EnvRedisURL    = "COMMS_TEST_REDIS_URL"
+	// EnvNATSServer names the nats-server program, for tests that run NATS
+	// as a separate process (the fault tests stop and restart it).
+	EnvNATSServer = "COMMS_TEST_NATS_SERVER"
 )
 
 // Main runs a package's tests, first starting PostgreSQL and Redis when the

@@ -43,7 +43,7 @@ func run(ctx context.Context, args []string) error {
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		return runTests(ctx, *root, fs.Args())
+		return runTests(ctx, *root, *natsBin, fs.Args())
 	}
 	return fmt.Errorf("unknown command %q: want run or test", args[0])
 }

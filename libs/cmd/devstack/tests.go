@@ -16,7 +16,9 @@ import (
 // runTests starts throwaway PostgreSQL and Redis servers and runs
 // `go test -race -count=1 ./...` in every module of the workspace, passing
 // extra as further go test flags. The servers are stopped at the end.
-func runTests(ctx context.Context, root string, extra []string) error {
+// natsBin, when set, is passed on to the tests that run nats-server as a
+// process of its own (the fault tests), which then must find it.
+func runTests(ctx context.Context, root, natsBin string, extra []string) error {
 	root, err := filepath.Abs(root)
 	if err != nil {
 		return err
@@ -56,6 +58,13 @@ func runTests(ctx context.Context, root string, extra []string) error {
 		testenv.EnvPostgresURL+"="+pg.URL("postgres"),
 		testenv.EnvRedisURL+"="+rd.URL(),
 	)
+	if natsBin != "" {
+		abs, err := filepath.Abs(natsBin)
+		if err != nil {
+			return err
+		}
+		env = append(env, testenv.EnvNATSServer+"="+abs)
+	}
 	var failed []string
 	for _, dir := range modules {
 		rel, _ := filepath.Rel(root, dir)

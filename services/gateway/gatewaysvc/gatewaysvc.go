@@ -47,6 +47,7 @@ type Config struct {
 	WebDir          string        `env:"WEB_DIR" envDefault:"web/dist"`
 	AuthRatePerAddr int           `env:"AUTH_RATE_PER_ADDRESS" envDefault:"30"`
 	AuthRatePerUser int           `env:"AUTH_RATE_PER_USERNAME" envDefault:"10"`
+	WriteRate       int           `env:"WRITE_RATE_PER_USER" envDefault:"120"`
 	SecureCookies   bool          `env:"SECURE_COOKIES" envDefault:"false"`
 	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"256"`
@@ -87,8 +88,8 @@ func (c *Config) Validate() error {
 	if c.SendQueue < 1 || c.SendQueue > 1<<16 {
 		errs = append(errs, errors.New("SEND_QUEUE must be 1 to 65536"))
 	}
-	if c.AuthRatePerAddr < 1 || c.AuthRatePerUser < 1 {
-		errs = append(errs, errors.New("AUTH_RATE_PER_ADDRESS and AUTH_RATE_PER_USERNAME must be at least 1 a minute"))
+	if c.AuthRatePerAddr < 1 || c.AuthRatePerUser < 1 || c.WriteRate < 1 {
+		errs = append(errs, errors.New("AUTH_RATE_PER_ADDRESS, AUTH_RATE_PER_USERNAME and WRITE_RATE_PER_USER must be at least 1 a minute"))
 	}
 	if c.SendRate <= 0 || c.SendBurst < 1 || c.SendRefusals < 1 {
 		errs = append(errs, errors.New("SEND_RATE must be positive, SEND_BURST and SEND_REFUSALS_BEFORE_CLOSE at least 1"))
@@ -218,6 +219,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	limits := httpapi.Limits{
 		PerAddress:  ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.AuthRatePerAddr),
 		PerUsername: ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.AuthRatePerUser),
+		PerUser:     ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.WriteRate),
 	}
 	httpapi.New(log, httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies, WebDir: cfg.WebDir},
 		up, wss, limits, ready, tel.TracerProvider, tel.Propagator).Routes(engine)

@@ -44,7 +44,7 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
 	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
 	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"20ms"`
-	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"30s"`
+	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"10s"`
 	PinnedTTL       time.Duration `env:"PINNED_TTL" envDefault:"5s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`

@@ -54,7 +54,7 @@ func TestConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("load: %v", err)
 				}
-				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.AckWait != 30*time.Second || cfg.RedisPrefix != "comms" {
+				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.AckWait != 10*time.Second || cfg.RedisPrefix != "comms" {
 					t.Errorf("defaults not applied: %+v", cfg)
 				}
 				return
@@ -153,6 +153,28 @@ func TestRun(t *testing.T) {
 	if len(latest.Seqs) != 1 || latest.Seqs["3"] != 12 {
 		t.Errorf("latest = %v, want chat 3 at 12 only", latest.Seqs)
 	}
+	// Unread counts: ann's messages are unread for user 2, not for ann.
+	for _, tc := range []struct {
+		user int64
+		want []busapi.UnreadCount
+	}{
+		{2, []busapi.UnreadCount{{ChatID: 3, LastSeq: 12, Unread: 7}, {ChatID: 4}}},
+		{1, []busapi.UnreadCount{{ChatID: 3, LastSeq: 12}, {ChatID: 4}}},
+	} {
+		var unread busapi.Unread
+		req := busapi.UnreadRequest{UserID: tc.user, Chats: []busapi.ReadMark{{ChatID: 3, Seq: 5}, {ChatID: 4}}}
+		if err := client.Request(context.Background(), subj.HistoryUnread(), req, &unread); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(tc.want, unread.Chats); diff != "" {
+			t.Errorf("unread of user %d (-want +got):\n%s", tc.user, diff)
+		}
+	}
+	var unread busapi.Unread
+	err = client.Request(context.Background(), subj.HistoryUnread(), busapi.UnreadRequest{UserID: 2, Chats: []busapi.ReadMark{{ChatID: 3, Seq: -1}}}, &unread)
+	if code := busapi.CodeOf(err); code != protocol.CodeInvalidInput {
+		t.Errorf("unread at a negative position: %v, want invalid_input", err)
+	}
 	// Single entries, for the chat service.
 	entry := func(req busapi.MessageRequest) (protocol.Message, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -178,28 +200,6 @@ func TestRun(t *testing.T) {
 		if _, err := entry(tc.req); busapi.CodeOf(err) != tc.code {
 			t.Errorf("entry %+v: %v, want code %s", tc.req, err, tc.code)
 		}
-	}
-	// Unread counts: ann's messages are unread for user 2, not for ann.
-	for _, tc := range []struct {
-		user int64
-		want []busapi.UnreadCount
-	}{
-		{2, []busapi.UnreadCount{{ChatID: 3, LastSeq: 12, Unread: 7}, {ChatID: 4}}},
-		{1, []busapi.UnreadCount{{ChatID: 3, LastSeq: 12}, {ChatID: 4}}},
-	} {
-		var unread busapi.Unread
-		req := busapi.UnreadRequest{UserID: tc.user, Chats: []busapi.ReadMark{{ChatID: 3, Seq: 5}, {ChatID: 4}}}
-		if err := client.Request(context.Background(), subj.HistoryUnread(), req, &unread); err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(tc.want, unread.Chats); diff != "" {
-			t.Errorf("unread of user %d (-want +got):\n%s", tc.user, diff)
-		}
-	}
-	var unread busapi.Unread
-	err = client.Request(context.Background(), subj.HistoryUnread(), busapi.UnreadRequest{UserID: 2, Chats: []busapi.ReadMark{{ChatID: 3, Seq: -1}}}, &unread)
-	if code := busapi.CodeOf(err); code != protocol.CodeInvalidInput {
-		t.Errorf("unread at a negative position: %v, want invalid_input", err)
 	}
 	p, err = page(busapi.HistoryRequest{UserID: 1, ChatID: 3, AfterSeq: 9, Limit: 2})
 	if err != nil {

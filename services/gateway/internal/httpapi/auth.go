@@ -65,6 +65,20 @@ func (a *API) limitUsername(c *gin.Context, action, username string, n int) bool
 	return a.allow(c, a.limits.PerUsername, action+":user:"+strings.ToLower(username), n)
 }
 
+// limitWrites applies the per-user limit of changes (creating and editing
+// chats, starting direct chats, moving read positions): each costs the
+// services behind the gateway a request and a write, as a websocket send
+// does, whose per-connection limit cannot count requests made over HTTP.
+func (a *API) limitWrites(c *gin.Context) {
+	if a.limits.PerUser == nil {
+		c.Next()
+		return
+	}
+	if a.allow(c, a.limits.PerUser, "write:uid:"+strconv.FormatInt(currentUser(c).ID, 10), 1) {
+		c.Next()
+	}
+}
+
 func (a *API) allow(c *gin.Context, l RateLimiter, key string, n int) bool {
 	ok, retry, err := l.Allow(c.Request.Context(), key, n)
 	if err != nil {

@@ -55,10 +55,13 @@ type Config struct {
 	WebDir string
 }
 
-// Limits are the rate limits of register and login; nil limiters: none.
+// Limits are the rate limits of register and login (per address and per
+// username) and of the changes a user makes over HTTP (per user); nil
+// limiters: none.
 type Limits struct {
 	PerAddress  RateLimiter
 	PerUsername RateLimiter
+	PerUser     RateLimiter
 }
 
 // API holds the HTTP handlers.

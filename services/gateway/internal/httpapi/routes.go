@@ -23,12 +23,12 @@ func (a *API) Routes(r *gin.Engine) {
 	v1.POST("/auth/logout", a.logout)
 	v1.GET("/me", a.authenticated, a.me)
 	v1.GET("/chats", a.authenticated, a.listChats)
-	v1.POST("/chats", a.authenticated, a.createChat)
+	v1.POST("/chats", a.authenticated, a.limitWrites, a.createChat)
 	v1.GET("/chats/:id", a.authenticated, a.getChat)
-	v1.PATCH("/chats/:id", a.authenticated, a.updateChat)
+	v1.PATCH("/chats/:id", a.authenticated, a.limitWrites, a.updateChat)
 	v1.GET("/chats/:id/messages", a.authenticated, a.history)
-	v1.PUT("/chats/:id/read", a.authenticated, a.markRead)
-	v1.POST("/direct", a.authenticated, a.startDirect)
+	v1.PUT("/chats/:id/read", a.authenticated, a.limitWrites, a.markRead)
+	v1.POST("/direct", a.authenticated, a.limitWrites, a.startDirect)
 
 	// Everything else: the web app's files, and its pages for any other
 	// path (the app shows its own 404 page); unknown API paths get JSON.

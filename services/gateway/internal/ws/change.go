@@ -25,8 +25,3 @@ func (c *Conn) handleChange(ctx context.Context, ev protocol.ClientEvent) {
 	})
 	c.answerAccepted(ctx, span, ev, res, err)
 }
-
-// notYet answers an event this gateway does not serve yet.
-func (c *Conn) notYet(ev protocol.ClientEvent, what string) {
-	c.deliverJSON(protocol.Error{Type: protocol.TypeError, ID: ev.ID, Code: protocol.CodeBadRequest, Message: what + " is not available yet"})
-}

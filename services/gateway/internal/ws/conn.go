@@ -372,7 +372,11 @@ func (c *Conn) handle(ctx context.Context, raw []byte) {
 			c.handleChange(ctx, ev)
 		}
 	case protocol.TypeRead:
-		c.handleRead(ctx, ev)
+		// A read costs a chat service request, a history query and a
+		// write, like a send.
+		if c.allow(ev) {
+			c.handleRead(ctx, ev)
+		}
 	case protocol.TypeTyping:
 		c.handleTyping(ctx, ev)
 	case protocol.TypeView:

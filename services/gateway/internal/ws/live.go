@@ -307,7 +307,9 @@ func (s *Server) pushPresence(ctx context.Context, views []*view) error {
 		cancel()
 		var list []byte
 		if err == nil {
-			list, err = json.Marshal(protocol.Presence{Type: protocol.TypePresence, ChatID: chatID, Online: online})
+			total := len(online)
+			list, err = json.Marshal(protocol.Presence{Type: protocol.TypePresence, ChatID: chatID,
+				Online: online[:min(total, protocol.MaxPresenceList)], Total: total})
 		}
 		if err != nil {
 			errs = append(errs, err)

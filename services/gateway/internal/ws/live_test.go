@@ -232,10 +232,10 @@ func TestViewPresence(t *testing.T) {
 			t.Errorf("%s got (-want +got):\n%s", c.user.Username, diff)
 		}
 	}
-	want(alice, `{"type":"presence","chat_id":4,"online":[{"id":7,"username":"alice"}]}`)
-	want(carol, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"},{"id":9,"username":"carol"}]}`,
+	want(alice, `{"type":"presence","chat_id":4,"online":[{"id":7,"username":"alice"}],"total":1}`)
+	want(carol, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"},{"id":9,"username":"carol"}],"total":2}`,
 		`{"type":"error","id":"v2","code":"not_a_member","message":"you are not a member of this chat","retryable":false}`)
-	want(dave, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"},{"id":9,"username":"carol"}]}`)
+	want(dave, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"},{"id":9,"username":"carol"}],"total":2}`)
 
 	s.PresenceChanged(8, "bob", true)   // in team and general
 	s.PresenceChanged(11, "erin", true) // in general only
@@ -250,7 +250,7 @@ func TestViewPresence(t *testing.T) {
 	p.online[11] = "erin"
 	p.mu.Unlock()
 	s.chatViewsChanged(ctx, busapi.Chat{ID: teamChat, Members: []protocol.Member{{ID: 7, Username: "alice"}, {ID: 11, Username: "erin"}}})
-	want(alice, `{"type":"presence","chat_id":4,"online":[{"id":7,"username":"alice"},{"id":11,"username":"erin"}]}`)
+	want(alice, `{"type":"presence","chat_id":4,"online":[{"id":7,"username":"alice"},{"id":11,"username":"erin"}],"total":2}`)
 	s.PresenceChanged(8, "bob", false)
 	s.PresenceChanged(11, "erin", false)
 	want(alice, `{"type":"presence_changed","chat_id":4,"user_id":11,"username":"erin","online":false}`)
@@ -283,7 +283,7 @@ func TestChangesFollowTheList(t *testing.T) {
 	close(p.gate)
 	<-done
 	want := []string{
-		`{"type":"presence","chat_id":4,"online":[{"id":7,"username":"alice"}]}`,
+		`{"type":"presence","chat_id":4,"online":[{"id":7,"username":"alice"}],"total":1}`,
 		`{"type":"presence_changed","chat_id":4,"user_id":8,"username":"bob","online":true}`,
 	}
 	if diff := cmp.Diff(want, queued(alice)); diff != "" {
@@ -321,6 +321,32 @@ func TestPresenceBurstNeverCloses(t *testing.T) {
 	var got []string
 	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
 		got = append(got, queued(alice)...)
-		return slices.Contains(got, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"}]}`)
+		return slices.Contains(got, `{"type":"presence","chat_id":1,"online":[{"id":7,"username":"alice"}],"total":1}`)
 	}, func() string { return fmt.Sprintf("a fresh presence list among %d events", len(got)) })
+}
+
+// A presence list names at most MaxPresenceList members and counts them all.
+func TestPresenceListBounded(t *testing.T) {
+	t.Parallel()
+	online := map[int64]string{}
+	for i := range protocol.MaxPresenceList + 20 {
+		online[int64(100+i)] = fmt.Sprintf("user%04d", i)
+	}
+	s, _ := newLiveServer(t, &fakePresence{online: online})
+	c := liveConn(s, busapi.User{ID: 100, Username: "user0000"}, 1)
+	c.handleView(context.Background(), protocol.ClientEvent{Type: protocol.TypeView, ChatID: 1})
+	got := queued(c)
+	if len(got) != 1 {
+		t.Fatalf("got %d events, want one presence list", len(got))
+	}
+	var p protocol.Presence
+	if err := json.Unmarshal([]byte(got[0]), &p); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Online) != protocol.MaxPresenceList || p.Total != protocol.MaxPresenceList+20 {
+		t.Errorf("presence lists %d of total %d; want %d of %d", len(p.Online), p.Total, protocol.MaxPresenceList, protocol.MaxPresenceList+20)
+	}
+	if p.Online[0].Username != "user0000" || p.Online[len(p.Online)-1].Username != fmt.Sprintf("user%04d", protocol.MaxPresenceList-1) {
+		t.Errorf("presence lists %q to %q; want the first by username", p.Online[0].Username, p.Online[len(p.Online)-1].Username)
+	}
 }

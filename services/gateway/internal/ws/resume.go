@@ -189,7 +189,7 @@ func (c *Conn) replay(ctx context.Context, chatID, seq int64) (int64, bool) {
 		}
 		first := true
 		for {
-			page, err := c.srv.up.History(ctx, busapi.HistoryRequest{UserID: c.user.ID, ChatID: chatID, AfterSeq: last, Limit: resumePage})
+			page, err := c.srv.historyAfter(ctx, c.user.ID, chatID, last)
 			if err != nil {
 				switch busapi.CodeOf(err) {
 				case protocol.CodeNotAMember, protocol.CodeChatNotFound:
@@ -253,6 +253,41 @@ func (c *Conn) replay(ctx context.Context, chatID, seq int64) (int64, bool) {
 			}
 			last = h.seq
 		}
+	}
+}
+
+// historyAfter reads the page of a chat after seq for a replay. Connections
+// of one gateway that need the same page at the same time (a gap every
+// member saw, or a reconnect storm resuming from one position) share one
+// read: each of them is subscribed to the chat, so the chat service
+// already let its user in, and the history service checks the access of
+// the user whose read goes out.
+func (s *Server) historyAfter(ctx context.Context, userID, chatID, seq int64) (busapi.HistoryPage, error) {
+	key := strconv.FormatInt(chatID, 10) + ":" + strconv.FormatInt(seq, 10)
+	ch := s.pages.DoChan(key, func() (any, error) {
+		// The read outlives a caller that gives up, so the others still get it.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		return s.up.History(rctx, busapi.HistoryRequest{UserID: userID, ChatID: chatID, AfterSeq: seq, Limit: resumePage})
+	})
+	select {
+	case r := <-ch:
+		if code := busapi.CodeOf(r.Err); r.Shared && (code == protocol.CodeNotAMember || code == protocol.CodeChatNotFound) {
+			// Another user was refused (they may have left the chat): that
+			// says nothing about this user, who reads alone. Other failures
+			// (history unavailable) are shared: retrying each alone would
+			// multiply the load on a struggling service.
+			return s.up.History(ctx, busapi.HistoryRequest{UserID: userID, ChatID: chatID, AfterSeq: seq, Limit: resumePage})
+		}
+		if r.Err != nil {
+			return busapi.HistoryPage{}, r.Err
+		}
+		if r.Shared {
+			s.metrics.pagesShared.Inc()
+		}
+		return r.Val.(busapi.HistoryPage), nil
+	case <-ctx.Done():
+		return busapi.HistoryPage{}, ctx.Err()
 	}
 }
 

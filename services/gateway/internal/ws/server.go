@@ -14,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/protocol"
@@ -60,8 +61,8 @@ type Upstream interface {
 	Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
 	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
-	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
 	Change(ctx context.Context, req busapi.ChangeRequest) (busapi.SendResult, error)
+	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
 }
 
 type metrics struct {
@@ -72,6 +73,7 @@ type metrics struct {
 	eventsOut     prometheus.Counter
 	slowConsumers prometheus.Counter
 	gapsFilled    prometheus.Counter
+	pagesShared   prometheus.Counter
 	// rateLimited counts requests refused by the per-connection rate
 	// limit, rateLimitCloses the connections closed for it.
 	rateLimited     prometheus.Counter
@@ -93,6 +95,8 @@ type Server struct {
 	byUser    map[int64]map[*Conn]struct{}
 	bySession map[string]map[*Conn]struct{}
 	userLocks map[int64]*userLock
+	// pages shares history reads of replays between connections.
+	pages singleflight.Group
 
 	presence Presence
 	// viewMu guards every connection's view and the indexes of views:
@@ -154,11 +158,12 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			// The HTTP layer checked the Origin before calling Serve.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-		conns:     map[*Conn]struct{}{},
-		byUser:    map[int64]map[*Conn]struct{}{},
-		bySession: map[string]map[*Conn]struct{}{},
-		userLocks: map[int64]*userLock{},
-		viewers:   map[int64]map[*view]struct{}{}, watchers: map[int64]map[*view]struct{}{},
+		conns:         map[*Conn]struct{}{},
+		byUser:        map[int64]map[*Conn]struct{}{},
+		bySession:     map[string]map[*Conn]struct{}{},
+		userLocks:     map[int64]*userLock{},
+		viewers:       map[int64]map[*view]struct{}{},
+		watchers:      map[int64]map[*view]struct{}{},
 		everyoneViews: map[*view]struct{}{},
 		base:          base, cancel: cancel,
 		metrics: metrics{
@@ -169,6 +174,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 			eventsOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_out_total", Help: "Protocol events sent."}),
 			slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send queue was full."}),
 			gapsFilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_sequence_gaps_filled_total", Help: "Gaps in a chat's live messages filled from history."}),
+			pagesShared:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_history_reads_shared_total", Help: "Replay history reads answered by another connection's read of the same page."}),
 			rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_rate_limited_requests_total",
 				Help: "Requests refused by the per-connection rate limit (rate_limited)."}),
 			rateLimitCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_rate_limit_disconnects_total",
@@ -176,7 +182,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		},
 	}
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
-		s.metrics.rateLimited, s.metrics.rateLimitCloses)
+		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
 	return s
 }
 
@@ -366,7 +372,8 @@ func (s *Server) RevokeSession(sessionID string) int {
 // For users added or removed, the event's deltas are not trusted (core NATS
 // events are at-most-once and may arrive out of order): their connections
 // are reconciled with the chat service's answer, which announces every chat
-// joined ("chat") or left ("chat_removed").
+// joined ("chat") or left ("chat_removed"). Connections viewing the chat
+// follow its new members (presence).
 func (s *Server) ApplyChatEvent(ctx context.Context, ev busapi.ChatEvent) {
 	s.chatViewsChanged(ctx, ev.Chat)
 	changedUsers := map[int64]bool{}

@@ -101,12 +101,12 @@ type PageStore interface {
 	After(ctx context.Context, chatID, afterSeq int64, limit int) ([]Message, error)
 	// Latest returns the newest stored sequence of each chat that has one.
 	Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, error)
+	UnreadStore
 	// Entry returns the entry of chat at seq, or ErrNotFound.
 	Entry(ctx context.Context, chatID, seq int64) (Message, error)
 	// BySender returns the entry of chat that sender stored under
 	// clientMsgID, or ErrNotFound.
 	BySender(ctx context.Context, chatID, senderID int64, clientMsgID string) (Message, error)
-	UnreadStore
 }
 
 // MaxLatestChats bounds the chats of one Latest request.

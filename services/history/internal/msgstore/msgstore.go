@@ -317,9 +317,7 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 		for i, k := range deleted {
 			delChats[i], delSeqs[i] = k.chatID, k.seq
 		}
-		b.Queue(`UPDATE messages m SET text = ''
-			FROM unnest($1::bigint[], $2::bigint[]) AS d(chat_id, seq)
-			WHERE m.chat_id = d.chat_id AND m.kind = 'edit' AND m.target_seq = d.seq AND m.text <> ''`, delChats, delSeqs)
+		b.Queue(clearEditsSQL, delChats, delSeqs)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("store batch: insert: %w", err)
@@ -345,6 +343,12 @@ func prefixed(prefix, cols string) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// clearEditsSQL takes the text out of the edits of deleted messages
+// ($1 chats, $2 their sequences), found through messages_edits_by_target.
+const clearEditsSQL = `UPDATE messages m SET text = ''
+	FROM unnest($1::bigint[], $2::bigint[]) AS d(chat_id, seq)
+	WHERE m.chat_id = d.chat_id AND m.kind = 'edit' AND m.target_seq = d.seq AND m.seq > d.seq AND m.text <> ''`
 
 // Page implements history.PageStore with a keyset query on the primary key.
 func (s *Store) Page(ctx context.Context, chatID, beforeSeq int64, limit int) ([]history.Message, error) {

@@ -1,5 +1,6 @@
 // Package natsapi is the history service's NATS transport: it serves history
-// pages, the newest sequences, single entries and unread counts, and maps domain errors to
+// pages, newest sequences, single entries and unread counts, and maps
+// domain errors to
 // protocol codes.
 package natsapi
 

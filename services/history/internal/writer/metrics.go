@@ -16,6 +16,7 @@ type metrics struct {
 	failedBatches prometheus.Counter
 	terminated    prometheus.Counter
 	fanoutErrors  prometheus.Counter
+	heldBack      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -54,8 +55,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "history_writer_fanout_errors_total",
 			Help: "Batches whose stored messages could not all be published for fanout.",
 		}),
+		heldBack: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "history_writer_held_back_total",
+			Help: "Fetched messages handed back because older ones were still unacknowledged elsewhere (after another writer's crash).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors} {
+	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors, m.heldBack} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register writer metrics: %w", err)
 		}

@@ -10,11 +10,13 @@
 package writer
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -156,12 +158,27 @@ func (w *Writer) Run(ctx context.Context) error {
 		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait)
 	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
 	lastCheck := time.Now()
+	var ord order
 	for ctx.Err() == nil {
 		msgs, fetchErr := w.fetch(cons)
 		failed := false
 		if len(msgs) > 0 {
-			// The batch runs to its end even when ctx ends meanwhile.
-			failed = w.process(context.WithoutCancel(ctx), msgs, retry.delay()) != nil
+			var later []jetstream.Msg
+			msgs, later = w.inOrder(ctx, cons, &ord, msgs)
+			if len(msgs) > 0 {
+				// The batch runs to its end even when ctx ends meanwhile.
+				failed = w.process(context.WithoutCancel(ctx), msgs, retry.delay()) != nil
+				if !failed {
+					ord.stored(msgs)
+				}
+			}
+			if len(later) > 0 {
+				w.m.heldBack.Add(float64(len(later)))
+				for _, m := range later {
+					_ = m.NakWithDelay(retry.delay())
+				}
+				failed = true
+			}
 		}
 		if fetchErr != nil {
 			w.log.WarnContext(ctx, "fetch from message stream", "err", fetchErr, "retry_in", retry.delay())
@@ -244,6 +261,85 @@ func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
 		}
 		retry.grow()
 	}
+}
+
+// order is what the writer knows about the stream order of what it stored.
+type order struct {
+	// next is the stream sequence after the last message this writer
+	// stored (0: it has stored nothing yet).
+	next uint64
+	// waitingSince is when the writer first held a batch back behind
+	// older messages delivered elsewhere (zero: it is not waiting).
+	waitingSince time.Time
+}
+
+func (o *order) stored(msgs []jetstream.Msg) {
+	o.next = streamSeq(msgs[len(msgs)-1]) + 1
+	o.waitingSince = time.Time{}
+}
+
+// streamSeq returns a message's sequence number in the stream (0 when
+// unknown).
+func streamSeq(m jetstream.Msg) uint64 {
+	md, err := m.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
+
+// inOrder sorts a fetched batch into stream order and returns the part that
+// may be stored now; the rest is to be handed back (nak) and fetched again.
+//
+// Messages that another writer received and did not acknowledge (it was
+// killed, or lost its pin) come back only after AckWait, while newer ones
+// flow to this writer at once. Numbering the newer ones first would store
+// one sender's messages out of their sending order (P2). So a batch is
+// stored only when nothing older is unacknowledged: its first message
+// follows the last one this writer stored, or the consumer's ack floor
+// (every message up to it acknowledged). Within the batch, only the
+// contiguous run of stream sequences is stored. If the floor does not
+// move for twice AckWait (a message gone from the stream), the writer stops
+// waiting and logs it.
+func (w *Writer) inOrder(ctx context.Context, cons jetstream.Consumer, o *order, msgs []jetstream.Msg) (now, later []jetstream.Msg) {
+	slices.SortStableFunc(msgs, func(a, b jetstream.Msg) int { return cmp.Compare(streamSeq(a), streamSeq(b)) })
+	first := streamSeq(msgs[0])
+	if first != 0 && first != o.next {
+		floor, err := ackFloor(ctx, cons)
+		switch {
+		case err == nil && first == floor+1:
+		case !o.waitingSince.IsZero() && time.Since(o.waitingSince) > 2*w.cfg.AckWait:
+			w.log.WarnContext(ctx, "older stream messages still unacknowledged; storing newer ones anyway",
+				"first", first, "ack_floor", floor, "waited", time.Since(o.waitingSince), "err", err)
+		default:
+			if o.waitingSince.IsZero() {
+				o.waitingSince = time.Now()
+				w.log.InfoContext(ctx, "older stream messages are unacknowledged (another writer had them); waiting for their redelivery",
+					"first", first, "ack_floor", floor, "err", err)
+			}
+			return nil, msgs
+		}
+	}
+	// In order (or done waiting): a later wait starts its own clock.
+	o.waitingSince = time.Time{}
+	for i := 1; i < len(msgs); i++ {
+		if streamSeq(msgs[i]) != streamSeq(msgs[i-1])+1 {
+			return msgs[:i], msgs[i:]
+		}
+	}
+	return msgs, nil
+}
+
+// ackFloor returns the stream sequence up to which the consumer has every
+// message acknowledged.
+func ackFloor(ctx context.Context, cons jetstream.Consumer) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.AckFloor.Stream, nil
 }
 
 // fetch returns up to BatchSize messages, waiting at most BatchWait to fill

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,6 +93,7 @@ type writerOpts struct {
 	tp        trace.TracerProvider
 	log       io.Writer
 	pinnedTTL time.Duration
+	ackWait   time.Duration
 	// ctx, when set, stops the writer when it ends (else: at test end).
 	ctx context.Context
 	// stopped, when set, is closed once the writer's Run has returned.
@@ -115,7 +117,7 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 	w, err := writer.New(streamtest.Connect(t, e.natsURL), o.store, fanoutpub.New(e.rdb, e.redisPrefix), writer.Config{
 		Stream: e.subj.MessagesStream(), Consumer: e.subj.HistoryWriterConsumer(),
 		BatchSize: o.batchSize, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
-		PinnedTTL: o.pinnedTTL,
+		PinnedTTL: o.pinnedTTL, AckWait: o.ackWait,
 	}, slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelWarn})), o.tp, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -665,5 +667,64 @@ func TestWriterStoresChanges(t *testing.T) {
 	}
 	if len(msgs) != 5 || msgs[0].Text != "first, edited again" || msgs[0].EditedAt.IsZero() || !msgs[1].Deleted || msgs[1].Text != "" {
 		t.Errorf("history = %+v; want 5 entries, message 1 edited again, message 2 deleted", msgs)
+	}
+}
+
+// stuckStore never finishes a batch until released: a writer using it
+// holds its batch unacknowledged, as a killed writer does.
+type stuckStore struct {
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *stuckStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
+	s.once.Do(func() { close(s.entered) })
+	<-s.release
+	return nil, errors.New("released")
+}
+
+// A writer that dies holding a batch (here: stuck) leaves it unacknowledged
+// until AckWait; the writer taking over must not number the newer messages
+// first, or one sender's messages would be stored out of their order.
+func TestWriterKeepsStreamOrderAfterAWriterDies(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	stuck := &stuckStore{entered: make(chan struct{}), release: make(chan struct{})}
+	e.startWriter(t, writerOpts{store: stuck, pinnedTTL: 500 * time.Millisecond, ackWait: 2 * time.Second})
+	t.Cleanup(func() { close(stuck.release) }) // runs before the writer's cleanup
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			m := streamMsg(1, 7, fmt.Sprintf("m-%02d", i), "x")
+			streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
+		}
+	}
+	publish(0, 5)
+	select {
+	case <-stuck.entered:
+	case <-time.After(waitFor):
+		t.Fatal("the first writer did not take the first batch")
+	}
+	reg := e.startWriter(t, writerOpts{pinnedTTL: 500 * time.Millisecond, ackWait: 2 * time.Second})
+	publish(5, 10)
+	testenv.Eventually(t, waitFor, func() bool {
+		return metric(t, reg, "history_writer_messages_stored_total") == 10
+	}, "the second writer stores all ten messages")
+	rows, err := e.pool.Query(context.Background(), `SELECT client_msg_id FROM messages WHERE chat_id = 1 ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if want := fmt.Sprintf("m-%02d", i); id != want {
+			t.Fatalf("stored in the order %v, want m-00 ... m-09", ids)
+		}
+	}
+	if metric(t, reg, "history_writer_held_back_total") == 0 {
+		t.Error("the second writer never held newer messages back")
 	}
 }

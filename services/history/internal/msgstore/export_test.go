@@ -1,0 +1,4 @@
+package msgstore
+
+// ClearEditsSQL is the statement that clears a deleted message's edits.
+const ClearEditsSQL = clearEditsSQL
