@@ -430,13 +430,6 @@ export class MessageView {
     return m && !m.deleted ? m.text : undefined;
   }
 
-  /** focusActions puts focus on a message's Delete button, or the log when it has none. */
-  focusMessage(seq: number): void {
-    const item = this.items.get(seq);
-    const target = item?.actions?.querySelector<HTMLElement>("[data-testid=delete-message]");
-    (target ?? this.el).focus();
-  }
-
   private openEditor(item: Item): void {
     if (item.editor || item.msg.deleted) return;
     const id = uid("edit");
