@@ -53,6 +53,11 @@ type Send struct {
 	Code string
 	// Attempts counts the times the message was written to a socket.
 	Attempts int
+	// Text is the text sent (every retry sends the same).
+	Text string
+	// AckSeqs holds the sequence number of every ack that carried one (a
+	// retry of a stored message is acknowledged with its original seq).
+	AckSeqs []int64
 }
 
 // Row is one stored message: a row of PostgreSQL's messages table, or a
@@ -69,6 +74,9 @@ type Row struct {
 // order of arrival over all its connections.
 type View struct {
 	Member string
+	// UserID is the member's user id: only a message's sender may receive
+	// it twice (see Check).
+	UserID int64
 	ChatID int64
 	Rows   []Row
 }
@@ -90,15 +98,15 @@ func sendKey(chatID, senderID int64, clientMsgID string) string {
 	return fmt.Sprintf("%d/%d/%s", chatID, senderID, clientMsgID)
 }
 
-// Attempt records that a message was written to a socket (first time or
-// retry), as unknown until an answer comes.
-func (r *Recorder) Attempt(chatID, senderID int64, clientMsgID string, index int) {
+// Attempt records that a message with text was written to a socket (first
+// time or retry), as unknown until an answer comes.
+func (r *Recorder) Attempt(chatID, senderID int64, clientMsgID string, index int, text string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := sendKey(chatID, senderID, clientMsgID)
 	s, ok := r.sends[k]
 	if !ok {
-		s = &Send{ChatID: chatID, SenderID: senderID, ClientMsgID: clientMsgID, Index: index}
+		s = &Send{ChatID: chatID, SenderID: senderID, ClientMsgID: clientMsgID, Index: index, Text: text}
 		r.sends[k] = s
 		r.order = append(r.order, k)
 	}
@@ -108,12 +116,16 @@ func (r *Recorder) Attempt(chatID, senderID int64, clientMsgID string, index int
 	}
 }
 
-// Acked records an acknowledgement.
-func (r *Recorder) Acked(chatID, senderID int64, clientMsgID string) {
+// Acked records an acknowledgement and the sequence number it carried (0:
+// none).
+func (r *Recorder) Acked(chatID, senderID int64, clientMsgID string, seq int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s := r.sends[sendKey(chatID, senderID, clientMsgID)]; s != nil {
 		s.Outcome = Acked
+		if seq != 0 {
+			s.AckSeqs = append(s.AckSeqs, seq)
+		}
 	}
 }
 
@@ -166,7 +178,9 @@ func (r *Recorder) Sends() []Send {
 	defer r.mu.Unlock()
 	out := make([]Send, 0, len(r.order))
 	for _, k := range r.order {
-		out = append(out, *r.sends[k])
+		s := *r.sends[k]
+		s.AckSeqs = append([]int64(nil), s.AckSeqs...)
+		out = append(out, s)
 	}
 	return out
 }
@@ -217,17 +231,24 @@ func (f *findings) add(kind, format string, args ...any) {
 // concerned; views holds every member's view of each chat. It reports:
 //
 //   - lost: an acknowledged send missing from PostgreSQL;
+//   - ack seq differs: an ack carried another sequence number than the one
+//     PostgreSQL holds for its message;
+//   - text differs: PostgreSQL holds another text than the one sent;
 //   - refused without a code: an error answer that does not say why;
 //   - duplicated: the same (chat, sender, client message id) stored twice;
 //   - not contiguous: a chat's sequence numbers are not 1, 2, 3, ...;
 //   - out of sending order: one sender's messages stored in another order
 //     than sent;
 //   - view: a member's view missing a stored message, receiving a message
-//     out of sequence order, or showing something other than PostgreSQL.
+//     out of sequence order, showing something other than PostgreSQL, or
+//     receiving a sequence twice (view duplicated).
 //
-// A member's view may receive a sequence it already has again (the sender's
-// copy of a retried message): it is ignored when identical, as the protocol
-// tells clients to do.
+// A message stored before and published again (its sender retried it, or
+// the stream redelivered it) is marked duplicate for the gateways, which
+// deliver it to its sender's connections only; clients ignore a sequence
+// they already have. The message event does not carry that mark, so the
+// checker allows a repeat (identical to the first) only in the view of the
+// message's sender; any other repeat is "view duplicated".
 func Check(sends []Send, stored []Row, views []View) Report {
 	var f findings
 	c := Counts{Sent: len(sends), Stored: len(stored), Refusals: map[string]int{}}
@@ -261,11 +282,20 @@ func Check(sends []Send, stored []Row, views []View) Report {
 	}
 
 	for _, s := range sends {
-		if s.Outcome != Acked {
+		r, stored := byKey[sendKey(s.ChatID, s.SenderID, s.ClientMsgID)]
+		if s.Outcome == Acked && !stored {
+			f.add("lost", "chat %d sender %d client_msg_id %q acknowledged but not in PostgreSQL", s.ChatID, s.SenderID, s.ClientMsgID)
+		}
+		if !stored {
 			continue
 		}
-		if _, ok := byKey[sendKey(s.ChatID, s.SenderID, s.ClientMsgID)]; !ok {
-			f.add("lost", "chat %d sender %d client_msg_id %q acknowledged but not in PostgreSQL", s.ChatID, s.SenderID, s.ClientMsgID)
+		for _, seq := range s.AckSeqs {
+			if seq != r.Seq {
+				f.add("ack seq differs", "chat %d sender %d client_msg_id %q acknowledged with seq %d, stored as seq %d", s.ChatID, s.SenderID, s.ClientMsgID, seq, r.Seq)
+			}
+		}
+		if s.Text != "" && s.Text != r.Text {
+			f.add("text differs", "chat %d sender %d client_msg_id %q sent as %q, stored as %q", s.ChatID, s.SenderID, s.ClientMsgID, s.Text, r.Text)
 		}
 	}
 
@@ -311,8 +341,12 @@ func Check(sends []Send, stored []Row, views []View) Report {
 		seen := map[int64]Row{}
 		for _, r := range v.Rows {
 			if prev, ok := seen[r.Seq]; ok {
-				if prev != r {
+				switch {
+				case prev != r:
 					f.add("view differs", "%s chat %d seq %d received twice with different content: %+v then %+v", v.Member, v.ChatID, r.Seq, prev, r)
+				case v.UserID == 0 || r.SenderID != v.UserID:
+					// Only a duplicate goes out again, and only to its sender.
+					f.add("view duplicated", "%s (user %d) chat %d seq %d (sender %d, %q) received twice", v.Member, v.UserID, v.ChatID, r.Seq, r.SenderID, r.ClientMsgID)
 				}
 				continue
 			}

@@ -7,19 +7,20 @@ import (
 )
 
 // good builds a consistent history: n messages of two senders alternating
-// in chat 7, each acknowledged, stored with seq 1..n and seen by two members.
+// in chat 7, each acknowledged, stored with seq 1..n and seen by the two
+// senders (users 1 and 2).
 func good(n int) ([]Send, []Row, []View) {
 	var sends []Send
 	var rows []Row
 	for i := range n {
 		sender := int64(1 + i%2)
 		id := fmt.Sprintf("c%d-%d", sender, i/2)
-		sends = append(sends, Send{ChatID: 7, SenderID: sender, ClientMsgID: id, Index: i / 2, Outcome: Acked, Attempts: 1})
+		sends = append(sends, Send{ChatID: 7, SenderID: sender, ClientMsgID: id, Index: i / 2, Outcome: Acked, Attempts: 1, Text: "t " + id})
 		rows = append(rows, Row{ChatID: 7, Seq: int64(i + 1), SenderID: sender, ClientMsgID: id, Text: "t " + id})
 	}
 	views := []View{
-		{Member: "a", ChatID: 7, Rows: append([]Row(nil), rows...)},
-		{Member: "b", ChatID: 7, Rows: append([]Row(nil), rows...)},
+		{Member: "a", UserID: 1, ChatID: 7, Rows: append([]Row(nil), rows...)},
+		{Member: "b", UserID: 2, ChatID: 7, Rows: append([]Row(nil), rows...)},
 	}
 	return sends, rows, views
 }
@@ -37,8 +38,31 @@ func TestCheckFindsEachDefect(t *testing.T) {
 				Send{ChatID: 7, SenderID: 2, ClientMsgID: "y", Index: 99, Outcome: Unknown})
 			return s, r, v
 		}},
-		{name: "a retried copy of a seen sequence is ignored", want: "", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
-			v[0].Rows = append(v[0].Rows, v[0].Rows[3])
+		{name: "the sender's duplicate copy of its own message is accepted", want: "", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
+			// Seq 3 is user 1's (a's) message, published again for a's retry.
+			v[0].Rows = append(v[0].Rows[:5:5], append([]Row{r[2]}, v[0].Rows[5:]...)...)
+			return s, r, v
+		}},
+		{name: "an ack with the stored seq is fine", want: "", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
+			s[2].AckSeqs = []int64{r[2].Seq}
+			return s, r, v
+		}},
+		{name: "another member received a message twice", want: "view duplicated", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
+			// Seq 3 is user 1's message; b (user 2) must see it once.
+			v[1].Rows = append(v[1].Rows, r[2])
+			return s, r, v
+		}},
+		{name: "a member of unknown user id received a message twice", want: "view duplicated", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
+			v[0].UserID = 0
+			v[0].Rows = append(v[0].Rows, r[2])
+			return s, r, v
+		}},
+		{name: "an ack carried another seq", want: "ack seq differs", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
+			s[2].AckSeqs = []int64{r[2].Seq, r[2].Seq + 1}
+			return s, r, v
+		}},
+		{name: "stored text differs from the text sent", want: "text differs", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
+			s[4].Text = "something else"
 			return s, r, v
 		}},
 		{name: "acknowledged but not stored", want: "lost", mutate: func(s []Send, r []Row, v []View) ([]Send, []Row, []View) {
@@ -114,13 +138,18 @@ func TestCheckFindsEachDefect(t *testing.T) {
 func TestRecorderOutcomes(t *testing.T) {
 	t.Parallel()
 	r := NewRecorder()
-	r.Attempt(1, 2, "a", 0)
-	r.Acked(1, 2, "a")
-	r.Attempt(1, 2, "a", 0) // a retry after an ack stays acknowledged
-	r.Attempt(1, 2, "b", 1)
+	r.Attempt(1, 2, "a", 0, "text a")
+	r.Acked(1, 2, "a", 0)
+	r.Attempt(1, 2, "a", 0, "text a") // a retry after an ack stays acknowledged
+	r.Acked(1, 2, "a", 1)             // with the original's seq
+	r.Attempt(1, 2, "b", 1, "text b")
 	r.Refused(1, 2, "b", "unavailable")
-	r.Attempt(1, 2, "c", 2)
-	rep := Check(r.Sends(), []Row{{ChatID: 1, Seq: 1, SenderID: 2, ClientMsgID: "a"}}, nil)
+	r.Attempt(1, 2, "c", 2, "text c")
+	sends := r.Sends()
+	if got := sends[0].AckSeqs; len(got) != 1 || got[0] != 1 {
+		t.Fatalf("ack seqs of a: %v, want [1]", got)
+	}
+	rep := Check(sends, []Row{{ChatID: 1, Seq: 1, SenderID: 2, ClientMsgID: "a", Text: "text a"}}, nil)
 	c := rep.Counts
 	if c.Sent != 3 || c.Acked != 1 || c.Refused != 1 || c.Unknown != 1 || c.Retried != 1 || c.Refusals["unavailable"] != 1 {
 		t.Fatalf("counts %s", c)

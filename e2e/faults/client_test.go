@@ -200,14 +200,23 @@ func (c *chatClient) seq() int64 {
 func (c *chatClient) snapshot() View {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return View{Member: c.u.name, ChatID: c.chatID, Rows: append([]Row(nil), c.view...)}
+	return View{Member: c.u.name, UserID: c.u.id, ChatID: c.chatID, Rows: append([]Row(nil), c.view...)}
 }
 
 // session is one websocket connection's reader state.
 type session struct {
 	conn    *websocket.Conn
-	answers chan map[string]any // ack and error events
-	ended   chan struct{}       // closed when the reader stops
+	answers chan answer   // ack and error events
+	ended   chan struct{} // closed when the reader stops
+}
+
+// answer is an ack or error event: the fields of both the sender needs.
+type answer struct {
+	Type      string `json:"type"`
+	ID        string `json:"id"`
+	Seq       int64  `json:"seq"`       // ack: the original's sequence, when known
+	Code      string `json:"code"`      // error
+	Retryable bool   `json:"retryable"` // error
 }
 
 func (c *chatClient) run() {
@@ -279,7 +288,7 @@ func (c *chatClient) connect(attempt int) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &session{conn: conn, answers: make(chan map[string]any, 16), ended: make(chan struct{})}
+	s := &session{conn: conn, answers: make(chan answer, 16), ended: make(chan struct{})}
 	c.mu.Lock()
 	c.conn = conn
 	c.gateway = gw
@@ -308,11 +317,11 @@ func (c *chatClient) readLoop(s *session) {
 			continue
 		}
 		for _, raw := range events {
-			var e map[string]any
+			var e answer
 			if json.Unmarshal(raw, &e) != nil {
 				continue
 			}
-			switch e["type"] {
+			switch e.Type {
 			case protocol.TypeMessage:
 				var m protocol.Message
 				if json.Unmarshal(raw, &m) != nil || m.ChatID != c.chatID {
@@ -361,8 +370,9 @@ func (c *chatClient) sendLoop(s *session, cur *pendingSend, tick *time.Ticker) *
 			c.inFlight = cur.id
 			c.mu.Unlock()
 		}
-		c.rec.Attempt(c.chatID, c.u.id, cur.id, cur.index)
-		b, _ := json.Marshal(protocol.ClientEvent{Type: protocol.TypeSend, ID: cur.id, ChatID: c.chatID, ClientMsgID: cur.id, Text: "text of " + cur.id + strings.Repeat(".", c.pad)})
+		text := "text of " + cur.id + strings.Repeat(".", c.pad)
+		c.rec.Attempt(c.chatID, c.u.id, cur.id, cur.index, text)
+		b, _ := json.Marshal(protocol.ClientEvent{Type: protocol.TypeSend, ID: cur.id, ChatID: c.chatID, ClientMsgID: cur.id, Text: text})
 		_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
 			return cur
@@ -381,19 +391,18 @@ func (c *chatClient) sendLoop(s *session, cur *pendingSend, tick *time.Ticker) *
 				c.logf("%s: no answer to %s in %s on gateway %d; reconnecting", c.u.name, cur.id, answerTimeout, c.gateway)
 				return cur
 			case e := <-s.answers:
-				if e["id"] != cur.id {
+				if e.ID != cur.id {
 					continue
 				}
 				timeout.Stop()
-				if e["type"] == protocol.TypeAck {
-					c.rec.Acked(c.chatID, c.u.id, cur.id)
+				if e.Type == protocol.TypeAck {
+					c.rec.Acked(c.chatID, c.u.id, cur.id, e.Seq)
 					cur = nil
 					c.setInFlight("")
 					break wait
 				}
-				code, _ := e["code"].(string)
-				c.rec.Refused(c.chatID, c.u.id, cur.id, code)
-				if retryable, _ := e["retryable"].(bool); !retryable || !c.pause() {
+				c.rec.Refused(c.chatID, c.u.id, cur.id, e.Code)
+				if !e.Retryable || !c.pause() {
 					cur = nil
 					c.setInFlight("")
 				}

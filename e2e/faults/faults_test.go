@@ -68,9 +68,11 @@ func (sc *scenario) waitAcked(n int, what string) {
 }
 
 // finish stops the sending, waits until the system is quiet (every client's
-// last message answered, every client at the chat's last stored sequence),
-// then checks what was stored and seen, failing on any finding.
-func (sc *scenario) finish() {
+// last message answered, every acknowledged send stored, the stored count
+// unchanged between two polls, every client at the chat's last stored
+// sequence), then checks what was stored and seen, failing on any finding.
+// It returns the stored messages.
+func (sc *scenario) finish() []Row {
 	sc.t.Helper()
 	for _, c := range sc.clients {
 		c.stopSending()
@@ -83,26 +85,42 @@ func (sc *scenario) finish() {
 		}
 		return true
 	}, "every client's last send answered")
-	// Quiet: every acknowledged send is stored, and every client reached
-	// the chat's stored end. It is not required here (the checker reports
-	// what is missing), so the deadline only bounds the wait.
-	acked := sc.rec.Count(Acked)
-	deadline := time.Now().Add(60 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		count, last := sc.storedEnd()
+	// Quiet is not required here (the checker reports what is missing),
+	// so the deadline only bounds the wait.
+	acked := map[string]bool{}
+	for _, s := range sc.rec.Sends() {
+		if s.Outcome == Acked {
+			acked[sendKey(s.ChatID, s.SenderID, s.ClientMsgID)] = true
+		}
+	}
+	prev := int64(-1)
+	var state string
+	quiet := poll(60*time.Second, 100*time.Millisecond, func() bool {
+		keys, count, last, err := sc.storedKeys()
+		if err != nil {
+			prev, state = -1, err.Error()
+			return false
+		}
+		stable := count == prev
+		prev = count
+		missing := 0
+		for k := range acked {
+			if !keys[k] {
+				missing++
+			}
+		}
 		behind := 0
 		for _, c := range sc.clients {
 			if c.seq() < last {
 				behind++
 			}
 		}
-		if count >= int64(acked) && behind == 0 {
-			break
-		}
-		<-tick.C
+		state = fmt.Sprintf("%d stored (stable: %t), %d acknowledged not stored yet, %d clients behind seq %d", count, stable, missing, behind, last)
+		return stable && missing == 0 && behind == 0
+	})
+	if !quiet {
+		sc.t.Logf("not quiet at the deadline: %s", state)
 	}
-	tick.Stop()
 	for _, c := range sc.clients {
 		c.close()
 	}
@@ -119,20 +137,48 @@ func (sc *scenario) finish() {
 	if rep.Counts.Acked == 0 {
 		sc.t.Error("nothing was acknowledged")
 	}
+	return rows
 }
 
-// storedEnd returns how many messages the chat has stored and its newest
-// sequence (zeros when PostgreSQL does not answer).
-func (sc *scenario) storedEnd() (count, last int64) {
+// poll calls cond every interval until it returns true (true) or timeout
+// passes (false).
+func poll(timeout, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
+}
+
+// storedKeys returns the key (chat, sender, client message id) of every
+// stored message of the chat, how many there are and the newest sequence.
+func (sc *scenario) storedKeys() (keys map[string]bool, count, last int64, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, sc.s.dbURL)
 	if err != nil {
-		return 0, 0
+		return nil, 0, 0, err
 	}
 	defer conn.Close(ctx)
-	_ = conn.QueryRow(ctx, "SELECT count(*), coalesce(max(seq), 0) FROM messages WHERE chat_id = $1", generalChat).Scan(&count, &last)
-	return count, last
+	rows, err := conn.Query(ctx, "SELECT sender_id, client_msg_id, seq FROM messages WHERE chat_id = $1", generalChat)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	keys = map[string]bool{}
+	var sender, seq int64
+	var id string
+	_, err = pgx.ForEachRow(rows, []any{&sender, &id, &seq}, func() error {
+		keys[sendKey(generalChat, sender, id)] = true
+		count++
+		last = max(last, seq)
+		return nil
+	})
+	return keys, count, last, err
 }
 
 // stored reads every stored message of the chat from PostgreSQL.
@@ -220,38 +266,106 @@ func TestFaultGatewayKill(t *testing.T) {
 }
 
 // TestFaultHistoryWriterKill: kill -9 the active history writer while it
-// stores a burst, then start it again.
+// holds a batch (delivered to it, not acknowledged), then start it again.
 //
 // The writers fetch with a longer batch wait here (100 ms), so that at
-// nearly every moment the active one holds delivered, unacknowledged
-// messages; the kill comes when it does.
+// nearly every moment the active one holds such messages. The test kills it
+// as soon as the consumer reports some, and reads them from the stream
+// right after the kill; should the writer have acknowledged them all in
+// between, it starts the writer again and tries anew (three times at most,
+// then it says so). The held messages come back only after
+// HISTORY_ACK_WAIT, while newer ones go to the other writer at once. At the
+// end every held message must be stored, and in stream order with nothing
+// else among them: the chat's sequence of each is its stream sequence plus
+// one same offset (every message of the test goes to one chat, and the
+// stream keeps a message once).
 func TestFaultHistoryWriterKill(t *testing.T) {
 	sc := newScenario(t, stackOptions{env: map[string]string{"HISTORY_BATCH_WAIT": "100ms"}}, 8, 10*time.Millisecond)
+	writers := []string{"history-1", "history-2"}
+	var killed string
+	var held pending
+	for round := 1; ; round++ {
+		active := sc.activeWriter(writers)
+		testenv.Eventually(t, 30*time.Second, func() bool {
+			n, err := sc.s.unacked()
+			return err == nil && n > 0
+		}, "%s holding a batch", active)
+		sc.s.kill(active) // right after the check
+		var err error
+		if held, err = sc.s.pendingBatch(true); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("at the kill: %d messages delivered and not acknowledged, stream sequences %d to %d (%d of them acknowledged)",
+			len(held.msgs), held.ackFloor+1, held.delivered, held.gone)
+		if len(held.msgs) > 0 || round == 3 {
+			killed = active
+			break
+		}
+		t.Logf("%s had acknowledged its batch when killed (try %d); starting it again", active, round)
+		sc.s.start(active)
+	}
+	sc.waitAcked(100, "after the writer was killed")
+	sc.s.start(killed)
+	sc.waitAcked(100, "after the writer restarted")
+	rows := sc.finish()
+
+	if len(held.msgs) == 0 {
+		t.Logf("the killed writer held no message at any of 3 kills: the dead batch was not exercised this run")
+		return
+	}
+	for _, name := range writers {
+		if name != killed {
+			t.Logf("%s held back %v messages", name, sc.s.metric(name, "history_writer_held_back_total"))
+		}
+	}
+	seqOf := map[string]int64{}
+	for _, r := range rows {
+		seqOf[sendKey(r.ChatID, r.SenderID, r.ClientMsgID)] = r.Seq
+	}
+	var offset int64
+	bad := 0
+	for i, m := range held.msgs {
+		seq, ok := seqOf[m.key]
+		if !ok {
+			t.Errorf("%s (stream sequence %d): held by the killed writer, never stored", m.key, m.seq)
+			continue
+		}
+		if i == 0 {
+			offset = seq - int64(m.seq)
+		}
+		if seq-int64(m.seq) != offset {
+			bad++
+			if bad <= 10 {
+				t.Errorf("%s: stream sequence %d stored at seq %d, want %d: the killed writer's messages were not stored in stream order",
+					m.key, m.seq, seq, int64(m.seq)+offset)
+			}
+		}
+	}
+	first, last := held.msgs[0], held.msgs[len(held.msgs)-1]
+	t.Logf("the killed writer's messages, stream sequences %d to %d, were stored at seqs %d to %d",
+		first.seq, last.seq, seqOf[first.key], seqOf[last.key])
+}
+
+// activeWriter waits until one of the history writers stores 20 more
+// messages than now, and returns it.
+func (sc *scenario) activeWriter(names []string) string {
+	sc.t.Helper()
 	const stored = "history_writer_messages_stored_total"
+	base := map[string]float64{}
+	for _, n := range names {
+		base[n] = sc.s.metric(n, stored)
+	}
 	var active string
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		for _, name := range []string{"history-1", "history-2"} {
-			if sc.s.metric(name, stored) >= 50 {
-				active = name
+	testenv.Eventually(sc.t, 30*time.Second, func() bool {
+		for _, n := range names {
+			if sc.s.metric(n, stored) >= base[n]+20 {
+				active = n
 				return true
 			}
 		}
 		return false
-	}, "a history writer stored 50 messages")
-	before := sc.s.metric(active, stored)
-	testenv.Eventually(t, 30*time.Second, func() bool { return sc.s.metric(active, stored) >= before+20 },
-		"%s storing the burst", active)
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		n, err := sc.s.unacked()
-		return err == nil && n > 0
-	}, "%s holding a batch", active)
-	sc.s.kill(active)
-	n, err := sc.s.unacked()
-	t.Logf("%d messages delivered to the killed writer and not acknowledged (err %v)", n, err)
-	sc.waitAcked(100, "after the writer was killed")
-	sc.s.start(active)
-	sc.waitAcked(100, "after the writer restarted")
-	sc.finish()
+	}, "a history writer storing")
+	return active
 }
 
 // TestFaultRedisRestart: restart Redis (an empty one: fanout

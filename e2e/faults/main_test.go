@@ -7,7 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/communications/communications/libs/devstack"
 	"github.com/communications/communications/libs/testenv"
@@ -51,11 +55,17 @@ func mainRun(m *testing.M) (int, error) {
 		skipReason = "nats-server not found (in " + testenv.EnvNATSServer + ", .state/bin or on PATH): run ./scripts/test, which installs it, or put it on PATH"
 		return m.Run(), nil
 	}
-	dir, err := os.MkdirTemp("", "comms-faults-")
+	// A run that panicked or hit go test's -timeout never removed its
+	// folder; remove those whose test binary is gone.
+	removeStale(os.TempDir())
+	dir, err := os.MkdirTemp("", tempPrefix)
 	if err != nil {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return 0, err
+	}
 	// The postgres user must reach the data folder when tests run as root.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return 0, err
@@ -95,6 +105,47 @@ func mainRun(m *testing.M) (int, error) {
 	defer in.nats.Stop()
 	shared = in
 	return m.Run(), nil
+}
+
+// tempPrefix starts the name of the package's temporary folder, which holds
+// the process id of its test binary in ownerFile.
+const (
+	tempPrefix = "comms-faults-"
+	ownerFile  = "owner.pid"
+)
+
+// removeStale removes the package's temporary folders in parent whose
+// owner is no longer running.
+func removeStale(parent string) {
+	dirs, err := filepath.Glob(filepath.Join(parent, tempPrefix+"*"))
+	if err != nil {
+		return
+	}
+	for _, dir := range dirs {
+		if ownerRunning(dir) {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "fault tests: remove the stale %s: %v\n", dir, err)
+		}
+	}
+}
+
+// ownerRunning reports whether the process named in dir's owner file
+// runs. A folder without one is taken as running for an hour: its owner
+// may be about to write it.
+func ownerRunning(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil {
+		st, err := os.Stat(dir)
+		return err == nil && time.Since(st.ModTime()) < time.Hour
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // findNATSServer returns the nats-server program: the one the test command

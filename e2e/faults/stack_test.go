@@ -3,6 +3,8 @@ package faults
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/devstack"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/testenv"
@@ -178,26 +181,98 @@ func (s *stack) kill(name string) {
 // unacked returns how many messages the history writers' consumer has
 // delivered and not yet had acknowledged.
 func (s *stack) unacked() (int, error) {
+	b, err := s.pendingBatch(false)
+	return b.pending, err
+}
+
+// pending is what the history writers' consumer had delivered and not had
+// acknowledged at one moment.
+type pending struct {
+	pending int // NumAckPending
+	// ackFloor and delivered are the stream sequences of the consumer's
+	// last acknowledged (with all before it) and last delivered message.
+	ackFloor, delivered uint64
+	// msgs holds each message still in the stream between them, in stream
+	// order (the stream is a work queue: an acknowledged message has left
+	// it).
+	msgs []streamMsg
+	// gone counts the sequences between them no longer in the stream.
+	gone int
+}
+
+// pendingBatch reads the consumer's state and, with read, the messages it
+// has delivered and not had acknowledged.
+func (s *stack) pendingBatch(read bool) (pending, error) {
+	var p pending
 	nc, err := nats.Connect(s.in.nats.URL())
 	if err != nil {
-		return 0, err
+		return p, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return 0, err
+		return p, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cons, err := js.Consumer(ctx, s.subjects.MessagesStream(), s.subjects.HistoryWriterConsumer())
 	if err != nil {
-		return 0, err
+		return p, err
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return 0, err
+		return p, err
 	}
-	return info.NumAckPending, nil
+	if read {
+		// Acks a killed writer sent just before it died may still be on
+		// their way: read until the ack floor stays put between two reads.
+		prev := info.AckFloor.Stream
+		poll(2*time.Second, 50*time.Millisecond, func() bool {
+			next, ierr := cons.Info(ctx)
+			if ierr != nil {
+				err = ierr
+				return true
+			}
+			info = next
+			stable := info.AckFloor.Stream == prev
+			prev = info.AckFloor.Stream
+			return stable
+		})
+		if err != nil {
+			return p, err
+		}
+	}
+	p.pending, p.ackFloor, p.delivered = info.NumAckPending, info.AckFloor.Stream, info.Delivered.Stream
+	if !read {
+		return p, nil
+	}
+	stream, err := js.Stream(ctx, s.subjects.MessagesStream())
+	if err != nil {
+		return p, err
+	}
+	for seq := p.ackFloor + 1; seq <= p.delivered; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			p.gone++
+			continue
+		}
+		if err != nil {
+			return p, fmt.Errorf("stream message %d: %w", seq, err)
+		}
+		var sm busapi.StreamMessage
+		if err := json.Unmarshal(m.Data, &sm); err != nil {
+			return p, fmt.Errorf("stream message %d: %w", seq, err)
+		}
+		p.msgs = append(p.msgs, streamMsg{seq: seq, key: sendKey(sm.ChatID, sm.SenderID, sm.ClientMsgID)})
+	}
+	return p, nil
+}
+
+// streamMsg is a message in the stream: its stream sequence and its key
+// (chat, sender, client message id).
+type streamMsg struct {
+	seq uint64
+	key string
 }
 
 // gateways returns the base URLs of the gateway replicas.

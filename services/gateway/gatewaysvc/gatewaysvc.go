@@ -255,11 +255,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	// hubCtx ends, after the websockets have drained.
 	g.Go(func() error {
 		return tracker.Run(hubCtx, func(ch presence.Change) { wss.PresenceChanged(ch.UserID, ch.Username, ch.Online) },
-			func() {
-				rctx, cancel := context.WithTimeout(hubCtx, cfg.PresenceRefresh)
-				defer cancel()
-				wss.RefreshViews(rctx)
-			}, nil)
+			func() { wss.RefreshViews(hubCtx) }, nil)
 	})
 	if o.abandonPresence != nil {
 		g.Go(func() error {

@@ -13,6 +13,11 @@
 // or their last one closed) are published on one Redis channel that every
 // gateway subscribes to.
 //
+// Whenever changes may have been missed (a gateway rebuilt its state, this
+// gateway's subscription was re-established, or its lease renewal failed
+// and then worked again), the gateway's rebuilt callback runs after a
+// settle delay, so that it sends its viewers fresh lists.
+//
 // Connections change the gateway's memory only; one goroutine writes the
 // changes to Redis in batches, so connecting never waits on Redis.
 package presence
@@ -33,6 +38,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/communications/communications/libs/protocol"
 )
@@ -50,6 +56,9 @@ type Config struct {
 	Refresh time.Duration
 	// Sweep is how often expired leases are looked for. Default 5s.
 	Sweep time.Duration
+	// OnlineAllCache is how long an OnlineAll answer is reused (until a
+	// change is received). Default 1s; negative: never reused.
+	OnlineAllCache time.Duration
 }
 
 // Change is a user who came online (first connection on any gateway) or
@@ -73,7 +82,21 @@ type Tracker struct {
 	// resync asks for the whole state to be written (a write failed).
 	resync bool
 
+	// renewFailed: the last lease renewal failed; viewers get fresh lists
+	// once one works again. Only Run's goroutine uses it.
+	renewFailed bool
+
+	// all caches OnlineAll: allGen counts the changes received, and an
+	// answer is kept (and a shared query joined) only for the same count.
+	allMu     sync.Mutex
+	allGen    uint64
+	allList   []protocol.Member
+	allAt     time.Time
+	allValid  bool
+	allFlight singleflight.Group
+
 	wake      chan struct{}
+	stale     chan struct{}
 	abandoned atomic.Bool
 	abandon   chan struct{}
 	abandonMu sync.Once
@@ -105,11 +128,15 @@ func New(rdb *redis.Client, cfg Config, log *slog.Logger) (*Tracker, error) {
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 5 * time.Second
 	}
+	if cfg.OnlineAllCache == 0 {
+		cfg.OnlineAllCache = time.Second
+	}
 	return &Tracker{
 		rdb: rdb, cfg: cfg, log: log.With("gateway_id", cfg.GatewayID),
 		users:   map[int64]*local{},
 		dirty:   map[int64]struct{}{},
 		wake:    make(chan struct{}, 1),
+		stale:   make(chan struct{}, 1),
 		abandon: make(chan struct{}),
 	}, nil
 }
@@ -177,9 +204,60 @@ func (t *Tracker) Online(ctx context.Context, userIDs []int64) ([]protocol.Membe
 	return t.online(ctx, args)
 }
 
-// OnlineAll returns every online user, by username.
+// OnlineAll returns every online user, by username. The script reads every
+// gateway's whole hash, so concurrent calls share one run, and its answer
+// is reused for Config.OnlineAllCache unless a change is received
+// meanwhile: an answer is never older than the changes this gateway has
+// seen. The slice returned is shared: callers must not modify it.
 func (t *Tracker) OnlineAll(ctx context.Context) ([]protocol.Member, error) {
-	return t.online(ctx, []any{t.cfg.Prefix})
+	t.allMu.Lock()
+	if t.allValid && time.Since(t.allAt) < t.cfg.OnlineAllCache {
+		list := t.allList
+		t.allMu.Unlock()
+		return list, nil
+	}
+	gen := t.allGen
+	t.allMu.Unlock()
+	ch := t.allFlight.DoChan(strconv.FormatUint(gen, 10), func() (any, error) {
+		// The run is shared: one caller giving up must not fail the others.
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		list, err := t.online(qctx, []any{t.cfg.Prefix})
+		if err == nil && t.cfg.OnlineAllCache > 0 {
+			t.allMu.Lock()
+			if t.allGen == gen {
+				t.allList, t.allAt, t.allValid = list, time.Now(), true
+			}
+			t.allMu.Unlock()
+		}
+		return list, err
+	})
+	select {
+	case <-ctx.Done():
+		return nil, fmt.Errorf("presence: online users: %w", ctx.Err())
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]protocol.Member), nil
+	}
+}
+
+// invalidate drops the cached OnlineAll answer: a change was received.
+func (t *Tracker) invalidate() {
+	t.allMu.Lock()
+	t.allGen++
+	t.allValid = false
+	t.allList = nil
+	t.allMu.Unlock()
+}
+
+// markStale asks for the rebuilt callback (after the settle delay).
+func (t *Tracker) markStale() {
+	select {
+	case t.stale <- struct{}{}:
+	default:
+	}
 }
 
 func (t *Tracker) online(ctx context.Context, args []any) ([]protocol.Member, error) {
@@ -205,31 +283,51 @@ func (t *Tracker) channel() string { return t.cfg.Prefix + ":presence" }
 // Run keeps the gateway's presence in Redis and hands every change (from
 // any gateway) to onChange, until ctx ends; then it removes the gateway's
 // lease and announces its users offline (unless abandoned). rebuilt is
-// called (in its own goroutine) one refresh interval after the gateway
-// found its lease gone and wrote its state again: by then the other
-// gateways have done the same, and presence shown to clients may be
-// refreshed. ready, if not nil, is closed once the channel is subscribed
-// and the lease taken.
+// called (in its own goroutine, never two at once) one refresh interval
+// after changes may have been missed: a gateway (this one or another)
+// found its lease gone and wrote its state again, this gateway's
+// subscription was re-established, or its lease renewal failed and then
+// worked again. By then the other gateways have rebuilt too, and presence
+// shown to clients may be refreshed. ready, if not nil, is closed once the
+// channel is subscribed and the lease taken.
 func (t *Tracker) Run(ctx context.Context, onChange func(Change), rebuilt func(), ready chan<- struct{}) error {
 	ps := t.rdb.Subscribe(ctx, t.channel())
 	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil {
-		return fmt.Errorf("presence: subscribe: %w", err)
+	// The subscription and the first write are retried until they work or
+	// ctx ends (Redis may come up after the gateway): the gateway is not
+	// online for anyone before.
+	backoff := 100 * time.Millisecond
+	wait := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		return true
 	}
-	// The first write is retried until it works or ctx ends: the gateway
-	// is not online for anyone before.
 	for {
-		if _, err := t.sync(ctx); err == nil {
+		if _, err := ps.Receive(ctx); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			return nil
+		} else {
+			t.log.WarnContext(ctx, "presence: subscribe; retrying", "err", err)
+		}
+		if !wait() {
+			return nil
+		}
+	}
+	for {
+		if _, err := t.sync(ctx, false); err == nil {
 			break
 		} else if ctx.Err() != nil {
 			return nil
 		} else {
 			t.log.WarnContext(ctx, "presence: first write; retrying", "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		if !wait() {
 			return nil
-		case <-time.After(time.Second):
 		}
 	}
 	if ready != nil {
@@ -237,24 +335,45 @@ func (t *Tracker) Run(ctx context.Context, onChange func(Change), rebuilt func()
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	msgs := ps.Channel(redis.WithChannelSize(4096))
+	// Every message after the first subscription is a change, a rebuilt
+	// notice or a re-subscription (the connection to Redis broke, and
+	// changes may have been lost meanwhile).
+	msgs := ps.ChannelWithSubscriptions(redis.WithChannelSize(4096))
 	wg.Go(func() {
 		for m := range msgs {
-			var ch Change
-			if err := json.Unmarshal([]byte(m.Payload), &ch); err != nil || ch.UserID == 0 {
-				t.log.Warn("presence: malformed change", "payload", m.Payload)
-				continue
+			t.invalidate()
+			switch m := m.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					t.log.Info("presence: subscribed again; refreshing viewers")
+					t.markStale()
+				}
+			case *redis.Message:
+				var n struct {
+					Change
+					Rebuilt string `json:"rebuilt"`
+				}
+				if err := json.Unmarshal([]byte(m.Payload), &n); err != nil || (n.UserID == 0 && n.Rebuilt == "") {
+					t.log.Warn("presence: malformed change", "payload", m.Payload)
+					continue
+				}
+				if n.Rebuilt != "" {
+					t.markStale()
+					continue
+				}
+				onChange(n.Change)
 			}
-			onChange(ch)
 		}
 	})
 	defer ps.Close() // ends the range above before wg.Wait
+	if rebuilt != nil {
+		wg.Go(func() { t.refreshViews(ctx, rebuilt) })
+	}
 
 	refresh := time.NewTicker(t.cfg.Refresh)
 	defer refresh.Stop()
 	sweep := time.NewTicker(t.cfg.Sweep)
 	defer sweep.Stop()
-	rebuildPending := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -264,17 +383,9 @@ func (t *Tracker) Run(ctx context.Context, onChange func(Change), rebuilt func()
 			<-ctx.Done()
 			return nil
 		case <-t.wake:
-			if t.apply(ctx) {
-				rebuildPending = true
-			}
+			t.apply(ctx)
 		case <-refresh.C:
-			if rebuildPending && rebuilt != nil {
-				rebuildPending = false
-				wg.Go(rebuilt)
-			}
-			if t.refresh(ctx) {
-				rebuildPending = true
-			}
+			t.refresh(ctx)
 		case <-sweep.C:
 			if n, err := reapScript.Run(ctx, t.rdb, nil, t.cfg.Prefix).Int(); err != nil {
 				if ctx.Err() == nil {
@@ -287,14 +398,40 @@ func (t *Tracker) Run(ctx context.Context, onChange func(Change), rebuilt func()
 	}
 }
 
-// apply writes the users changed since the last write. It reports whether
-// it found the lease gone and wrote the whole state again.
-func (t *Tracker) apply(ctx context.Context) (rebuilt bool) {
+// refreshViews calls rebuilt one refresh interval after each request for
+// it, requests arriving meanwhile being served by the same call, until ctx
+// ends.
+func (t *Tracker) refreshViews(ctx context.Context, rebuilt func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.stale:
+		}
+		settle := time.NewTimer(t.cfg.Refresh)
+		select {
+		case <-ctx.Done():
+			settle.Stop()
+			return
+		case <-settle.C:
+		}
+		// Requests made while settling are covered by this call.
+		select {
+		case <-t.stale:
+		default:
+		}
+		rebuilt()
+	}
+}
+
+// apply writes the users changed since the last write; when it finds the
+// lease gone, it writes the whole state again.
+func (t *Tracker) apply(ctx context.Context) {
 	t.mu.Lock()
 	if len(t.dirty) == 0 || t.resync {
 		// A pending full write covers the changes.
 		t.mu.Unlock()
-		return false
+		return
 	}
 	var up, down []any
 	for id := range t.dirty {
@@ -310,7 +447,7 @@ func (t *Tracker) apply(ctx context.Context) (rebuilt bool) {
 	args = append(args, down...)
 	n, err := applyScript.Run(ctx, t.rdb, nil, args...).Int()
 	if err == nil && n == 0 {
-		return false
+		return
 	}
 	if err != nil && ctx.Err() == nil {
 		t.log.WarnContext(ctx, "presence: write changes; writing the whole state at the next refresh", "err", err)
@@ -320,15 +457,14 @@ func (t *Tracker) apply(ctx context.Context) (rebuilt bool) {
 	t.mu.Unlock()
 	if err == nil {
 		// The lease is gone: write everything now.
-		return t.refresh(ctx)
+		t.refresh(ctx)
 	}
-	return false
 }
 
 // refresh renews the lease, or writes the whole state when the lease is gone
-// or an earlier write failed. It reports whether the lease had to be taken
-// again (Redis had lost it).
-func (t *Tracker) refresh(ctx context.Context) (rebuilt bool) {
+// or an earlier write failed. Once it works after a failure, viewers get
+// fresh lists (changes may have been missed meanwhile).
+func (t *Tracker) refresh(ctx context.Context) {
 	t.mu.Lock()
 	resync := t.resync
 	t.mu.Unlock()
@@ -337,30 +473,46 @@ func (t *Tracker) refresh(ctx context.Context) (rebuilt bool) {
 		if err != nil {
 			if ctx.Err() == nil {
 				t.log.WarnContext(ctx, "presence: renew lease", "err", err)
+				t.renewFailed = true
 			}
-			return false
+			return
 		}
 		if ok == 1 {
-			return false
+			t.renewed()
+			return
 		}
 		t.log.WarnContext(ctx, "presence: lease lost (redis restarted or evicted it); writing the whole state")
 	}
-	missing, err := t.sync(ctx)
-	if err != nil {
+	if _, err := t.sync(ctx, true); err != nil {
 		if ctx.Err() == nil {
 			t.log.WarnContext(ctx, "presence: write the whole state", "err", err)
+			t.renewFailed = true
 		}
-		return false
+		return
 	}
-	return missing
+	t.renewed()
+}
+
+// renewed notes a lease renewal that worked, asking for fresh lists for
+// the viewers when the one before had failed.
+func (t *Tracker) renewed() {
+	if t.renewFailed {
+		t.renewFailed = false
+		t.markStale()
+	}
 }
 
 // sync takes the lease and writes the whole state. It reports whether the
-// lease was missing.
-func (t *Tracker) sync(ctx context.Context) (bool, error) {
+// lease was missing; notify makes it then tell every gateway to refresh
+// its viewers (false for the gateway's first write).
+func (t *Tracker) sync(ctx context.Context, notify bool) (bool, error) {
+	flag := "0"
+	if notify {
+		flag = "1"
+	}
 	t.mu.Lock()
-	args := make([]any, 0, 3+2*len(t.users))
-	args = append(args, t.cfg.Prefix, t.cfg.GatewayID, t.cfg.TTL.Milliseconds())
+	args := make([]any, 0, 4+2*len(t.users))
+	args = append(args, t.cfg.Prefix, t.cfg.GatewayID, t.cfg.TTL.Milliseconds(), flag)
 	for id, u := range t.users {
 		args = append(args, strconv.FormatInt(id, 10), u.name)
 	}

@@ -12,7 +12,9 @@ import "github.com/redis/go-redis/v9"
 //	P:presence:users:<gateway>  hash of the gateway's online users: id -> username
 //
 // Changes are published on the channel P:presence as
-// {"user_id":7,"username":"alice","online":true}. User ids are kept as the
+// {"user_id":7,"username":"alice","online":true}; a gateway that found its
+// lease gone and wrote its state again publishes {"rebuilt":"<gateway>"}
+// there too. User ids are kept as the
 // decimal strings Go wrote, never turned into Lua numbers.
 //
 // ARGV[1] is always the prefix.
@@ -73,9 +75,16 @@ return 0
 
 // syncScript takes (or renews) the gateway's lease and makes its hash hold
 // exactly the given users, announcing each difference that changes whether
-// the user is online anywhere. ARGV: prefix, gateway, lease TTL in
-// milliseconds, then id and username of every online user. It returns 1
-// when the lease was missing (first start, or Redis lost it), else 0.
+// the user is online anywhere. When the lease was missing, the other
+// gateways may have announced this gateway's users offline meanwhile (its
+// lease lapsed, and they saw it dead, before any sweep removed its hash), so
+// every user it has that is not online on another live gateway is
+// announced online again; and, unless this is the gateway's first write, a
+// notice {"rebuilt":"<gateway>"} on the channel makes every gateway send
+// its viewers fresh lists. ARGV: prefix, gateway, lease TTL in
+// milliseconds, "1" to send the notice when the lease was missing (else
+// "0"), then id and username of every online user. It returns 1 when the
+// lease was missing (first start, or Redis lost it), else 0.
 var syncScript = redis.NewScript(luaCommon + `
 local self = ARGV[2]
 local missing = 0
@@ -85,7 +94,7 @@ redis.call('SADD', gatewaysKey, self)
 local others = live(self)
 local h = users(self)
 local want = {}
-for i = 4, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
 local have = {}
 local flat = redis.call('HGETALL', h)
 for i = 1, #flat, 2 do have[flat[i]] = flat[i + 1] end
@@ -99,7 +108,12 @@ for uid, name in pairs(want) do
   if have[uid] == nil then
     redis.call('HSET', h, uid, name)
     if not onlineOn(others, uid) then announce(uid, name, true) end
+  elseif missing == 1 and not onlineOn(others, uid) then
+    announce(uid, name, true)
   end
+end
+if missing == 1 and ARGV[4] == '1' then
+  redis.call('PUBLISH', channel, '{"rebuilt":' .. cjson.encode(self) .. '}')
 end
 return missing
 `)

@@ -462,6 +462,29 @@ func TestDuplicateKeepsThePosition(t *testing.T) {
 	}
 }
 
+// TestDuplicatePastAGapFillsIt: a duplicate (its original lost on this
+// connection) that lies beyond the next expected sequence is a gap like any
+// live message: the missing messages come first, in order.
+func TestDuplicatePastAGapFillsIt(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 16)
+	c.srv.up = historyUpstream{n: 9}
+	c.start([]byte("hello"))
+	queued(c)
+	c.DeliverMessage(1, 5, false, []byte(`{"type":"message","chat_id":1,"seq":5}`))
+	c.DeliverMessage(1, 9, true, []byte(`{"type":"message","chat_id":1,"seq":9}`))
+	var got []int64
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		for _, ev := range queued(c) {
+			got = append(got, seqOf(t, ev))
+		}
+		return len(got) >= 5
+	}, "the gap before the duplicate is filled")
+	if diff := cmp.Diff([]int64{5, 6, 7, 8, 9}, got); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+}
+
 // latestUpstream serves history 1..n and reports n as the latest of every
 // chat.
 type latestUpstream struct{ historyUpstream }

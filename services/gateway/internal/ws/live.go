@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -31,6 +33,24 @@ func (s *Server) UsePresence(p Presence) { s.presence = p }
 // refusalWindow is the window in which Config.SendRefusals refusals close
 // a connection.
 const refusalWindow = 10 * time.Second
+
+// typingPublishTimeout bounds the publication of a typing event: it runs in
+// the connection's reader, and typing is best effort.
+const typingPublishTimeout = 250 * time.Millisecond
+
+// presenceQueryTimeout bounds the presence query of one chat, and
+// presenceQueries the queries one list push makes at once.
+const (
+	presenceQueryTimeout = 5 * time.Second
+	presenceQueries      = 8
+)
+
+// refreshRetry is the first delay before RefreshViews asks again for the
+// chats whose query failed; it doubles up to refreshRetryMax.
+const (
+	refreshRetry    = time.Second
+	refreshRetryMax = 30 * time.Second
+)
 
 // maxTypingChats bounds the per-connection memory of when the user last
 // typed in each chat; older entries are dropped past it.
@@ -116,7 +136,9 @@ func (c *Conn) handleTyping(ctx context.Context, ev protocol.ClientEvent) {
 	if err != nil {
 		return
 	}
-	if err := c.srv.hub.PublishEphemeral(ctx, ev.ChatID, c.user.ID, b); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, typingPublishTimeout)
+	defer cancel()
+	if err := c.srv.hub.PublishEphemeral(pctx, ev.ChatID, c.user.ID, b); err != nil {
 		c.srv.log.WarnContext(ctx, "publish typing", "chat_id", ev.ChatID, "err", err)
 	}
 }
@@ -184,7 +206,11 @@ func (c *Conn) handleView(ctx context.Context, ev protocol.ClientEvent) {
 		return
 	}
 	v := &view{c: c, chatID: chat.ID, everyone: chat.Everyone, members: memberIDs(chat)}
-	c.srv.setView(c, v)
+	if !c.srv.setView(c, v) {
+		// The user left the chat meanwhile.
+		c.deliverJSON(protocol.Error{Type: protocol.TypeError, ID: ev.ID, Code: protocol.CodeNotAMember, Message: "you are not a member of this chat"})
+		return
+	}
 	if err := c.srv.pushPresence(ctx, []*view{v}); err != nil {
 		c.answerError(ctx, ev, err)
 	}
@@ -214,17 +240,37 @@ func memberIDs(chat busapi.Chat) []int64 {
 }
 
 // setView replaces the connection's view (nil: none) and the index of
-// who watches whom.
-func (s *Server) setView(c *Conn, v *view) {
+// who watches whom. A view of a chat the connection is no longer in (the
+// user left it while the view was being looked up) is not taken: the
+// connection then views nothing, and setView reports false.
+func (s *Server) setView(c *Conn, v *view) bool {
+	if v != nil {
+		// syncChats holds syncMu from reading the connection's chats until
+		// it has recorded the new ones, dropping the views of the chats
+		// left: under it the chats are settled, and a removal either came
+		// before (the check below sees it) or comes after (it drops this
+		// view).
+		c.syncMu.Lock()
+		defer c.syncMu.Unlock()
+	}
 	s.viewMu.Lock()
 	defer s.viewMu.Unlock()
 	if old := c.view; old != nil {
 		s.unindexView(old)
+		c.view = nil
+	}
+	if v == nil {
+		return true
+	}
+	c.mu.Lock()
+	in := slices.Contains(c.chats, v.chatID)
+	c.mu.Unlock()
+	if !in {
+		return false
 	}
 	c.view = v
-	if v != nil {
-		s.indexView(v)
-	}
+	s.indexView(v)
+	return true
 }
 
 // unviewChats drops the connection's view if it shows one of the chats
@@ -278,8 +324,16 @@ func removeViewIndex(m map[int64]map[*view]struct{}, k int64, v *view) {
 // pushPresence sends each view the online members of its chat, asking
 // presence once per chat. Changes that arrive meanwhile follow the list.
 func (s *Server) pushPresence(ctx context.Context, views []*view) error {
+	_, err := s.loadPresence(ctx, views)
+	return err
+}
+
+// loadPresence is pushPresence; it also returns the views whose chat's
+// query failed (those still current). Each chat's query has its own
+// timeout, presenceQueries of them run at once.
+func (s *Server) loadPresence(ctx context.Context, views []*view) (failed []*view, err error) {
 	if s.presence == nil || len(views) == 0 {
-		return nil
+		return nil, nil
 	}
 	gens := make(map[*view]int, len(views))
 	byChat := map[int64][]*view{}
@@ -294,45 +348,61 @@ func (s *Server) pushPresence(ctx context.Context, views []*view) error {
 		byChat[v.chatID] = append(byChat[v.chatID], v)
 	}
 	s.viewMu.Unlock()
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, presenceQueries)
 	for chatID, vs := range byChat {
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		var online []protocol.Member
-		var err error
-		if vs[0].everyone {
-			online, err = s.presence.OnlineAll(qctx)
-		} else {
-			online, err = s.presence.Online(qctx, vs[0].members)
-		}
-		cancel()
-		var list []byte
-		if err == nil {
-			total := len(online)
-			list, err = json.Marshal(protocol.Presence{Type: protocol.TypePresence, ChatID: chatID,
-				Online: online[:min(total, protocol.MaxPresenceList)], Total: total})
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-		s.viewMu.Lock()
-		for _, v := range vs {
-			if v.c.view != v || v.gen != gens[v] {
-				continue // replaced, or a newer list is on its way
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			qctx, cancel := context.WithTimeout(ctx, presenceQueryTimeout)
+			var online []protocol.Member
+			var err error
+			if vs[0].everyone {
+				online, err = s.presence.OnlineAll(qctx)
+			} else {
+				online, err = s.presence.Online(qctx, vs[0].members)
 			}
-			if list != nil {
-				v.c.Deliver(list)
+			cancel()
+			var list []byte
+			if err == nil {
+				total := len(online)
+				list, err = json.Marshal(protocol.Presence{Type: protocol.TypePresence, ChatID: chatID,
+					Online: online[:min(total, protocol.MaxPresenceList)], Total: total})
 			}
-			for _, ev := range v.held {
-				if !v.c.offer(ev) {
-					s.markStale(v)
-					break
+			var lost []*view
+			s.viewMu.Lock()
+			for _, v := range vs {
+				if v.c.view != v || v.gen != gens[v] {
+					continue // replaced, or a newer list is on its way
 				}
+				if list != nil {
+					v.c.Deliver(list)
+				} else {
+					lost = append(lost, v)
+				}
+				for _, ev := range v.held {
+					if !v.c.offer(ev) {
+						s.markStale(v)
+						break
+					}
+				}
+				v.held, v.loading = nil, false
 			}
-			v.held, v.loading = nil, false
-		}
-		s.viewMu.Unlock()
+			s.viewMu.Unlock()
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("presence of chat %d: %w", chatID, err))
+				failed = append(failed, lost...)
+				mu.Unlock()
+			}
+		})
 	}
-	return errors.Join(errs...)
+	wg.Wait()
+	return failed, errors.Join(errs...)
 }
 
 // PresenceChanged tells the local connections viewing a chat with the user
@@ -405,10 +475,14 @@ func (s *Server) markStale(v *view) {
 }
 
 // RefreshViews sends every viewing connection its chat's online members
-// again: after Redis lost presence and the gateways rebuilt it, changes
-// may have been missed.
+// again: after Redis lost presence and the gateways rebuilt it, or this
+// gateway's subscription broke, changes may have been missed. The chats
+// whose query failed are asked again in the background, with a growing
+// delay, until they succeed, ctx ends, or a newer RefreshViews covers them.
 func (s *Server) RefreshViews(ctx context.Context) {
 	s.viewMu.Lock()
+	s.refreshGen++
+	gen := s.refreshGen
 	var views []*view
 	for _, set := range s.viewers {
 		for v := range set {
@@ -416,9 +490,34 @@ func (s *Server) RefreshViews(ctx context.Context) {
 		}
 	}
 	s.viewMu.Unlock()
-	if err := s.pushPresence(ctx, views); err != nil {
-		s.log.WarnContext(ctx, "refresh presence of viewed chats", "err", err)
+	failed, err := s.loadPresence(ctx, views)
+	if err == nil {
+		return
 	}
+	s.log.WarnContext(ctx, "refresh presence of viewed chats; retrying those that failed", "views", len(failed), "err", err)
+	if len(failed) == 0 {
+		return
+	}
+	go func() {
+		delay := refreshRetry
+		for len(failed) > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, refreshRetryMax)
+			s.viewMu.Lock()
+			superseded := s.refreshGen != gen
+			s.viewMu.Unlock()
+			if superseded {
+				return
+			}
+			if failed, err = s.loadPresence(ctx, failed); err != nil && ctx.Err() == nil {
+				s.log.WarnContext(ctx, "refresh presence of viewed chats", "views", len(failed), "err", err)
+			}
+		}
+	}()
 }
 
 // chatViewsChanged brings the views of a chat up to date with its members

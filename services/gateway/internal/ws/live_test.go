@@ -3,10 +3,12 @@ package ws
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,7 +83,7 @@ func (u chatUpstream) GetChat(_ context.Context, _, chatID int64) (busapi.Chat, 
 
 const teamChat = 4
 
-func newLiveServer(t *testing.T, p *fakePresence) (*Server, *fakeHub) {
+func newLiveServer(t *testing.T, p Presence) (*Server, *fakeHub) {
 	t.Helper()
 	h := &fakeHub{joined: map[hub.Sink][]int64{}}
 	up := chatUpstream{chats: map[int64]busapi.Chat{
@@ -348,5 +350,218 @@ func TestPresenceListBounded(t *testing.T) {
 	}
 	if p.Online[0].Username != "user0000" || p.Online[len(p.Online)-1].Username != fmt.Sprintf("user%04d", protocol.MaxPresenceList-1) {
 		t.Errorf("presence lists %q to %q; want the first by username", p.Online[0].Username, p.Online[len(p.Online)-1].Username)
+	}
+}
+
+// hookPresence is a fakePresence that runs hook (when set) before each
+// query: to make one hang or fail.
+type hookPresence struct {
+	fakePresence
+	hookMu sync.Mutex
+	hook   func(ctx context.Context) error
+}
+
+func (p *hookPresence) setHook(h func(ctx context.Context) error) {
+	p.hookMu.Lock()
+	defer p.hookMu.Unlock()
+	p.hook = h
+}
+
+func (p *hookPresence) before(ctx context.Context) error {
+	p.hookMu.Lock()
+	h := p.hook
+	p.hookMu.Unlock()
+	if h == nil {
+		return nil
+	}
+	return h(ctx)
+}
+
+func (p *hookPresence) Online(ctx context.Context, ids []int64) ([]protocol.Member, error) {
+	if err := p.before(ctx); err != nil {
+		return nil, err
+	}
+	return p.fakePresence.Online(ctx, ids)
+}
+
+func (p *hookPresence) OnlineAll(ctx context.Context) ([]protocol.Member, error) {
+	if err := p.before(ctx); err != nil {
+		return nil, err
+	}
+	return p.fakePresence.OnlineAll(ctx)
+}
+
+// presenceLists returns the presence lists among the events queued on c.
+func presenceLists(t *testing.T, c *Conn) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, e := range events(t, c) {
+		if e["type"] == protocol.TypePresence {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestRefreshViewsChatsInParallel: a refresh asks the chats' presence at
+// once, so a slow chat does not hold back (or use up the time of) the others.
+func TestRefreshViewsChatsInParallel(t *testing.T) {
+	t.Parallel()
+	p := &hookPresence{fakePresence: fakePresence{online: map[int64]string{7: "alice", 9: "carol"}}}
+	s, _ := newLiveServer(t, p)
+	ctx := context.Background()
+	alice := liveConn(s, busapi.User{ID: 7, Username: "alice"}, 1, teamChat)
+	carol := liveConn(s, busapi.User{ID: 9, Username: "carol"}, 1)
+	alice.handleView(ctx, protocol.ClientEvent{Type: protocol.TypeView, ChatID: teamChat})
+	carol.handleView(ctx, protocol.ClientEvent{Type: protocol.TypeView, ChatID: 1})
+	queued(alice)
+	queued(carol)
+
+	// The first query of the refresh takes until the test lets it go.
+	var calls atomic.Int32
+	hung, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo)
+	p.setHook(func(context.Context) error {
+		if calls.Add(1) == 1 {
+			close(hung)
+			<-release
+		}
+		return nil
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.RefreshViews(ctx)
+	}()
+	<-hung
+	var got int
+	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
+		got += len(presenceLists(t, alice)) + len(presenceLists(t, carol))
+		return got == 1
+	}, func() string {
+		return fmt.Sprintf("%d presence lists while one chat's query hangs, want the other chat's", got)
+	})
+	letGo()
+	<-done
+	if got += len(presenceLists(t, alice)) + len(presenceLists(t, carol)); got != 2 {
+		t.Errorf("%d presence lists after the refresh, want 2", got)
+	}
+}
+
+// TestRefreshViewsRetriesFailures: a chat whose query failed during a
+// refresh is asked again until its viewers have their list.
+func TestRefreshViewsRetriesFailures(t *testing.T) {
+	t.Parallel()
+	p := &hookPresence{fakePresence: fakePresence{online: map[int64]string{7: "alice"}}}
+	s, _ := newLiveServer(t, p)
+	alice := liveConn(s, busapi.User{ID: 7, Username: "alice"}, 1, teamChat)
+	alice.handleView(context.Background(), protocol.ClientEvent{Type: protocol.TypeView, ChatID: teamChat})
+	queued(alice)
+
+	var calls atomic.Int32
+	p.setHook(func(context.Context) error {
+		if calls.Add(1) == 1 {
+			return errors.New("redis down")
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s.RefreshViews(ctx)
+	var got []map[string]any
+	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
+		got = append(got, presenceLists(t, alice)...)
+		return len(got) > 0
+	}, func() string { return fmt.Sprintf("presence lists %v after a failed refresh, want one", got) })
+	if want := []any{map[string]any{"id": float64(7), "username": "alice"}}; !cmp.Equal(want, got[0]["online"]) {
+		t.Errorf("list after the retry %v, want alice online", got[0])
+	}
+}
+
+// racingUpstream runs during once, while answering chat.get: a removal
+// from the chat that lands while a view is being looked up.
+type racingUpstream struct {
+	chatUpstream
+	once   *sync.Once
+	during *func()
+}
+
+func (u racingUpstream) GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error) {
+	u.once.Do(*u.during)
+	return u.chatUpstream.GetChat(ctx, userID, chatID)
+}
+
+// TestViewRacingRemoval: a user removed from a chat while their view of it
+// is looked up does not end up viewing it.
+func TestViewRacingRemoval(t *testing.T) {
+	t.Parallel()
+	var during func()
+	up := racingUpstream{chatUpstream: chatUpstream{chats: map[int64]busapi.Chat{
+		teamChat: {ID: teamChat, Name: "team", Members: []protocol.Member{{ID: 7, Username: "alice"}}},
+	}}, once: &sync.Once{}, during: &during}
+	s := NewServer(Config{SendQueue: 32}, up, &fakeHub{joined: map[hub.Sink][]int64{}}, telemetry.NewLogger(io.Discard, 0),
+		noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.cancel)
+	s.UsePresence(&fakePresence{online: map[int64]string{7: "alice"}})
+	alice := liveConn(s, busapi.User{ID: 7, Username: "alice"}, 1, teamChat)
+	during = func() {
+		if _, err := alice.syncChats(context.Background(), []int64{1}); err != nil {
+			t.Errorf("remove from team: %v", err)
+		}
+	}
+	alice.handleView(context.Background(), protocol.ClientEvent{Type: protocol.TypeView, ID: "v", ChatID: teamChat})
+	got := events(t, alice)
+	if len(got) != 1 || got[0]["code"] != string(protocol.CodeNotAMember) || got[0]["id"] != "v" {
+		t.Errorf("view of a chat left meanwhile answered %v, want not_a_member", got)
+	}
+	s.viewMu.Lock()
+	defer s.viewMu.Unlock()
+	if alice.view != nil || len(s.viewers[teamChat]) != 0 || len(s.watchers[7]) != 0 {
+		t.Errorf("view of a chat left meanwhile indexed: view %v viewers %v watchers %v", alice.view, s.viewers[teamChat], s.watchers[7])
+	}
+}
+
+// slowHub publishes ephemeral events only once the caller gives up (or
+// the test ends): a Redis that does not answer.
+type slowHub struct {
+	*fakeHub
+	release chan struct{}
+}
+
+func (h slowHub) PublishEphemeral(ctx context.Context, _, _ int64, _ []byte) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-h.release:
+		return errors.New("released by the test")
+	}
+}
+
+// TestTypingBoundedWhenRedisHangs: publishing typing gives up soon, so a
+// slow Redis never stalls the connection's reader.
+func TestTypingBoundedWhenRedisHangs(t *testing.T) {
+	t.Parallel()
+	h := slowHub{fakeHub: &fakeHub{joined: map[hub.Sink][]int64{}}, release: make(chan struct{})}
+	t.Cleanup(func() { close(h.release) })
+	s := NewServer(Config{SendQueue: 32}, chatUpstream{}, h, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.cancel)
+	c := liveConn(s, busapi.User{ID: 7, Username: "alice"}, teamChat)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.handleTyping(context.Background(), protocol.ClientEvent{Type: protocol.TypeTyping, ChatID: teamChat})
+	}()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	}, "typing given up while Redis hangs")
+	if q := queued(c); len(q) != 0 {
+		t.Errorf("typing answered %v, want nothing (best effort)", q)
 	}
 }

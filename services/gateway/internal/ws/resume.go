@@ -43,7 +43,8 @@ type heldMessage struct {
 // the chat it is held back. A live message above the next expected sequence
 // reveals a gap (pub/sub is at-most-once): the missing messages are read
 // from history and sent first. A duplicate (a retried send published again
-// for its sender) is delivered if unseen but never moves the position.
+// for its sender) is delivered if unseen; it moves a known position like a
+// live message (it is the same message), but never sets an unknown one.
 func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	c.posMu.Lock()
 	pos := c.positions[chatID]
@@ -65,11 +66,15 @@ func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	case seq <= pos.last:
 		c.posMu.Unlock()
 		return
-	case duplicate:
+	case duplicate && !pos.known:
+		// With no position yet, a retried (old) message must not become
+		// one: the next live message would look like a gap back to it.
 		c.posMu.Unlock()
 		c.Deliver(event)
 		return
 	case pos.known && seq > pos.last+1 && c.started.Load():
+		// A live message (or a duplicate: the original was lost here) past
+		// a hole: the missing messages come first, from history.
 		from := pos.last
 		pos.catchingUp = true
 		pos.held = []heldMessage{{seq: seq, event: event}}

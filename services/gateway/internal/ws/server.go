@@ -106,6 +106,9 @@ type Server struct {
 	viewers       map[int64]map[*view]struct{}
 	watchers      map[int64]map[*view]struct{}
 	everyoneViews map[*view]struct{}
+	// refreshGen counts RefreshViews calls: a newer one ends the retries
+	// of an older one.
+	refreshGen int
 
 	// posMu guards storedBefore: the newest stored sequence of each chat
 	// at the previous position check.
