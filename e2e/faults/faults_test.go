@@ -2,12 +2,18 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/testenv"
 )
 
@@ -373,6 +379,7 @@ func (sc *scenario) activeWriter(names []string) string {
 func TestFaultRedisRestart(t *testing.T) {
 	sc := newScenario(t, stackOptions{}, 8, 20*time.Millisecond)
 	sc.waitAcked(50, "before the restart")
+	sc.waitAllOnline("before the restart")
 	rd := sc.s.in.redis
 	t.Cleanup(func() { restartIfStopped(t, "redis", rd.Running, rd.Start) })
 	if err := rd.Stop(); err != nil {
@@ -385,7 +392,70 @@ func TestFaultRedisRestart(t *testing.T) {
 	}
 	t.Log("redis started again")
 	sc.waitAcked(100, "after the restart")
+	// The restarted Redis is empty: presence is back only because each
+	// gateway wrote its users again, without a restart of its own.
+	sc.waitAllOnline("after the restart")
 	sc.finish()
+}
+
+// waitAllOnline waits until a view of general through each gateway lists
+// every client's user as online.
+func (sc *scenario) waitAllOnline(when string) {
+	sc.t.Helper()
+	want := make([]int64, 0, len(sc.clients))
+	for _, c := range sc.clients {
+		want = append(want, c.u.id)
+	}
+	slices.Sort(want)
+	for gw := range sc.s.gateways() {
+		var got []int64
+		var err error
+		testenv.EventuallyDescribe(sc.t, 30*time.Second, func() bool {
+			got, err = sc.onlineInGeneral(gw)
+			return err == nil && slices.Equal(got, want)
+		}, func() string {
+			return fmt.Sprintf("presence through gateway %d %s: online %v (error %v), want %v", gw, when, got, err, want)
+		})
+	}
+}
+
+// onlineInGeneral opens a connection to gateway gw as the first client's
+// user (online already, so the connection changes nothing), views general
+// and returns the ids of the online users the presence event lists.
+func (sc *scenario) onlineInGeneral(gw int) ([]int64, error) {
+	u := "ws" + strings.TrimPrefix(sc.s.gateways()[gw], "http") + "/ws"
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	conn, _, err := d.Dial(u, http.Header{"Authorization": {"Bearer " + sc.clients[0].u.token}})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := conn.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, `{"type":"view","chat_id":%d}`, generalChat)); err != nil {
+		return nil, err
+	}
+	for {
+		_, frame, err := conn.ReadMessage()
+		if err != nil {
+			return nil, err
+		}
+		events, err := protocol.SplitFrame(frame)
+		if err != nil {
+			return nil, err
+		}
+		for _, raw := range events {
+			var p protocol.Presence
+			if json.Unmarshal(raw, &p) != nil || p.Type != protocol.TypePresence {
+				continue
+			}
+			ids := make([]int64, 0, len(p.Online))
+			for _, m := range p.Online {
+				ids = append(ids, m.ID)
+			}
+			slices.Sort(ids)
+			return ids, nil
+		}
+	}
 }
 
 // TestFaultNATSRestart: kill -9 nats-server and start it again on the same
