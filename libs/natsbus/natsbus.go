@@ -103,6 +103,15 @@ func NewClient(nc *nats.Conn, tp trace.TracerProvider) *Client {
 // ErrUnavailable is returned when no service answered in time.
 var ErrUnavailable = busapi.Errorf(protocol.CodeUnavailable, "the service did not answer in time")
 
+// Requester sends one request and decodes its reply; *Client is one. The
+// adapters that ask another service depend on it, so that their tests can
+// answer without a bus.
+type Requester interface {
+	Request(ctx context.Context, subject string, req, resp any) error
+}
+
+var _ Requester = (*Client)(nil)
+
 // Request sends req to subject and decodes the reply's data into resp. A
 // coded error in the reply is returned as *busapi.Error; no responder or a
 // timeout is returned as ErrUnavailable (wrapped).

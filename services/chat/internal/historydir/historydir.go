@@ -8,25 +8,21 @@ import (
 	"fmt"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/services/chat/internal/chats"
 )
 
-// Requester sends one request and decodes its reply (*natsbus.Client does).
-type Requester interface {
-	Request(ctx context.Context, subject string, req, resp any) error
-}
-
 // Directory asks subjects.HistoryMessage.
 type Directory struct {
-	bus     Requester
+	bus     natsbus.Requester
 	subject string
 }
 
 // New returns a Directory asking over bus. Each request is bounded by its
 // context's deadline (the handling of the request it serves).
-func New(bus Requester, subj subjects.Subjects) *Directory {
+func New(bus natsbus.Requester, subj subjects.Subjects) *Directory {
 	return &Directory{bus: bus, subject: subj.HistoryMessage()}
 }
 

@@ -7,24 +7,20 @@ import (
 	"fmt"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/services/chat/internal/chats"
 )
 
-// Requester sends one request and decodes its reply (*natsbus.Client does).
-type Requester interface {
-	Request(ctx context.Context, subject string, req, resp any) error
-}
-
 // Counter asks on subjects.HistoryUnread.
 type Counter struct {
-	bus     Requester
+	bus     natsbus.Requester
 	subject string
 }
 
 // New returns a Counter asking over bus. Each request is bounded by its
 // context's deadline (the handling of the request it serves).
-func New(bus Requester, subj subjects.Subjects) *Counter {
+func New(bus natsbus.Requester, subj subjects.Subjects) *Counter {
 	return &Counter{bus: bus, subject: subj.HistoryUnread()}
 }
 
