@@ -74,7 +74,7 @@ func startStack(t *testing.T, opts stackOptions) *stack {
 
 	// Every port of the stack differs (a free port is free only until
 	// someone binds it).
-	allPorts, err := freePorts(14)
+	allPorts, err := devstack.FreePorts(14)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,22 +348,6 @@ func createDatabase(t *testing.T, pg *devstack.Postgres) string {
 	})
 	u, _ := url.Parse(pg.URL(name))
 	return u.String()
-}
-
-func freePorts(n int) ([]int, error) {
-	seen := map[int]bool{}
-	var ports []int
-	for len(ports) < n {
-		p, err := devstack.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		if !seen[p] {
-			seen[p] = true
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
 }
 
 func sanitize(s string) string {

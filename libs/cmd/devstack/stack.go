@@ -96,7 +96,7 @@ func runStack(ctx context.Context, root, natsBin string) error {
 	infra = append(infra, nt)
 
 	pgURL := pg.URL("communications")
-	ports, err := freePorts(7)
+	ports, err := devstack.FreePorts(7)
 	if err != nil {
 		return err
 	}
@@ -189,22 +189,6 @@ Press Ctrl-C to stop everything.
 	case <-nt.Done():
 		return fmt.Errorf("nats exited unexpectedly; see %s", filepath.Join(logs, "nats.log"))
 	}
-}
-
-func freePorts(n int) ([]int, error) {
-	seen := map[int]bool{}
-	var ports []int
-	for len(ports) < n {
-		p, err := devstack.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		if !seen[p] {
-			seen[p] = true
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
 }
 
 func waitReady(ctx context.Context, s *service, exited <-chan *service) error {
