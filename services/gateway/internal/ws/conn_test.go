@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -527,5 +528,50 @@ func TestPositionCheckCatchesALostLastMessage(t *testing.T) {
 	}, "the missing messages arrive")
 	if diff := cmp.Diff([]int64{6, 7}, got); diff != "" {
 		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+}
+
+// countingHistory serves history 1..n and counts the reads.
+type countingHistory struct {
+	historyUpstream
+	reads *atomic.Int32
+}
+
+func (u countingHistory) History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+	u.reads.Add(1)
+	return u.historyUpstream.History(ctx, req)
+}
+
+// TestReplaySendsHeldWithoutReadingAgain: live messages held during a
+// replay that follow on from history are sent without another history read,
+// so a busy chat's replay ends instead of reading history round after round.
+func TestReplaySendsHeldWithoutReadingAgain(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestConn(t, 64)
+	var reads atomic.Int32
+	c.srv.up = countingHistory{historyUpstream{n: 10}, &reads}
+	c.start([]byte("hello"))
+	queued(c)
+	c.holdForResume(map[int64]int64{1: 0})
+	for seq := int64(11); seq <= 20; seq++ {
+		c.DeliverMessage(1, seq, false, fmt.Appendf(nil, `{"type":"message","chat_id":1,"seq":%d}`, seq))
+	}
+	last, ok := c.replay(context.Background(), 1, 0)
+	if !ok || last != 20 {
+		t.Fatalf("replay reached %d (ok %v), want 20", last, ok)
+	}
+	var got []int64
+	for _, ev := range queued(c) {
+		got = append(got, seqOf(t, ev))
+	}
+	want := make([]int64, 20)
+	for i := range want {
+		want[i] = int64(i + 1)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("delivered (-want +got):\n%s", diff)
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("history read %d times, want once", n)
 	}
 }

@@ -16,10 +16,14 @@ import (
 // resumePage is how many messages one history read of a replay fetches.
 const resumePage = 100
 
-// maxReplayRounds bounds how often a replay goes back to history for
-// messages that arrived while it was sending; a chat busier than that closes
-// the connection as a slow consumer (it then resumes).
-const maxReplayRounds = 100
+// maxReplayRounds bounds how often a replay goes back to history across a
+// hole in the messages that arrived while it was sending, and maxHeldRounds
+// how often it sends the messages held meanwhile; a chat busier than that
+// closes the connection as a slow consumer (it then resumes).
+const (
+	maxReplayRounds = 100
+	maxHeldRounds   = 10000
+)
 
 // chatPosition is what a connection has delivered of one chat.
 type chatPosition struct {
@@ -187,43 +191,26 @@ func (c *Conn) dropPosition(chatID int64) {
 // last sequence delivered, and false when the connection had to close.
 func (c *Conn) replay(ctx context.Context, chatID, seq int64) (int64, bool) {
 	last := seq
-	for round := 0; ; round++ {
-		if round == maxReplayRounds {
+	// History is read again only across a hole in what was held; held
+	// messages that follow on are sent and the held list checked again, so a
+	// busy chat's replay ends without a history read per round.
+	readHistory := true
+	for reads, rounds := 0, 0; ; rounds++ {
+		if readHistory {
+			if reads == maxReplayRounds {
+				c.slow()
+				return last, false
+			}
+			reads++
+			if goOn, ok := c.readAfter(ctx, chatID, &last, reads == 1); !goOn {
+				return last, ok
+			}
+		}
+		if rounds == maxHeldRounds {
 			c.slow()
 			return last, false
 		}
-		first := true
-		for {
-			page, err := c.srv.historyAfter(ctx, c.user.ID, chatID, last)
-			if err != nil {
-				switch busapi.CodeOf(err) {
-				case protocol.CodeNotAMember, protocol.CodeChatNotFound:
-					// The user left the chat meanwhile: nothing to send.
-					c.dropPosition(chatID)
-					return last, true
-				}
-				c.srv.log.WarnContext(ctx, "replay: read history", "chat_id", chatID, "err", err)
-				c.Close(protocol.CloseServerError, "history unavailable; reconnect and resume")
-				return last, false
-			}
-			if first && round == 0 && len(page.Messages) == 0 && last > 0 {
-				// Nothing after the client's position: make sure it is not
-				// past the end of the chat, or live messages up to it would
-				// be dropped as already seen.
-				last = c.latestSeq(ctx, chatID, last)
-			}
-			first = false
-			for _, m := range page.Messages {
-				b, err := json.Marshal(m)
-				if err != nil || !c.deliverWait(b) {
-					return last, false
-				}
-				last = m.Seq
-			}
-			if len(page.Messages) < resumePage {
-				break
-			}
-		}
+		readHistory = false
 
 		c.posMu.Lock()
 		pos := c.positions[chatID]
@@ -251,12 +238,52 @@ func (c *Conn) replay(ctx context.Context, chatID, seq int64) (int64, bool) {
 			if h.seq != last+1 {
 				// A hole: read history again from last, which holds the
 				// missing message and the rest of these.
+				readHistory = true
 				break
 			}
 			if !c.deliverWait(h.event) {
 				return last, false
 			}
 			last = h.seq
+		}
+	}
+}
+
+// readAfter sends the stored messages of a chat after *last, page by page,
+// moving *last. goOn is false when the replay ends here, with ok its
+// result: the user left the chat (true), or the connection closed or had
+// to (false).
+func (c *Conn) readAfter(ctx context.Context, chatID int64, last *int64, firstRead bool) (goOn, ok bool) {
+	first := true
+	for {
+		page, err := c.srv.historyAfter(ctx, c.user.ID, chatID, *last)
+		if err != nil {
+			switch busapi.CodeOf(err) {
+			case protocol.CodeNotAMember, protocol.CodeChatNotFound:
+				// The user left the chat meanwhile: nothing to send.
+				c.dropPosition(chatID)
+				return false, true
+			}
+			c.srv.log.WarnContext(ctx, "replay: read history", "chat_id", chatID, "err", err)
+			c.Close(protocol.CloseServerError, "history unavailable; reconnect and resume")
+			return false, false
+		}
+		if first && firstRead && len(page.Messages) == 0 && *last > 0 {
+			// Nothing after the client's position: make sure it is not
+			// past the end of the chat, or live messages up to it would
+			// be dropped as already seen.
+			*last = c.latestSeq(ctx, chatID, *last)
+		}
+		first = false
+		for _, m := range page.Messages {
+			b, err := json.Marshal(m)
+			if err != nil || !c.deliverWait(b) {
+				return false, false
+			}
+			*last = m.Seq
+		}
+		if len(page.Messages) < resumePage {
+			return true, true
 		}
 	}
 }
