@@ -794,6 +794,52 @@ test("two people chat in real time across two gateway replicas", async (t) => {
     await pa.getByRole("button", { name: "Dismiss the error" }).click();
   });
 
+  await step("sends queued while disconnected go out paced after the reconnect, none refused", async () => {
+    // A's third tab, on a websocket routed through the test: held, a
+    // reconnect gets no hello, so the app queues what A sends meanwhile.
+    const pa3 = await a.context.newPage();
+    pa3.setDefaultTimeout(WAIT_MS);
+    pa3.on("pageerror", (err) => a.pageErrors.push(String(err)));
+    let hold = false;
+    const sockets = [];
+    await pa3.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+      sockets.push(ws);
+      if (!hold) ws.connectToServer();
+    });
+    await pa3.goto(`/chats/${state.historyId}`);
+    await pa3.locator('[data-testid="connection"][data-state="open"]').waitFor();
+    hold = true;
+    sockets.at(-1).close({ code: 4000 });
+    await pa3.locator('[data-testid="connection"][data-state="open"]').waitFor({ state: "detached" });
+    // Far more than the connection's burst of 40 (which it also spends on
+    // view and read), sent while it is down.
+    const n = 100;
+    const text = `queued ${suffix}`;
+    await pa3.evaluate(
+      ({ text, n }) => {
+        const input = document.querySelector('[data-testid="composer-input"]');
+        const form = document.querySelector('[data-testid="composer"]');
+        for (let i = 1; i <= n; i++) {
+          input.value = `${text} ${i}`;
+          form.requestSubmit();
+        }
+      },
+      { text, n },
+    );
+    assert.equal(await pa3.getByTestId("pending-message").count(), n);
+    // Let the next connection through: the outbox drains below the rate limit.
+    // (A connection held already is closed; the app's next one goes through.)
+    hold = false;
+    if (sockets.length > 1) sockets.at(-1).close({ code: 4000 });
+    await pa3.locator('[data-testid="connection"][data-state="open"]').waitFor();
+    // About 14 a second: 100 take some 7 s.
+    await pa3.waitForFunction(() => document.querySelectorAll('[data-testid="pending-message"]').length === 0, undefined, { timeout: 2 * WAIT_MS });
+    const stored = await pa3.getByTestId("message-text").evaluateAll((els, text) => els.filter((e) => e.textContent.startsWith(text)).map((e) => e.textContent), text);
+    assert.deepEqual(stored, Array.from({ length: n }, (_, i) => `${text} ${i + 1}`), "every queued message once, in order");
+    assert.equal(await pa3.locator('[data-testid="error"][data-code="rate_limited"]').count(), 0);
+    await pa3.close();
+  });
+
   await step("a chat B is not in is refused", async () => {
     const other = await pa.evaluate(async (name) => {
       const r = await fetch("/api/v1/chats", {
