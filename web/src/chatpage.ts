@@ -871,7 +871,8 @@ export class ChatPage {
     gap.timer = undefined;
     try {
       const { messages } = await api.messages(view.chat.id, { before, limit: missing });
-      if (this.view !== view) return;
+      // A view cleared meanwhile (the latest page replaced it) needs no old messages.
+      if (this.view !== view || view.gaps.get(after) !== gap) return;
       view.messages.mergePage(messages);
       view.gaps.delete(after);
     } catch {
