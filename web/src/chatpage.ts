@@ -24,8 +24,18 @@ interface OutboxEntry {
   li?: HTMLLIElement;
   /** fails the send when no answer came in time */
   timer?: number | undefined;
+  /** sent by the drain after a hello: a rate_limited answer queues it again */
+  drained?: boolean;
 }
 
+/**
+ * the sends left over from the last connection go out one per this long
+ * after a hello (about 14 a second): they share the connection's rate limit
+ * (20 a second, a burst of 40) with view and read
+ */
+const DRAIN_EVERY_MS = 70;
+/** the drain pauses this long after a rate_limited answer */
+const DRAIN_PAUSE_MS = 1_000;
 /** how long a send written to an open connection waits for its ack or error */
 const ACK_TIMEOUT_MS = 15_000;
 /** the read position goes out this long after the newest message came into view */
@@ -41,6 +51,8 @@ const LIVE_ID_PREFIXES = ["read-", "typing-", "view-"];
 /** a refused view is sent again after 1, 2 and 3 s */
 const VIEW_RETRIES = 3;
 const VIEW_RETRY_MS = 1_000;
+/** a view refused for a passing reason is sent again after at most this long */
+const VIEW_RETRY_MAX_MS = 15_000;
 
 /** an edit or deletion of one's own message, until its entry arrives */
 interface ChangeEntry {
@@ -75,6 +87,14 @@ interface ChatView {
   presence: HTMLElement;
   typing: HTMLElement;
   edit: HTMLButtonElement;
+  /** holes the live stream left that history has not filled yet, by the seq below each */
+  gaps: Map<number, Gap>;
+}
+
+interface Gap {
+  before: number;
+  tries: number;
+  timer?: number | undefined;
 }
 
 type View = { kind: "loading" } | ChatView | { kind: "not-found" | "not-member" | "error" };
@@ -95,6 +115,8 @@ const MEDIUM = window.matchMedia("(min-width: 768px)");
 export class ChatPage {
   private readonly chats = new Map<number, Chat>();
   private readonly outbox = new Map<string, OutboxEntry>();
+  /** the next step of the outbox's drain, while one runs */
+  private drainTimer: number | undefined;
   /** edits and deletions sent, by client_msg_id */
   private readonly changes = new Map<string, ChangeEntry>();
   /** per chat, the seqs of messages counted as unread here while the chat list was on its way */
@@ -104,10 +126,14 @@ export class ChatPage {
   /** the highest read position sent on this connection, per chat */
   private readonly readSent = new Map<number, number>();
   private readTimer: number | undefined;
+  /** the newest seq seen at the bottom of the chat on screen: the read position the timer sends */
+  private readUpTo = 0;
   /** the online members of the chat on screen */
   private readonly online = new Map<number, string>();
   /** whether the server said who is online (a server without presence never does) */
   private presenceKnown = false;
+  /** how many members of the chat on screen are online, the person included: named in online or not */
+  private onlineTotal = 0;
   /** who types in the chat on screen, with the timer that ends it */
   private readonly typists = new Map<number, { username: string; timer: number }>();
   private lastTypingSent = 0;
@@ -206,6 +232,7 @@ export class ChatPage {
   destroy(): void {
     this.socket.resumeFrom(() => new Map());
     for (const entry of this.outbox.values()) this.clearAckTimer(entry);
+    window.clearTimeout(this.drainTimer);
     this.leaveView();
     document.removeEventListener("keydown", this.onKey);
     document.removeEventListener("visibilitychange", this.onVisible);
@@ -255,7 +282,9 @@ export class ChatPage {
     const out = new Map<number, number>();
     const view = this.view;
     if (view.kind === "chat" && view.messages.isLoaded) {
-      out.set(view.chat.id, Math.max(view.messages.maxSeq, this.lastSeq.get(view.chat.id) ?? 0));
+      // Below a hole not filled yet, so that the replay fills it.
+      const floor = view.gaps.size > 0 ? Math.min(...view.gaps.keys()) : Math.max(view.messages.maxSeq, this.lastSeq.get(view.chat.id) ?? 0);
+      out.set(view.chat.id, floor);
     }
     for (const [chat, seq] of this.lastSeq) if (!out.has(chat)) out.set(chat, seq);
     return out;
@@ -413,16 +442,27 @@ export class ChatPage {
     }
   }
 
-  /** leaveView ends what belongs to the chat on screen: presence, typing, a read on its way, the scroll watch. */
+  /**
+   * leaveView ends what belongs to the chat on screen: presence, typing, the
+   * scroll watch. A read position waiting for its moment goes out now: the
+   * person saw those messages.
+   */
   private leaveView(): void {
-    if (this.view.kind === "chat") this.view.messages.dispose();
+    if (this.readTimer !== undefined) {
+      window.clearTimeout(this.readTimer);
+      this.readTimer = undefined;
+      if (this.view.kind === "chat") this.sendRead(this.view);
+    }
+    if (this.view.kind === "chat") {
+      this.view.messages.dispose();
+      this.clearGaps(this.view);
+    }
     this.online.clear();
+    this.onlineTotal = 0;
     this.presenceKnown = false;
     for (const t of this.typists.values()) window.clearTimeout(t.timer);
     this.typists.clear();
     this.lastTypingSent = 0;
-    if (this.readTimer !== undefined) window.clearTimeout(this.readTimer);
-    this.readTimer = undefined;
     if (this.viewRetry !== undefined) window.clearTimeout(this.viewRetry);
     this.viewRetry = undefined;
   }
@@ -442,17 +482,24 @@ export class ChatPage {
    * viewRefused handles a refused view. A chat just created (or joined)
    * reaches this connection's gateway a moment after its HTTP answer: a view
    * sent in between is not_a_member. It is sent again a little later, a few
-   * times; other refusals (a server without presence, say) are left alone.
+   * times. A passing refusal (retryable: rate_limited, unavailable) is sent
+   * again with a doubling delay for as long as the chat is on screen.
+   * Other refusals (a server without presence, say) are left alone.
    */
-  private viewRefused(code: string): void {
+  private viewRefused(code: string, retryable: boolean): void {
     const view = this.view;
-    if (code !== "not_a_member" || view.kind !== "chat" || view.chat.id !== this.viewChat || this.viewRetries >= VIEW_RETRIES) return;
+    const chatId = view.kind === "chat" ? view.chat.id : 0;
+    if (chatId !== this.viewChat) return;
+    let delay: number;
+    if (retryable) delay = Math.min(VIEW_RETRY_MAX_MS, VIEW_RETRY_MS * 2 ** Math.min(this.viewRetries, 8)) * (0.5 + Math.random() / 2);
+    else if (code === "not_a_member" && chatId !== 0 && this.viewRetries < VIEW_RETRIES) delay = VIEW_RETRY_MS * (this.viewRetries + 1);
+    else return;
     this.viewRetries++;
     if (this.viewRetry !== undefined) window.clearTimeout(this.viewRetry);
     this.viewRetry = window.setTimeout(() => {
       this.viewRetry = undefined;
       if (this.view === view) this.sendView();
-    }, VIEW_RETRY_MS * this.viewRetries);
+    }, delay);
   }
 
   private sendLive(ev: LiveEvent): boolean {
@@ -519,7 +566,7 @@ export class ChatPage {
     // A polite status: "bob is typing…" is read out once when it appears.
     const typing = h("p", { class: "typing", role: "status", "data-testid": "typing" });
     const edit = h("button", { type: "button", "data-testid": "edit-chat", hidden: true, onclick: () => this.editChat() }, "Edit chat");
-    const view: ChatView = { kind: "chat", chat, messages, title, description, members, presence, typing, edit };
+    const view: ChatView = { kind: "chat", chat, messages, title, description, members, presence, typing, edit, gaps: new Map() };
     this.view = view;
 
     const input = h("textarea", {
@@ -602,10 +649,20 @@ export class ChatPage {
       i > 0 ? ", " : null,
       h("span", { class: "online-user", "data-testid": "online-user" }, name),
     ]);
-    const more = others.length - shown.length;
-    el.dataset["count"] = String(others.length);
-    if (others.length === 0) replace(el, h("span", { class: "presence-dot off", "aria-hidden": "true" }), "Nobody else is online");
-    else replace(el, h("span", { class: "presence-dot", "aria-hidden": "true" }), "Online: ", ...names, more > 0 ? ` and ${more} more` : null);
+    // The person is online (this connection) and counted in the total,
+    // named or not.
+    const count = Math.max(others.length, this.onlineTotal - 1);
+    const more = count - shown.length;
+    el.dataset["count"] = String(count);
+    if (count === 0) replace(el, h("span", { class: "presence-dot off", "aria-hidden": "true" }), "Nobody else is online");
+    else
+      replace(
+        el,
+        h("span", { class: "presence-dot", "aria-hidden": "true" }),
+        "Online: ",
+        ...names,
+        more > 0 ? (shown.length > 0 ? ` and ${more} more` : `${more} ${more === 1 ? "person" : "people"}`) : null,
+      );
   }
 
   /** renderTyping says who types in the chat on screen. */
@@ -648,25 +705,50 @@ export class ChatPage {
     if (view.kind !== "chat" || !view.messages.isLoaded || document.visibilityState === "hidden") return;
     const chat = this.chats.get(view.chat.id);
     if (!chat) return;
-    if (chat.unread) {
-      chat.unread = 0;
-      this.renderList();
-    }
     const seq = view.messages.maxSeq;
-    if (seq <= Math.max(chat.read_seq ?? 0, this.readSent.get(chat.id) ?? 0) || this.readTimer !== undefined) return;
+    if (seq <= Math.max(chat.read_seq ?? 0, this.readSent.get(chat.id) ?? 0)) return;
+    this.readUpTo = seq;
+    if (this.readTimer !== undefined) return;
     this.readTimer = window.setTimeout(() => {
       this.readTimer = undefined;
-      if (this.view !== view) return;
-      const upTo = view.messages.maxSeq;
-      const c = this.chats.get(view.chat.id);
-      if (!c || upTo <= Math.max(c.read_seq ?? 0, this.readSent.get(c.id) ?? 0)) return;
-      const id = `read-${newId()}`;
-      if (!this.sendLive({ type: "read", id, chat_id: c.id, seq: upTo })) return;
-      this.readSent.set(c.id, upTo);
-      // Only refusals are answered by id; the newest few are enough to match them.
-      this.readIds.set(id, c.id);
-      if (this.readIds.size > 16) this.readIds.delete(this.readIds.keys().next().value ?? "");
+      if (this.view === view) this.sendRead(view);
     }, READ_DEBOUNCE_MS);
+  }
+
+  /**
+   * sendRead sends the read position of the chat on screen: up to the
+   * newest message seen at the bottom. Its unread count goes down only
+   * then, so that the count kept here is the server's (a chat left before
+   * the read went out, or scrolled up meanwhile, keeps the count of what
+   * came since).
+   */
+  private sendRead(view: ChatView): void {
+    const upTo = this.readUpTo;
+    const c = this.chats.get(view.chat.id);
+    if (!c || upTo <= Math.max(c.read_seq ?? 0, this.readSent.get(c.id) ?? 0)) return;
+    const id = `read-${newId()}`;
+    if (!this.sendLive({ type: "read", id, chat_id: c.id, seq: upTo })) return;
+    this.readSent.set(c.id, upTo);
+    // What came after upTo was counted as it came, and is unread still.
+    c.unread = Math.min(c.unread ?? 0, view.messages.unreadAfter(upTo));
+    // Only refusals are answered by id; the newest few are enough to match them.
+    this.readIds.set(id, c.id);
+    if (this.readIds.size > 16) this.readIds.delete(this.readIds.keys().next().value ?? "");
+  }
+
+  /**
+   * readRefused handles a refused read position. It goes out again the next
+   * time the newest message is in view (a moment from now when it is, and the
+   * refusal was a passing one); a chat no longer on screen gets its count
+   * from the server again, since the count here assumed the read.
+   */
+  private readRefused(id: string, chatId: number, retryable: boolean): void {
+    this.readIds.delete(id);
+    this.readSent.delete(chatId);
+    const view = this.view;
+    if (view.kind === "chat" && view.chat.id === chatId) {
+      if (retryable && view.messages.atBottom()) this.noteNewestSeen();
+    } else void this.loadChats();
   }
 
   private onReadPosition(ev: ReadPosition): void {
@@ -760,7 +842,10 @@ export class ChatPage {
       const { messages } = await api.messages(view.chat.id, { limit: 50 });
       if (token !== this.loadToken) return;
       const first = messages[0];
-      if (first && view.messages.maxSeq > 0 && first.seq > view.messages.maxSeq + 1) view.messages.clear();
+      if (first && view.messages.maxSeq > 0 && first.seq > view.messages.maxSeq + 1) {
+        view.messages.clear();
+        this.clearGaps(view);
+      }
       view.messages.mergePage(messages);
     } catch (err) {
       if (token !== this.loadToken) return;
@@ -769,19 +854,36 @@ export class ChatPage {
     }
   }
 
-  /** fillGap fetches the messages between after and before that the live stream skipped. */
+  /**
+   * fillGap fetches the messages between after and before that the live
+   * stream skipped. A failed read is tried again later (1 s doubling to
+   * 30 s) while the chat is on screen, and until it succeeds a reconnect
+   * resumes from below the hole.
+   */
   private async fillGap(view: ChatView, after: number, before: number): Promise<void> {
     const missing = before - after - 1;
     if (missing > 100) {
       await this.reloadLatest();
       return;
     }
+    const gap = view.gaps.get(after) ?? { before, tries: 0 };
+    view.gaps.set(after, gap);
+    gap.timer = undefined;
     try {
       const { messages } = await api.messages(view.chat.id, { before, limit: missing });
-      if (this.view === view) view.messages.mergePage(messages);
+      // A view cleared meanwhile (the latest page replaced it) needs no old messages.
+      if (this.view !== view || view.gaps.get(after) !== gap) return;
+      view.messages.mergePage(messages);
+      view.gaps.delete(after);
     } catch {
-      // The next reconnect reloads the latest page anyway.
+      if (this.view !== view || view.gaps.get(after) !== gap) return;
+      gap.timer = window.setTimeout(() => void this.fillGap(view, after, before), Math.min(30_000, 1_000 * 2 ** gap.tries++));
     }
+  }
+
+  private clearGaps(view: ChatView): void {
+    for (const g of view.gaps.values()) window.clearTimeout(g.timer);
+    view.gaps.clear();
   }
 
   // ---- sending ----
@@ -796,9 +898,33 @@ export class ChatPage {
     return true;
   }
 
+  /** transmit sends one entry of the outbox, or queues it behind a drain on its way. */
   private transmit(entry: OutboxEntry): void {
     this.clearAckTimer(entry);
     entry.error = undefined;
+    entry.state = "queued";
+    if (this.drainTimer === undefined) this.write(entry, false);
+    else this.updatePending(entry);
+  }
+
+  /**
+   * drain sends the queued entries of the outbox, the oldest first, one per
+   * DRAIN_EVERY_MS, until none is left or the connection closes (the next
+   * hello starts it again).
+   */
+  private drain = (): void => {
+    this.drainTimer = undefined;
+    if (!this.socket.open) return;
+    for (const entry of this.outbox.values()) {
+      if (entry.state !== "queued") continue;
+      this.write(entry, true);
+      this.drainTimer = window.setTimeout(this.drain, DRAIN_EVERY_MS);
+      return;
+    }
+  };
+
+  private write(entry: OutboxEntry, drained: boolean): void {
+    entry.drained = drained;
     if (this.socket.send(entry.ev)) {
       entry.state = "sent";
       // No answer in time on an open connection: the send failed. After a
@@ -840,7 +966,7 @@ export class ChatPage {
     li.querySelector(".pending-actions")?.remove();
     switch (entry.state) {
       case "queued":
-        status.textContent = "Sending… (waiting for the connection)";
+        status.textContent = this.socket.open ? "Sending…" : "Sending… (waiting for the connection)";
         break;
       case "sent":
         status.textContent = "Sending…";
@@ -880,6 +1006,7 @@ export class ChatPage {
         // A new connection views nothing and has sent no read position yet.
         this.readSent.clear();
         this.online.clear();
+        this.onlineTotal = 0;
         this.presenceKnown = false;
         this.renderPresence();
         this.sendView();
@@ -890,9 +1017,15 @@ export class ChatPage {
         // A resumed chat gets what it missed replayed on this connection;
         // any other needs its latest page.
         if (!(this.view.kind === "chat" && this.socket.resuming.has(this.view.chat.id))) void this.reloadLatest();
+        // Paced, not all at once: a long outbox would go over the
+        // connection's rate limit.
         for (const entry of this.outbox.values()) {
-          if (entry.state === "queued" || entry.state === "sent") this.transmit(entry);
+          if (entry.state !== "sent") continue;
+          this.clearAckTimer(entry);
+          entry.state = "queued";
+          this.updatePending(entry);
         }
+        if (this.drainTimer === undefined) this.drain();
         for (const entry of this.changes.values()) {
           if (!entry.acked && !this.socket.send(entry.ev)) this.changeFailed(entry);
         }
@@ -941,18 +1074,30 @@ export class ChatPage {
         if (this.view.kind !== "chat" || ev.chat_id !== this.view.chat.id) break;
         this.online.clear();
         for (const u of ev.online ?? []) this.online.set(u.id, u.username);
+        // The list names at most 500; total counts everyone online.
+        this.onlineTotal = Math.max(this.online.size, ev.total ?? 0);
         this.presenceKnown = true;
+        this.viewRetries = 0;
         this.renderPresence();
         break;
-      case "presence_changed":
+      case "presence_changed": {
         if (this.view.kind !== "chat" || ev.chat_id !== this.view.chat.id || !this.presenceKnown) break;
-        if (ev.online) this.online.set(ev.user_id, ev.username);
-        else {
+        // A change already known (listed and coming online, say) changes
+        // nothing. Someone not listed going offline was one of those
+        // counted but not named, if there are any.
+        const listed = this.online.has(ev.user_id);
+        if (ev.online) {
+          if (!listed) this.onlineTotal++;
+          this.online.set(ev.user_id, ev.username);
+        } else {
+          if (listed || this.onlineTotal > this.online.size) this.onlineTotal--;
           this.online.delete(ev.user_id);
           this.stopTyping(ev.user_id);
         }
+        this.onlineTotal = Math.max(this.online.size, this.onlineTotal);
         this.renderPresence();
         break;
+      }
       case "typing": {
         if (this.view.kind !== "chat" || ev.chat_id !== this.view.chat.id || ev.user_id === this.me.id) break;
         const old = this.typists.get(ev.user_id);
@@ -972,13 +1117,9 @@ export class ChatPage {
     // a server without the feature, or a rate limit, changes nothing the
     // person did.
     if (id !== undefined && LIVE_ID_PREFIXES.some((p) => id.startsWith(p))) {
-      if (id === this.viewId) this.viewRefused(code);
-      // A refused read position goes out again when the newest message is next in view.
+      if (id === this.viewId) this.viewRefused(code, retryable);
       const readChat = this.readIds.get(id);
-      if (readChat !== undefined) {
-        this.readIds.delete(id);
-        this.readSent.delete(readChat);
-      }
+      if (readChat !== undefined) this.readRefused(id, readChat, retryable);
       return;
     }
     const text = code === "rate_limited" ? RATE_LIMITED_TEXT : message;
@@ -989,6 +1130,15 @@ export class ChatPage {
       return;
     }
     const entry = id !== undefined ? this.outbox.get(id) : undefined;
+    if (entry?.drained && code === "rate_limited") {
+      // Resent too fast after a reconnect: queued again, and the drain waits a moment.
+      this.clearAckTimer(entry);
+      entry.state = "queued";
+      this.updatePending(entry);
+      window.clearTimeout(this.drainTimer);
+      this.drainTimer = window.setTimeout(this.drain, DRAIN_PAUSE_MS);
+      return;
+    }
     if (entry) {
       this.clearAckTimer(entry);
       entry.state = "failed";
@@ -1017,15 +1167,17 @@ export class ChatPage {
     const view = this.view;
     const onScreen = m.chat_id === this.currentId && (view.kind === "chat" || view.kind === "loading");
     if (chat) {
-      // Messages of others in a chat not on screen are unread, each once.
-      if (!onScreen && !m.kind && m.sender_id !== this.me.id && m.seq > (chat.last_seq ?? 0) && m.seq > (chat.read_seq ?? 0)) {
+      // Messages of others are unread, each once, until a read position
+      // covers them (in the chat on screen too: it may be scrolled up, or
+      // left before the read went out).
+      if (!m.kind && m.sender_id !== this.me.id && m.seq > (chat.last_seq ?? 0) && m.seq > (chat.read_seq ?? 0)) {
         chat.unread = Math.min(MAX_UNREAD, (chat.unread ?? 0) + 1);
         if (this.listsLoading > 0) {
           const counted = this.liveCounted.get(m.chat_id) ?? [];
           if (counted.length < MAX_UNREAD) counted.push(m.seq);
           this.liveCounted.set(m.chat_id, counted);
         }
-        this.renderList();
+        if (!onScreen) this.renderList();
       }
       if (m.seq > (chat.last_seq ?? 0)) chat.last_seq = m.seq;
     }

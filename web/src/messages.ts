@@ -63,6 +63,8 @@ export class MessageView {
   private seqs: number[] = [];
   /** every seq held, shown messages and changes alike */
   private readonly known = new Set<number>();
+  /** the newest change to each message not shown yet, applied when it comes */
+  private readonly orphans = new Map<number, Message>();
   private lowest = 0;
   private highest = 0;
   /** whether a page of history has arrived: until then "no messages" would be a guess */
@@ -140,6 +142,13 @@ export class MessageView {
 
   has(seq: number): boolean {
     return this.known.has(seq);
+  }
+
+  /** unreadAfter counts the messages of others held after seq. */
+  unreadAfter(seq: number): number {
+    let n = 0;
+    for (let i = this.seqs.length - 1; i >= 0 && (this.seqs[i] ?? 0) > seq; i--) if (this.items.get(this.seqs[i] ?? 0)?.msg.sender_id !== this.myId) n++;
+    return n;
   }
 
   atBottom(): boolean {
@@ -238,6 +247,7 @@ export class MessageView {
     this.items.clear();
     this.seqs = [];
     this.known.clear();
+    this.orphans.clear();
     this.lowest = 0;
     this.highest = 0;
     this.update();
@@ -304,6 +314,14 @@ export class MessageView {
       this.seqs.splice(i, 0, m.seq);
       this.items.set(m.seq, item);
       if (page) fromPage.add(m.seq);
+      const orphan = this.orphans.get(m.seq);
+      if (orphan) {
+        this.orphans.delete(m.seq);
+        // A copy read after the change knows it already: only a deletion,
+        // or an edit no older than the copy's, changes it.
+        const at = Date.parse(orphan.edited_at ?? orphan.sent_at);
+        if (orphan.kind === "delete" || !m.edited_at || !(at < Date.parse(m.edited_at))) this.applyChange(orphan);
+      }
     }
     this.loaded = true;
     this.update();
@@ -319,9 +337,16 @@ export class MessageView {
 
   /** applyChange applies an edit or deletion to the message it points at, unless a newer change came first. */
   private applyChange(m: Message): void {
-    const item = m.target_seq !== undefined ? this.items.get(m.target_seq) : undefined;
-    // A target not shown is older than the pages held: its page shows it as it is now.
-    if (!item || m.seq <= item.mark) return;
+    const target = m.target_seq;
+    if (target === undefined) return;
+    const item = this.items.get(target);
+    if (!item) {
+      // Its target is not shown yet (in an older page, or in one on its
+      // way): the newest change is kept for when it comes.
+      if (m.seq > (this.orphans.get(target)?.seq ?? 0)) this.orphans.set(target, m);
+      return;
+    }
+    if (m.seq <= item.mark) return;
     item.mark = m.seq;
     if (item.msg.deleted) return;
     if (m.kind === "delete") item.msg = { ...item.msg, deleted: true, text: "" };

@@ -47,7 +47,10 @@ export interface Resumed {
 export interface Presence {
   type: "presence";
   chat_id: number;
+  /** at most the first 500, by username */
   online: User[];
+  /** everyone online, named or not */
+  total?: number;
 }
 /** a member of the viewed chat came online or went offline */
 export interface PresenceChanged {
