@@ -38,8 +38,9 @@ func TestLoadgenFanout(t *testing.T) {
 	if want := rep.Sends * 3; rep.Expected != want || rep.Received != want {
 		t.Errorf("deliveries expected %d, received %d; want %d", rep.Expected, rep.Received, want)
 	}
-	if rep.Lost != 0 || rep.Duplicated != 0 || rep.OutOfOrder != 0 {
-		t.Errorf("lost %d, duplicated %d, out of order %d; want none", rep.Lost, rep.Duplicated, rep.OutOfOrder)
+	if rep.Lost != 0 || rep.Duplicated != 0 || rep.OutOfOrder != 0 || rep.UnackedDelivered != 0 {
+		t.Errorf("lost %d, duplicated %d, out of order %d, delivered without ack %d; want none",
+			rep.Lost, rep.Duplicated, rep.OutOfOrder, rep.UnackedDelivered)
 	}
 	if rep.Latency.Max <= 0 || rep.Latency.P50 > rep.Latency.Max {
 		t.Errorf("latency %+v: want recorded values", rep.Latency)

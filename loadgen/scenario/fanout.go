@@ -92,16 +92,21 @@ type FanoutReport struct {
 	Connections int     `json:"connections"`
 	Sends       int64   `json:"sends"`
 	// SendRate is the rate actually achieved (sends over the send window).
-	SendRate   float64          `json:"achieved_send_rate"`
-	Acks       int64            `json:"acks"`
-	Errors     map[string]int64 `json:"errors"`
-	Expected   int64            `json:"deliveries_expected"`
-	Received   int64            `json:"deliveries_received"`
-	Lost       int64            `json:"lost"`
-	Duplicated int64            `json:"duplicated"`
-	OutOfOrder int64            `json:"out_of_order"`
-	Latency    Latency          `json:"latency"`
-	Processes  []Process        `json:"processes"`
+	SendRate float64          `json:"achieved_send_rate"`
+	Acks     int64            `json:"acks"`
+	Errors   map[string]int64 `json:"errors"`
+	Expected int64            `json:"deliveries_expected"`
+	Received int64            `json:"deliveries_received"`
+	// Lost counts (acknowledged send, member) pairs never received.
+	Lost int64 `json:"lost"`
+	// UnackedDelivered counts deliveries of sends answered with an error
+	// (such as unavailable, whose outcome is unknown) or not at all: they
+	// were stored after all.
+	UnackedDelivered int64     `json:"unacked_delivered"`
+	Duplicated       int64     `json:"duplicated"`
+	OutOfOrder       int64     `json:"out_of_order"`
+	Latency          Latency   `json:"latency"`
+	Processes        []Process `json:"processes"`
 	// CPU per delivered message, in microseconds: of the gateways, of all
 	// server processes, and of the load generator.
 	GatewayCPUPerDeliveryUs float64 `json:"gateway_cpu_us_per_delivery"`
@@ -120,8 +125,13 @@ type shard struct {
 
 // fanoutRun is the state of one run shared by its goroutines.
 type fanoutRun struct {
-	cfg      FanoutConfig
-	members  map[int64]int64 // chat id -> members (read-only once sending)
+	cfg     FanoutConfig
+	members map[int64]int64 // chat id -> members (read-only once sending)
+	// idPrefix starts the client message id of every send of this run,
+	// followed by the send's number.
+	idPrefix []byte
+	// acked[i] is set when send i is acknowledged.
+	acked    []atomic.Bool
 	shards   [latencyShards]shard
 	acks     atomic.Int64
 	expected atomic.Int64
@@ -140,7 +150,11 @@ func (r *fanoutRun) countError(code string) {
 type conn struct {
 	ws     *websocket.Conn
 	chatID int64
+	chat   int // its index
 	tally  seqTally
+	// got holds the numbers within the chat (send number / chats) of the
+	// sends received.
+	got bitset
 	// unexpected counts messages of other chats.
 	unexpected int64
 }
@@ -148,11 +162,28 @@ type conn struct {
 // inbound is the part of a server event the load generator reads. Raw
 // fields reuse their buffers between events.
 type inbound struct {
-	Type   json.RawMessage `json:"type"`
-	ChatID int64           `json:"chat_id"`
-	Seq    int64           `json:"seq"`
-	Text   json.RawMessage `json:"text"`
-	Code   json.RawMessage `json:"code"`
+	Type        json.RawMessage `json:"type"`
+	ChatID      int64           `json:"chat_id"`
+	Seq         int64           `json:"seq"`
+	Text        json.RawMessage `json:"text"`
+	Code        json.RawMessage `json:"code"`
+	ClientMsgID json.RawMessage `json:"client_msg_id"`
+}
+
+// sendIndex returns the send number in a client message id (a JSON string
+// of prefix and the number), or -1 when it is not one of this run's.
+func sendIndex(raw, prefix []byte) int64 {
+	if len(raw) < len(prefix)+3 || raw[0] != '"' || raw[len(raw)-1] != '"' || !bytes.HasPrefix(raw[1:], prefix) {
+		return -1
+	}
+	var n int64
+	for _, c := range raw[1+len(prefix) : len(raw)-1] {
+		if c < '0' || c > '9' || n > (1<<62)/10 {
+			return -1
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
 }
 
 var (
@@ -185,7 +216,7 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 			if len(line) == 0 {
 				continue
 			}
-			ev.Type, ev.Text, ev.Code = ev.Type[:0], ev.Text[:0], ev.Code[:0]
+			ev.Type, ev.Text, ev.Code, ev.ClientMsgID = ev.Type[:0], ev.Text[:0], ev.Code[:0], ev.ClientMsgID[:0]
 			ev.ChatID, ev.Seq = 0, 0
 			if err := json.Unmarshal(line, &ev); err != nil {
 				r.countError("undecodable_event")
@@ -199,6 +230,9 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 				}
 				c.tally.observe(ev.Seq)
 				r.received.Add(1)
+				if i := sendIndex(ev.ClientMsgID, r.idPrefix); i >= 0 {
+					c.got.add(i / int64(r.cfg.Chats))
+				}
 				if len(ev.Text) >= 2 {
 					if at, ok := stamp.Parse(ev.Text[1 : len(ev.Text)-1]); ok {
 						us := max((now-at)/1e3, 1)
@@ -210,6 +244,9 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 			case bytes.Equal(ev.Type, typeAck):
 				r.acks.Add(1)
 				r.expected.Add(r.members[ev.ChatID])
+				if i := sendIndex(ev.ClientMsgID, r.idPrefix); i >= 0 && i < int64(len(r.acked)) {
+					r.acked[i].Store(true)
+				}
 			case bytes.Equal(ev.Type, typeError):
 				r.countError(strings.Trim(string(ev.Code), `"`))
 			}
@@ -232,7 +269,8 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	if err := ensureFiles(n); err != nil {
 		return nil, err
 	}
-	r := &fanoutRun{cfg: cfg, members: map[int64]int64{}, errors: map[string]int64{}}
+	r := &fanoutRun{cfg: cfg, members: map[int64]int64{}, errors: map[string]int64{},
+		idPrefix: []byte("lg-" + cfg.RunID + "-"), acked: make([]atomic.Bool, int64(cfg.Duration.Seconds()*cfg.Rate))}
 	for i := range r.shards {
 		r.shards[i].h = hdrhistogram.New(1, 60_000_000, 3) // 1 us to 60 s
 	}
@@ -242,10 +280,14 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	fmt.Fprintf(cfg.Log, "fanout: setting up %d users ...\n", n)
 	usernames := make([]string, n)
 	tokens := make([]string, n)
+	var ready atomic.Int64
 	err := parallel(ctx, n, cfg.Setup, func(ctx context.Context, i int) error {
 		usernames[i] = fmt.Sprintf("%s%06d", cfg.UserPrefix, i)
 		t, err := a.user(ctx, i, usernames[i], cfg.Password)
 		tokens[i] = t
+		if done := ready.Add(1); err == nil && done%1000 == 0 {
+			fmt.Fprintf(cfg.Log, "fanout: %d users logged in (%s)\n", done, time.Since(start).Round(time.Second))
+		}
 		return err
 	})
 	if err != nil {
@@ -283,7 +325,7 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		if err != nil {
 			return err
 		}
-		c := &conn{ws: ws, chatID: chatIDs[i/cfg.Members]}
+		c := &conn{ws: ws, chatID: chatIDs[i/cfg.Members], chat: i / cfg.Members}
 		conns[i] = c
 		readers.Add(1)
 		go func() {
@@ -329,16 +371,21 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		SendRate: float64(sends) / sendWindow.Seconds(), Acks: r.acks.Load(), Errors: r.errors,
 		Expected: r.expected.Load(), Received: r.received.Load(),
 	}
-	for _, c := range conns {
+	got := make([]bitset, n)
+	chatOf := make([]int, n)
+	for k, c := range conns {
 		rep.Duplicated += c.tally.duplicated
 		rep.OutOfOrder += c.tally.outOfOrder
 		if c.unexpected > 0 {
 			rep.Errors["message_of_another_chat"] += c.unexpected
 		}
+		got[k], chatOf[k] = c.got, c.chat
 	}
-	if rep.Expected > rep.Received-rep.Duplicated {
-		rep.Lost = rep.Expected - (rep.Received - rep.Duplicated)
+	acked := make([]bool, sends)
+	for i := range acked {
+		acked[i] = r.acked[i].Load()
 	}
+	rep.Lost, rep.UnackedDelivered = deliveries(got, chatOf, acked, cfg.Chats)
 	h := hdrhistogram.New(1, 60_000_000, 3)
 	for i := range r.shards {
 		h.Merge(r.shards[i].h)
@@ -373,7 +420,7 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (int64, time.Duration, error) {
 	cfg := r.cfg
 	interval := float64(time.Second) / cfg.Rate
-	total := int64(cfg.Duration.Seconds() * cfg.Rate)
+	total := int64(len(r.acked))
 	start := time.Now().Add(10 * time.Millisecond)
 	frame := make([]byte, 0, 256)
 	var text []byte
@@ -389,9 +436,8 @@ func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (i
 		text = stamp.Append(text[:0], intended.UnixNano())
 		frame = append(frame[:0], `{"type":"send","chat_id":`...)
 		frame = strconv.AppendInt(frame, chatIDs[chat], 10)
-		frame = append(frame, `,"client_msg_id":"lg-`...)
-		frame = append(frame, cfg.RunID...)
-		frame = append(frame, '-')
+		frame = append(frame, `,"client_msg_id":"`...)
+		frame = append(frame, r.idPrefix...)
 		frame = strconv.AppendInt(frame, i, 10)
 		frame = append(frame, `","text":"`...)
 		frame = append(frame, text...)
@@ -422,6 +468,7 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 	row("deliveries expected", rep.Expected)
 	row("deliveries received", rep.Received)
 	row("lost", rep.Lost)
+	row("delivered without ack", rep.UnackedDelivered)
 	row("duplicated", rep.Duplicated)
 	row("out of order", rep.OutOfOrder)
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))

@@ -43,3 +43,45 @@ func TestParseGoroutines(t *testing.T) {
 		t.Error("no error without go_goroutines")
 	}
 }
+
+func TestDeliveries(t *testing.T) {
+	t.Parallel()
+	// Two chats of two members; sends 0..5: even ones to chat 0 (numbers
+	// 0, 1, 2), odd ones to chat 1. Send 3 failed (no ack).
+	acked := []bool{true, true, true, false, true, true}
+	chatOf := []int{0, 0, 1, 1}
+	set := func(nums ...int64) bitset {
+		var b bitset
+		for _, n := range nums {
+			b.add(n)
+		}
+		return b
+	}
+	for name, tc := range map[string]struct {
+		got           []bitset
+		lost, unacked int64
+	}{
+		"all delivered":          {got: []bitset{set(0, 1, 2), set(0, 1, 2), set(0, 2), set(0, 2)}},
+		"one lost":               {got: []bitset{set(0, 2), set(0, 1, 2), set(0, 2), set(0, 2)}, lost: 1},
+		"unacked send delivered": {got: []bitset{set(0, 1, 2), set(0, 1, 2), set(0, 1, 2), set(0, 2)}, unacked: 1},
+		"nothing received":       {got: []bitset{nil, nil, nil, nil}, lost: 10},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			lost, unacked := deliveries(tc.got, chatOf, acked, 2)
+			if lost != tc.lost || unacked != tc.unacked {
+				t.Errorf("lost %d, unacked delivered %d; want %d, %d", lost, unacked, tc.lost, tc.unacked)
+			}
+		})
+	}
+}
+
+func TestSendIndex(t *testing.T) {
+	t.Parallel()
+	prefix := []byte("lg-abc-")
+	for raw, want := range map[string]int64{`"lg-abc-0"`: 0, `"lg-abc-12345"`: 12345, `"lg-xyz-1"`: -1, `"lg-abc-"`: -1, `"lg-abc-1x"`: -1, `""`: -1, ``: -1} {
+		if got := sendIndex([]byte(raw), prefix); got != want {
+			t.Errorf("sendIndex(%s) = %d, want %d", raw, got, want)
+		}
+	}
+}
