@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -29,7 +30,8 @@ type FanoutConfig struct {
 	Members int     // members per chat, each with one websocket (50)
 	Rate    float64 // sends a second over all chats (1000)
 	// Duration is how long sends go on (30s); Drain how long to wait
-	// afterwards for outstanding deliveries (10s).
+	// afterwards for outstanding deliveries (30s); the wait ends as soon as
+	// every acknowledged send has reached every member.
 	Duration, Drain time.Duration
 	// Sources is the number of loopback source addresses 127.0.0.1..N (16).
 	Sources int
@@ -43,6 +45,8 @@ type FanoutConfig struct {
 	RunID string
 	// Log receives progress lines (nil: none).
 	Log io.Writer
+	// TokenFile keeps the users' tokens between runs ("": none).
+	TokenFile string
 }
 
 func (c *FanoutConfig) defaults() {
@@ -59,7 +63,7 @@ func (c *FanoutConfig) defaults() {
 		c.Duration = 30 * time.Second
 	}
 	if c.Drain == 0 {
-		c.Drain = 10 * time.Second
+		c.Drain = 30 * time.Second
 	}
 	if c.Sources == 0 {
 		c.Sources = 16
@@ -280,17 +284,21 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	fmt.Fprintf(cfg.Log, "fanout: setting up %d users ...\n", n)
 	usernames := make([]string, n)
 	tokens := make([]string, n)
+	cache, err := loadTokens(cfg.TokenFile)
+	if err != nil {
+		return nil, err
+	}
 	var ready atomic.Int64
-	err := parallel(ctx, n, cfg.Setup, func(ctx context.Context, i int) error {
+	err = parallel(ctx, n, cfg.Setup, func(ctx context.Context, i int) error {
 		usernames[i] = fmt.Sprintf("%s%06d", cfg.UserPrefix, i)
-		t, err := a.user(ctx, i, usernames[i], cfg.Password)
+		t, err := a.cachedUser(ctx, cache, i, usernames[i], cfg.Password)
 		tokens[i] = t
 		if done := ready.Add(1); err == nil && done%1000 == 0 {
 			fmt.Fprintf(cfg.Log, "fanout: %d users logged in (%s)\n", done, time.Since(start).Round(time.Second))
 		}
 		return err
 	})
-	if err != nil {
+	if err := errors.Join(err, cache.save()); err != nil {
 		return nil, fmt.Errorf("fanout: users: %w", err)
 	}
 	fmt.Fprintf(cfg.Log, "fanout: users ready in %s; creating %d chats ...\n", time.Since(start).Round(time.Millisecond), cfg.Chats)
@@ -335,7 +343,7 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("fanout: connections: %w", err)
+		return nil, fmt.Errorf("fanout: connections: %w%s", err, staleHint(cfg.TokenFile))
 	}
 	fmt.Fprintf(cfg.Log, "fanout: %d connections ready in %s; sending %.0f/s for %s ...\n",
 		n, time.Since(start).Round(time.Millisecond), cfg.Rate, cfg.Duration)

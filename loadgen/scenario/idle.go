@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -29,6 +30,8 @@ type IdleConfig struct {
 	// UserPrefix starts every username ("lg_idle"); Password is theirs.
 	UserPrefix, Password string
 	Log                  io.Writer
+	// TokenFile keeps the users' tokens between runs ("": none).
+	TokenFile string
 }
 
 func (c *IdleConfig) defaults() {
@@ -94,12 +97,16 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleReport, error) {
 	a := newAPI(cfg.Gateways[cfg.Gateway : cfg.Gateway+1])
 	fmt.Fprintf(cfg.Log, "idle: setting up %d users ...\n", cfg.Users)
 	tokens := make([]string, cfg.Users)
-	err := parallel(ctx, cfg.Users, cfg.Setup, func(ctx context.Context, i int) error {
-		t, err := a.user(ctx, i, fmt.Sprintf("%s%06d", cfg.UserPrefix, i), cfg.Password)
+	cache, err := loadTokens(cfg.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	err = parallel(ctx, cfg.Users, cfg.Setup, func(ctx context.Context, i int) error {
+		t, err := a.cachedUser(ctx, cache, i, fmt.Sprintf("%s%06d", cfg.UserPrefix, i), cfg.Password)
 		tokens[i] = t
 		return err
 	})
-	if err != nil {
+	if err := errors.Join(err, cache.save()); err != nil {
 		return nil, fmt.Errorf("idle: users: %w", err)
 	}
 	debug := cfg.Debug[cfg.GatewayName]
@@ -146,7 +153,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleReport, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("idle: connections (%d open): %w", countOpen(conns), err)
+		return nil, fmt.Errorf("idle: connections (%d open): %w%s", countOpen(conns), err, staleHint(cfg.TokenFile))
 	}
 	fmt.Fprintf(cfg.Log, "idle: %d connections open; idle for %s ...\n", cfg.Conns, cfg.Settle)
 	select {

@@ -1,6 +1,8 @@
 package scenario
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -83,5 +85,34 @@ func TestSendIndex(t *testing.T) {
 		if got := sendIndex([]byte(raw), prefix); got != want {
 			t.Errorf("sendIndex(%s) = %d, want %d", raw, got, want)
 		}
+	}
+}
+
+func TestTokenCache(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	c, err := loadTokens(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.get("alice"); ok {
+		t.Error("a new cache has a token")
+	}
+	c.put("alice", "t1")
+	if err := c.save(); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := loadTokens(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, ok := c2.get("alice"); !ok || tok != "t1" {
+		t.Errorf("reloaded token %q, %v; want t1", tok, ok)
+	}
+	if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadTokens(path); err == nil {
+		t.Error("no error for a corrupt file")
 	}
 }

@@ -41,6 +41,7 @@ func run(ctx context.Context, args []string) error {
 	sources := fs.Int("sources", 16, "loopback source addresses 127.0.0.1..N for websockets")
 	setup := fs.Int("setup", 32, "registrations, logins, chat creations and dials at once")
 	password := fs.String("password", "loadgen-password", "password of the load generator's users")
+	tokens := fs.String("tokens", "", "file keeping the users' tokens between runs against the same stack (skips logins)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|idle [scenario flags]")
 		fs.PrintDefaults()
@@ -60,12 +61,12 @@ func run(ctx context.Context, args []string) error {
 	switch fs.Arg(0) {
 	case "fanout":
 		sf := flag.NewFlagSet("fanout", flag.ContinueOnError)
-		cfg := scenario.FanoutConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr}
+		cfg := scenario.FanoutConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
 		sf.IntVar(&cfg.Chats, "chats", 100, "chats")
 		sf.IntVar(&cfg.Members, "members", 50, "members per chat, one websocket each")
 		sf.Float64Var(&cfg.Rate, "rate", 1000, "sends a second over all chats (open loop)")
 		sf.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to send")
-		sf.DurationVar(&cfg.Drain, "drain", 10*time.Second, "how long to wait for outstanding deliveries after sending")
+		sf.DurationVar(&cfg.Drain, "drain", 30*time.Second, "how long to wait at most for outstanding deliveries after sending")
 		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
 		if err := sf.Parse(scenarioArgs); err != nil {
 			return err
@@ -78,7 +79,7 @@ func run(ctx context.Context, args []string) error {
 		return writeJSON(*jsonPath, rep)
 	case "idle":
 		sf := flag.NewFlagSet("idle", flag.ContinueOnError)
-		cfg := scenario.IdleConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr}
+		cfg := scenario.IdleConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
 		sf.IntVar(&cfg.Conns, "conns", 15000, "idle websockets")
 		sf.IntVar(&cfg.Gateway, "gateway", 0, "index of the gateway to connect to (0: the first)")
 		sf.IntVar(&cfg.Users, "idle-users", 100, "users the connections belong to")
