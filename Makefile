@@ -1,11 +1,14 @@
-# The two commands of the README, and lint on its own.
-.PHONY: run test lint
+# The commands of the README, and lint on its own.
+.PHONY: run test bench lint
 
 run:
 	./scripts/run
 
 test:
 	./scripts/test
+
+bench:
+	./scripts/bench
 
 lint:
 	. scripts/lib.sh && ensure_go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$$STATICCHECK_VERSION" && \

@@ -1,7 +1,10 @@
 // Command devstack runs communications on one machine: `devstack run`
 // starts PostgreSQL, Redis and NATS (JetStream) on free loopback ports with
-// state under .state/run, builds and starts auth, chat, history and two
-// gateway replicas, prints their URLs and stops everything on Ctrl-C;
+// state under .state/run (or -state), builds and starts auth, chat, history
+// and two gateway replicas, writes their URLs and process ids to
+// stack.json in the state folder, prints them and stops everything on
+// Ctrl-C (the environment reaches every service, so GATEWAY_... and other
+// settings may be given to it);
 // `devstack test` starts throwaway PostgreSQL and Redis servers under
 // .state/test and runs every module's tests against them. scripts/run and
 // scripts/test install what is missing and call it.
@@ -14,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 )
 
@@ -35,10 +39,11 @@ func run(ctx context.Context, args []string) error {
 	natsBin := fs.String("nats-server", "", "nats-server binary (default: on PATH)")
 	switch args[0] {
 	case "run":
+		state := fs.String("state", filepath.Join(".state", "run"), "state folder (data, logs, stack.json), relative to -root")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		return runStack(ctx, *root, *natsBin)
+		return runStack(ctx, *root, *state, *natsBin)
 	case "test":
 		if err := fs.Parse(args[1:]); err != nil {
 			return err

@@ -24,12 +24,17 @@ type service struct {
 	proc      *devstack.Process
 }
 
-func runStack(ctx context.Context, root, natsBin string) error {
+// runStack runs the stack with its state (data, logs, stack.json) in
+// stateDir, relative to root unless absolute.
+func runStack(ctx context.Context, root, stateDir, natsBin string) error {
 	root, err := filepath.Abs(root)
 	if err != nil {
 		return err
 	}
-	state := filepath.Join(root, ".state", "run")
+	state := stateDir
+	if !filepath.IsAbs(state) {
+		state = filepath.Join(root, state)
+	}
 	logs := filepath.Join(state, "logs")
 	bin := filepath.Join(root, ".state", "bin")
 	for _, d := range []string{logs, bin} {
@@ -153,10 +158,26 @@ func runStack(ctx context.Context, root, natsBin string) error {
 		}(s)
 	}
 	for _, s := range services {
-		if err := waitReady(ctx, s, exited); err != nil {
+		if err := waitReady(ctx, s, logs, exited); err != nil {
 			return err
 		}
 	}
+
+	stackFile := devstack.StackFile{
+		Gateways: []string{"http://" + addr(ports[3]), "http://" + addr(ports[4])},
+		Debug:    map[string]string{},
+		Pids:     map[string]int{"postgres": pg.Pid(), "redis": rd.Pid(), "nats-server": nt.Pid()},
+		Postgres: pgURL, Redis: rd.URL(), NATS: nt.URL(),
+	}
+	for _, s := range services {
+		stackFile.Debug[s.name] = "http://" + addr(s.debugPort)
+		stackFile.Pids[s.name] = s.proc.Pid()
+	}
+	stackPath := filepath.Join(state, "stack.json")
+	if err := devstack.WriteStackFile(stackPath, stackFile); err != nil {
+		return err
+	}
+	defer os.Remove(stackPath)
 
 	fmt.Printf(`
 communications is running.
@@ -171,10 +192,11 @@ communications is running.
                                auth :%d, chat :%d, history :%d, gateway :%d and :%d
   logs:                        %s
   state:                       %s
+  stack description (JSON):    %s
 
 Press Ctrl-C to stop everything.
 `, ports[3], ports[4], ports[3], ports[4], pgURL, rd.URL(), nt.URL(), nt.MonitorPort,
-		ports[0], ports[1], ports[2], ports[5], ports[6], logs, state)
+		ports[0], ports[1], ports[2], ports[5], ports[6], logs, state, stackPath)
 
 	select {
 	case <-ctx.Done():
@@ -191,7 +213,7 @@ Press Ctrl-C to stop everything.
 	}
 }
 
-func waitReady(ctx context.Context, s *service, exited <-chan *service) error {
+func waitReady(ctx context.Context, s *service, logs string, exited <-chan *service) error {
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", s.debugPort)
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -208,7 +230,7 @@ func waitReady(ctx context.Context, s *service, exited <-chan *service) error {
 		}
 		select {
 		case e := <-exited:
-			return fmt.Errorf("%s exited while starting (%v); see .state/run/logs/%s.log", e.name, e.proc.Err(), e.name)
+			return fmt.Errorf("%s exited while starting (%v); see %s", e.name, e.proc.Err(), filepath.Join(logs, e.name+".log"))
 		case <-ctx.Done():
 			return errors.Join(fmt.Errorf("%s not ready: %s", s.name, url), ctx.Err())
 		case <-tick.C:

@@ -1,0 +1,136 @@
+// Command loadgen drives a running communications stack (normally started
+// by `devstack run`, which describes it in stack.json) and reports
+// delivery, latency, CPU and memory figures as a table and as JSON.
+//
+//	loadgen -stack .state/run/stack.json fanout [-chats 100 -members 50 -rate 1000 -duration 30s]
+//	loadgen -stack .state/run/stack.json idle [-conns 15000]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/communications/communications/libs/devstack"
+	"github.com/communications/communications/loadgen/scenario"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	stackPath := fs.String("stack", "", "stack.json written by `devstack run` (gateways, debug URLs, pids)")
+	gateways := fs.String("gateways", "", "comma-separated gateway base URLs (instead of -stack)")
+	pids := fs.String("pids", "", "comma-separated NAME=PID of server processes to measure (with -gateways)")
+	jsonPath := fs.String("json", "", "also write the report as JSON to this file")
+	sources := fs.Int("sources", 16, "loopback source addresses 127.0.0.1..N for websockets")
+	setup := fs.Int("setup", 32, "registrations, logins, chat creations and dials at once")
+	password := fs.String("password", "loadgen-password", "password of the load generator's users")
+	tokens := fs.String("tokens", "", "file keeping the users' tokens between runs against the same stack (skips logins)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|idle [scenario flags]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	target, err := loadTarget(*stackPath, *gateways, *pids)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no scenario given")
+	}
+	scenarioArgs := fs.Args()[1:]
+	switch fs.Arg(0) {
+	case "fanout":
+		sf := flag.NewFlagSet("fanout", flag.ContinueOnError)
+		cfg := scenario.FanoutConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
+		sf.IntVar(&cfg.Chats, "chats", 100, "chats")
+		sf.IntVar(&cfg.Members, "members", 50, "members per chat, one websocket each")
+		sf.Float64Var(&cfg.Rate, "rate", 1000, "sends a second over all chats (open loop)")
+		sf.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to send")
+		sf.DurationVar(&cfg.Drain, "drain", 30*time.Second, "how long to wait at most for outstanding deliveries after sending")
+		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		rep, err := scenario.RunFanout(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.WriteTable(os.Stdout)
+		return writeJSON(*jsonPath, rep)
+	case "idle":
+		sf := flag.NewFlagSet("idle", flag.ContinueOnError)
+		cfg := scenario.IdleConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
+		sf.IntVar(&cfg.Conns, "conns", 15000, "idle websockets")
+		sf.IntVar(&cfg.Gateway, "gateway", 0, "index of the gateway to connect to (0: the first)")
+		sf.IntVar(&cfg.Users, "idle-users", 100, "users the connections belong to")
+		sf.DurationVar(&cfg.Settle, "settle", 10*time.Second, "how long the connections stay idle before measuring")
+		sf.StringVar(&cfg.UserPrefix, "users", "lg_idle", "username prefix (existing users are reused)")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		rep, err := scenario.RunIdle(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.WriteTable(os.Stdout)
+		return writeJSON(*jsonPath, rep)
+	}
+	return fmt.Errorf("unknown scenario %q: want fanout or idle", fs.Arg(0))
+}
+
+// loadTarget reads the stack file, or the gateways and pids flags.
+func loadTarget(stackPath, gateways, pids string) (scenario.Target, error) {
+	if stackPath != "" {
+		s, err := devstack.ReadStackFile(stackPath)
+		if err != nil {
+			return scenario.Target{}, err
+		}
+		return scenario.Target{Gateways: s.Gateways, Pids: s.Pids, Debug: s.Debug}, nil
+	}
+	if gateways == "" {
+		return scenario.Target{}, errors.New("give -stack FILE, or -gateways with comma-separated URLs")
+	}
+	t := scenario.Target{Gateways: strings.Split(gateways, ","), Pids: map[string]int{}}
+	if pids != "" {
+		for kv := range strings.SplitSeq(pids, ",") {
+			name, v, ok := strings.Cut(kv, "=")
+			pid, err := strconv.Atoi(v)
+			if !ok || err != nil || pid <= 0 {
+				return t, fmt.Errorf("-pids: want NAME=PID, got %q", kv)
+			}
+			t.Pids[name] = pid
+		}
+	}
+	return t, nil
+}
+
+func writeJSON(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

@@ -1,0 +1,205 @@
+package scenario
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/communications/communications/libs/protocol"
+)
+
+// api talks to the gateways' HTTP API, spreading requests round-robin.
+type api struct {
+	gateways []string
+	http     *http.Client
+}
+
+func newAPI(gateways []string) *api {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	return &api{gateways: gateways, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+// apiError is an error answer of the API.
+type apiError struct {
+	Status int
+	Code   string
+	Msg    string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Msg) }
+
+// do sends a JSON request to gateway i (mod the number of gateways) and
+// decodes a JSON answer into out.
+func (a *api) do(ctx context.Context, i int, method, path, token string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	base := a.gateways[i%len(a.gateways)]
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		_ = json.Unmarshal(b, &e)
+		return fmt.Errorf("%s %s: %w", method, path, &apiError{Status: resp.StatusCode, Code: e.Error.Code, Msg: e.Error.Message})
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// user registers username (an existing one is fine: a bench state folder
+// keeps its users between runs) and logs in for a bearer token.
+func (a *api) user(ctx context.Context, i int, username, password string) (string, error) {
+	creds := map[string]any{"username": username, "password": password}
+	err := a.do(ctx, i, http.MethodPost, "/api/v1/auth/register", "", creds, nil)
+	var ae *apiError
+	if err != nil && !(errors.As(err, &ae) && ae.Code == string(protocol.CodeUsernameTaken)) {
+		return "", err
+	}
+	creds["token"] = true
+	var out struct {
+		Token string `json:"token"`
+	}
+	if err := a.do(ctx, i, http.MethodPost, "/api/v1/auth/login", "", creds, &out); err != nil {
+		return "", err
+	}
+	if out.Token == "" {
+		return "", fmt.Errorf("login %s: no token in the answer", username)
+	}
+	return out.Token, nil
+}
+
+// createChat creates a chat as the user of token with the given other
+// members and returns its id.
+func (a *api) createChat(ctx context.Context, i int, token, name string, members []string) (int64, error) {
+	var out struct {
+		Chat protocol.Chat `json:"chat"`
+	}
+	in := map[string]any{"name": name, "members": members}
+	if err := a.do(ctx, i, http.MethodPost, "/api/v1/chats", token, in, &out); err != nil {
+		return 0, err
+	}
+	return out.Chat.ID, nil
+}
+
+// dialers open websockets from several loopback source addresses, so that
+// many connections to one gateway do not run out of ephemeral ports.
+type dialers []*websocket.Dialer
+
+func newDialers(sources int) dialers {
+	if sources < 1 {
+		sources = 1
+	}
+	pool := &sync.Pool{}
+	d := make(dialers, sources)
+	for i := range d {
+		nd := &net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%254))}}
+		d[i] = &websocket.Dialer{
+			NetDialContext:   nd.DialContext,
+			HandshakeTimeout: 30 * time.Second,
+			ReadBufferSize:   2048,
+			WriteBufferSize:  1024,
+			WriteBufferPool:  pool,
+		}
+	}
+	return d
+}
+
+// dial opens connection number i to gateway base with token and returns it
+// with the hello event read.
+func (d dialers) dial(ctx context.Context, i int, base, token string) (*websocket.Conn, error) {
+	u := "ws" + strings.TrimPrefix(base, "http") + "/ws"
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+token)
+	c, resp, err := d[i%len(d)].DialContext(ctx, u, h)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", u, err, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("dial %s: %w", u, err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, b, err := c.ReadMessage()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	first, _, _ := bytes.Cut(b, []byte("\n"))
+	var hello protocol.Hello
+	if err := json.Unmarshal(first, &hello); err != nil || hello.Type != protocol.TypeHello {
+		c.Close()
+		return nil, fmt.Errorf("first event is not hello: %.100s", first)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// parallel runs f(i) for i in [0, n) on at most workers goroutines and
+// returns the first error.
+func parallel(ctx context.Context, n, workers int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan int)
+	var (
+		wg       sync.WaitGroup
+		once     sync.Once
+		firstErr error
+	)
+	for range max(1, min(workers, n)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := f(ctx, i); err != nil {
+					once.Do(func() { firstErr = err; cancel() })
+				}
+			}
+		}()
+	}
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return firstErr
+}
