@@ -86,7 +86,7 @@ func (noUpstream) GetChat(context.Context, int64, int64) (busapi.Chat, error) {
 	return busapi.Chat{}, nil
 }
 
-func newTestConn(t *testing.T, queue int) (*Conn, *fakeHub) {
+func newTestConn(t testing.TB, queue int) (*Conn, *fakeHub) {
 	t.Helper()
 	h := &fakeHub{joined: map[hub.Sink][]int64{}}
 	s := NewServer(Config{SendQueue: queue}, noUpstream{}, h, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
