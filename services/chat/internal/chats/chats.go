@@ -183,6 +183,10 @@ type Store interface {
 	Chat(ctx context.Context, id int64) (Chat, error)
 	// IsMember reports whether user is an explicit member of chat.
 	IsMember(ctx context.Context, chatID, userID int64) (bool, error)
+	// InChat reports whether user is in chat: an explicit member, or the
+	// chat is everyone's; ErrChatNotFound when there is no such chat. One
+	// read, as it is asked on every send.
+	InChat(ctx context.Context, chatID, userID int64) (bool, error)
 	// UserChats lists the ids of the chats user belongs to, "everyone"
 	// chats included, in ascending order.
 	UserChats(ctx context.Context, userID int64) ([]int64, error)
@@ -668,14 +672,7 @@ func mayEdit(c Chat, actor int64, member bool) error {
 }
 
 func (s *Service) checkMember(ctx context.Context, chatID, userID int64) error {
-	c, err := s.store.Chat(ctx, chatID)
-	if err != nil {
-		return fmt.Errorf("check member: %w", err)
-	}
-	if c.Everyone {
-		return nil
-	}
-	ok, err := s.store.IsMember(ctx, chatID, userID)
+	ok, err := s.store.InChat(ctx, chatID, userID)
 	if err != nil {
 		return fmt.Errorf("check member: %w", err)
 	}

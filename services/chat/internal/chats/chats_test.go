@@ -57,6 +57,16 @@ func (s *memStore) IsMember(_ context.Context, chatID, userID int64) (bool, erro
 	return s.chats[chatID].hasMember(userID), nil
 }
 
+func (s *memStore) InChat(_ context.Context, chatID, userID int64) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.chats[chatID]
+	if !ok {
+		return false, ErrChatNotFound
+	}
+	return c.Everyone || c.hasMember(userID), nil
+}
+
 func (s *memStore) UserChats(ctx context.Context, userID int64) ([]int64, error) {
 	cs, _ := s.ListChats(ctx, userID)
 	var ids []int64

@@ -76,6 +76,21 @@ func (s *Store) IsMember(ctx context.Context, chatID, userID int64) (bool, error
 	return ok, nil
 }
 
+// InChat implements chats.Store in one query on the primary keys.
+func (s *Store) InChat(ctx context.Context, chatID, userID int64) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `
+		SELECT c.everyone OR EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = $2)
+		FROM chats c WHERE c.id = $1`, chatID, userID).Scan(&ok)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, chats.ErrChatNotFound
+	}
+	if err != nil {
+		return false, fmt.Errorf("select membership: %w", err)
+	}
+	return ok, nil
+}
+
 // UserChats lists a user's chats.
 func (s *Store) UserChats(ctx context.Context, userID int64) ([]int64, error) {
 	rows, err := s.pool.Query(ctx, `

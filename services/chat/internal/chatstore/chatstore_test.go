@@ -171,6 +171,16 @@ func TestStore(t *testing.T) {
 		if in != tc.inTeam {
 			t.Errorf("user %d member of team = %v, want %v", tc.user, in, tc.inTeam)
 		}
+		// InChat: the team as IsMember says; general for everyone.
+		if in, err := s.InChat(ctx, team.ID, tc.user); err != nil || in != tc.inTeam {
+			t.Errorf("user %d in team = %v, %v; want %v", tc.user, in, err, tc.inTeam)
+		}
+		if in, err := s.InChat(ctx, 1, tc.user); err != nil || !in {
+			t.Errorf("user %d in general = %v, %v; want true", tc.user, in, err)
+		}
+	}
+	if _, err := s.InChat(ctx, 999999, alice.ID); !errors.Is(err, chats.ErrChatNotFound) {
+		t.Errorf("in a missing chat: %v, want ErrChatNotFound", err)
 	}
 
 	t.Run("update", func(t *testing.T) {
