@@ -42,7 +42,7 @@ func TestChangeEvents(t *testing.T) {
 	up := &changeUpstream{}
 	s := NewServer(Config{SendQueue: 8}, up, &fakeHub{}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
 	t.Cleanup(s.cancel)
-	c := &Conn{srv: s, user: busapi.User{ID: 7, Username: "ann"}, send: make(chan []byte, 8), closed: make(chan struct{}),
+	c := &Conn{srv: s, user: busapi.User{ID: 7, Username: "ann"}, closed: make(chan struct{}),
 		positions: map[int64]*chatPosition{}}
 	c.start([]byte("hello"))
 	c.handle(context.Background(), []byte(`{"type":"edit","id":"r1","chat_id":3,"seq":40,"client_msg_id":"e-1","text":"new"}`))

@@ -1,6 +1,7 @@
-// Package ws holds the gateway's websocket connections: one reader and one
-// writer goroutine each, a bounded send queue, a deadline on every write,
-// and a close code that tells the client whether to reconnect and resume.
+// Package ws holds the gateway's websocket connections: a reader goroutine
+// each, a writer goroutine only while something is queued, a bounded send
+// queue, a deadline on every write, and a close code that tells the client
+// whether to reconnect and resume.
 package ws
 
 import (
@@ -26,6 +27,10 @@ import (
 // maxEventsPerFrame bounds how many queued events one frame coalesces.
 const maxEventsPerFrame = 64
 
+// keptQueue is the largest queue backing array an idle connection keeps
+// for its next events; a larger one (after a burst) is let go.
+const keptQueue = 8
+
 // Conn is one client connection.
 type Conn struct {
 	srv     *Server
@@ -37,14 +42,25 @@ type Conn struct {
 	// syncMu serialises changes of the connection's chats (hub joins and
 	// leaves), which may wait on Redis; mu is held only briefly.
 	syncMu sync.Mutex
-	// mu guards chats, gone and pending.
+	// mu guards chats and gone.
 	mu    sync.Mutex
 	chats []int64 // the chats whose events the connection receives
 	gone  bool    // the connection has ended; join nothing more
-	// started is set once hello is queued; events delivered before it wait
-	// in pending (bounded by the send queue), so hello comes first.
+
+	// qmu guards the send queue and the writer's state. The queue holds at
+	// most Config.SendQueue events; a writer goroutine runs only while it
+	// is not empty (or the connection closes), so an idle connection has
+	// none.
+	qmu     sync.Mutex
+	queue   [][]byte
+	writing bool // a writer goroutine runs; it alone writes frames
+	closing bool // Close was called: the writer ends the socket
+	// started is set once hello is queued; events queued before it wait
+	// behind it (the writer starts with hello).
 	started atomic.Bool
-	pending [][]byte
+	// deadline is the write deadline currently set on the socket (unix
+	// nanoseconds); the writer alone uses it.
+	deadline int64
 
 	// posMu guards positions: per chat, what was delivered and whether a
 	// resume is replaying it.
@@ -63,36 +79,82 @@ type Conn struct {
 	refusedSince time.Time
 	typedAt      map[int64]time.Time
 
-	send      chan []byte
+	// ping sends a ping every Config.PingInterval (a timer, not a
+	// goroutine).
+	ping *time.Timer
+
 	closed    chan struct{}
 	closeOnce sync.Once
 	closeCode int
 	closeText string
+	// ended is closed once the socket is closed (nil for connections
+	// without a socket).
+	ended chan struct{}
+}
+
+// newConn returns a connection of user on socket ws.
+func newConn(s *Server, ws *websocket.Conn, session busapi.Session, token string) *Conn {
+	return &Conn{
+		srv: s, ws: ws, user: session.User, session: session.ID, token: token,
+		closed:    make(chan struct{}),
+		ended:     make(chan struct{}),
+		positions: map[int64]*chatPosition{},
+		limiter:   newLimiter(s.cfg),
+	}
 }
 
 // Deliver queues an event without blocking; a full queue disconnects the
 // client with CloseSlowConsumer (it then resumes).
 func (c *Conn) Deliver(event []byte) {
-	if !c.started.Load() {
-		c.mu.Lock()
-		if !c.started.Load() {
-			// Room is kept for hello, which start puts in front.
-			if len(c.pending) >= cap(c.send)-1 {
-				c.mu.Unlock()
-				c.slow()
-				return
-			}
-			c.pending = append(c.pending, event)
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
+	c.qmu.Lock()
+	if c.closing {
+		c.qmu.Unlock()
+		return
 	}
-	select {
-	case c.send <- event:
-	case <-c.closed:
-	default:
+	limit := c.srv.cfg.SendQueue
+	if !c.started.Load() {
+		limit-- // room for hello, which start puts in front
+	}
+	if len(c.queue) >= limit {
+		c.qmu.Unlock()
 		c.slow()
+		return
+	}
+	c.queue = append(c.queue, event)
+	if c.started.Load() {
+		c.startWriter()
+	}
+	c.qmu.Unlock()
+}
+
+// offer queues an event that may be dropped (typing, presence changes)
+// while the send queue is less than half full, leaving the rest to the
+// events that may not (messages), so that a burst of these never closes
+// the connection as a slow consumer. It reports whether it queued it.
+func (c *Conn) offer(event []byte) bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.closing || !c.started.Load() || len(c.queue) >= c.srv.cfg.SendQueue/2 {
+		return false
+	}
+	c.queue = append(c.queue, event)
+	c.startWriter()
+	return true
+}
+
+// queued returns the number of events waiting in the send queue.
+func (c *Conn) queued() int {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return len(c.queue)
+}
+
+// startWriter starts a writer unless one runs. Call with qmu held.
+// Connections without a socket (tests) keep their queue to be read.
+func (c *Conn) startWriter() {
+	if !c.writing && c.ws != nil {
+		c.writing = true
+		go c.write()
 	}
 }
 
@@ -101,23 +163,17 @@ func (c *Conn) slow() {
 	c.Close(protocol.CloseSlowConsumer, "send queue full; reconnect and resume")
 }
 
-// start queues hello, then the events that arrived before it, and from
-// then on lets events through directly.
+// start queues hello in front of the events that arrived before it, and
+// from then on lets events out.
 func (c *Conn) start(hello []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, ev := range append([][]byte{hello}, c.pending...) {
-		select {
-		case c.send <- ev:
-		default:
-			c.pending = nil
-			c.started.Store(true)
-			c.slow()
-			return
-		}
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.closing {
+		return
 	}
-	c.pending = nil
+	c.queue = slices.Insert(c.queue, 0, hello)
 	c.started.Store(true)
+	c.startWriter()
 }
 
 // currentChats returns a copy of the chats the connection receives.
@@ -206,6 +262,10 @@ func (c *Conn) Close(code int, text string) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeText = code, text
 		close(c.closed)
+		c.qmu.Lock()
+		c.closing = true
+		c.startWriter()
+		c.qmu.Unlock()
 	})
 }
 
@@ -228,74 +288,140 @@ func (c *Conn) deliverJSON(v any) {
 	c.Deliver(b)
 }
 
-// writeLoop sends queued events, several per frame when more than one
-// waits, and pings the client. It owns all writes to the socket.
-func (c *Conn) writeLoop() {
-	cfg := c.srv.cfg
-	ping := time.NewTicker(cfg.PingInterval)
-	defer ping.Stop()
-	defer c.ws.Close()
-	buf := make([]byte, 0, 1024)
+// write is the connection's writer: it sends what is queued, several
+// events per frame when more than one waits, and ends when the queue is
+// empty. Once the connection closes it sends what is still queued (unless
+// the client is too slow for it), the close frame, and closes the socket.
+func (c *Conn) write() {
+	// batch holds a frame's events; its array and the queue's take turns,
+	// so that a writer that sends one event at a time allocates nothing.
+	var batch [][]byte
 	for {
-		select {
-		case ev := <-c.send:
-			buf = append(buf[:0], ev...)
-			n := 1
-		coalesce:
-			for n < maxEventsPerFrame {
-				select {
-				case more := <-c.send:
-					buf = append(buf, '\n')
-					buf = append(buf, more...)
-					n++
-				default:
-					break coalesce
-				}
-			}
-			_ = c.ws.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
-			if err := c.ws.WriteMessage(websocket.TextMessage, buf); err != nil {
-				c.Close(protocol.CloseServerError, "write failed")
-				return
-			}
-			c.srv.metrics.framesOut.Inc()
-			c.srv.metrics.eventsOut.Add(float64(n))
-			if cap(buf) > 64<<10 {
-				buf = make([]byte, 0, 1024)
-			}
-		case <-ping.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteTimeout)); err != nil {
-				c.Close(protocol.CloseServerError, "ping failed")
-				return
-			}
-		case <-c.closed:
-			if c.closeCode != protocol.CloseSlowConsumer {
-				c.flush(buf[:0])
-			}
-			msg := websocket.FormatCloseMessage(c.closeCode, c.closeText)
-			_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.qmu.Lock()
+		if c.closing {
+			rest := c.queue
+			c.queue = nil
+			c.qmu.Unlock()
+			c.finish(rest)
 			return
 		}
+		if len(c.queue) == 0 {
+			c.writing = false
+			switch {
+			case cap(c.queue) > keptQueue:
+				c.queue = nil
+			case c.queue == nil && cap(batch) <= keptQueue:
+				c.queue = batch[:0]
+			}
+			c.qmu.Unlock()
+			return
+		}
+		if len(c.queue) <= maxEventsPerFrame {
+			batch, c.queue = c.queue, batch[:0]
+		} else {
+			batch = append(batch[:0], c.queue[:maxEventsPerFrame]...)
+			left := copy(c.queue, c.queue[maxEventsPerFrame:])
+			clear(c.queue[left:])
+			c.queue = c.queue[:left]
+		}
+		c.qmu.Unlock()
+
+		err := c.writeFrame(batch)
+		n := len(batch)
+		clear(batch)
+		batch = batch[:0]
+		if err != nil {
+			c.Close(protocol.CloseServerError, "write failed")
+			// The next round ends the socket (closing is set).
+			continue
+		}
+		c.srv.metrics.framesOut.Inc()
+		c.srv.metrics.eventsOut.Add(float64(n))
 	}
 }
 
-// flush writes what is still queued (such as the error that explains a
-// close) in one frame, without waiting for more.
-func (c *Conn) flush(buf []byte) {
-	for {
-		select {
-		case ev := <-c.send:
-			if len(buf) > 0 {
-				buf = append(buf, '\n')
-			}
-			buf = append(buf, ev...)
-		default:
-			if len(buf) > 0 {
-				_ = c.ws.SetWriteDeadline(time.Now().Add(time.Second))
-				_ = c.ws.WriteMessage(websocket.TextMessage, buf)
-			}
-			return
+// writeFrame writes events as one text frame, newline-delimited. Every
+// write has a deadline between WriteTimeout/2 and WriteTimeout away: the
+// socket's deadline is moved only when less than half of it is left, which
+// spares resetting its timer on every frame.
+func (c *Conn) writeFrame(events [][]byte) error {
+	timeout := c.srv.cfg.WriteTimeout
+	if now := time.Now().UnixNano(); c.deadline-now < int64(timeout/2) {
+		c.deadline = now + int64(timeout)
+		if err := c.ws.SetWriteDeadline(time.Unix(0, c.deadline)); err != nil {
+			return err
 		}
 	}
+	return c.writeEvents(events)
+}
+
+// writeEvents writes events as one text frame, newline-delimited, within
+// the deadline set.
+func (c *Conn) writeEvents(events [][]byte) error {
+	if len(events) == 1 {
+		return c.ws.WriteMessage(websocket.TextMessage, events[0])
+	}
+	bp := c.srv.frames.Get().(*[]byte)
+	buf := (*bp)[:0]
+	for i, ev := range events {
+		if i > 0 {
+			buf = append(buf, '\n')
+		}
+		buf = append(buf, ev...)
+	}
+	err := c.ws.WriteMessage(websocket.TextMessage, buf)
+	if cap(buf) <= maxPooledFrame {
+		*bp = buf
+		c.srv.frames.Put(bp)
+	}
+	return err
+}
+
+// maxPooledFrame is the largest frame buffer kept for reuse.
+const maxPooledFrame = 64 << 10
+
+// finish ends the socket: what is still queued in one frame (such as the
+// error that explains the close; not for a slow consumer), the close
+// frame, then the socket is closed.
+func (c *Conn) finish(rest [][]byte) {
+	defer close(c.ended)
+	defer c.ws.Close()
+	c.qmu.Lock()
+	if c.ping != nil {
+		c.ping.Stop()
+	}
+	c.qmu.Unlock()
+	if len(rest) > 0 && c.closeCode != protocol.CloseSlowConsumer {
+		if c.ws.SetWriteDeadline(time.Now().Add(time.Second)) == nil {
+			_ = c.writeEvents(rest)
+		}
+	}
+	msg := websocket.FormatCloseMessage(c.closeCode, c.closeText)
+	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+}
+
+// schedulePing arms the ping timer: pings come from a timer, not from a
+// goroutine per connection (control frames may be written beside the
+// writer).
+func (c *Conn) schedulePing() {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.closing {
+		return
+	}
+	if c.ping == nil {
+		c.ping = time.AfterFunc(c.srv.cfg.PingInterval, c.sendPing)
+	} else {
+		c.ping.Reset(c.srv.cfg.PingInterval)
+	}
+}
+
+func (c *Conn) sendPing() {
+	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
+		c.Close(protocol.CloseServerError, "ping failed")
+		return
+	}
+	c.schedulePing()
 }
 
 // readLoop reads frames until the connection fails or closes. Sends are

@@ -91,20 +91,21 @@ func newTestConn(t testing.TB, queue int) (*Conn, *fakeHub) {
 	h := &fakeHub{joined: map[hub.Sink][]int64{}}
 	s := NewServer(Config{SendQueue: queue}, noUpstream{}, h, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
 	t.Cleanup(s.cancel)
-	return &Conn{srv: s, user: busapi.User{ID: 7}, send: make(chan []byte, queue), closed: make(chan struct{}),
+	return &Conn{srv: s, user: busapi.User{ID: 7}, closed: make(chan struct{}),
 		positions: map[int64]*chatPosition{}}, h
 }
 
+// queued takes what is queued on c (a connection without a socket has no
+// writer).
 func queued(c *Conn) []string {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
 	var out []string
-	for {
-		select {
-		case ev := <-c.send:
-			out = append(out, string(ev))
-		default:
-			return out
-		}
+	for _, ev := range c.queue {
+		out = append(out, string(ev))
 	}
+	c.queue = nil
+	return out
 }
 
 func TestHelloComesFirst(t *testing.T) {
@@ -422,10 +423,15 @@ func TestLongReplayToAReadingClient(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// The client's reading, as the writer takes the queue.
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
 		for len(got) < 300 {
+			for _, ev := range queued(c) {
+				got = append(got, seqOf(t, ev))
+			}
 			select {
-			case ev := <-c.send:
-				got = append(got, seqOf(t, string(ev)))
+			case <-tick.C:
 			case <-c.closed:
 				return
 			}

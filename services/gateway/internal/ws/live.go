@@ -169,22 +169,6 @@ func (c *Conn) DeliverEphemeral(chatID int64, event []byte) {
 	}
 }
 
-// offer queues an event that may be dropped (typing, presence changes)
-// while the send queue is less than half full, leaving the rest to the
-// events that may not (messages), so that a burst of these never closes
-// the connection as a slow consumer. It reports whether it queued it.
-func (c *Conn) offer(event []byte) bool {
-	if !c.started.Load() || len(c.send) >= cap(c.send)/2 {
-		return false
-	}
-	select {
-	case c.send <- event:
-		return true
-	default:
-		return false
-	}
-}
-
 // handleView records which chat the connection shows (0: none) and answers
 // with the chat's online members; from then on the connection receives
 // presence changes and typing of that chat.
@@ -450,7 +434,7 @@ func (s *Server) markStale(v *view) {
 	go func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
-		for len(v.c.send) >= cap(v.c.send)/2 {
+		for v.c.queued() >= s.cfg.SendQueue/2 {
 			select {
 			case <-v.c.closed:
 				return

@@ -100,10 +100,10 @@ func newLiveServer(t *testing.T, p Presence) (*Server, *fakeHub) {
 
 // liveConn is a started connection of user on s, in the given chats.
 func liveConn(s *Server, user busapi.User, chats ...int64) *Conn {
-	c := &Conn{srv: s, user: user, send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}),
+	c := &Conn{srv: s, user: user, closed: make(chan struct{}),
 		positions: map[int64]*chatPosition{}, chats: chats}
 	c.start([]byte(`{"type":"hello"}`))
-	<-c.send
+	queued(c)
 	return c
 }
 
@@ -206,7 +206,7 @@ func TestEphemeralOnlyToViewers(t *testing.T) {
 		t.Errorf("member not viewing got %v, want nothing", got)
 	}
 	// A full queue drops typing, never the connection.
-	for range cap(viewer.send) + 5 {
+	for range viewer.srv.cfg.SendQueue + 5 {
 		viewer.DeliverEphemeral(teamChat, []byte("typing"))
 	}
 	if viewer.isClosed() {
@@ -310,10 +310,10 @@ func TestPresenceBurstNeverCloses(t *testing.T) {
 	if alice.isClosed() {
 		t.Fatal("a burst of presence changes closed the connection")
 	}
-	if n := len(alice.send); n != cap(alice.send)/2 {
-		t.Errorf("%d changes queued, want half the queue (%d)", n, cap(alice.send)/2)
+	if n := alice.queued(); n != alice.srv.cfg.SendQueue/2 {
+		t.Errorf("%d changes queued, want half the queue (%d)", n, alice.srv.cfg.SendQueue/2)
 	}
-	for range cap(alice.send) / 2 {
+	for range alice.srv.cfg.SendQueue / 2 {
 		alice.Deliver([]byte(`{"type":"message"}`)) // messages still fit
 	}
 	if alice.isClosed() {

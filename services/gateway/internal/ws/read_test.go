@@ -58,8 +58,8 @@ func TestApplyReadEvent(t *testing.T) {
 	t.Parallel()
 	phone, _ := newTestConn(t, 8)
 	s := phone.srv
-	laptop := &Conn{srv: s, user: busapi.User{ID: 7}, send: make(chan []byte, 8), closed: make(chan struct{}), positions: map[int64]*chatPosition{}}
-	other := &Conn{srv: s, user: busapi.User{ID: 8}, send: make(chan []byte, 8), closed: make(chan struct{}), positions: map[int64]*chatPosition{}}
+	laptop := &Conn{srv: s, user: busapi.User{ID: 7}, closed: make(chan struct{}), positions: map[int64]*chatPosition{}}
+	other := &Conn{srv: s, user: busapi.User{ID: 8}, closed: make(chan struct{}), positions: map[int64]*chatPosition{}}
 	for _, c := range []*Conn{phone, laptop, other} {
 		if !s.add(c) {
 			t.Fatal("not added")

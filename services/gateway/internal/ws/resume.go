@@ -58,7 +58,7 @@ func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	}
 	switch {
 	case pos.catchingUp:
-		if c.heldTotal >= cap(c.send) {
+		if c.heldTotal >= c.srv.cfg.SendQueue {
 			c.posMu.Unlock()
 			c.slow()
 			return
@@ -338,30 +338,25 @@ func (c *Conn) latestSeq(ctx context.Context, chatID, seq int64) int64 {
 // deliverWait queues an event once the send queue is at most half full
 // (the other half is for live traffic), waiting up to the write timeout.
 func (c *Conn) deliverWait(event []byte) bool {
-	deadline := time.NewTimer(c.srv.cfg.WriteTimeout)
-	defer deadline.Stop()
-	var tick *time.Ticker
-	for len(c.send) > cap(c.send)/2 {
-		if tick == nil {
-			tick = time.NewTicker(5 * time.Millisecond)
-			defer tick.Stop()
-		}
-		select {
-		case <-c.closed:
-			return false
-		case <-deadline.C:
-			c.slow()
-			return false
-		case <-tick.C:
+	if c.queued() > c.srv.cfg.SendQueue/2 {
+		deadline := time.NewTimer(c.srv.cfg.WriteTimeout)
+		defer deadline.Stop()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for c.queued() > c.srv.cfg.SendQueue/2 {
+			select {
+			case <-c.closed:
+				return false
+			case <-deadline.C:
+				c.slow()
+				return false
+			case <-tick.C:
+			}
 		}
 	}
-	select {
-	case c.send <- event:
-		return true
-	case <-c.closed:
-		return false
-	case <-deadline.C:
-		c.slow()
+	if c.isClosed() {
 		return false
 	}
+	c.Deliver(event)
+	return !c.isClosed()
 }

@@ -88,7 +88,10 @@ type Server struct {
 	log      *slog.Logger
 	tracer   trace.Tracer
 	upgrader websocket.Upgrader
-	metrics  metrics
+	// frames holds the buffers in which writers join several events into
+	// one frame.
+	frames  sync.Pool
+	metrics metrics
 
 	mu        sync.Mutex
 	conns     map[*Conn]struct{}
@@ -120,6 +123,14 @@ type Server struct {
 	base   context.Context
 	cancel context.CancelFunc
 }
+
+// readBufferSize is the read buffer of each connection, writeBufferSize
+// the size of the pooled write buffers (a frame larger than it is written
+// in one system call all the same).
+const (
+	readBufferSize  = 512
+	writeBufferSize = 4096
+)
 
 // ErrDraining is returned by Serve while the gateway shuts down.
 var ErrDraining = errors.New("gateway is shutting down")
@@ -156,8 +167,12 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		cfg: cfg, up: up, hub: h, log: log,
 		tracer: tp.Tracer("github.com/communications/communications/services/gateway/internal/ws"),
 		upgrader: websocket.Upgrader{
-			ReadBufferSize:  4096,
-			WriteBufferSize: 4096,
+			// Clients send small frames: a small read buffer per connection
+			// (a larger frame is read through it). Write buffers are taken
+			// from a pool for each frame, so an idle connection holds none.
+			ReadBufferSize:  readBufferSize,
+			WriteBufferSize: writeBufferSize,
+			WriteBufferPool: &sync.Pool{},
 			// The HTTP layer checked the Origin before calling Serve.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
@@ -184,14 +199,18 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 				Help: "Connections closed for going over the rate limit repeatedly (4003)."}),
 		},
 	}
+	s.frames.New = func() any { b := make([]byte, 0, writeBufferSize); return &b }
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
 	return s
 }
 
-// Serve upgrades the request for an authenticated session and runs the
-// connection until it ends, at the latest when the session expires. token is
-// the session's token, kept to check the session again later. It answers 503
+// Serve upgrades the request for an authenticated session, brings the
+// connection up to date (session, chats, hello) and hands it to its reader
+// goroutine, which runs it until it ends, at the latest when the session
+// expires. Serve then returns, so that the HTTP server's and the router's
+// memory of the request is freed while the connection lives. token is the
+// session's token, kept to check the session again later. It answers 503
 // while the server drains.
 func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session, token string) {
 	user := session.User
@@ -211,13 +230,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	if err != nil {
 		return // the upgrader answered the client
 	}
-	c := &Conn{
-		srv: s, ws: wsConn, user: user, session: session.ID, token: token,
-		send:      make(chan []byte, s.cfg.SendQueue),
-		closed:    make(chan struct{}),
-		positions: map[int64]*chatPosition{},
-		limiter:   newLimiter(s.cfg),
-	}
+	c := newConn(s, wsConn, session, token)
 	// Registered first: a logout or a chat change from now on reaches the
 	// connection, and the checks below see everything before.
 	if !s.add(c) {
@@ -226,17 +239,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		_ = wsConn.Close()
 		return
 	}
-	defer s.remove(c)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.writeLoop()
-	}()
-	defer func() {
-		c.Close(websocket.CloseNormalClosure, "")
-		c.end()
-		<-done
-	}()
+	c.schedulePing()
 
 	// Live messages of the chats to resume wait from the moment they are
 	// joined until their replay has been sent.
@@ -245,42 +248,66 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	err = s.check(ctx, c)
 	cancel()
 	if err != nil {
+		c.stop()
 		return
 	}
 	hello, err := json.Marshal(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: c.currentChats()})
 	if err != nil {
 		c.Close(protocol.CloseServerError, "internal error")
+		c.stop()
 		return
 	}
 	// hello goes out after Redis confirmed the subscriptions, and before
 	// any event: a client that loads history on hello misses nothing.
+	var expiry *time.Timer
 	if !session.ExpiresAt.IsZero() {
-		expiry := time.AfterFunc(time.Until(session.ExpiresAt), func() {
+		expiry = time.AfterFunc(time.Until(session.ExpiresAt), func() {
 			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
 		})
-		defer expiry.Stop()
 	}
 	if s.presence != nil {
 		s.presence.Connect(user.ID, user.Username)
-		defer s.presence.Disconnect(user.ID)
 	}
-	defer s.setView(c, nil)
 	c.start(hello)
+	var stopResume context.CancelFunc
+	var resumed chan struct{}
 	if len(resumeFrom) > 0 {
 		// The replay runs beside the reader, so the client's sends and
 		// pings are served meanwhile.
-		rctx, stopResume := context.WithCancel(s.base)
-		resumed := make(chan struct{})
+		var rctx context.Context
+		rctx, stopResume = context.WithCancel(s.base)
+		resumed = make(chan struct{})
 		go func() {
 			defer close(resumed)
 			c.resume(rctx, resumeFrom)
 		}()
-		defer func() {
+	}
+	// The reader is the connection's one lasting goroutine; it starts on a
+	// small stack, and cleans up when the connection ends.
+	go func() {
+		c.readLoop(s.base)
+		if stopResume != nil {
 			stopResume()
 			<-resumed
-		}()
-	}
-	c.readLoop(s.base)
+		}
+		s.setView(c, nil)
+		if s.presence != nil {
+			s.presence.Disconnect(user.ID)
+		}
+		if expiry != nil {
+			expiry.Stop()
+		}
+		c.stop()
+	}()
+}
+
+// stop ends the connection: it closes it (unless closing already), leaves
+// its chats, waits until the writer has closed the socket, and forgets it.
+func (c *Conn) stop() {
+	c.Close(websocket.CloseNormalClosure, "")
+	c.end()
+	<-c.ended
+	c.srv.remove(c)
 }
 
 // check brings a new connection up to date with the owners of the data:
