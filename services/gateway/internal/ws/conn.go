@@ -58,9 +58,6 @@ type Conn struct {
 	// started is set once hello is queued; events queued before it wait
 	// behind it (the writer starts with hello).
 	started atomic.Bool
-	// deadline is the write deadline currently set on the socket (unix
-	// nanoseconds); the writer alone uses it.
-	deadline int64
 
 	// posMu guards positions: per chat, what was delivered and whether a
 	// resume is replaying it.
@@ -300,6 +297,9 @@ func (c *Conn) write() {
 		c.qmu.Lock()
 		if c.closing {
 			rest := c.queue
+			if !c.started.Load() {
+				rest = nil // hello comes first, or nothing
+			}
 			c.queue = nil
 			c.qmu.Unlock()
 			c.finish(rest)
@@ -340,17 +340,11 @@ func (c *Conn) write() {
 	}
 }
 
-// writeFrame writes events as one text frame, newline-delimited. Every
-// write has a deadline between WriteTimeout/2 and WriteTimeout away: the
-// socket's deadline is moved only when less than half of it is left, which
-// spares resetting its timer on every frame.
+// writeFrame writes events as one text frame, newline-delimited, with the
+// write deadline.
 func (c *Conn) writeFrame(events [][]byte) error {
-	timeout := c.srv.cfg.WriteTimeout
-	if now := time.Now().UnixNano(); c.deadline-now < int64(timeout/2) {
-		c.deadline = now + int64(timeout)
-		if err := c.ws.SetWriteDeadline(time.Unix(0, c.deadline)); err != nil {
-			return err
-		}
+	if err := c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
+		return err
 	}
 	return c.writeEvents(events)
 }

@@ -1,0 +1,145 @@
+package ws
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/telemetry"
+	"github.com/communications/communications/libs/testenv"
+)
+
+// socketConn is a connection of s on a real websocket, and the client's
+// end of it.
+func socketConn(t *testing.T, s *Server) (*Conn, *websocket.Conn) {
+	t.Helper()
+	conns := make(chan *Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sock, err := s.upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		conns <- newConn(s, sock, busapi.Session{User: busapi.User{ID: 7}}, "")
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return <-conns, client
+}
+
+// readEvents reads frames until n events (newline-delimited) arrived.
+func readEvents(t *testing.T, client *websocket.Conn, n int) (events []string, frames int) {
+	t.Helper()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for len(events) < n {
+		_, b, err := client.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %d events: %v", len(events), err)
+		}
+		frames++
+		events = append(events, strings.Split(string(b), "\n")...)
+	}
+	return events, frames
+}
+
+// TestWriterRunsOnlyWhileQueued: events queued before hello go out behind
+// it, everything queued arrives in order (several events per frame when
+// they wait together), and no writer is left once the queue is empty.
+func TestWriterRunsOnlyWhileQueued(t *testing.T) {
+	t.Parallel()
+	s := NewServer(Config{SendQueue: 64}, noUpstream{}, &fakeHub{}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.cancel)
+	c, client := socketConn(t, s)
+	c.Deliver([]byte("early"))
+	c.start([]byte("hello"))
+	want := []string{"hello", "early"}
+	for round := range 3 {
+		for i := range 20 {
+			ev := fmt.Sprintf("%d-%d", round, i)
+			want = append(want, ev)
+			c.Deliver([]byte(ev))
+		}
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			c.qmu.Lock()
+			defer c.qmu.Unlock()
+			return !c.writing && len(c.queue) == 0
+		}, "a writer still runs with nothing queued")
+	}
+	got, frames := readEvents(t, client, len(want))
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	if frames > len(want) {
+		t.Errorf("%d frames for %d events", frames, len(want))
+	}
+	c.qmu.Lock()
+	kept := cap(c.queue)
+	c.qmu.Unlock()
+	if kept > keptQueue {
+		t.Errorf("an idle connection keeps a queue of %d slots, want at most %d", kept, keptQueue)
+	}
+}
+
+// TestCloseSendsQueuedThenCloseFrame: closing writes what is still queued,
+// then the close frame with the code, and closes the socket; a slow
+// consumer gets the close frame only.
+func TestCloseSendsQueuedThenCloseFrame(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		code int
+		want []string
+	}{
+		{name: "going away", code: protocol.CloseGoingAway, want: []string{"hello", "last words"}},
+		{name: "slow consumer", code: protocol.CloseSlowConsumer, want: []string{"hello"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := NewServer(Config{}, noUpstream{}, &fakeHub{}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+			t.Cleanup(s.cancel)
+			c, client := socketConn(t, s)
+			c.start([]byte("hello"))
+			if got, _ := readEvents(t, client, 1); !cmp.Equal([]string{"hello"}, got) {
+				t.Fatalf("first events %v, want hello", got)
+			}
+			c.qmu.Lock() // no writer takes it before the close
+			c.queue = append(c.queue, []byte("last words"))
+			c.qmu.Unlock()
+			c.Close(tc.code, "bye")
+			<-c.ended
+			got := []string{"hello"}
+			for {
+				_, b, err := client.ReadMessage()
+				if ce, ok := errors.AsType[*websocket.CloseError](err); ok {
+					if ce.Code != tc.code {
+						t.Errorf("close code %d, want %d", ce.Code, tc.code)
+					}
+					break
+				}
+				if err != nil {
+					t.Fatalf("read: %v, want a close frame", err)
+				}
+				got = append(got, strings.Split(string(b), "\n")...)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
