@@ -79,6 +79,12 @@ type Conn struct {
 	// ping sends a ping every Config.PingInterval (a timer, not a
 	// goroutine).
 	ping *time.Timer
+	// Set before the reader starts, for its cleanup: the timer that closes
+	// the connection when its session expires, and the replay of a resume
+	// (stopResume ends it, resumed is closed when it has).
+	expiry     *time.Timer
+	stopResume context.CancelFunc
+	resumed    chan struct{}
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -418,54 +424,55 @@ func (c *Conn) sendPing() {
 	c.schedulePing()
 }
 
-// readLoop reads frames until the connection fails or closes. Sends are
-// handled one after another, so one connection's messages are accepted in
-// the order they were sent.
-func (c *Conn) readLoop(ctx context.Context) {
-	cfg := c.srv.cfg
+// prepareRead sets the socket's read limit, read deadline and pong handler;
+// call it before the reader starts.
+func (c *Conn) prepareRead() {
+	pongWait := c.srv.cfg.PongWait
 	// Frames up to MaxFrameBytes are read; larger ones up to the hard limit
 	// get an error event and the connection stays open; beyond it gorilla
 	// closes the connection with 1009 (message too big).
 	c.ws.SetReadLimit(protocol.HardFrameLimit)
-	_ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+	_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	c.ws.SetPongHandler(func(string) error {
-		return c.ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+		return c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	})
-	for {
-		typ, frame, err := c.ws.ReadMessage()
-		if err != nil {
-			if errors.Is(err, websocket.ErrReadLimit) {
-				c.Close(websocket.CloseMessageTooBig, "frame too large")
-			} else {
-				c.Close(websocket.CloseNormalClosure, "")
-			}
-			return
+}
+
+// serveFrame handles what one read returned; false ends the reader.
+func (c *Conn) serveFrame(typ int, frame []byte, err error) bool {
+	ctx := c.srv.base
+	if err != nil {
+		if errors.Is(err, websocket.ErrReadLimit) {
+			c.Close(websocket.CloseMessageTooBig, "frame too large")
+		} else {
+			c.Close(websocket.CloseNormalClosure, "")
 		}
-		_ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
-		c.srv.metrics.framesIn.Inc()
-		if len(frame) > protocol.MaxFrameBytes {
-			c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeFrameTooLarge,
-				Message: "frame larger than 16 KiB; nothing in it was processed"})
-			continue
-		}
-		if typ != websocket.TextMessage {
-			c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeBadRequest, Message: "frames must be text"})
-			continue
-		}
-		events, err := protocol.SplitFrame(frame)
-		if err != nil {
-			c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeBadRequest, Message: err.Error()})
-			continue
-		}
-		for _, raw := range events {
-			if c.isClosed() {
-				// Closing (rate limited, logged out): the rest is not
-				// served.
-				break
-			}
-			c.handle(ctx, raw)
-		}
+		return false
 	}
+	_ = c.ws.SetReadDeadline(time.Now().Add(c.srv.cfg.PongWait))
+	c.srv.metrics.framesIn.Inc()
+	if len(frame) > protocol.MaxFrameBytes {
+		c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeFrameTooLarge,
+			Message: "frame larger than 16 KiB; nothing in it was processed"})
+		return true
+	}
+	if typ != websocket.TextMessage {
+		c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeBadRequest, Message: "frames must be text"})
+		return true
+	}
+	events, err := protocol.SplitFrame(frame)
+	if err != nil {
+		c.deliverJSON(protocol.Error{Type: protocol.TypeError, Code: protocol.CodeBadRequest, Message: err.Error()})
+		return true
+	}
+	for _, raw := range events {
+		if c.isClosed() {
+			// Closing (rate limited, logged out): the rest is not served.
+			break
+		}
+		c.handle(ctx, raw)
+	}
+	return true
 }
 
 func (c *Conn) handle(ctx context.Context, raw []byte) {

@@ -282,23 +282,42 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 			c.resume(rctx, resumeFrom)
 		}()
 	}
-	// The reader is the connection's one lasting goroutine; it starts on a
-	// small stack, and cleans up when the connection ends.
+	// The reader is the connection's one lasting goroutine. It reads frames
+	// until the connection fails or closes; sends are handled one after
+	// another, so one connection's messages are accepted in the order they
+	// were sent. While it waits for a frame, its stack holds only this loop
+	// and gorilla's read, which fit the smallest goroutine stack (2 KiB):
+	// the socket's read settings are made here before, the work on a frame
+	// happens in serveFrame, and the cleanup in stopReading.
+	c.expiry, c.stopResume, c.resumed = expiry, stopResume, resumed
+	c.prepareRead()
 	go func() {
-		c.readLoop(s.base)
-		if stopResume != nil {
-			stopResume()
-			<-resumed
+		for {
+			typ, frame, err := c.ws.ReadMessage()
+			if !c.serveFrame(typ, frame, err) {
+				break
+			}
 		}
-		s.setView(c, nil)
-		if s.presence != nil {
-			s.presence.Disconnect(user.ID)
-		}
-		if expiry != nil {
-			expiry.Stop()
-		}
-		c.stop()
+		c.stopReading()
 	}()
+}
+
+// stopReading cleans up after the reader: the replay, the view, presence,
+// the session's expiry, then the connection itself.
+func (c *Conn) stopReading() {
+	s := c.srv
+	if c.stopResume != nil {
+		c.stopResume()
+		<-c.resumed
+	}
+	s.setView(c, nil)
+	if s.presence != nil {
+		s.presence.Disconnect(c.user.ID)
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.stop()
 }
 
 // stop ends the connection: it closes it (unless closing already), leaves

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -142,4 +143,39 @@ func TestCloseSendsQueuedThenCloseFrame(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOneGoroutinePerIdleConnection: once Serve has set a connection up and
+// nothing is queued, the connection runs one goroutine, its reader.
+func TestOneGoroutinePerIdleConnection(t *testing.T) {
+	// Not parallel: it counts the process's goroutines.
+	s, _ := newLiveServer(t, nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
+	}))
+	t.Cleanup(srv.Close)
+	dial := func() *websocket.Conn {
+		t.Helper()
+		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		if got, _ := readEvents(t, client, 1); !strings.Contains(got[0], `"hello"`) {
+			t.Fatalf("first event %s, want hello", got[0])
+		}
+		return client
+	}
+	dial() // the test server's own goroutines start with the first one
+	testenv.Eventually(t, 5*time.Second, func() bool { return s.Count() == 1 }, "the first connection is not registered")
+	before := runtime.NumGoroutine() - 1
+	const n = 100
+	for range n {
+		dial()
+	}
+	testenv.EventuallyDescribe(t, 5*time.Second, func() bool {
+		return runtime.NumGoroutine()-before <= n+1
+	}, func() string {
+		return fmt.Sprintf("%d goroutines for %d idle connections, want one each", runtime.NumGoroutine()-before, n+1)
+	})
 }
