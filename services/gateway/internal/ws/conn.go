@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -439,8 +440,17 @@ func (c *Conn) prepareRead() {
 }
 
 // serveFrame handles what one read returned; false ends the reader.
-func (c *Conn) serveFrame(typ int, frame []byte, err error) bool {
+func (c *Conn) serveFrame(typ int, frame []byte, err error) (ok bool) {
 	ctx := c.srv.base
+	// The reader runs outside the HTTP server, which would have recovered
+	// a panic: a panic while serving a frame ends this connection only.
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.log.Error("panic serving a frame", "panic", r, "stack", string(debug.Stack()))
+			c.Close(protocol.CloseServerError, "internal error")
+			ok = false
+		}
+	}()
 	if err != nil {
 		if errors.Is(err, websocket.ErrReadLimit) {
 			c.Close(websocket.CloseMessageTooBig, "frame too large")

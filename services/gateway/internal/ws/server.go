@@ -240,6 +240,14 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		return
 	}
 	c.schedulePing()
+	// Until the reader takes the connection over, a failed setup (or a
+	// panic in it, which the HTTP server recovers from) ends it here.
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			c.stop()
+		}
+	}()
 
 	// Live messages of the chats to resume wait from the moment they are
 	// joined until their replay has been sent.
@@ -248,13 +256,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	err = s.check(ctx, c)
 	cancel()
 	if err != nil {
-		c.stop()
 		return
 	}
 	hello, err := json.Marshal(protocol.Hello{Type: protocol.TypeHello, UserID: user.ID, Username: user.Username, Chats: c.currentChats()})
 	if err != nil {
 		c.Close(protocol.CloseServerError, "internal error")
-		c.stop()
 		return
 	}
 	// hello goes out after Redis confirmed the subscriptions, and before
@@ -291,6 +297,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// happens in serveFrame, and the cleanup in stopReading.
 	c.expiry, c.stopResume, c.resumed = expiry, stopResume, resumed
 	c.prepareRead()
+	handedOff = true
 	go func() {
 		for {
 			typ, frame, err := c.ws.ReadMessage()

@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/libs/testenv"
+	"github.com/communications/communications/services/gateway/internal/hub"
 )
 
 // socketConn is a connection of s on a real websocket, and the client's
@@ -119,7 +121,14 @@ func TestCloseSendsQueuedThenCloseFrame(t *testing.T) {
 			if got, _ := readEvents(t, client, 1); !cmp.Equal([]string{"hello"}, got) {
 				t.Fatalf("first events %v, want hello", got)
 			}
-			c.qmu.Lock() // no writer takes it before the close
+			// The writer that sent hello may still be on its way out;
+			// once it is gone, nothing starts another before the close.
+			testenv.Eventually(t, 5*time.Second, func() bool {
+				c.qmu.Lock()
+				defer c.qmu.Unlock()
+				return !c.writing
+			}, "the writer of hello exits")
+			c.qmu.Lock()
 			c.queue = append(c.queue, []byte("last words"))
 			c.qmu.Unlock()
 			c.Close(tc.code, "bye")
@@ -178,4 +187,61 @@ func TestOneGoroutinePerIdleConnection(t *testing.T) {
 	}, func() string {
 		return fmt.Sprintf("%d goroutines for %d idle connections, want one each", runtime.NumGoroutine()-before, n+1)
 	})
+}
+
+// panicUpstream panics on a send, as a bug in a handler would.
+type panicUpstream struct{ noUpstream }
+
+func (panicUpstream) Send(context.Context, busapi.SendRequest) (busapi.SendResult, error) {
+	panic("a bug in the send path")
+}
+
+// TestPanicInAHandlerEndsOnlyItsConnection: the reader runs outside the
+// HTTP server, so a panic while serving a frame is recovered there: the
+// client gets a server-error close, the connection is forgotten, and the
+// gateway keeps serving others.
+func TestPanicInAHandlerEndsOnlyItsConnection(t *testing.T) {
+	t.Parallel()
+	s := NewServer(Config{}, panicUpstream{}, &fakeHub{joined: map[hub.Sink][]int64{}}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.cancel)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
+	}))
+	t.Cleanup(srv.Close)
+	dial := func() *websocket.Conn {
+		t.Helper()
+		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		if got, _ := readEvents(t, client, 1); !strings.Contains(got[0], `"hello"`) {
+			t.Fatalf("first event %s, want hello", got[0])
+		}
+		return client
+	}
+	bystander := dial()
+	victim := dial()
+	if err := victim.WriteMessage(websocket.TextMessage, []byte(`{"type":"send","id":"1","chat_id":1,"client_msg_id":"m1","text":"boom"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = victim.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, _, err := victim.ReadMessage()
+		if err == nil {
+			continue
+		}
+		ce, ok := errors.AsType[*websocket.CloseError](err)
+		if !ok || ce.Code != protocol.CloseServerError {
+			t.Fatalf("victim read %v, want close %d", err, protocol.CloseServerError)
+		}
+		break
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return s.Count() == 1 }, "the panicked connection is still registered")
+	if err := bystander.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":"p"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readEvents(t, bystander, 1); !strings.Contains(got[0], `"pong"`) {
+		t.Fatalf("bystander got %s, want pong", got[0])
+	}
 }
