@@ -1,5 +1,5 @@
 # The commands of the README, and lint on its own.
-.PHONY: run test bench lint
+.PHONY: run test bench baselines lint
 
 run:
 	./scripts/run
@@ -9,6 +9,9 @@ test:
 
 bench:
 	./scripts/bench
+
+baselines:
+	./scripts/baselines
 
 lint:
 	. scripts/lib.sh && ensure_go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$$STATICCHECK_VERSION" && \

@@ -4,6 +4,7 @@
 //
 //	loadgen -stack .state/run/stack.json fanout [-chats 100 -members 50 -rate 1000 -duration 30s]
 //	loadgen -stack .state/run/stack.json idle [-conns 15000]
+//	loadgen -gateways http://127.0.0.1:PORT -pids wsbroadcast=PID broadcast [-rooms 100 -members 50 -rate 1000]
 package main
 
 import (
@@ -43,7 +44,7 @@ func run(ctx context.Context, args []string) error {
 	password := fs.String("password", "loadgen-password", "password of the load generator's users")
 	tokens := fs.String("tokens", "", "file keeping the users' tokens between runs against the same stack (skips logins)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|idle [scenario flags]")
+		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|idle|broadcast [scenario flags]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -94,8 +95,27 @@ func run(ctx context.Context, args []string) error {
 		}
 		rep.WriteTable(os.Stdout)
 		return writeJSON(*jsonPath, rep)
+	case "broadcast":
+		// The fanout shape against plain broadcast servers (cmd/wsbroadcast)
+		// given with -gateways: the baseline for the gateway.
+		sf := flag.NewFlagSet("broadcast", flag.ContinueOnError)
+		cfg := scenario.BroadcastConfig{Target: target, Sources: *sources, Setup: *setup, Log: os.Stderr}
+		sf.IntVar(&cfg.Rooms, "rooms", 100, "rooms")
+		sf.IntVar(&cfg.Members, "members", 50, "websockets per room")
+		sf.Float64Var(&cfg.Rate, "rate", 1000, "sends a second over all rooms (open loop)")
+		sf.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to send")
+		sf.DurationVar(&cfg.Drain, "drain", 30*time.Second, "how long to wait at most for outstanding deliveries after sending")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		rep, err := scenario.RunBroadcast(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.WriteTable(os.Stdout)
+		return writeJSON(*jsonPath, rep)
 	}
-	return fmt.Errorf("unknown scenario %q: want fanout or idle", fs.Arg(0))
+	return fmt.Errorf("unknown scenario %q: want fanout, idle or broadcast", fs.Arg(0))
 }
 
 // loadTarget reads the stack file, or the gateways and pids flags.
