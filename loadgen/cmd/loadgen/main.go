@@ -42,6 +42,8 @@ func run(ctx context.Context, args []string) error {
 	setup := fs.Int("setup", 32, "registrations, logins, chat creations and dials at once")
 	password := fs.String("password", "loadgen-password", "password of the load generator's users")
 	tokens := fs.String("tokens", "", "file keeping the users' tokens between runs against the same stack (skips logins)")
+	subjectPrefix := fs.String("subject-prefix", "comms", "the services' NATS subject prefix (writer)")
+	redisPrefix := fs.String("redis-prefix", "comms", "the services' Redis key prefix (writer)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|idle [scenario flags]")
 		fs.PrintDefaults()
@@ -49,7 +51,7 @@ func run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	target, err := loadTarget(*stackPath, *gateways, *pids)
+	target, err := loadTarget(*stackPath, *gateways, *pids, *subjectPrefix, *redisPrefix)
 	if err != nil {
 		return err
 	}
@@ -94,23 +96,60 @@ func run(ctx context.Context, args []string) error {
 		}
 		rep.WriteTable(os.Stdout)
 		return writeJSON(*jsonPath, rep)
+	case "writer":
+		sf := flag.NewFlagSet("writer", flag.ContinueOnError)
+		cfg := scenario.WriterConfig{Target: target, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
+		sf.IntVar(&cfg.Chats, "chats", 100, "chats the messages go to")
+		sf.IntVar(&cfg.Backlog, "backlog", 200_000, "messages put into the stream while the writer is paused (-1: skip)")
+		sf.Float64Var(&cfg.Rate, "rate", 5000, "messages a second in the latency phase, open loop (-1: skip)")
+		sf.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long the latency phase publishes")
+		sf.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "how long to wait at most for the writer to store everything")
+		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		rep, err := scenario.RunWriter(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.WriteTable(os.Stdout)
+		return writeJSON(*jsonPath, rep)
+	case "history":
+		sf := flag.NewFlagSet("history", flag.ContinueOnError)
+		cfg := scenario.HistoryConfig{Target: target, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
+		sf.IntVar(&cfg.Messages, "messages", 1_000_000, "messages in the chat read (seeded once, kept)")
+		sf.IntVar(&cfg.Members, "members", 100, "users in the chat, whose tokens the requests use in turn")
+		sf.IntVar(&cfg.Limit, "limit", 50, "page size")
+		sf.Float64Var(&cfg.Rate, "rate", 1000, "requests a second, open loop")
+		sf.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long to send requests")
+		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		rep, err := scenario.RunHistory(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.WriteTable(os.Stdout)
+		return writeJSON(*jsonPath, rep)
 	}
-	return fmt.Errorf("unknown scenario %q: want fanout or idle", fs.Arg(0))
+	return fmt.Errorf("unknown scenario %q: want fanout, idle, writer, history, storm or slow", fs.Arg(0))
 }
 
 // loadTarget reads the stack file, or the gateways and pids flags.
-func loadTarget(stackPath, gateways, pids string) (scenario.Target, error) {
+func loadTarget(stackPath, gateways, pids, subjectPrefix, redisPrefix string) (scenario.Target, error) {
 	if stackPath != "" {
 		s, err := devstack.ReadStackFile(stackPath)
 		if err != nil {
 			return scenario.Target{}, err
 		}
-		return scenario.Target{Gateways: s.Gateways, Pids: s.Pids, Debug: s.Debug}, nil
+		return scenario.Target{Gateways: s.Gateways, Pids: s.Pids, Debug: s.Debug,
+			Postgres: s.Postgres, Redis: s.Redis, NATS: s.NATS, SubjectPrefix: subjectPrefix, RedisPrefix: redisPrefix}, nil
 	}
 	if gateways == "" {
 		return scenario.Target{}, errors.New("give -stack FILE, or -gateways with comma-separated URLs")
 	}
-	t := scenario.Target{Gateways: strings.Split(gateways, ","), Pids: map[string]int{}}
+	t := scenario.Target{Gateways: strings.Split(gateways, ","), Pids: map[string]int{}, SubjectPrefix: subjectPrefix, RedisPrefix: redisPrefix}
 	if pids != "" {
 		for kv := range strings.SplitSeq(pids, ",") {
 			name, v, ok := strings.Cut(kv, "=")
