@@ -182,30 +182,41 @@ func newDialers(sources int) dialers {
 // dial opens connection number i to gateway base with token and returns it
 // with the hello event read.
 func (d dialers) dial(ctx context.Context, i int, base, token string) (*websocket.Conn, error) {
+	c, _, err := d.dialQuery(ctx, i, base, "", token)
+	return c, err
+}
+
+// dialQuery opens connection number i to gateway base's /ws with the query
+// string query (such as resume=4:7) and token, reads the first frame, and
+// returns the connection with what followed hello in that frame.
+func (d dialers) dialQuery(ctx context.Context, i int, base, query, token string) (*websocket.Conn, []byte, error) {
 	u := "ws" + strings.TrimPrefix(base, "http") + "/ws"
+	if query != "" {
+		u += "?" + query
+	}
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+token)
 	c, resp, err := d[i%len(d)].DialContext(ctx, u, h)
 	if err != nil {
 		if resp != nil {
-			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", u, err, resp.StatusCode)
+			return nil, nil, fmt.Errorf("dial %s: %w (HTTP %d)", u, err, resp.StatusCode)
 		}
-		return nil, fmt.Errorf("dial %s: %w", u, err)
+		return nil, nil, fmt.Errorf("dial %s: %w", u, err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, b, err := c.ReadMessage()
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("read hello: %w", err)
+		return nil, nil, fmt.Errorf("read hello: %w", err)
 	}
-	first, _, _ := bytes.Cut(b, []byte("\n"))
+	first, rest, _ := bytes.Cut(b, []byte("\n"))
 	var hello protocol.Hello
 	if err := json.Unmarshal(first, &hello); err != nil || hello.Type != protocol.TypeHello {
 		c.Close()
-		return nil, fmt.Errorf("first event is not hello: %.100s", first)
+		return nil, nil, fmt.Errorf("first event is not hello: %.100s", first)
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	return c, nil
+	return c, rest, nil
 }
 
 // parallel runs f(i) for i in [0, n) on at most workers goroutines and

@@ -95,6 +95,9 @@ func processes(pids map[string]int, before, after procSnapshot) []Process {
 	names := slices.Sorted(maps.Keys(before))
 	for _, name := range names {
 		b, a := before[name], after[name]
+		if _, ok := after[name]; !ok {
+			continue // exited meanwhile (the storm's gateway)
+		}
 		pid := pids[name]
 		if name == loadgenName {
 			pid = os.Getpid()

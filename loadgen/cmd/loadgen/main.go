@@ -132,6 +132,30 @@ func run(ctx context.Context, args []string) error {
 		}
 		rep.WriteTable(os.Stdout)
 		return writeJSON(*jsonPath, rep)
+	case "storm":
+		sf := flag.NewFlagSet("storm", flag.ContinueOnError)
+		cfg := scenario.StormConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
+		sf.IntVar(&cfg.Clients, "clients", 10000, "websockets on the gateway killed (a multiple of chats x members)")
+		sf.IntVar(&cfg.Chats, "chats", 100, "chats of the clients")
+		sf.IntVar(&cfg.Members, "members", 50, "users per chat")
+		sf.IntVar(&cfg.Gateway, "gateway", 0, "index of the gateway killed")
+		sf.IntVar(&cfg.Resume, "resume", 1, "index of the gateway the clients resume on")
+		sf.Float64Var(&cfg.Rate, "rate", 100, "sends a second into the clients' chats, open loop, from the other gateway")
+		sf.DurationVar(&cfg.Before, "before", 3*time.Second, "sending before the kill")
+		sf.DurationVar(&cfg.After, "after", 2*time.Second, "sending after the last resume")
+		sf.DurationVar(&cfg.Jitter, "jitter", time.Second, "a client reconnects after a random delay up to this")
+		sf.DurationVar(&cfg.Timeout, "timeout", time.Minute, "clients not resumed by then count as not resumed")
+		sf.DurationVar(&cfg.Drain, "drain", 30*time.Second, "how long to wait at most for outstanding deliveries")
+		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		rep, err := scenario.RunStorm(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.WriteTable(os.Stdout)
+		return writeJSON(*jsonPath, rep)
 	}
 	return fmt.Errorf("unknown scenario %q: want fanout, idle, writer, history, storm or slow", fs.Arg(0))
 }
