@@ -129,17 +129,17 @@ type StormReport struct {
 	ReconnectAttempts int64 `json:"reconnect_attempts"`
 	// ReconnectErrors counts the failed attempts by cause (an HTTP status
 	// of the handshake, or a failed dial).
-	ReconnectErrors map[string]int64 `json:"reconnect_errors"`
-	Rate              float64          `json:"rate_per_second"`
-	Sends             int64            `json:"sends"`
-	Acks              int64            `json:"acks"`
-	Errors            map[string]int64 `json:"errors"`
-	Expected          int64            `json:"deliveries_expected"`
-	Received          int64            `json:"deliveries_received"`
-	Lost              int64            `json:"lost"`
-	UnackedDelivered  int64            `json:"unacked_delivered"`
-	Duplicated        int64            `json:"duplicated"`
-	OutOfOrder        int64            `json:"out_of_order"`
+	ReconnectErrors  map[string]int64 `json:"reconnect_errors"`
+	Rate             float64          `json:"rate_per_second"`
+	Sends            int64            `json:"sends"`
+	Acks             int64            `json:"acks"`
+	Errors           map[string]int64 `json:"errors"`
+	Expected         int64            `json:"deliveries_expected"`
+	Received         int64            `json:"deliveries_received"`
+	Lost             int64            `json:"lost"`
+	UnackedDelivered int64            `json:"unacked_delivered"`
+	Duplicated       int64            `json:"duplicated"`
+	OutOfOrder       int64            `json:"out_of_order"`
 	// Latency is from intended send to receipt, over the whole run.
 	Latency   Latency   `json:"latency"`
 	Processes []Process `json:"processes"`
