@@ -61,8 +61,8 @@ func run(ctx context.Context, args []string) error {
 	}
 	scenarioArgs := fs.Args()[1:]
 	switch fs.Arg(0) {
-	case "fanout":
-		sf := flag.NewFlagSet("fanout", flag.ContinueOnError)
+	case "fanout", "slow":
+		sf := flag.NewFlagSet(fs.Arg(0), flag.ContinueOnError)
 		cfg := scenario.FanoutConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
 		sf.IntVar(&cfg.Chats, "chats", 100, "chats")
 		sf.IntVar(&cfg.Members, "members", 50, "members per chat, one websocket each")
@@ -70,8 +70,20 @@ func run(ctx context.Context, args []string) error {
 		sf.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to send")
 		sf.DurationVar(&cfg.Drain, "drain", 30*time.Second, "how long to wait at most for outstanding deliveries after sending")
 		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
+		slow := 0.0
+		if fs.Arg(0) == "slow" {
+			sf.Float64Var(&slow, "slow", 0.01, "fraction of the connections that never read (in the second run)")
+		}
 		if err := sf.Parse(scenarioArgs); err != nil {
 			return err
+		}
+		if fs.Arg(0) == "slow" {
+			rep, err := scenario.RunSlow(ctx, cfg, slow)
+			if err != nil {
+				return err
+			}
+			rep.WriteTable(os.Stdout)
+			return writeJSON(*jsonPath, rep)
 		}
 		rep, err := scenario.RunFanout(ctx, cfg)
 		if err != nil {
