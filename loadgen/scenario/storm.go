@@ -3,7 +3,6 @@ package scenario
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -209,10 +208,8 @@ func events(frame []byte, ev *inbound, f func(ev *inbound)) error {
 		if len(line) == 0 {
 			continue
 		}
-		ev.Type, ev.Text, ev.Code, ev.ClientMsgID = ev.Type[:0], ev.Text[:0], ev.Code[:0], ev.ClientMsgID[:0]
-		ev.ChatID, ev.Seq = 0, 0
-		if err := json.Unmarshal(line, ev); err != nil {
-			return err
+		if !scanEvent(line, ev) {
+			return errUndecodable
 		}
 		f(ev)
 	}

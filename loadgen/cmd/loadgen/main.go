@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,6 +43,7 @@ func run(ctx context.Context, args []string) error {
 	setup := fs.Int("setup", 32, "registrations, logins, chat creations and dials at once")
 	password := fs.String("password", "loadgen-password", "password of the load generator's users")
 	tokens := fs.String("tokens", "", "file keeping the users' tokens between runs against the same stack (skips logins)")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	subjectPrefix := fs.String("subject-prefix", "comms", "the services' NATS subject prefix (writer)")
 	redisPrefix := fs.String("redis-prefix", "comms", "the services' Redis key prefix (writer)")
 	fs.Usage = func() {
@@ -58,6 +60,17 @@ func run(ctx context.Context, args []string) error {
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return errors.New("no scenario given")
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	scenarioArgs := fs.Args()[1:]
 	switch fs.Arg(0) {
