@@ -34,6 +34,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == scenario.IdleWorkerCommand {
+		// A worker started by the idle scenario's -procs.
+		return scenario.RunIdleWorker(ctx, os.Stdin, os.Stdout)
+	}
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	stackPath := fs.String("stack", "", "stack.json written by `devstack run` (gateways, debug URLs, pids)")
 	gateways := fs.String("gateways", "", "comma-separated gateway base URLs (instead of -stack)")
@@ -109,6 +113,7 @@ func run(ctx context.Context, args []string) error {
 		cfg := scenario.IdleConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
 		sf.IntVar(&cfg.Conns, "conns", 15000, "idle websockets")
 		sf.IntVar(&cfg.Gateway, "gateway", 0, "index of the gateway to connect to (0: the first)")
+		sf.IntVar(&cfg.Procs, "procs", 1, "processes holding the connections (this one and workers it starts), for more than one may hold")
 		sf.IntVar(&cfg.Users, "idle-users", 100, "users the connections belong to")
 		sf.DurationVar(&cfg.Settle, "settle", 10*time.Second, "how long the connections stay idle before measuring")
 		sf.StringVar(&cfg.UserPrefix, "users", "lg_idle", "username prefix (existing users are reused)")
