@@ -136,6 +136,7 @@ type StormReport struct {
 	Expected         int64            `json:"deliveries_expected"`
 	Received         int64            `json:"deliveries_received"`
 	Lost             int64            `json:"lost"`
+	DrainTimedOut    bool             `json:"drain_timed_out"`
 	UnackedDelivered int64            `json:"unacked_delivered"`
 	Duplicated       int64            `json:"duplicated"`
 	OutOfOrder       int64            `json:"out_of_order"`
@@ -474,8 +475,10 @@ func RunStorm(ctx context.Context, cfg StormConfig) (*StormReport, error) {
 	stopSending()
 	sends := <-sendDone
 	deadline := time.Now().Add(cfg.Drain)
+	rep.DrainTimedOut = true
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if r.acks.Load()+r.errorCount() >= sends && r.received.Load() >= r.expected.Load() {
+			rep.DrainTimedOut = false
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -601,7 +604,11 @@ func (rep *StormReport) WriteTable(w io.Writer) {
 	}
 	row("deliveries expected", rep.Expected)
 	row("deliveries received", rep.Received)
-	row("lost", rep.Lost)
+	if rep.DrainTimedOut {
+		row("lost", fmt.Sprintf("%d (the drain timed out: late ones count as lost)", rep.Lost))
+	} else {
+		row("lost", rep.Lost)
+	}
 	row("delivered without ack", rep.UnackedDelivered)
 	row("duplicated", rep.Duplicated)
 	row("out of order", rep.OutOfOrder)
