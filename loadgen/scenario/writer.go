@@ -251,7 +251,9 @@ func (r *writerRun) publish(prefix string, i int64, text []byte) (jetstream.PubA
 	}
 	msg := nats.NewMsg(r.subj.Message(r.chats[c].ID))
 	msg.Data = data
-	return r.js.PublishMsgAsync(msg, jetstream.WithMsgID(
+	// With 4,096 awaiting their ack, the next publish waits (up to a
+	// minute) rather than fail.
+	return r.js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute), jetstream.WithMsgID(
 		strconv.FormatInt(r.chats[c].ID, 10)+":"+strconv.FormatInt(r.senders[c].ID, 10)+":"+clientID))
 }
 
