@@ -316,16 +316,34 @@ func (r *stormRun) reconnect(ctx context.Context, c *stormClient) []byte {
 			c.ws.Store(ws)
 			return append([]byte{}, rest...)
 		}
-		cause := "dial_failed"
-		if msg := err.Error(); strings.Contains(msg, "(HTTP ") {
-			cause = "http_" + msg[strings.LastIndex(msg, "(HTTP ")+6:len(msg)-1]
-		}
+		cause := redialCause(err)
 		r.errMu.Lock()
 		r.redialErr[cause]++
 		r.errMu.Unlock()
 		wait = backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// redialCause names the cause of a failed reconnect for the report.
+func redialCause(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "(HTTP "); i >= 0 && strings.HasSuffix(msg, ")") {
+		return "http_" + msg[i+6:len(msg)-1]
+	}
+	for _, c := range []struct{ substr, cause string }{
+		{"read hello", "no_hello"},
+		{"connection refused", "refused"},
+		{"connection reset", "reset"},
+		{"cannot assign requested address", "no_local_port"},
+		{"timeout", "timeout"},
+		{"EOF", "eof"},
+	} {
+		if strings.Contains(msg, c.substr) {
+			return c.cause
+		}
+	}
+	return "dial_failed"
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
