@@ -625,5 +625,5 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 	row("gateway CPU us/delivery", fmt.Sprintf("%.2f", rep.GatewayCPUPerDeliveryUs))
 	row("server CPU us/delivery", fmt.Sprintf("%.2f", rep.ServerCPUPerDeliveryUs))
 	row("loadgen CPU us/delivery", fmt.Sprintf("%.2f", rep.LoadgenCPUPerDeliveryUs))
-	writeProcesses(w, rep.Processes, rep.Received, "delivery")
+	writeProcesses(w, rep.Processes, rep.Received)
 }

@@ -304,5 +304,5 @@ func (rep *HistoryReport) WriteTable(w io.Writer) {
 	}
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
-	writeProcesses(w, rep.Processes, rep.OK, "request")
+	writeProcessesPer(w, rep.Processes, rep.OK, "request")
 }

@@ -244,5 +244,5 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 	row("gateway goroutines after", rep.GoroutinesAfter)
 	row("goroutines/connection", fmt.Sprintf("%.2f", rep.GoroutinesPerConn))
 	row("loadgen RSS KiB/connection", fmt.Sprintf("%.2f", rep.LoadgenRSSPerConnKiB))
-	writeProcesses(w, rep.Processes, 0, "")
+	writeProcesses(w, rep.Processes, 0)
 }

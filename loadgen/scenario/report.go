@@ -147,7 +147,15 @@ func parseGoroutines(r io.Reader) (int64, error) {
 	return 0, fmt.Errorf("no go_goroutines in the metrics")
 }
 
-func writeProcesses(w io.Writer, procs []Process, delivered int64, unit string) {
+// writeProcesses writes the process table, with CPU per delivery when
+// delivered > 0.
+func writeProcesses(w io.Writer, procs []Process, delivered int64) {
+	writeProcessesPer(w, procs, delivered, "delivery")
+}
+
+// writeProcessesPer writes the process table, with CPU per unit (one of n)
+// when n > 0.
+func writeProcessesPer(w io.Writer, procs []Process, delivered int64, unit string) {
 	if len(procs) == 0 {
 		return
 	}

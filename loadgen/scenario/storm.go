@@ -631,5 +631,5 @@ func (rep *StormReport) WriteTable(w io.Writer) {
 	row("duplicated", rep.Duplicated)
 	row("out of order", rep.OutOfOrder)
 	row("latency ms p50/p99/max", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P99, rep.Latency.Max))
-	writeProcesses(w, rep.Processes, 0, "")
+	writeProcesses(w, rep.Processes, 0)
 }

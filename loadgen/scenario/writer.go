@@ -523,5 +523,5 @@ func (rep *WriterReport) WriteTable(w io.Writer) {
 		row("a publish error", rep.PublishError)
 	}
 	// CPU per stored message, both phases.
-	writeProcesses(w, rep.Processes, rep.BacklogStored+rep.Stored, "message")
+	writeProcessesPer(w, rep.Processes, rep.BacklogStored+rep.Stored, "message")
 }
