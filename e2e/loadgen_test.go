@@ -53,3 +53,90 @@ func TestLoadgenFanout(t *testing.T) {
 		t.Errorf("processes %+v: want the load generator's own row", rep.Processes)
 	}
 }
+
+// target is the stack as the load generator's scenarios see it.
+func (s *stack) target() scenario.Target {
+	return scenario.Target{Gateways: s.gateways, Postgres: s.postgresURL, NATS: s.natsURL, Redis: s.redisURL,
+		SubjectPrefix: s.prefix, RedisPrefix: s.redisPrefix}
+}
+
+// TestLoadgenWriter runs the writer scenario small: a backlog published
+// while the history writer's consumer is paused is stored once resumed,
+// and messages published at a rate are stored and fanned out; nothing is
+// lost or stored twice.
+func TestLoadgenWriter(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := scenario.RunWriter(ctx, scenario.WriterConfig{
+		Target: s.target(), Chats: 2, Backlog: 300, Rate: 100, Duration: time.Second, Timeout: time.Minute, Setup: 4,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.BacklogStored != 300 || rep.BacklogLost != 0 || rep.BacklogDuplicated != 0 || rep.BacklogPublishErrs != 0 {
+		t.Errorf("backlog: stored %d of 300, lost %d, duplicated %d, publish errors %d (%s)",
+			rep.BacklogStored, rep.BacklogLost, rep.BacklogDuplicated, rep.BacklogPublishErrs, rep.PublishError)
+	}
+	if rep.BacklogStoredPerS <= 0 {
+		t.Errorf("backlog stored at %v/s, want a rate", rep.BacklogStoredPerS)
+	}
+	if rep.Published != 100 || rep.Acked != 100 || rep.Stored != 100 || rep.Lost != 0 || rep.Duplicated != 0 {
+		t.Errorf("rate: published %d, acked %d, stored %d, lost %d, duplicated %d; want 100 acked and stored, none lost or twice",
+			rep.Published, rep.Acked, rep.Stored, rep.Lost, rep.Duplicated)
+	}
+	if rep.CommitLatency.Max <= 0 {
+		t.Errorf("accept to commit latency %+v: want recorded values", rep.CommitLatency)
+	}
+}
+
+// TestLoadgenHistory runs the history scenario small: a seeded chat's
+// pages come back full through the gateways' HTTP API.
+func TestLoadgenHistory(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := scenario.HistoryConfig{Target: s.target(), Messages: 500, Members: 3, Limit: 50, Rate: 50, Duration: time.Second, Setup: 3}
+	rep, err := scenario.RunHistory(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.SeededNow != 500 || rep.Requests != 50 || rep.OK != 50 || rep.ShortPages != 0 || len(rep.Errors) != 0 {
+		t.Errorf("seeded %d, requests %d, ok %d, short pages %d, errors %v; want 500 seeded and 50 full pages",
+			rep.SeededNow, rep.Requests, rep.OK, rep.ShortPages, rep.Errors)
+	}
+	if rep.Latency.Max <= 0 {
+		t.Errorf("latency %+v: want recorded values", rep.Latency)
+	}
+	// A second run finds the chat seeded.
+	if rep, err = scenario.RunHistory(ctx, cfg); err != nil || rep.SeededNow != 0 || rep.OK != 50 {
+		t.Errorf("second run: err %v, seeded %d, ok %d; want nothing seeded and 50 pages", err, rep.SeededNow, rep.OK)
+	}
+}
+
+// TestLoadgenSlow runs the slow scenario small: with a fifth of the
+// connections never reading, the others still get every message.
+func TestLoadgenSlow(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := scenario.RunSlow(ctx, scenario.FanoutConfig{
+		Target: s.target(), Chats: 2, Members: 5, Rate: 20, Duration: 2 * time.Second, Drain: 30 * time.Second, Sources: 2, Setup: 4,
+	}, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]*scenario.FanoutReport{"baseline": rep.Baseline, "with slow": rep.WithSlow} {
+		if r.Acks != r.Sends || r.Lost != 0 || r.Duplicated != 0 || r.OutOfOrder != 0 || r.Received != r.Expected {
+			t.Errorf("%s: acks %d of %d sends, lost %d, duplicated %d, out of order %d, received %d of %d",
+				name, r.Acks, r.Sends, r.Lost, r.Duplicated, r.OutOfOrder, r.Received, r.Expected)
+		}
+	}
+	if rep.WithSlow.SlowConnections != 2 || rep.WithSlow.Expected != rep.WithSlow.Sends*4 {
+		t.Errorf("slow connections %d, deliveries expected %d; want 2 slow and 4 readers per chat",
+			rep.WithSlow.SlowConnections, rep.WithSlow.Expected)
+	}
+}

@@ -48,6 +48,8 @@ type stack struct {
 	postgresURL string
 	natsURL     string
 	prefix      string // NATS subject prefix
+	redisURL    string
+	redisPrefix string
 	spans       *tracetest.InMemoryExporter
 	// stopGateway[i] sends gateway i the shutdown signal; gatewayDone[i]
 	// is closed when its Run has returned.
@@ -96,7 +98,8 @@ func startStack(t *testing.T) *stack {
 	pgURL := testenv.Postgres(t)
 	redisURL, redisPrefix := testenv.Redis(t)
 	ns := testenv.NATS(t)
-	s := &stack{postgresURL: pgURL, natsURL: ns.ClientURL(), prefix: testenv.SubjectPrefix(), spans: tracetest.NewInMemoryExporter()}
+	s := &stack{postgresURL: pgURL, natsURL: ns.ClientURL(), prefix: testenv.SubjectPrefix(), spans: tracetest.NewInMemoryExporter(),
+		redisURL: redisURL, redisPrefix: redisPrefix}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

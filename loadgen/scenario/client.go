@@ -42,12 +42,16 @@ func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.
 // do sends a JSON request to gateway i (mod the number of gateways) and
 // decodes a JSON answer into out.
 func (a *api) do(ctx context.Context, i int, method, path, token string, in, out any) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return err
+	var body io.Reader = http.NoBody
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
 	}
 	base := a.gateways[i%len(a.gateways)]
-	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return err
 	}
@@ -114,6 +118,44 @@ func (a *api) createChat(ctx context.Context, i int, token, name string, members
 	return out.Chat.ID, nil
 }
 
+// createChatFull creates a chat as the user of token with the given other
+// members and returns it with its members' ids.
+func (a *api) createChatFull(ctx context.Context, i int, token, name string, members []string) (protocol.Chat, error) {
+	var out struct {
+		Chat protocol.Chat `json:"chat"`
+	}
+	in := map[string]any{"name": name, "members": members}
+	err := a.do(ctx, i, http.MethodPost, "/api/v1/chats", token, in, &out)
+	return out.Chat, err
+}
+
+// chatNamed returns the chat called name among the chats of the user of
+// token, creating it with the given other members if there is none.
+func (a *api) chatNamed(ctx context.Context, token, name string, members []string) (protocol.Chat, error) {
+	c, err := a.createChatFull(ctx, 0, token, name, members)
+	var ae *apiError
+	if err == nil || !errors.As(err, &ae) || ae.Code != string(protocol.CodeNameTaken) {
+		return c, err
+	}
+	var list struct {
+		Chats []protocol.Chat `json:"chats"`
+	}
+	if err := a.do(ctx, 0, http.MethodGet, "/api/v1/chats", token, nil, &list); err != nil {
+		return c, err
+	}
+	for _, c := range list.Chats {
+		if strings.EqualFold(c.Name, name) {
+			if err := a.do(ctx, 0, http.MethodGet, fmt.Sprintf("/api/v1/chats/%d", c.ID), token, nil, &struct {
+				Chat *protocol.Chat `json:"chat"`
+			}{&c}); err != nil {
+				return c, err
+			}
+			return c, nil
+		}
+	}
+	return c, fmt.Errorf("chat %q exists but its creator is not in it", name)
+}
+
 // dialers open websockets from several loopback source addresses, so that
 // many connections to one gateway do not run out of ephemeral ports.
 type dialers []*websocket.Dialer
@@ -140,30 +182,41 @@ func newDialers(sources int) dialers {
 // dial opens connection number i to gateway base with token and returns it
 // with the hello event read.
 func (d dialers) dial(ctx context.Context, i int, base, token string) (*websocket.Conn, error) {
+	c, _, err := d.dialQuery(ctx, i, base, "", token)
+	return c, err
+}
+
+// dialQuery opens connection number i to gateway base's /ws with the query
+// string query (such as resume=4:7) and token, reads the first frame, and
+// returns the connection with what followed hello in that frame.
+func (d dialers) dialQuery(ctx context.Context, i int, base, query, token string) (*websocket.Conn, []byte, error) {
 	u := "ws" + strings.TrimPrefix(base, "http") + "/ws"
+	if query != "" {
+		u += "?" + query
+	}
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+token)
 	c, resp, err := d[i%len(d)].DialContext(ctx, u, h)
 	if err != nil {
 		if resp != nil {
-			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", u, err, resp.StatusCode)
+			return nil, nil, fmt.Errorf("dial %s: %w (HTTP %d)", u, err, resp.StatusCode)
 		}
-		return nil, fmt.Errorf("dial %s: %w", u, err)
+		return nil, nil, fmt.Errorf("dial %s: %w", u, err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, b, err := c.ReadMessage()
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("read hello: %w", err)
+		return nil, nil, fmt.Errorf("read hello: %w", err)
 	}
-	first, _, _ := bytes.Cut(b, []byte("\n"))
+	first, rest, _ := bytes.Cut(b, []byte("\n"))
 	var hello protocol.Hello
 	if err := json.Unmarshal(first, &hello); err != nil || hello.Type != protocol.TypeHello {
 		c.Close()
-		return nil, fmt.Errorf("first event is not hello: %.100s", first)
+		return nil, nil, fmt.Errorf("first event is not hello: %.100s", first)
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	return c, nil
+	return c, rest, nil
 }
 
 // parallel runs f(i) for i in [0, n) on at most workers goroutines and

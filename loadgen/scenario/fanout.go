@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/loadgen/procstat"
 	"github.com/communications/communications/loadgen/stamp"
 )
 
@@ -47,6 +49,10 @@ type FanoutConfig struct {
 	Log io.Writer
 	// TokenFile keeps the users' tokens between runs ("": none).
 	TokenFile string
+	// Slow is the fraction of connections that never read (0): spread
+	// evenly, never senders, left out of the delivery figures; at the end
+	// they read what they were sent to learn how the gateway closed them.
+	Slow float64
 }
 
 func (c *FanoutConfig) defaults() {
@@ -103,6 +109,9 @@ type FanoutReport struct {
 	Received int64            `json:"deliveries_received"`
 	// Lost counts (acknowledged send, member) pairs never received.
 	Lost int64 `json:"lost"`
+	// DrainTimedOut is set when the drain ended at its limit with
+	// deliveries outstanding: then "lost" may count late ones.
+	DrainTimedOut bool `json:"drain_timed_out"`
 	// UnackedDelivered counts deliveries of sends answered with an error
 	// (such as unavailable, whose outcome is unknown) or not at all: they
 	// were stored after all.
@@ -120,6 +129,19 @@ type FanoutReport struct {
 	GatewayCPUPerDeliveryUs float64 `json:"gateway_cpu_us_per_delivery"`
 	ServerCPUPerDeliveryUs  float64 `json:"server_cpu_us_per_delivery"`
 	LoadgenCPUPerDeliveryUs float64 `json:"loadgen_cpu_us_per_delivery"`
+	// SlowConnections never read; SlowClosed counts how the gateway
+	// closed them (by close code, "open" if it had not).
+	SlowConnections int              `json:"slow_connections,omitempty"`
+	SlowClosed      map[string]int64 `json:"slow_closed,omitempty"`
+	// GatewayRSSKiB holds each gateway's resident memory sampled every
+	// second while sending and draining.
+	GatewayRSSKiB map[string][]int64 `json:"gateway_rss_kib_samples"`
+}
+
+// isSlow reports whether connection k is one of the fraction slow that
+// never read: spread evenly over the connections.
+func isSlow(k int, slow float64) bool {
+	return slow > 0 && int(float64(k+1)*slow) > int(float64(k)*slow)
 }
 
 // latencyShards is the number of histograms receivers record into (each
@@ -165,6 +187,8 @@ type conn struct {
 	got bitset
 	// unexpected counts messages of other chats.
 	unexpected int64
+	// slow connections never read.
+	slow bool
 }
 
 // inbound is the part of a server event the load generator reads. Raw
@@ -224,9 +248,7 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 			if len(line) == 0 {
 				continue
 			}
-			ev.Type, ev.Text, ev.Code, ev.ClientMsgID = ev.Type[:0], ev.Text[:0], ev.Code[:0], ev.ClientMsgID[:0]
-			ev.ChatID, ev.Seq = 0, 0
-			if err := json.Unmarshal(line, &ev); err != nil {
+			if !scanEvent(line, &ev) {
 				r.countError("undecodable_event")
 				continue
 			}
@@ -316,8 +338,20 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fanout: chats: %w", err)
 	}
-	for _, id := range chatIDs {
-		r.members[id] = int64(cfg.Members)
+	slowConns := 0
+	for c, id := range chatIDs {
+		fast := 0
+		for m := range cfg.Members {
+			if isSlow(c*cfg.Members+m, cfg.Slow) {
+				slowConns++
+			} else {
+				fast++
+			}
+		}
+		if fast == 0 {
+			return nil, fmt.Errorf("fanout: every member of chat %d would be slow", c)
+		}
+		r.members[id] = int64(fast)
 	}
 
 	fmt.Fprintf(cfg.Log, "fanout: opening %d websockets ...\n", n)
@@ -337,8 +371,11 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		if err != nil {
 			return err
 		}
-		c := &conn{ws: ws, chatID: chatIDs[i/cfg.Members], chat: i / cfg.Members}
+		c := &conn{ws: ws, chatID: chatIDs[i/cfg.Members], chat: i / cfg.Members, slow: isSlow(i, cfg.Slow)}
 		conns[i] = c
+		if c.slow {
+			return nil
+		}
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
@@ -353,12 +390,16 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		n, time.Since(start).Round(time.Millisecond), cfg.Rate, cfg.Duration)
 
 	before := snapshot(cfg.Pids)
+	sampling := make(chan struct{})
+	samplesDone := make(chan map[string][]int64, 1)
+	go func() { samplesDone <- sampleGatewayRSS(cfg.Pids, sampling) }()
 	sends, sendWindow, err := r.send(ctx, conns, chatIDs)
 	if err != nil {
 		return nil, err
 	}
 	// Drain: wait for every acknowledged send's deliveries.
 	deadline := time.Now().Add(cfg.Drain)
+	drained := false
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		r.errMu.Lock()
 		var errs int64
@@ -367,11 +408,14 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		}
 		r.errMu.Unlock()
 		if r.acks.Load()+errs >= sends && r.received.Load() >= r.expected.Load() {
+			drained = true
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	after := snapshot(cfg.Pids)
+	close(sampling)
+	slowClosed := readSlow(conns)
 	for _, c := range conns {
 		c.ws.Close()
 	}
@@ -382,14 +426,23 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Connections: n, Sends: sends,
 		SendRate: float64(sends) / sendWindow.Seconds(), Acks: r.acks.Load(), Errors: r.errors,
 		Expected: r.expected.Load(), Received: r.received.Load(),
+		SlowConnections: slowConns, GatewayRSSKiB: <-samplesDone, DrainTimedOut: !drained,
 	}
-	got := make([]bitset, n)
-	chatOf := make([]int, n)
-	for k, c := range conns {
+	if slowConns > 0 {
+		rep.SlowClosed = slowClosed
+	}
+	var (
+		got    []bitset
+		chatOf []int
+	)
+	for _, c := range conns {
+		if c.slow {
+			continue
+		}
 		rep.Duplicated += c.tally.duplicated
 		rep.OutOfOrder += c.tally.outOfOrder
 		rep.OtherChats += c.unexpected
-		got[k], chatOf[k] = c.got, c.chat
+		got, chatOf = append(got, c.got), append(chatOf, c.chat)
 	}
 	acked := make([]bool, sends)
 	for i := range acked {
@@ -442,6 +495,9 @@ func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (i
 		}
 		chat := int(i % int64(cfg.Chats))
 		member := int(i/int64(cfg.Chats)) % cfg.Members
+		for conns[chat*cfg.Members+member].slow {
+			member = (member + 1) % cfg.Members
+		}
 		c := conns[chat*cfg.Members+member]
 		text = stamp.Append(text[:0], intended.UnixNano())
 		frame = append(frame[:0], `{"type":"send","chat_id":`...)
@@ -458,6 +514,69 @@ func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (i
 		}
 	}
 	return i, time.Since(start), nil
+}
+
+// sampleGatewayRSS samples the resident memory of the gateways in pids
+// every second until stop is closed.
+func sampleGatewayRSS(pids map[string]int, stop <-chan struct{}) map[string][]int64 {
+	out := map[string][]int64{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		for name, pid := range pids {
+			if strings.HasPrefix(name, "gateway") {
+				if v, err := procstat.Read("/proc", pid); err == nil {
+					out[name] = append(out[name], v.RSSKiB)
+				}
+			}
+		}
+		select {
+		case <-stop:
+			return out
+		case <-tick.C:
+		}
+	}
+}
+
+// readSlow reads, at the end, what the slow connections were sent, to
+// learn how the gateway closed them: by close code, or "open" when it had
+// not closed them within a few seconds.
+func readSlow(conns []*conn) map[string]int64 {
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		out = map[string]int64{}
+	)
+	for _, c := range conns {
+		if !c.slow {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+			var err error
+			for err == nil {
+				var rd io.Reader
+				if _, rd, err = c.ws.NextReader(); err == nil {
+					_, err = io.Copy(io.Discard, rd)
+				}
+			}
+			how := "open"
+			var ce *websocket.CloseError
+			switch {
+			case errors.As(err, &ce):
+				how = strconv.Itoa(ce.Code)
+			case !errors.Is(err, os.ErrDeadlineExceeded):
+				how = "reset"
+			}
+			mu.Lock()
+			out[how]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // ErrorCodes lists a report's error codes, sorted.
@@ -477,7 +596,11 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 	}
 	row("deliveries expected", rep.Expected)
 	row("deliveries received", rep.Received)
-	row("lost", rep.Lost)
+	if rep.DrainTimedOut {
+		row("lost", fmt.Sprintf("%d (the drain timed out: late ones count as lost)", rep.Lost))
+	} else {
+		row("lost", rep.Lost)
+	}
 	row("delivered without ack", rep.UnackedDelivered)
 	row("duplicated", rep.Duplicated)
 	row("out of order", rep.OutOfOrder)
@@ -486,6 +609,19 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 	}
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
+	if rep.SlowConnections > 0 {
+		row("slow connections", rep.SlowConnections)
+		for _, how := range ErrorCodes(rep.SlowClosed) {
+			row("slow ones closed "+how, rep.SlowClosed[how])
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(rep.GatewayRSSKiB)) {
+		s := rep.GatewayRSSKiB[name]
+		if len(s) > 0 {
+			row(name+" RSS MiB first/max/last", fmt.Sprintf("%.1f / %.1f / %.1f (%d samples)",
+				float64(s[0])/1024, float64(slices.Max(s))/1024, float64(s[len(s)-1])/1024, len(s)))
+		}
+	}
 	row("gateway CPU us/delivery", fmt.Sprintf("%.2f", rep.GatewayCPUPerDeliveryUs))
 	row("server CPU us/delivery", fmt.Sprintf("%.2f", rep.ServerCPUPerDeliveryUs))
 	row("loadgen CPU us/delivery", fmt.Sprintf("%.2f", rep.LoadgenCPUPerDeliveryUs))

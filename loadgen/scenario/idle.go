@@ -27,6 +27,10 @@ type IdleConfig struct {
 	Settle  time.Duration
 	Sources int // loopback source addresses 127.0.0.1..N (16)
 	Setup   int // logins and dials at once (32)
+	// Procs is the number of processes holding the connections (1): this
+	// one and Procs-1 workers it starts, for more connections than one
+	// process may have files open.
+	Procs int
 	// UserPrefix starts every username ("lg_idle"); Password is theirs.
 	UserPrefix, Password string
 	Log                  io.Writer
@@ -54,6 +58,9 @@ func (c *IdleConfig) defaults() {
 	if c.Setup == 0 {
 		c.Setup = 32
 	}
+	if c.Procs < 1 {
+		c.Procs = 1
+	}
 	if c.UserPrefix == "" {
 		c.UserPrefix = "lg_idle"
 	}
@@ -80,7 +87,8 @@ type IdleReport struct {
 	GoroutinesPerConn float64   `json:"gateway_goroutines_per_connection"`
 	Processes         []Process `json:"processes"`
 	// LoadgenRSSPerConnKiB is the load generator's own memory per
-	// connection (its reader goroutine and buffers).
+	// connection it holds (its reader goroutine and buffers); with workers,
+	// of the first process and its share.
 	LoadgenRSSPerConnKiB float64 `json:"loadgen_rss_per_connection_kib"`
 }
 
@@ -91,7 +99,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleReport, error) {
 	if cfg.Gateway < 0 || cfg.Gateway >= len(cfg.Gateways) {
 		return nil, fmt.Errorf("idle: no gateway %d", cfg.Gateway)
 	}
-	if err := ensureFiles(cfg.Conns); err != nil {
+	if err := ensureFiles(cfg.Conns - cfg.Conns/cfg.Procs*(cfg.Procs-1)); err != nil {
 		return nil, err
 	}
 	a := newAPI(cfg.Gateways[cfg.Gateway : cfg.Gateway+1])
@@ -122,10 +130,26 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleReport, error) {
 	}
 	before := snapshot(pids)
 
-	fmt.Fprintf(cfg.Log, "idle: opening %d websockets to %s ...\n", cfg.Conns, cfg.Gateways[cfg.Gateway])
-	d := newDialers(cfg.Sources)
-	conns := make([]*conn, cfg.Conns)
-	var readers sync.WaitGroup
+	fmt.Fprintf(cfg.Log, "idle: opening %d websockets to %s in %d processes ...\n", cfg.Conns, cfg.Gateways[cfg.Gateway], cfg.Procs)
+	// This process opens the first share; workers (this program again)
+	// open the others.
+	share := cfg.Conns / cfg.Procs
+	own := cfg.Conns - share*(cfg.Procs-1)
+	var workers []*idleWorker
+	defer func() {
+		for _, w := range workers {
+			w.stop()
+		}
+	}()
+	for k := 1; k < cfg.Procs; k++ {
+		w, err := startIdleWorker(ctx, IdleWorkerSpec{Gateway: cfg.Gateways[cfg.Gateway], Tokens: tokens,
+			From: own + (k-1)*share, N: share, Sources: cfg.Sources, Setup: cfg.Setup})
+		if err != nil {
+			return nil, fmt.Errorf("idle: worker %d: %w", k, err)
+		}
+		workers = append(workers, w)
+	}
+	conns, readers, err := openIdle(ctx, newDialers(cfg.Sources), cfg.Gateways[cfg.Gateway], tokens, 0, own, cfg.Setup)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -134,26 +158,13 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleReport, error) {
 		}
 		readers.Wait()
 	}()
-	err = parallel(ctx, cfg.Conns, cfg.Setup, func(ctx context.Context, i int) error {
-		ws, err := d.dial(ctx, i, cfg.Gateways[cfg.Gateway], tokens[i%cfg.Users])
-		if err != nil {
-			return err
-		}
-		conns[i] = &conn{ws: ws}
-		readers.Add(1)
-		go func() {
-			// Reading answers the gateway's pings; nothing else comes.
-			defer readers.Done()
-			for {
-				if _, _, err := ws.NextReader(); err != nil {
-					return
-				}
-			}
-		}()
-		return nil
-	})
 	if err != nil {
 		return nil, fmt.Errorf("idle: connections (%d open): %w%s", countOpen(conns), err, staleHint(cfg.TokenFile))
+	}
+	for k, w := range workers {
+		if err := w.ready(); err != nil {
+			return nil, fmt.Errorf("idle: worker %d: %w%s", k+1, err, staleHint(cfg.TokenFile))
+		}
 	}
 	fmt.Fprintf(cfg.Log, "idle: %d connections open; idle for %s ...\n", cfg.Conns, cfg.Settle)
 	select {
@@ -174,12 +185,41 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleReport, error) {
 		case cfg.GatewayName:
 			rep.RSSBeforeKiB, rep.RSSAfterKiB, rep.RSSPerConnKiB = p.RSSBeforeKiB, p.RSSAfterKiB, perConn
 		case loadgenName:
-			rep.LoadgenRSSPerConnKiB = perConn
+			// This process holds its own share only.
+			rep.LoadgenRSSPerConnKiB = float64(p.RSSAfterKiB-p.RSSBeforeKiB) / float64(own)
 		}
 	}
 	rep.GoroutinesPerConn = float64(rep.GoroutinesAfter-rep.GoroutinesBefore) / float64(cfg.Conns)
 	runtime.KeepAlive(conns)
 	return rep, nil
+}
+
+// openIdle opens connections from to from+n-1 to gateway base, connection
+// i as the user of tokens[i mod len(tokens)], each with a reader that only
+// answers pings. On error, conns holds those opened.
+func openIdle(ctx context.Context, d dialers, base string, tokens []string, from, n, setup int) ([]*conn, *sync.WaitGroup, error) {
+	conns := make([]*conn, n)
+	readers := &sync.WaitGroup{}
+	err := parallel(ctx, n, setup, func(ctx context.Context, k int) error {
+		i := from + k
+		ws, err := d.dial(ctx, i, base, tokens[i%len(tokens)])
+		if err != nil {
+			return err
+		}
+		conns[k] = &conn{ws: ws}
+		readers.Add(1)
+		go func() {
+			// Reading answers the gateway's pings; nothing else comes.
+			defer readers.Done()
+			for {
+				if _, _, err := ws.NextReader(); err != nil {
+					return
+				}
+			}
+		}()
+		return nil
+	})
+	return conns, readers, err
 }
 
 func countOpen(conns []*conn) int {

@@ -24,6 +24,27 @@ type Target struct {
 	// Debug maps process names to their debug servers' base URLs (for
 	// /metrics); may be empty.
 	Debug map[string]string
+	// Postgres, Redis and NATS are the infrastructure's URLs, needed by the
+	// scenarios that seed or publish behind the gateways (writer, history);
+	// may be empty otherwise.
+	Postgres, Redis, NATS string
+	// SubjectPrefix and RedisPrefix are the services' NATS subject prefix
+	// and Redis key prefix ("comms", the services' default, when empty).
+	SubjectPrefix, RedisPrefix string
+}
+
+func (t Target) subjectPrefix() string {
+	if t.SubjectPrefix == "" {
+		return "comms"
+	}
+	return t.SubjectPrefix
+}
+
+func (t Target) redisPrefix() string {
+	if t.RedisPrefix == "" {
+		return "comms"
+	}
+	return t.RedisPrefix
 }
 
 // Latency is a latency distribution in milliseconds.
@@ -74,6 +95,9 @@ func processes(pids map[string]int, before, after procSnapshot) []Process {
 	names := slices.Sorted(maps.Keys(before))
 	for _, name := range names {
 		b, a := before[name], after[name]
+		if _, ok := after[name]; !ok {
+			continue // exited meanwhile (the storm's gateway)
+		}
 		pid := pids[name]
 		if name == loadgenName {
 			pid = os.Getpid()
@@ -123,13 +147,21 @@ func parseGoroutines(r io.Reader) (int64, error) {
 	return 0, fmt.Errorf("no go_goroutines in the metrics")
 }
 
+// writeProcesses writes the process table, with CPU per delivery when
+// delivered > 0.
 func writeProcesses(w io.Writer, procs []Process, delivered int64) {
+	writeProcessesPer(w, procs, delivered, "delivery")
+}
+
+// writeProcessesPer writes the process table, with CPU per unit (one of n)
+// when n > 0.
+func writeProcessesPer(w io.Writer, procs []Process, delivered int64, unit string) {
 	if len(procs) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "\n%-12s %8s %10s %14s %14s", "process", "pid", "cpu s", "rss before MiB", "rss after MiB")
 	if delivered > 0 {
-		fmt.Fprintf(w, " %16s", "cpu us/delivery")
+		fmt.Fprintf(w, " %16s", "cpu us/"+unit)
 	}
 	fmt.Fprintln(w)
 	for _, p := range procs {

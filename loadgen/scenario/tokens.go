@@ -92,3 +92,24 @@ func staleHint(path string) string {
 	}
 	return " (if the stack's data was reset, delete the token file " + path + ")"
 }
+
+// setupUsers registers (if needed) and logs in the users prefix000000 to
+// prefix(n-1), using and filling the token file, and returns their names
+// and tokens.
+func (a *api) setupUsers(ctx context.Context, tokenFile, prefix, password string, n, setup int) (usernames, tokens []string, err error) {
+	cache, err := loadTokens(tokenFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	usernames, tokens = make([]string, n), make([]string, n)
+	err = parallel(ctx, n, setup, func(ctx context.Context, i int) error {
+		usernames[i] = fmt.Sprintf("%s%06d", prefix, i)
+		t, err := a.cachedUser(ctx, cache, i, usernames[i], password)
+		tokens[i] = t
+		return err
+	})
+	if err := errors.Join(err, cache.save()); err != nil {
+		return nil, nil, fmt.Errorf("users: %w", err)
+	}
+	return usernames, tokens, nil
+}

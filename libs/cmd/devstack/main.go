@@ -3,7 +3,8 @@
 // state under .state/run (or -state), builds and starts auth, chat, history
 // and two gateway replicas, writes their URLs and process ids to
 // stack.json in the state folder, prints them and stops everything on
-// Ctrl-C (the environment reaches every service, so GATEWAY_... and other
+// Ctrl-C (with -restart-gateways it starts a gateway that died again; the
+// environment reaches every service, so GATEWAY_... and other
 // settings may be given to it);
 // `devstack test` starts throwaway PostgreSQL and Redis servers under
 // .state/test and runs every module's tests against them. scripts/run and
@@ -40,10 +41,11 @@ func run(ctx context.Context, args []string) error {
 	switch args[0] {
 	case "run":
 		state := fs.String("state", filepath.Join(".state", "run"), "state folder (data, logs, stack.json), relative to -root")
+		restart := fs.Bool("restart-gateways", false, "start a gateway that exits again instead of stopping the stack (for the load generator's storm)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		return runStack(ctx, *root, *state, *natsBin)
+		return runStack(ctx, *root, *state, *natsBin, *restart)
 	case "test":
 		if err := fs.Parse(args[1:]); err != nil {
 			return err

@@ -22,11 +22,15 @@ type service struct {
 	env       map[string]string
 	debugPort int
 	proc      *devstack.Process
+	log       *os.File
 }
 
 // runStack runs the stack with its state (data, logs, stack.json) in
 // stateDir, relative to root unless absolute.
-func runStack(ctx context.Context, root, stateDir, natsBin string) error {
+// With restartGateways, a gateway that exits (the load generator's storm
+// scenario kills one) is started again on the same ports and stack.json
+// gets its new process id; otherwise any service exiting stops the stack.
+func runStack(ctx context.Context, root, stateDir, natsBin string, restartGateways bool) error {
 	root, err := filepath.Abs(root)
 	if err != nil {
 		return err
@@ -137,25 +141,33 @@ func runStack(ctx context.Context, root, stateDir, natsBin string) error {
 			}
 		}
 	}()
+	start := func(s *service) error {
+		cmd := exec.Command(filepath.Join(bin, s.pkg))
+		cmd.Env = os.Environ()
+		for k, v := range s.env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		p, err := devstack.Start(s.name, cmd, syscall.SIGTERM, s.log)
+		if err != nil {
+			return err
+		}
+		s.proc = p
+		go func() {
+			<-p.Done()
+			exited <- s
+		}()
+		return nil
+	}
 	for _, s := range services {
 		f, err := logFile(s.name)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		cmd := exec.Command(filepath.Join(bin, s.pkg))
-		cmd.Env = os.Environ()
-		for k, v := range s.env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		s.proc, err = devstack.Start(s.name, cmd, syscall.SIGTERM, f)
-		if err != nil {
+		s.log = f
+		if err := start(s); err != nil {
 			return err
 		}
-		go func(s *service) {
-			<-s.proc.Done()
-			exited <- s
-		}(s)
 	}
 	for _, s := range services {
 		if err := waitReady(ctx, s, logs, exited); err != nil {
@@ -198,18 +210,34 @@ Press Ctrl-C to stop everything.
 `, ports[3], ports[4], ports[3], ports[4], pgURL, rd.URL(), nt.URL(), nt.MonitorPort,
 		ports[0], ports[1], ports[2], ports[5], ports[6], logs, state, stackPath)
 
-	select {
-	case <-ctx.Done():
-		fmt.Println("\nstopping ...")
-		return nil
-	case s := <-exited:
-		return fmt.Errorf("%s exited unexpectedly (%v); see %s", s.name, s.proc.Err(), filepath.Join(logs, s.name+".log"))
-	case <-pg.Done():
-		return fmt.Errorf("postgres exited unexpectedly; see %s", filepath.Join(logs, "postgres.log"))
-	case <-rd.Done():
-		return fmt.Errorf("redis exited unexpectedly; see %s", filepath.Join(logs, "redis.log"))
-	case <-nt.Done():
-		return fmt.Errorf("nats exited unexpectedly; see %s", filepath.Join(logs, "nats.log"))
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println("\nstopping ...")
+			return nil
+		case s := <-exited:
+			if !restartGateways || s.pkg != "gateway" {
+				return fmt.Errorf("%s exited unexpectedly (%v); see %s", s.name, s.proc.Err(), filepath.Join(logs, s.name+".log"))
+			}
+			fmt.Printf("%s exited (%v); starting it again\n", s.name, s.proc.Err())
+			if err := start(s); err != nil {
+				return err
+			}
+			if err := waitReady(ctx, s, logs, exited); err != nil {
+				return err
+			}
+			stackFile.Pids[s.name] = s.proc.Pid()
+			if err := devstack.WriteStackFile(stackPath, stackFile); err != nil {
+				return err
+			}
+			fmt.Printf("%s running again (pid %d)\n", s.name, s.proc.Pid())
+		case <-pg.Done():
+			return fmt.Errorf("postgres exited unexpectedly; see %s", filepath.Join(logs, "postgres.log"))
+		case <-rd.Done():
+			return fmt.Errorf("redis exited unexpectedly; see %s", filepath.Join(logs, "redis.log"))
+		case <-nt.Done():
+			return fmt.Errorf("nats exited unexpectedly; see %s", filepath.Join(logs, "nats.log"))
+		}
 	}
 }
 
