@@ -140,9 +140,7 @@ func (r *broadcastRun) read(c *conn, sh *shard) {
 			if len(line) == 0 {
 				continue
 			}
-			ev.Type, ev.Text, ev.Code, ev.ClientMsgID = ev.Type[:0], ev.Text[:0], ev.Code[:0], ev.ClientMsgID[:0]
-			ev.ChatID, ev.Seq = 0, 0
-			if err := json.Unmarshal(line, &ev); err != nil {
+			if !scanEvent(line, &ev) {
 				r.undecoded.Add(1)
 				continue
 			}
