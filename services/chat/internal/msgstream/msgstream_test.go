@@ -3,6 +3,7 @@ package msgstream
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -31,7 +32,7 @@ func TestPublish(t *testing.T) {
 	// Declaring twice (a restart, a second replica) is harmless.
 	var s *Stream
 	for range 2 {
-		if s, err = Ensure(ctx, nc, subj, Config{}); err != nil {
+		if s, err = Ensure(ctx, nc, subj, Config{}, slog.New(slog.DiscardHandler)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -44,8 +45,10 @@ func TestPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := st.CachedInfo().Config
-	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew {
-		t.Errorf("stream config storage=%v retention=%v discard=%v, want file, work queue, discard new", cfg.Storage, cfg.Retention, cfg.Discard)
+	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.LimitsPolicy || cfg.Discard != jetstream.DiscardNew ||
+		cfg.MaxAge != 0 || cfg.MaxMsgs != -1 || cfg.MaxMsgsPerSubject != -1 {
+		t.Errorf("stream config storage=%v retention=%v discard=%v max age=%v max msgs=%d per subject=%d, want file, limits, discard new, no age or count limit",
+			cfg.Storage, cfg.Retention, cfg.Discard, cfg.MaxAge, cfg.MaxMsgs, cfg.MaxMsgsPerSubject)
 	}
 
 	m := chats.Message{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: time.Unix(100, 0).UTC()}
@@ -87,5 +90,46 @@ func TestPublish(t *testing.T) {
 	want := busapi.StreamMessage{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: m.AcceptedAt}
 	if sm != want {
 		t.Errorf("payload = %+v, want %+v", sm, want)
+	}
+}
+
+// A stream an earlier version declared as a work queue cannot change its
+// retention: Ensure keeps it as it is, and publishing works.
+func TestEnsureKeepsAWorkQueueStream(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := StreamConfig(subj, Config{})
+	old.Retention = jetstream.WorkQueuePolicy
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Ensure(ctx, nc, subj, Config{MaxBytes: 2 << 30}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("ensure over a work-queue stream: %v", err)
+	}
+	st, err := js.Stream(ctx, subj.MessagesStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := st.CachedInfo().Config; cfg.Retention != jetstream.WorkQueuePolicy || cfg.MaxBytes != 2<<30 {
+		t.Errorf("retention=%v max bytes=%d, want the work queue kept and its other settings updated", cfg.Retention, cfg.MaxBytes)
+	}
+	m := chats.Message{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: time.Unix(100, 0).UTC()}
+	if dup, err := s.Publish(ctx, m); err != nil || dup {
+		t.Fatalf("publish: duplicate=%v err=%v", dup, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -134,7 +135,7 @@ func start(t *testing.T, noAuth bool) *harness {
 
 	tp := sdktrace.NewTracerProvider()
 	service := connect("chat")
-	stream, err := msgstream.Ensure(ctx, service, subj, msgstream.Config{})
+	stream, err := msgstream.Ensure(ctx, service, subj, msgstream.Config{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
