@@ -37,29 +37,37 @@ type Config struct {
 	// message id. The history writer's unique key holds beyond it.
 	// Default 2 minutes.
 	DuplicateWindow time.Duration
-	// MaxBatch is the most messages published as one atomic batch.
-	// Default 100 (nats-server allows 1000).
+	// MaxBatch is the most messages published together. Default 100
+	// (nats-server allows 1000 in an atomic batch).
 	MaxBatch int
+	// AtomicMin is the fewest messages published as one atomic batch;
+	// fewer are published one by one, pipelined. nats-server stages an
+	// atomic batch in a store of its own, which costs about as much as
+	// several fsyncs. Default 16.
+	AtomicMin int
 	// PublishTimeout bounds the publish of one batch. Default 5s.
 	PublishTimeout time.Duration
 }
 
 // Stream publishes accepted messages.
 //
-// Sends that arrive while a publish is in flight are published together as
-// one atomic batch (ADR-50: Nats-Batch-Id, Nats-Batch-Sequence, and
-// Nats-Batch-Commit on the last), which nats-server stores with one fsync
-// and acknowledges once, after the fsync. Batches go out one at a time, in
-// arrival order, so a sender's messages keep their order (a sender's next
-// send arrives only after the previous one was answered). A batch the
-// stream refuses as a whole (one of its message ids is a duplicate, say) is
-// published again one message at a time, which tells each message apart.
+// Sends that arrive while a publish is in flight are published together:
+// pipelined (every message sent, then every acknowledgement awaited), and
+// from Config.AtomicMin messages on as one atomic batch (ADR-50:
+// Nats-Batch-Id, Nats-Batch-Sequence, and Nats-Batch-Commit on the last),
+// which nats-server stores with one fsync and acknowledges once, after the
+// fsync. Batches go out one at a time, in arrival order, so a sender's
+// messages keep their order (a sender's next send arrives only after the
+// previous one was answered). An atomic batch the stream refuses as a whole
+// (one of its message ids is a duplicate, say) is published again one
+// message at a time, which tells each message apart.
 type Stream struct {
-	js       jetstream.JetStream
-	nc       *nats.Conn
-	subj     subjects.Subjects
-	maxBatch int
-	timeout  time.Duration
+	js        jetstream.JetStream
+	nc        *nats.Conn
+	subj      subjects.Subjects
+	maxBatch  int
+	atomicMin int
+	timeout   time.Duration
 
 	mu    sync.Mutex
 	queue []*pending
@@ -107,10 +115,13 @@ func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Conf
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 100
 	}
+	if cfg.AtomicMin <= 1 {
+		cfg.AtomicMin = 16
+	}
 	if cfg.PublishTimeout <= 0 {
 		cfg.PublishTimeout = 5 * time.Second
 	}
-	return &Stream{js: js, nc: nc, subj: subj, maxBatch: cfg.MaxBatch, timeout: cfg.PublishTimeout}, nil
+	return &Stream{js: js, nc: nc, subj: subj, maxBatch: cfg.MaxBatch, atomicMin: cfg.AtomicMin, timeout: cfg.PublishTimeout}, nil
 }
 
 // StreamConfig returns the configuration Ensure declares (for a new stream).
@@ -231,7 +242,7 @@ func (s *Stream) publish(batch []*pending) {
 			close(p.done)
 		}
 	}()
-	if len(batch) > 1 {
+	if len(batch) >= s.atomicMin {
 		err := s.publishAtomic(ctx, batch)
 		var apiErr *jetstream.APIError
 		if !errors.As(err, &apiErr) {
@@ -242,20 +253,30 @@ func (s *Stream) publish(batch []*pending) {
 			}
 			return
 		}
-		// Refused as a whole, nothing of it stored: one at a time.
+		// Refused as a whole, nothing of it stored: one by one.
 		for _, p := range batch {
 			for _, h := range []string{batchIDHeader, batchSeqHeader, batchCommitHeader} {
 				p.msg.Header.Del(h)
 			}
 		}
 	}
-	for _, p := range batch {
-		ack, err := s.js.PublishMsg(ctx, p.msg)
-		if err != nil {
-			p.err = err
+	// One publish per message, all sent before the first acknowledgement
+	// is awaited; the stream stores them in this order.
+	futures := make([]jetstream.PubAckFuture, len(batch))
+	for i, p := range batch {
+		futures[i], p.err = s.js.PublishMsgAsync(p.msg)
+	}
+	for i, p := range batch {
+		if futures[i] == nil {
 			continue
 		}
-		p.dup = ack.Duplicate
+		select {
+		case ack := <-futures[i].Ok():
+			p.dup = ack.Duplicate
+		case p.err = <-futures[i].Err():
+		case <-ctx.Done():
+			p.err = ctx.Err()
+		}
 	}
 }
 

@@ -146,7 +146,7 @@ type streamEnv struct {
 	subj subjects.Subjects
 }
 
-func newStreamEnv(t *testing.T) streamEnv {
+func newStreamEnv(t *testing.T, cfg Config) streamEnv {
 	t.Helper()
 	ns := testenv.NATS(t)
 	nc, err := nats.Connect(ns.ClientURL())
@@ -158,7 +158,7 @@ func newStreamEnv(t *testing.T) streamEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Ensure(context.Background(), nc, subj, Config{}, slog.New(slog.DiscardHandler))
+	s, err := Ensure(context.Background(), nc, subj, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,10 +249,11 @@ func keys(msgs ...chats.Message) []string {
 	return out
 }
 
-// Sends queued together are stored as one atomic batch in their order, each
-// once; a message id already in the stream, or twice in one batch, makes
-// the stream refuse the batch, which is then published one message at a
-// time: each retry is reported a duplicate and nothing is stored twice.
+// Sends queued together are stored in their order, each once: pipelined, or
+// from AtomicMin on as one atomic batch; a message id already in the stream,
+// or twice in one batch, makes the stream refuse an atomic batch, which is
+// then published one message at a time. Either way each retry is reported a
+// duplicate and nothing is stored twice.
 func TestPublishBatches(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -261,7 +262,7 @@ func TestPublishBatches(t *testing.T) {
 		batch    []chats.Message
 		wantDups []bool
 		want     []chats.Message // the stream's messages at the end
-		atomic   bool            // the batch was stored as one
+		atomic   bool            // the batch is stored as one when it may
 	}{
 		{
 			name:     "new messages",
@@ -285,29 +286,35 @@ func TestPublishBatches(t *testing.T) {
 		},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			e := newStreamEnv(t)
-			for _, m := range tc.before {
-				if _, err := e.s.Publish(context.Background(), m); err != nil {
-					t.Fatal(err)
+		for _, atomic := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/atomic=%v", tc.name, atomic), func(t *testing.T) {
+				t.Parallel()
+				cfg := Config{AtomicMin: 100}
+				if atomic {
+					cfg.AtomicMin = 2
 				}
-			}
-			if diff := cmp.Diff(tc.wantDups, e.publishAsOneBatch(t, tc.batch)); diff != "" {
-				t.Errorf("duplicate flags (-want +got):\n%s", diff)
-			}
-			got, batches := e.stored(t)
-			if diff := cmp.Diff(keys(tc.want...), got); diff != "" {
-				t.Errorf("stream (-want +got):\n%s", diff)
-			}
-			fromBatch := batches[len(tc.before):]
-			for _, b := range fromBatch {
-				if one := b != "" && b == fromBatch[0]; one != tc.atomic {
-					t.Errorf("stored in batches %q, want one atomic batch: %v", fromBatch, tc.atomic)
-					break
+				e := newStreamEnv(t, cfg)
+				for _, m := range tc.before {
+					if _, err := e.s.Publish(context.Background(), m); err != nil {
+						t.Fatal(err)
+					}
 				}
-			}
-		})
+				if diff := cmp.Diff(tc.wantDups, e.publishAsOneBatch(t, tc.batch)); diff != "" {
+					t.Errorf("duplicate flags (-want +got):\n%s", diff)
+				}
+				got, batches := e.stored(t)
+				if diff := cmp.Diff(keys(tc.want...), got); diff != "" {
+					t.Errorf("stream (-want +got):\n%s", diff)
+				}
+				fromBatch := batches[len(tc.before):]
+				for _, b := range fromBatch {
+					if one := b != "" && b == fromBatch[0]; one != (atomic && tc.atomic) {
+						t.Errorf("stored in batches %q, want one atomic batch: %v", fromBatch, atomic && tc.atomic)
+						break
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -315,7 +322,15 @@ func TestPublishBatches(t *testing.T) {
 // does: every message is stored once and each sender's in its order.
 func TestPublishConcurrentSendersKeepTheirOrder(t *testing.T) {
 	t.Parallel()
-	e := newStreamEnv(t)
+	for _, atomicMin := range []int{2, 1000} {
+		t.Run(fmt.Sprintf("atomic from %d", atomicMin), func(t *testing.T) {
+			t.Parallel()
+			testConcurrentSenders(t, newStreamEnv(t, Config{AtomicMin: atomicMin, MaxBatch: 1000}), atomicMin == 2)
+		})
+	}
+}
+
+func testConcurrentSenders(t *testing.T, e streamEnv, wantAtomic bool) {
 	const senders, each = 20, 15
 	var wg sync.WaitGroup
 	for s := range senders {
@@ -331,8 +346,8 @@ func TestPublishConcurrentSendersKeepTheirOrder(t *testing.T) {
 	}
 	wg.Wait()
 	got, batches := e.stored(t)
-	if !slices.ContainsFunc(batches, func(b string) bool { return b != "" }) {
-		t.Errorf("none of %d messages was stored in a batch: concurrent sends were not batched", len(got))
+	if atomic := slices.ContainsFunc(batches, func(b string) bool { return b != "" }); atomic != wantAtomic {
+		t.Errorf("stored in atomic batches: %v, want %v", atomic, wantAtomic)
 	}
 	if len(got) != senders*each {
 		t.Fatalf("stream holds %d messages, want %d", len(got), senders*each)
