@@ -286,7 +286,7 @@ func TestFaultGatewayKill(t *testing.T) {
 // one same offset (every message of the test goes to one chat, and the
 // stream keeps a message once).
 func TestFaultHistoryWriterKill(t *testing.T) {
-	sc := newScenario(t, stackOptions{env: map[string]string{"HISTORY_BATCH_WAIT": "100ms", "HISTORY_BATCH_LINGER": "100ms"}}, 8, 10*time.Millisecond)
+	sc := newScenario(t, stackOptions{env: map[string]string{"HISTORY_BATCH_WAIT": "100ms"}}, 8, 10*time.Millisecond)
 	writers := []string{"history-1", "history-2"}
 	var killed string
 	var held pending

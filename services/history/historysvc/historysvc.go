@@ -44,7 +44,6 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
 	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
 	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"20ms"`
-	BatchLinger     time.Duration `env:"BATCH_LINGER" envDefault:"5ms"`
 	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"10s"`
 	PinnedTTL       time.Duration `env:"PINNED_TTL" envDefault:"5s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
@@ -79,9 +78,6 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchWait < time.Millisecond || c.BatchWait > 10*time.Second {
 		errs = append(errs, errors.New("BATCH_WAIT must be 1ms to 10s"))
-	}
-	if c.BatchLinger < time.Millisecond || c.BatchLinger > c.BatchWait {
-		errs = append(errs, errors.New("BATCH_LINGER must be 1ms to BATCH_WAIT"))
 	}
 	if c.PinnedTTL < 100*time.Millisecond {
 		errs = append(errs, errors.New("PINNED_TTL must be at least 100ms"))
@@ -143,7 +139,6 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		Consumer:  subj.HistoryWriterConsumer(),
 		BatchSize: cfg.BatchSize,
 		BatchWait: cfg.BatchWait,
-		Linger:    cfg.BatchLinger,
 		AckWait:   cfg.AckWait,
 		PinnedTTL: cfg.PinnedTTL,
 	}, log, tel.TracerProvider, tel.Registry)

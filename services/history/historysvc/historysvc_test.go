@@ -39,7 +39,6 @@ func TestConfigValidate(t *testing.T) {
 		{name: "redis prefix with a space", env: map[string]string{"HISTORY_REDIS_PREFIX": "a b"}, wantErr: "REDIS_PREFIX"},
 		{name: "batch too large", env: map[string]string{"HISTORY_BATCH_SIZE": "100000"}, wantErr: "BATCH_SIZE"},
 		{name: "no batch wait", env: map[string]string{"HISTORY_BATCH_WAIT": "0s"}, wantErr: "BATCH_WAIT"},
-		{name: "linger over the batch wait", env: map[string]string{"HISTORY_BATCH_LINGER": "30ms"}, wantErr: "BATCH_LINGER"},
 		{name: "short ack wait", env: map[string]string{"HISTORY_ACK_WAIT": "100ms"}, wantErr: "ACK_WAIT"},
 		{name: "no timeout", env: map[string]string{"HISTORY_REQUEST_TIMEOUT": "0s"}, wantErr: "REQUEST_TIMEOUT"},
 	}
@@ -55,7 +54,7 @@ func TestConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("load: %v", err)
 				}
-				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.BatchLinger != 5*time.Millisecond || cfg.AckWait != 10*time.Second || cfg.RedisPrefix != "comms" {
+				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.AckWait != 10*time.Second || cfg.RedisPrefix != "comms" {
 					t.Errorf("defaults not applied: %+v", cfg)
 				}
 				return

@@ -73,12 +73,9 @@ type Config struct {
 	// 500.
 	BatchSize int
 	// BatchWait is the longest a fetch waits for the first message of a
-	// batch (an idle writer pulls this often). Default 20ms.
+	// batch; the rest of a batch is what the stream holds by then. Default
+	// 20ms.
 	BatchWait time.Duration
-	// Linger is how long, after the first message of a batch, the writer
-	// waits for more before storing the batch (less when it fills): the
-	// longest a message waits for company. Default 5ms, at most BatchWait.
-	Linger time.Duration
 	// AckWait is how long JetStream waits for an ack before redelivering;
 	// a batch not stored within it is abandoned. Default 30s.
 	AckWait time.Duration
@@ -104,10 +101,6 @@ func (c *Config) setDefaults() {
 	if c.BatchWait <= 0 {
 		c.BatchWait = 20 * time.Millisecond
 	}
-	if c.Linger <= 0 {
-		c.Linger = 5 * time.Millisecond
-	}
-	c.Linger = min(c.Linger, c.BatchWait)
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
 	}
@@ -173,7 +166,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		return nil
 	}
 	w.log.InfoContext(ctx, "history writer consuming", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
-		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait, "linger", w.cfg.Linger)
+		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait)
 	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
 	lastCheck := time.Now()
 	var (
@@ -405,17 +398,22 @@ func ackFloor(ctx context.Context, cons jetstream.Consumer) (uint64, error) {
 }
 
 // fetch returns up to BatchSize messages. It waits at most BatchWait for
-// the first one, then at most Linger for more, so that a message waits at
-// most Linger for its batch (before, each fetch waited up to BatchWait for
-// the batch to fill). It may return messages and an error together.
+// the first one, then takes what else the stream holds at once (waiting at
+// most fetchRestWait), so that a message waits for no batch to fill: under
+// load a batch is what arrived while the previous one was being stored. It
+// may return messages and an error together.
 func (w *Writer) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	msgs, err := fetchUpTo(cons, 1, w.cfg.BatchWait)
 	if err != nil || len(msgs) == 0 || w.cfg.BatchSize == 1 {
 		return msgs, err
 	}
-	rest, err := fetchUpTo(cons, w.cfg.BatchSize-1, w.cfg.Linger)
+	rest, err := fetchUpTo(cons, w.cfg.BatchSize-1, fetchRestWait)
 	return append(msgs, rest...), err
 }
+
+// fetchRestWait is how long the second fetch of a batch waits for more
+// messages than the stream holds already.
+const fetchRestWait = time.Millisecond
 
 // fetchUpTo fetches up to n messages from the writers' priority group,
 // waiting at most wait.
