@@ -72,9 +72,7 @@ type Config struct {
 	// BatchSize is the most messages fetched and stored at once. Default
 	// 500.
 	BatchSize int
-	// BatchWait is the longest a fetch waits for the first message of a
-	// batch; the rest of a batch is what the stream holds by then. Default
-	// 20ms.
+	// BatchWait is the longest a fetch waits to fill a batch. Default 20ms.
 	BatchWait time.Duration
 	// AckWait is how long JetStream waits for an ack before redelivering;
 	// a batch not stored within it is abandoned. Default 30s.
@@ -397,28 +395,10 @@ func ackFloor(ctx context.Context, cons jetstream.Consumer) (uint64, error) {
 	return info.AckFloor.Stream, nil
 }
 
-// fetch returns up to BatchSize messages. It waits at most BatchWait for
-// the first one, then takes what else the stream holds at once (waiting at
-// most fetchRestWait), so that a message waits for no batch to fill: under
-// load a batch is what arrived while the previous one was being stored. It
-// may return messages and an error together.
+// fetch returns up to BatchSize messages, waiting at most BatchWait to fill
+// the batch. It may return messages and an error together.
 func (w *Writer) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	msgs, err := fetchUpTo(cons, 1, w.cfg.BatchWait)
-	if err != nil || len(msgs) == 0 || w.cfg.BatchSize == 1 {
-		return msgs, err
-	}
-	rest, err := fetchUpTo(cons, w.cfg.BatchSize-1, fetchRestWait)
-	return append(msgs, rest...), err
-}
-
-// fetchRestWait is how long the second fetch of a batch waits for more
-// messages than the stream holds already.
-const fetchRestWait = time.Millisecond
-
-// fetchUpTo fetches up to n messages from the writers' priority group,
-// waiting at most wait.
-func fetchUpTo(cons jetstream.Consumer, n int, wait time.Duration) ([]jetstream.Msg, error) {
-	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(wait), jetstream.FetchPriorityGroup(priorityGroup))
+	batch, err := cons.Fetch(w.cfg.BatchSize, jetstream.FetchMaxWait(w.cfg.BatchWait), jetstream.FetchPriorityGroup(priorityGroup))
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
