@@ -193,8 +193,8 @@ type pending struct {
 	// last acknowledged (with all before it) and last delivered message.
 	ackFloor, delivered uint64
 	// msgs holds each message still in the stream between them, in stream
-	// order (acknowledged ones too: the writer purges the stream only up to
-	// the ack floor).
+	// order (the stream is a work queue: an acknowledged message has left
+	// it).
 	msgs []streamMsg
 	// gone counts the sequences between them no longer in the stream.
 	gone int

@@ -92,7 +92,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	defer nc.Close()
 	stream, err := msgstream.Ensure(ctx, nc, subj, msgstream.Config{
 		Replicas: cfg.StreamReplicas, MaxBytes: cfg.StreamMaxBytes, DuplicateWindow: cfg.DuplicateWindow,
-	}, log)
+	})
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -83,32 +82,14 @@ type pending struct {
 }
 
 // Ensure creates or updates the message stream and returns a publisher.
-//
-// The stream keeps its messages (limits retention) until the history writer,
-// which has stored them, purges them up to its consumer's ack floor. A
-// work-queue stream would drop each message as it is acknowledged, which
-// costs nats-server a tombstone record and an fsync per message under
-// sync_interval always, as much again as storing it. Nothing leaves the
-// stream unstored either way: no age or count limit is set, and a full
-// stream refuses new messages (discard new).
-//
-// A stream declared by an earlier version as a work queue (its retention
-// cannot be changed in place) is kept as it is and logged: it works the same,
-// at the higher cost, until an operator recreates it while it is empty.
-func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Config, logger *slog.Logger) (*Stream, error) {
+// The stream is a work queue: a message leaves it once the history writer
+// has stored it and acknowledged it.
+func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Config) (*Stream, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	sc := StreamConfig(subj, cfg)
-	if st, err := js.Stream(ctx, sc.Name); err == nil && st.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
-		logger.WarnContext(ctx, "the message stream is a work queue (declared by an earlier version); keeping it. "+
-			"Each acknowledged message costs nats-server an fsync more: recreate the stream while it is empty to drop that cost",
-			"stream", sc.Name)
-		sc.Retention = jetstream.WorkQueuePolicy
-	} else if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("look up stream %s: %w", sc.Name, err)
-	}
 	if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 		return nil, fmt.Errorf("declare stream %s: %w", sc.Name, err)
 	}
@@ -137,9 +118,9 @@ func StreamConfig(subj subjects.Subjects, cfg Config) jetstream.StreamConfig {
 	}
 	return jetstream.StreamConfig{
 		Name:        subj.MessagesStream(),
-		Description: "Messages accepted by the chat service, kept until the history writer has stored them.",
+		Description: "Messages accepted by the chat service, waiting to be stored by the history writer.",
 		Subjects:    []string{subj.MessagesAll()},
-		Retention:   jetstream.LimitsPolicy,
+		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 		MaxBytes:    cfg.MaxBytes,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -37,7 +36,7 @@ func TestPublish(t *testing.T) {
 	// Declaring twice (a restart, a second replica) is harmless.
 	var s *Stream
 	for range 2 {
-		if s, err = Ensure(ctx, nc, subj, Config{}, slog.New(slog.DiscardHandler)); err != nil {
+		if s, err = Ensure(ctx, nc, subj, Config{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -50,10 +49,9 @@ func TestPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := st.CachedInfo().Config
-	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.LimitsPolicy || cfg.Discard != jetstream.DiscardNew ||
-		cfg.MaxAge != 0 || cfg.MaxMsgs != -1 || cfg.MaxMsgsPerSubject != -1 {
-		t.Errorf("stream config storage=%v retention=%v discard=%v max age=%v max msgs=%d per subject=%d, want file, limits, discard new, no age or count limit",
-			cfg.Storage, cfg.Retention, cfg.Discard, cfg.MaxAge, cfg.MaxMsgs, cfg.MaxMsgsPerSubject)
+	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew || !cfg.AllowAtomicPublish {
+		t.Errorf("stream config storage=%v retention=%v discard=%v atomic=%v, want file, work queue, discard new, atomic batches allowed",
+			cfg.Storage, cfg.Retention, cfg.Discard, cfg.AllowAtomicPublish)
 	}
 
 	m := chats.Message{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: time.Unix(100, 0).UTC()}
@@ -98,47 +96,6 @@ func TestPublish(t *testing.T) {
 	}
 }
 
-// A stream an earlier version declared as a work queue cannot change its
-// retention: Ensure keeps it as it is, and publishing works.
-func TestEnsureKeepsAWorkQueueStream(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := StreamConfig(subj, Config{})
-	old.Retention = jetstream.WorkQueuePolicy
-	if _, err := js.CreateStream(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Ensure(ctx, nc, subj, Config{MaxBytes: 2 << 30}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("ensure over a work-queue stream: %v", err)
-	}
-	st, err := js.Stream(ctx, subj.MessagesStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg := st.CachedInfo().Config; cfg.Retention != jetstream.WorkQueuePolicy || cfg.MaxBytes != 2<<30 {
-		t.Errorf("retention=%v max bytes=%d, want the work queue kept and its other settings updated", cfg.Retention, cfg.MaxBytes)
-	}
-	m := chats.Message{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: time.Unix(100, 0).UTC()}
-	if dup, err := s.Publish(ctx, m); err != nil || dup {
-		t.Fatalf("publish: duplicate=%v err=%v", dup, err)
-	}
-}
-
 // streamEnv is a NATS server with the message stream declared.
 type streamEnv struct {
 	s    *Stream
@@ -158,7 +115,7 @@ func newStreamEnv(t *testing.T, cfg Config) streamEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Ensure(context.Background(), nc, subj, cfg, slog.New(slog.DiscardHandler))
+	s, err := Ensure(context.Background(), nc, subj, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -135,7 +134,7 @@ func start(t *testing.T, noAuth bool) *harness {
 
 	tp := sdktrace.NewTracerProvider()
 	service := connect("chat")
-	stream, err := msgstream.Ensure(ctx, service, subj, msgstream.Config{}, slog.New(slog.DiscardHandler))
+	stream, err := msgstream.Ensure(ctx, service, subj, msgstream.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

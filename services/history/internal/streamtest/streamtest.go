@@ -36,8 +36,7 @@ func Connect(t testing.TB, url string) jetstream.JetStream {
 }
 
 // CreateStream declares the message stream as the chat service does
-// (services/chat/internal/msgstream): file storage, kept until the history
-// writer purges what it stored.
+// (services/chat/internal/msgstream): a work queue on file storage.
 func CreateStream(t testing.TB, js jetstream.JetStream, subj subjects.Subjects) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -45,7 +44,7 @@ func CreateStream(t testing.TB, js jetstream.JetStream, subj subjects.Subjects) 
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       subj.MessagesStream(),
 		Subjects:   []string{subj.MessagesAll()},
-		Retention:  jetstream.LimitsPolicy,
+		Retention:  jetstream.WorkQueuePolicy,
 		Storage:    jetstream.FileStorage,
 		Replicas:   1,
 		MaxBytes:   1 << 30,

@@ -17,7 +17,6 @@ type metrics struct {
 	terminated    prometheus.Counter
 	fanoutErrors  prometheus.Counter
 	heldBack      prometheus.Counter
-	purgedTo      prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -60,12 +59,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "history_writer_held_back_total",
 			Help: "Fetched messages handed back because older ones were still unacknowledged elsewhere (after another writer's crash).",
 		}),
-		purgedTo: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "history_writer_stream_purged_seq",
-			Help: "Stream sequence up to which this writer last purged the message stream (the consumer's ack floor then).",
-		}),
 	}
-	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors, m.heldBack, m.purgedTo} {
+	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors, m.heldBack} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register writer metrics: %w", err)
 		}

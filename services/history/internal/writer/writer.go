@@ -86,10 +86,6 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff after a failure (and the
 	// redelivery delay of a failed batch). Defaults 100ms and 5s.
 	RetryMin, RetryMax time.Duration
-	// PurgeInterval is how often the writer purges the stream up to the
-	// consumer's ack floor (the stream keeps its messages until then).
-	// Default 1s.
-	PurgeInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -114,9 +110,6 @@ func (c *Config) setDefaults() {
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = max(5*time.Second, c.RetryMin)
 	}
-	if c.PurgeInterval <= 0 {
-		c.PurgeInterval = time.Second
-	}
 }
 
 // consumerCheckInterval is how often an idle writer checks that its
@@ -133,8 +126,6 @@ type Writer struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	m      *metrics
-	// stream is the message stream, looked up at the first purge.
-	stream jetstream.Stream
 }
 
 // New returns a Writer. Its metrics are registered on reg.
@@ -167,16 +158,8 @@ func (w *Writer) Run(ctx context.Context) error {
 		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait)
 	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
 	lastCheck := time.Now()
-	var (
-		ord       order
-		lastPurge time.Time
-		purgedTo  uint64
-	)
+	var ord order
 	for ctx.Err() == nil {
-		if time.Since(lastPurge) >= w.cfg.PurgeInterval {
-			lastPurge = time.Now()
-			purgedTo = w.purge(ctx, cons, purgedTo)
-		}
 		msgs, fetchErr := w.fetch(cons)
 		failed := false
 		if len(msgs) > 0 {
@@ -345,42 +328,6 @@ func (w *Writer) inOrder(ctx context.Context, cons jetstream.Consumer, o *order,
 		}
 	}
 	return msgs, nil
-}
-
-// purge removes from the stream the messages up to the consumer's ack floor
-// and returns the floor. A message is acknowledged only after the
-// transaction storing it has committed, and the floor only moves past
-// messages that are all acknowledged, so nothing purged is unstored (P1);
-// the floor never moves back, so purging up to a floor read a moment ago is
-// safe while writers go on. The stream keeps messages until then (limits
-// retention): dropping each one as it is acknowledged (a work queue) would
-// cost nats-server a tombstone record and an fsync per message. Failures are
-// logged and tried again at the next interval; done is the floor purged
-// up to before.
-func (w *Writer) purge(ctx context.Context, cons jetstream.Consumer, done uint64) uint64 {
-	floor, err := ackFloor(ctx, cons)
-	if err != nil || floor <= done {
-		if err != nil && ctx.Err() == nil {
-			w.log.WarnContext(ctx, "read the consumer's ack floor to purge the stream", "err", err)
-		}
-		return done
-	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if w.stream == nil {
-		w.stream, err = w.js.Stream(pctx, w.cfg.Stream)
-	}
-	if err == nil {
-		err = w.stream.Purge(pctx, jetstream.WithPurgeSequence(floor+1))
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			w.log.WarnContext(ctx, "purge stored messages from the stream", "up_to", floor, "err", err)
-		}
-		return done
-	}
-	w.m.purgedTo.Set(float64(floor))
-	return floor
 }
 
 // ackFloor returns the stream sequence up to which the consumer has every

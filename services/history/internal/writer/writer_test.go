@@ -94,8 +94,6 @@ type writerOpts struct {
 	log       io.Writer
 	pinnedTTL time.Duration
 	ackWait   time.Duration
-	// purgeInterval: default 10ms, so that tests see the stream purged.
-	purgeInterval time.Duration
 	// ctx, when set, stops the writer when it ends (else: at test end).
 	ctx context.Context
 	// stopped, when set, is closed once the writer's Run has returned.
@@ -115,14 +113,11 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 	if o.log == nil {
 		o.log = t.Output()
 	}
-	if o.purgeInterval == 0 {
-		o.purgeInterval = 10 * time.Millisecond
-	}
 	reg := prometheus.NewRegistry()
 	w, err := writer.New(streamtest.Connect(t, e.natsURL), o.store, fanoutpub.New(e.rdb, e.redisPrefix), writer.Config{
 		Stream: e.subj.MessagesStream(), Consumer: e.subj.HistoryWriterConsumer(),
 		BatchSize: o.batchSize, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
-		PinnedTTL: o.pinnedTTL, AckWait: o.ackWait, PurgeInterval: o.purgeInterval,
+		PinnedTTL: o.pinnedTTL, AckWait: o.ackWait,
 	}, slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelWarn})), o.tp, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -732,57 +727,4 @@ func TestWriterKeepsStreamOrderAfterAWriterDies(t *testing.T) {
 	if metric(t, reg, "history_writer_held_back_total") == 0 {
 		t.Error("the second writer never held newer messages back")
 	}
-}
-
-// The stream keeps a message until it is stored: the writer purges it up to
-// the consumer's ack floor only, never past a message another writer holds
-// unacknowledged, and purges everything once it is stored.
-func TestWriterPurgesOnlyWhatIsStored(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	streamtest.CreateStream(t, e.js, e.subj)
-	stuck := &stuckStore{entered: make(chan struct{}), release: make(chan struct{})}
-	e.startWriter(t, writerOpts{store: stuck, pinnedTTL: 500 * time.Millisecond, ackWait: 2 * time.Second})
-	t.Cleanup(func() { close(stuck.release) })
-	publish := func(from, to int) {
-		for i := from; i < to; i++ {
-			m := streamMsg(1, 7, fmt.Sprintf("m-%02d", i), "x")
-			streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
-		}
-	}
-	streamState := func() jetstream.StreamState {
-		t.Helper()
-		st, err := e.js.Stream(context.Background(), e.subj.MessagesStream())
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := st.Info(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.State
-	}
-	publish(0, 5)
-	select {
-	case <-stuck.entered:
-	case <-time.After(waitFor):
-		t.Fatal("the first writer did not take the first batch")
-	}
-	reg := e.startWriter(t, writerOpts{pinnedTTL: 500 * time.Millisecond, ackWait: 2 * time.Second})
-	publish(5, 10)
-	// The second writer purges every 10ms; while the first batch is held
-	// unacknowledged, it must stay in the stream.
-	testenv.Eventually(t, waitFor, func() bool {
-		return metric(t, reg, "history_writer_held_back_total") > 0
-	}, "the second writer holds newer messages back")
-	if st := streamState(); st.FirstSeq != 1 || st.Msgs != 10 {
-		t.Fatalf("stream holds %d messages from %d while the first five are unacknowledged, want 10 from 1", st.Msgs, st.FirstSeq)
-	}
-	testenv.Eventually(t, waitFor, func() bool {
-		return metric(t, reg, "history_writer_messages_stored_total") == 10
-	}, "the second writer stores all ten messages")
-	testenv.Eventually(t, waitFor, func() bool {
-		st := streamState()
-		return st.Msgs == 0 && st.FirstSeq == 11
-	}, "the stream is purged of the ten stored messages")
 }
