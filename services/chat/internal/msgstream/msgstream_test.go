@@ -320,3 +320,39 @@ func testConcurrentSenders(t *testing.T, e streamEnv, wantAtomic bool) {
 		next[sender]++
 	}
 }
+
+// A stream declared by an earlier version, without atomic batches, is
+// updated in place.
+func TestEnsureUpdatesAnEarlierStream(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := StreamConfig(subj, Config{})
+	old.AllowAtomicPublish = false
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Ensure(ctx, nc, subj, Config{}); err != nil {
+		t.Fatalf("ensure over an earlier stream: %v", err)
+	}
+	st, err := js.Stream(ctx, subj.MessagesStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.CachedInfo().Config.AllowAtomicPublish {
+		t.Error("atomic batches not allowed after the update")
+	}
+}
