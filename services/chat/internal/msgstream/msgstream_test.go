@@ -3,9 +3,14 @@ package msgstream
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -44,8 +49,9 @@ func TestPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := st.CachedInfo().Config
-	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew {
-		t.Errorf("stream config storage=%v retention=%v discard=%v, want file, work queue, discard new", cfg.Storage, cfg.Retention, cfg.Discard)
+	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew || !cfg.AllowAtomicPublish {
+		t.Errorf("stream config storage=%v retention=%v discard=%v atomic=%v, want file, work queue, discard new, atomic batches allowed",
+			cfg.Storage, cfg.Retention, cfg.Discard, cfg.AllowAtomicPublish)
 	}
 
 	m := chats.Message{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: time.Unix(100, 0).UTC()}
@@ -87,5 +93,266 @@ func TestPublish(t *testing.T) {
 	want := busapi.StreamMessage{ChatID: 7, SenderID: 3, Sender: "carol", ClientMsgID: "c-1", Text: "hi", AcceptedAt: m.AcceptedAt}
 	if sm != want {
 		t.Errorf("payload = %+v, want %+v", sm, want)
+	}
+}
+
+// streamEnv is a NATS server with the message stream declared.
+type streamEnv struct {
+	s    *Stream
+	js   jetstream.JetStream
+	subj subjects.Subjects
+}
+
+func newStreamEnv(t *testing.T, cfg Config) streamEnv {
+	t.Helper()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Ensure(context.Background(), nc, subj, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return streamEnv{s: s, js: js, subj: subj}
+}
+
+// stored returns the stream's messages in stream order as
+// "chat:sender:client" keys, and the atomic batch each was stored in ("":
+// published alone).
+func (e streamEnv) stored(t *testing.T) (out, batches []string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := e.js.Stream(ctx, e.subj.MessagesStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		raw, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sm busapi.StreamMessage
+		if err := json.Unmarshal(raw.Data, &sm); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, MsgID(sm.ChatID, sm.SenderID, sm.ClientMsgID))
+		batches = append(batches, raw.Header.Get(batchIDHeader))
+	}
+	return out, batches
+}
+
+// publishAsOneBatch queues msgs while the stream is busy, so that they go
+// out as one batch, in order, and returns each one's outcome.
+func (e streamEnv) publishAsOneBatch(t *testing.T, msgs []chats.Message) []bool {
+	t.Helper()
+	ctx := context.Background()
+	e.s.mu.Lock()
+	if e.s.busy || len(e.s.queue) > 0 {
+		e.s.mu.Unlock()
+		t.Fatal("the stream is publishing")
+	}
+	e.s.busy = true
+	e.s.mu.Unlock()
+	results := make(chan []bool, 1)
+	go func() {
+		dups := make([]bool, len(msgs))
+		var wg sync.WaitGroup
+		for i, m := range msgs {
+			// Queue in order: each Publish waits in the queue (busy).
+			queued := len(msgs[:i]) + 1
+			wg.Go(func() {
+				dup, err := e.s.Publish(ctx, m)
+				if err != nil {
+					t.Errorf("publish %s: %v", m.ClientMsgID, err)
+				}
+				dups[i] = dup
+			})
+			testenv.Eventually(t, 5*time.Second, func() bool {
+				e.s.mu.Lock()
+				defer e.s.mu.Unlock()
+				return len(e.s.queue) == queued
+			}, "message %d queued", i)
+		}
+		e.s.run(nil)
+		wg.Wait()
+		results <- dups
+	}()
+	return <-results
+}
+
+func msg(chat, sender int64, client string) chats.Message {
+	return chats.Message{ChatID: chat, SenderID: sender, Sender: fmt.Sprintf("u%d", sender), ClientMsgID: client, Text: "t " + client, AcceptedAt: time.Unix(100, 0).UTC()}
+}
+
+func keys(msgs ...chats.Message) []string {
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		out[i] = MsgID(m.ChatID, m.SenderID, m.ClientMsgID)
+	}
+	return out
+}
+
+// Sends queued together are stored in their order, each once: pipelined, or
+// from AtomicMin on as one atomic batch; a message id already in the stream,
+// or twice in one batch, makes the stream refuse an atomic batch, which is
+// then published one message at a time. Either way each retry is reported a
+// duplicate and nothing is stored twice.
+func TestPublishBatches(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		before   []chats.Message // published alone first
+		batch    []chats.Message
+		wantDups []bool
+		want     []chats.Message // the stream's messages at the end
+		atomic   bool            // the batch is stored as one when it may
+	}{
+		{
+			name:     "new messages",
+			batch:    []chats.Message{msg(1, 1, "a"), msg(2, 2, "a"), msg(1, 1, "b"), msg(1, 3, "a"), msg(2, 1, "a")},
+			wantDups: []bool{false, false, false, false, false},
+			want:     []chats.Message{msg(1, 1, "a"), msg(2, 2, "a"), msg(1, 1, "b"), msg(1, 3, "a"), msg(2, 1, "a")},
+			atomic:   true,
+		},
+		{
+			name:     "a retry of a stored message",
+			before:   []chats.Message{msg(1, 1, "a")},
+			batch:    []chats.Message{msg(1, 2, "x"), msg(1, 1, "a"), msg(1, 1, "b")},
+			wantDups: []bool{false, true, false},
+			want:     []chats.Message{msg(1, 1, "a"), msg(1, 2, "x"), msg(1, 1, "b")},
+		},
+		{
+			name:     "a retry in the same batch",
+			batch:    []chats.Message{msg(1, 1, "a"), msg(1, 2, "x"), msg(1, 1, "a")},
+			wantDups: []bool{false, false, true},
+			want:     []chats.Message{msg(1, 1, "a"), msg(1, 2, "x")},
+		},
+	}
+	for _, tc := range tests {
+		for _, atomic := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/atomic=%v", tc.name, atomic), func(t *testing.T) {
+				t.Parallel()
+				cfg := Config{AtomicMin: 100}
+				if atomic {
+					cfg.AtomicMin = 2
+				}
+				e := newStreamEnv(t, cfg)
+				for _, m := range tc.before {
+					if _, err := e.s.Publish(context.Background(), m); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if diff := cmp.Diff(tc.wantDups, e.publishAsOneBatch(t, tc.batch)); diff != "" {
+					t.Errorf("duplicate flags (-want +got):\n%s", diff)
+				}
+				got, batches := e.stored(t)
+				if diff := cmp.Diff(keys(tc.want...), got); diff != "" {
+					t.Errorf("stream (-want +got):\n%s", diff)
+				}
+				fromBatch := batches[len(tc.before):]
+				for _, b := range fromBatch {
+					if one := b != "" && b == fromBatch[0]; one != (atomic && tc.atomic) {
+						t.Errorf("stored in batches %q, want one atomic batch: %v", fromBatch, atomic && tc.atomic)
+						break
+					}
+				}
+			})
+		}
+	}
+}
+
+// Many senders at once, each sending one message at a time as a client
+// does: every message is stored once and each sender's in its order.
+func TestPublishConcurrentSendersKeepTheirOrder(t *testing.T) {
+	t.Parallel()
+	for _, atomicMin := range []int{2, 1000} {
+		t.Run(fmt.Sprintf("atomic from %d", atomicMin), func(t *testing.T) {
+			t.Parallel()
+			testConcurrentSenders(t, newStreamEnv(t, Config{AtomicMin: atomicMin, MaxBatch: 1000}), atomicMin == 2)
+		})
+	}
+}
+
+func testConcurrentSenders(t *testing.T, e streamEnv, wantAtomic bool) {
+	const senders, each = 20, 15
+	var wg sync.WaitGroup
+	for s := range senders {
+		wg.Go(func() {
+			for i := range each {
+				m := msg(int64(s%3+1), int64(s+1), fmt.Sprintf("m%03d", i))
+				if dup, err := e.s.Publish(context.Background(), m); err != nil || dup {
+					t.Errorf("publish: duplicate=%v err=%v", dup, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got, batches := e.stored(t)
+	if atomic := slices.ContainsFunc(batches, func(b string) bool { return b != "" }); atomic != wantAtomic {
+		t.Errorf("stored in atomic batches: %v, want %v", atomic, wantAtomic)
+	}
+	if len(got) != senders*each {
+		t.Fatalf("stream holds %d messages, want %d", len(got), senders*each)
+	}
+	next := map[string]int{}
+	for _, k := range got {
+		parts := strings.Split(k, ":")
+		sender := parts[1]
+		want := fmt.Sprintf("m%03d", next[sender])
+		if parts[2] != want {
+			t.Fatalf("sender %s: stored %s next, want %s (stream %v)", sender, parts[2], want, got)
+		}
+		next[sender]++
+	}
+}
+
+// A stream declared by an earlier version, without atomic batches, is
+// updated in place.
+func TestEnsureUpdatesAnEarlierStream(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := StreamConfig(subj, Config{})
+	old.AllowAtomicPublish = false
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Ensure(ctx, nc, subj, Config{}); err != nil {
+		t.Fatalf("ensure over an earlier stream: %v", err)
+	}
+	st, err := js.Stream(ctx, subj.MessagesStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.CachedInfo().Config.AllowAtomicPublish {
+		t.Error("atomic batches not allowed after the update")
 	}
 }
