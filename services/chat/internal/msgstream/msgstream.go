@@ -85,7 +85,7 @@ type pending struct {
 // The stream is a work queue: a message leaves it once the history writer
 // has stored it and acknowledged it.
 func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Config) (*Stream, error) {
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout(cfg)))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -96,13 +96,21 @@ func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Conf
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 100
 	}
+	// nats-server refuses atomic batches of more than 1,000 messages.
+	cfg.MaxBatch = min(cfg.MaxBatch, 1000)
 	if cfg.AtomicMin <= 1 {
 		cfg.AtomicMin = 16
 	}
-	if cfg.PublishTimeout <= 0 {
-		cfg.PublishTimeout = 5 * time.Second
-	}
+	cfg.PublishTimeout = publishTimeout(cfg)
 	return &Stream{js: js, nc: nc, subj: subj, maxBatch: cfg.MaxBatch, atomicMin: cfg.AtomicMin, timeout: cfg.PublishTimeout}, nil
+}
+
+// publishTimeout is cfg's bound on the publish of one batch.
+func publishTimeout(cfg Config) time.Duration {
+	if cfg.PublishTimeout <= 0 {
+		return 5 * time.Second
+	}
+	return cfg.PublishTimeout
 }
 
 // StreamConfig returns the configuration Ensure declares (for a new stream).
@@ -167,18 +175,27 @@ func (s *Stream) Publish(ctx context.Context, m chats.Message) (bool, error) {
 }
 
 // wait returns p's outcome once it is published, or when ctx ends first.
+// An outcome already known wins over an ended ctx, so a stored message is
+// never reported as failed because its caller's deadline passed meanwhile.
 func (p *pending) wait(ctx context.Context) (bool, error) {
 	select {
 	case <-p.done:
-		if p.err != nil {
-			return false, fmt.Errorf("publish to stream: %w", p.err)
-		}
-		return p.dup, nil
+		return p.outcome()
 	case <-ctx.Done():
+		if isDone(p) {
+			return p.outcome()
+		}
 		// The message may still be stored: the client retries with the
 		// same id, which the stream and the writer de-duplicate.
 		return false, fmt.Errorf("publish to stream: %w", ctx.Err())
 	}
+}
+
+func (p *pending) outcome() (bool, error) {
+	if p.err != nil {
+		return false, fmt.Errorf("publish to stream: %w", p.err)
+	}
+	return p.dup, nil
 }
 
 // run publishes the queue batch by batch until own is done, then hands the
@@ -205,6 +222,10 @@ func (s *Stream) run(own *pending) {
 	}
 }
 
+// errNotPublished is the outcome of a message whose publish did not get
+// as far as an answer.
+var errNotPublished = errors.New("not published")
+
 func isDone(p *pending) bool {
 	select {
 	case <-p.done:
@@ -218,6 +239,12 @@ func isDone(p *pending) bool {
 func (s *Stream) publish(batch []*pending) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
+	// Every message counts as not published until its ack says otherwise,
+	// so nothing unstored is ever answered "accepted", even if publishing
+	// stops half way.
+	for _, p := range batch {
+		p.err = errNotPublished
+	}
 	defer func() {
 		for _, p := range batch {
 			close(p.done)

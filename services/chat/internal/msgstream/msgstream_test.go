@@ -167,31 +167,27 @@ func (e streamEnv) publishAsOneBatch(t *testing.T, msgs []chats.Message) []bool 
 	}
 	e.s.busy = true
 	e.s.mu.Unlock()
-	results := make(chan []bool, 1)
-	go func() {
-		dups := make([]bool, len(msgs))
-		var wg sync.WaitGroup
-		for i, m := range msgs {
-			// Queue in order: each Publish waits in the queue (busy).
-			queued := len(msgs[:i]) + 1
-			wg.Go(func() {
-				dup, err := e.s.Publish(ctx, m)
-				if err != nil {
-					t.Errorf("publish %s: %v", m.ClientMsgID, err)
-				}
-				dups[i] = dup
-			})
-			testenv.Eventually(t, 5*time.Second, func() bool {
-				e.s.mu.Lock()
-				defer e.s.mu.Unlock()
-				return len(e.s.queue) == queued
-			}, "message %d queued", i)
-		}
-		e.s.run(nil)
-		wg.Wait()
-		results <- dups
-	}()
-	return <-results
+	dups := make([]bool, len(msgs))
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		// Queue in order: each Publish waits in the queue (busy).
+		queued := len(msgs[:i]) + 1
+		wg.Go(func() {
+			dup, err := e.s.Publish(ctx, m)
+			if err != nil {
+				t.Errorf("publish %s: %v", m.ClientMsgID, err)
+			}
+			dups[i] = dup
+		})
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			e.s.mu.Lock()
+			defer e.s.mu.Unlock()
+			return len(e.s.queue) == queued
+		}, "message %d queued", i)
+	}
+	e.s.run(nil)
+	wg.Wait()
+	return dups
 }
 
 func msg(chat, sender int64, client string) chats.Message {
@@ -354,5 +350,54 @@ func TestEnsureUpdatesAnEarlierStream(t *testing.T) {
 	}
 	if !st.CachedInfo().Config.AllowAtomicPublish {
 		t.Error("atomic batches not allowed after the update")
+	}
+}
+
+// TestPublishWithoutAnswerFails: when the stream does not answer (here: it
+// is gone and a plain subscriber takes its subject without replying), a
+// send is reported as failed, whether it went out alone (pipelined) or in
+// an atomic batch; it is never answered "accepted", and the publisher goes
+// on serving later sends.
+func TestPublishWithoutAnswerFails(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newStreamEnv(t, Config{AtomicMin: 2, PublishTimeout: 200 * time.Millisecond})
+	if err := e.js.DeleteStream(ctx, e.subj.MessagesStream()); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.s.nc.SubscribeSync(e.subj.MessagesAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if _, err := e.s.Publish(ctx, msg(1, 1, "alone")); err == nil {
+		t.Error("a publish nobody acknowledged was answered accepted")
+	}
+	msgs := []chats.Message{msg(1, 2, "b1"), msg(1, 3, "b2"), msg(1, 4, "b3")}
+	e.s.mu.Lock()
+	e.s.busy = true
+	e.s.mu.Unlock()
+	errs := make([]error, len(msgs))
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		wg.Go(func() { _, errs[i] = e.s.Publish(ctx, m) })
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			e.s.mu.Lock()
+			defer e.s.mu.Unlock()
+			return len(e.s.queue) == i+1
+		}, "message %d queued", i)
+	}
+	e.s.run(nil)
+	wg.Wait()
+	for i, err := range errs {
+		if err == nil {
+			t.Errorf("%s of an atomic batch nobody acknowledged was answered accepted", msgs[i].ClientMsgID)
+		}
+	}
+	e.s.mu.Lock()
+	busy, queued := e.s.busy, len(e.s.queue)
+	e.s.mu.Unlock()
+	if busy || queued > 0 {
+		t.Errorf("publisher left busy=%v with %d queued", busy, queued)
 	}
 }
