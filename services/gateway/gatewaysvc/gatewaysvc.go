@@ -69,6 +69,12 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+
+	// SessionCacheTTL bounds how long a resolved session is reused without
+	// asking the auth service (a logout drops it at once); 0: no cache.
+	SessionCacheTTL time.Duration `env:"SESSION_CACHE_TTL" envDefault:"5s"`
+	// SessionCacheSize bounds the sessions cached.
+	SessionCacheSize int `env:"SESSION_CACHE_SIZE" envDefault:"100000"`
 }
 
 // TelemetrySettings returns the OTLP endpoint and log level.
@@ -99,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PresenceRefresh*2 > c.PresenceTTL {
 		errs = append(errs, errors.New("PRESENCE_REFRESH_INTERVAL must be at most half of PRESENCE_TTL"))
+	}
+	if c.SessionCacheTTL < 0 || c.SessionCacheTTL > time.Minute || c.SessionCacheSize < 1 {
+		errs = append(errs, errors.New("SESSION_CACHE_TTL must be 0 (no cache) to 1m, SESSION_CACHE_SIZE at least 1"))
 	}
 	if c.DrainBatch < 1 {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
@@ -175,6 +184,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	}
 	defer nc.Close()
 	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider), subj, cfg.RequestTimeout)
+	up.CacheSessions(cfg.SessionCacheSize, cfg.SessionCacheTTL)
 
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
@@ -194,7 +204,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		"nats":  natsbus.Check(nc),
 	})
-	events, err := busevents.Subscribe(hubCtx, nc, subj, wss, log, tel.TracerProvider)
+	events, err := busevents.Subscribe(hubCtx, nc, subj, revokeCached{wss, up}, log, tel.TracerProvider)
 	if err != nil {
 		return err
 	}
@@ -348,4 +358,17 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		return err
 	})
 	return g.Wait()
+}
+
+// revokeCached drops a revoked session from the gateway's session cache
+// before it closes the session's websockets, so that once they are closed
+// no request of this replica resolves the session any more.
+type revokeCached struct {
+	*ws.Server
+	up *upstream.Client
+}
+
+func (r revokeCached) RevokeSession(sessionID string) int {
+	r.up.RevokeSession(sessionID)
+	return r.Server.RevokeSession(sessionID)
 }

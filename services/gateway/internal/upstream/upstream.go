@@ -4,6 +4,7 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/communications/communications/libs/busapi"
@@ -16,6 +17,8 @@ type Client struct {
 	bus     *natsbus.Client
 	subj    subjects.Subjects
 	timeout time.Duration
+	// sessions caches resolved sessions; nil: none (see CacheSessions).
+	sessions *sessionCache
 }
 
 // New returns a client whose requests time out after timeout.
@@ -43,13 +46,28 @@ func (c *Client) Login(ctx context.Context, username, password string) (busapi.S
 
 // Logout revokes a session.
 func (c *Client) Logout(ctx context.Context, token string) error {
+	if c.sessions != nil {
+		c.sessions.forget(token)
+	}
 	_, err := call[struct{}](ctx, c, c.subj.AuthLogout(), busapi.SessionRequest{Token: token})
 	return err
 }
 
-// Session resolves a session token.
+// Session resolves a session token, from the cache when CacheSessions set
+// one up and it holds the token.
 func (c *Client) Session(ctx context.Context, token string) (busapi.Session, error) {
-	return call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
+	if c.sessions == nil {
+		return call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
+	}
+	s, epoch, ok := c.sessions.get(token, time.Now())
+	if ok {
+		return s, nil
+	}
+	s, err := call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
+	if err == nil {
+		c.sessions.put(token, s, epoch)
+	}
+	return s, err
 }
 
 // Send asks the chat service to accept a message.
@@ -65,6 +83,12 @@ func (c *Client) Change(ctx context.Context, req busapi.ChangeRequest) (busapi.S
 // History reads a page of a chat's messages.
 func (c *Client) History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
 	return call[busapi.HistoryPage](ctx, c, c.subj.HistoryPage(), req)
+}
+
+// HistoryJSON reads a page of a chat's messages as the history service
+// encoded it (a busapi.HistoryPage), for the HTTP API to pass on as it is.
+func (c *Client) HistoryJSON(ctx context.Context, req busapi.HistoryRequest) (json.RawMessage, error) {
+	return call[json.RawMessage](ctx, c, c.subj.HistoryPage(), req)
 }
 
 // ListChats returns the user's chats.
