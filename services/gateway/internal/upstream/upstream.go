@@ -88,7 +88,9 @@ func (c *Client) History(ctx context.Context, req busapi.HistoryRequest) (busapi
 // HistoryJSON reads a page of a chat's messages as the history service
 // encoded it (a busapi.HistoryPage), for the HTTP API to pass on as it is.
 func (c *Client) HistoryJSON(ctx context.Context, req busapi.HistoryRequest) (json.RawMessage, error) {
-	return call[json.RawMessage](ctx, c, c.subj.HistoryPage(), req)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.bus.RequestJSON(ctx, c.subj.HistoryPage(), req)
 }
 
 // ListChats returns the user's chats.
