@@ -139,5 +139,8 @@ func (a *API) history(c *gin.Context) {
 		failErr(c, err)
 		return
 	}
+	// With its length known, the answer goes out in one piece, not
+	// chunked.
+	c.Header("Content-Length", strconv.Itoa(len(page)))
 	c.Data(http.StatusOK, "application/json; charset=utf-8", page)
 }
