@@ -184,7 +184,9 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	}
 	defer nc.Close()
 	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider), subj, cfg.RequestTimeout)
-	up.CacheSessions(cfg.SessionCacheSize, cfg.SessionCacheTTL)
+	// The HTTP API resolves sessions through a short cache; the websocket
+	// server's checks ask the auth service.
+	cached := upstream.CacheSessions(up, cfg.SessionCacheSize, cfg.SessionCacheTTL)
 
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
@@ -204,7 +206,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		"nats":  natsbus.Check(nc),
 	})
-	events, err := busevents.Subscribe(hubCtx, nc, subj, revokeCached{wss, up}, log, tel.TracerProvider)
+	events, err := busevents.Subscribe(hubCtx, nc, subj, revokeCached{wss, cached}, log, tel.TracerProvider)
 	if err != nil {
 		return err
 	}
@@ -232,7 +234,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		PerUser:     ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.WriteRate),
 	}
 	httpapi.New(log, httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies, WebDir: cfg.WebDir},
-		up, wss, limits, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
+		cached, wss, limits, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
 	// Hijacked websockets leave these timeouts behind: gorilla clears the
 	// deadlines at the upgrade and the connection sets its own.
 	httpSrv := &http.Server{
@@ -365,7 +367,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 // no request of this replica resolves the session any more.
 type revokeCached struct {
 	*ws.Server
-	up *upstream.Client
+	up *upstream.CachedSessions
 }
 
 func (r revokeCached) RevokeSession(sessionID string) int {

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -78,21 +79,56 @@ func (c *sessionCache) forget(token string) {
 	c.byToken.Remove(token)
 }
 
-// CacheSessions makes Session answer from a cache of at most size sessions,
-// each kept at most ttl (and never beyond its expiry). The gateway must
-// call RevokeSession for every session the auth service revokes
-// (subjects.AuthSessionRevoked), which drops it from the cache at once. A
-// ttl of 0 (or less) keeps no cache. Call it before serving requests.
-func (c *Client) CacheSessions(size int, ttl time.Duration) {
+// CachedSessions is a Client whose Session answers from a cache of
+// resolved sessions: for the HTTP API, where every request resolves its
+// session. The websocket server keeps using the Client itself, since its
+// checks (a new connection, a resync after missed events) are there to ask
+// the auth service.
+type CachedSessions struct {
+	*Client
+	cache *sessionCache // nil: no cache
+}
+
+// CacheSessions returns c with a cache of at most size sessions, each kept
+// at most ttl (and never beyond its expiry); a ttl of 0 (or less) keeps no
+// cache. The gateway must call RevokeSession for every session the auth
+// service revokes (subjects.AuthSessionRevoked), which drops it at once.
+func CacheSessions(c *Client, size int, ttl time.Duration) *CachedSessions {
+	cs := &CachedSessions{Client: c}
 	if ttl > 0 {
-		c.sessions = newSessionCache(size, ttl)
+		cs.cache = newSessionCache(size, ttl)
 	}
+	return cs
+}
+
+// Session resolves a session token, from the cache when it holds it.
+func (c *CachedSessions) Session(ctx context.Context, token string) (busapi.Session, error) {
+	if c.cache == nil {
+		return c.Client.Session(ctx, token)
+	}
+	s, epoch, ok := c.cache.get(token, time.Now())
+	if ok {
+		return s, nil
+	}
+	s, err := c.Client.Session(ctx, token)
+	if err == nil {
+		c.cache.put(token, s, epoch)
+	}
+	return s, err
+}
+
+// Logout revokes a session, and forgets it at once.
+func (c *CachedSessions) Logout(ctx context.Context, token string) error {
+	if c.cache != nil {
+		c.cache.forget(token)
+	}
+	return c.Client.Logout(ctx, token)
 }
 
 // RevokeSession drops the session with id id from the cache, if any:
 // later requests with its token ask the auth service, which refuses them.
-func (c *Client) RevokeSession(id string) {
-	if c.sessions != nil {
-		c.sessions.revoke(id)
+func (c *CachedSessions) RevokeSession(id string) {
+	if c.cache != nil {
+		c.cache.revoke(id)
 	}
 }

@@ -17,8 +17,6 @@ type Client struct {
 	bus     *natsbus.Client
 	subj    subjects.Subjects
 	timeout time.Duration
-	// sessions caches resolved sessions; nil: none (see CacheSessions).
-	sessions *sessionCache
 }
 
 // New returns a client whose requests time out after timeout.
@@ -46,28 +44,13 @@ func (c *Client) Login(ctx context.Context, username, password string) (busapi.S
 
 // Logout revokes a session.
 func (c *Client) Logout(ctx context.Context, token string) error {
-	if c.sessions != nil {
-		c.sessions.forget(token)
-	}
 	_, err := call[struct{}](ctx, c, c.subj.AuthLogout(), busapi.SessionRequest{Token: token})
 	return err
 }
 
-// Session resolves a session token, from the cache when CacheSessions set
-// one up and it holds the token.
+// Session resolves a session token.
 func (c *Client) Session(ctx context.Context, token string) (busapi.Session, error) {
-	if c.sessions == nil {
-		return call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
-	}
-	s, epoch, ok := c.sessions.get(token, time.Now())
-	if ok {
-		return s, nil
-	}
-	s, err := call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
-	if err == nil {
-		c.sessions.put(token, s, epoch)
-	}
-	return s, err
+	return call[busapi.Session](ctx, c, c.subj.AuthSession(), busapi.SessionRequest{Token: token})
 }
 
 // Send asks the chat service to accept a message.
