@@ -119,10 +119,29 @@ func TestChatsAPI(t *testing.T) {
 	}
 	bobWS.waitEvent(isChatEvent(team.ID, "dream team"), "bob sees the new name")
 
+	// Bob reads the history: the history service remembers his access
+	// (the stack keeps it a minute, see startStack).
+	history := fmt.Sprintf("/api/v1/chats/%d/messages", team.ID)
+	if err := get(bob, history); err != nil {
+		t.Fatalf("member reads history: %v", err)
+	}
+
 	// Adding carol: she is told, and receives the chat's messages at once.
 	if err := patch(alice, team.ID, map[string]any{"add_members": []string{"carol"}, "remove_members": []string{"bob"}}); err != nil {
 		t.Fatal(err)
 	}
+	// Carol reads at once (a refusal is never remembered); bob loses read
+	// access with the chat service's membership event, well before his
+	// remembered access would lapse.
+	if err := get(carol, history); err != nil {
+		t.Errorf("added member reads history: %v", err)
+	}
+	var lastErr error
+	testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
+		lastErr = get(bob, history)
+		ae, ok := errors.AsType[*apiError](lastErr)
+		return ok && ae.Status == http.StatusForbidden && ae.Code == string(protocol.CodeNotAMember)
+	}, func() string { return fmt.Sprintf("removed member refused history (last: %v)", lastErr) })
 	carolWS.waitEvent(isChatEvent(team.ID, "dream team"), "carol told she was added")
 	bobWS.waitEvent(func(e map[string]any) bool {
 		return e["type"] == protocol.TypeChatRemoved && e["chat_id"] == float64(team.ID)
@@ -183,6 +202,29 @@ func TestSessions(t *testing.T) {
 		wantAPIError(t, do(ctx, http.MethodGet, s.gateways[0]+"/api/v1/me", second.token, nil, nil), 401, protocol.CodeUnauthorized)
 		keep.send(protocol.ClientEvent{Type: protocol.TypePing, ID: "alive"})
 		keep.waitEvent(func(e map[string]any) bool { return e["type"] == protocol.TypePong }, "other session still open")
+	})
+
+	t.Run("logout ends a cached session on every replica", func(t *testing.T) {
+		// Both gateways resolve the session, and cache it (for a minute
+		// in this stack, see startStack).
+		third := login(t, s.gateways[1], "alice")
+		for _, gw := range s.gateways {
+			if err := do(ctx, http.MethodGet, gw+"/api/v1/me", third.token, nil, nil); err != nil {
+				t.Fatalf("me on %s: %v", gw, err)
+			}
+		}
+		if err := do(ctx, http.MethodPost, s.gateways[1]+"/api/v1/auth/logout", third.token, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		// The replica that logged out forgets at once; the other with the
+		// revocation event, long before the cached entry would lapse.
+		wantAPIError(t, do(ctx, http.MethodGet, s.gateways[1]+"/api/v1/me", third.token, nil, nil), 401, protocol.CodeUnauthorized)
+		var lastErr error
+		testenv.EventuallyDescribe(t, 10*time.Second, func() bool {
+			lastErr = do(ctx, http.MethodGet, s.gateways[0]+"/api/v1/me", third.token, nil, nil)
+			ae, ok := errors.AsType[*apiError](lastErr)
+			return ok && ae.Status == http.StatusUnauthorized
+		}, func() string { return fmt.Sprintf("other replica refuses the session (last: %v)", lastErr) })
 	})
 
 	t.Run("expired session", func(t *testing.T) {

@@ -134,6 +134,9 @@ func startStack(t *testing.T) *stack {
 	mustDefaults(t, historysvc.EnvPrefix, &histCfg, map[string]string{
 		"NATS_URL": s.natsURL, "POSTGRES_URL": pgURL, "SUBJECT_PREFIX": s.prefix, "DEBUG_ADDR": "127.0.0.1:0",
 		"REDIS_URL": redisURL, "REDIS_PREFIX": redisPrefix,
+		// Remembered read access lasts long here, so that the tests show
+		// a removal ending it through the membership event.
+		"ACCESS_CACHE_TTL": "1m",
 	})
 	goRun("auth", func() error { return authsvc.Run(ctx, authCfg, newTelemetry(t, "auth", s.spans)) })
 	goRun("chat", func() error { return chatsvc.Run(ctx, chatCfg, newTelemetry(t, "chat", s.spans)) })
@@ -145,6 +148,9 @@ func startStack(t *testing.T) *stack {
 			"HTTP_ADDR": "127.0.0.1:0", "DEBUG_ADDR": "127.0.0.1:0", "SHUTDOWN_TIMEOUT": "10s", "DRAIN_TIMEOUT": "5s",
 			"WEB_DIR": webDir(t), "PRESENCE_TTL": presenceTTL.String(), "PRESENCE_REFRESH_INTERVAL": (presenceTTL / 4).String(),
 			"PRESENCE_SWEEP_INTERVAL": presenceSweep.String(),
+			// Cached sessions last long here, so that the tests show a
+			// logout ending them through the revocation event.
+			"SESSION_CACHE_TTL": "1m",
 		})
 		started := make(chan gatewaysvc.Started, 1)
 		tel := newTelemetry(t, "gateway", s.spans)

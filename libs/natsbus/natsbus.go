@@ -4,6 +4,7 @@
 package natsbus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -116,6 +117,63 @@ var _ Requester = (*Client)(nil)
 // coded error in the reply is returned as *busapi.Error; no responder or a
 // timeout is returned as ErrUnavailable (wrapped).
 func (c *Client) Request(ctx context.Context, subject string, req, resp any) error {
+	span, reply, err := c.roundTrip(ctx, subject, req)
+	defer span.End()
+	if err != nil {
+		return err
+	}
+	data, err := decodeReply(span, subject, reply)
+	if err != nil {
+		return err
+	}
+	if resp != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, resp); err != nil {
+			return fmt.Errorf("request %s: decode data: %w", subject, err)
+		}
+	}
+	return nil
+}
+
+// dataPrefix opens every reply that carries data: Server encodes
+// busapi.Reply, whose Error is left out when nil, so its Data comes first.
+var dataPrefix = []byte(`{"data":`)
+
+// RequestJSON is Request for a caller that passes the reply's data on as
+// it is (the gateway's history pages): it returns the data as the service
+// encoded it, without decoding or checking it (it comes from a Server of
+// this system, which encoded it). A reply that is not data is decoded as
+// Request does.
+func (c *Client) RequestJSON(ctx context.Context, subject string, req any) (json.RawMessage, error) {
+	span, reply, err := c.roundTrip(ctx, subject, req)
+	defer span.End()
+	if err != nil {
+		return nil, err
+	}
+	if bytes.HasPrefix(reply, dataPrefix) && bytes.HasSuffix(reply, []byte("}")) {
+		return reply[len(dataPrefix) : len(reply)-1], nil
+	}
+	return decodeReply(span, subject, reply)
+}
+
+// decodeReply returns the data of a reply, or its coded error.
+func decodeReply(span trace.Span, subject string, reply []byte) (json.RawMessage, error) {
+	var env struct {
+		Error *busapi.Error   `json:"error"`
+		Data  json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(reply, &env); err != nil {
+		return nil, fmt.Errorf("request %s: decode reply: %w", subject, err)
+	}
+	if env.Error != nil {
+		span.SetAttributes(attribute.String("error.code", string(env.Error.Code)))
+		return nil, env.Error
+	}
+	return env.Data, nil
+}
+
+// roundTrip sends req to subject and returns the reply's bytes, with the
+// request's span, which the caller ends.
+func (c *Client) roundTrip(ctx context.Context, subject string, req any) (trace.Span, []byte, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
@@ -123,11 +181,10 @@ func (c *Client) Request(ctx context.Context, subject string, req, resp any) err
 	}
 	ctx, span := c.tracer.Start(ctx, "request "+subject, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
-	defer span.End()
 
 	data, err := json.Marshal(req)
 	if err != nil {
-		return fmt.Errorf("request %s: encode: %w", subject, err)
+		return span, nil, fmt.Errorf("request %s: encode: %w", subject, err)
 	}
 	msg := nats.NewMsg(subject)
 	msg.Data = data
@@ -136,27 +193,11 @@ func (c *Client) Request(ctx context.Context, subject string, req, resp any) err
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("request %s: %w: %w", subject, ErrUnavailable, err)
+			return span, nil, fmt.Errorf("request %s: %w: %w", subject, ErrUnavailable, err)
 		}
-		return fmt.Errorf("request %s: %w", subject, err)
+		return span, nil, fmt.Errorf("request %s: %w", subject, err)
 	}
-	var env struct {
-		Error *busapi.Error   `json:"error"`
-		Data  json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(reply.Data, &env); err != nil {
-		return fmt.Errorf("request %s: decode reply: %w", subject, err)
-	}
-	if env.Error != nil {
-		span.SetAttributes(attribute.String("error.code", string(env.Error.Code)))
-		return env.Error
-	}
-	if resp != nil && len(env.Data) > 0 {
-		if err := json.Unmarshal(env.Data, resp); err != nil {
-			return fmt.Errorf("request %s: decode data: %w", subject, err)
-		}
-	}
-	return nil
+	return span, reply.Data, nil
 }
 
 // Handler serves one decoded request. It returns the reply data, or an

@@ -2,8 +2,10 @@ package natsbus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,6 +93,25 @@ func TestRequestReply(t *testing.T) {
 		err := client.Request(context.Background(), "t.nobody", echoReq{}, nil)
 		if got := busapi.CodeOf(err); got != protocol.CodeUnavailable {
 			t.Errorf("code = %s (%v), want unavailable", got, err)
+		}
+	})
+	t.Run("data passed on as encoded", func(t *testing.T) {
+		raw, err := client.RequestJSON(context.Background(), "t.echo", echoReq{Say: `a "quoted" <b>`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"said":"a \"quoted\" \u003cb\u003e","trace_id":"`; !strings.HasPrefix(string(raw), want) || !strings.HasSuffix(string(raw), `"}`) {
+			t.Errorf("data = %s, want the handler's answer as json.Marshal encodes it", raw)
+		}
+		var resp echoResp
+		if err := json.Unmarshal(raw, &resp); err != nil || resp.Said != `a "quoted" <b>` {
+			t.Errorf("data decodes to %+v (%v)", resp, err)
+		}
+	})
+	t.Run("coded error reaches the raw caller", func(t *testing.T) {
+		raw, err := client.RequestJSON(context.Background(), "t.echo", echoReq{Say: "coded"})
+		if got := busapi.CodeOf(err); got != protocol.CodeNotAMember || raw != nil {
+			t.Errorf("code = %s (%v), data %s, want not_a_member and no data", got, err, raw)
 		}
 	})
 	t.Run("malformed request is bad_request", func(t *testing.T) {

@@ -69,6 +69,12 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+
+	// SessionCacheTTL bounds how long a resolved session is reused without
+	// asking the auth service (a logout drops it at once); 0: no cache.
+	SessionCacheTTL time.Duration `env:"SESSION_CACHE_TTL" envDefault:"5s"`
+	// SessionCacheSize bounds the sessions cached.
+	SessionCacheSize int `env:"SESSION_CACHE_SIZE" envDefault:"100000"`
 }
 
 // TelemetrySettings returns the OTLP endpoint and log level.
@@ -99,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PresenceRefresh*2 > c.PresenceTTL {
 		errs = append(errs, errors.New("PRESENCE_REFRESH_INTERVAL must be at most half of PRESENCE_TTL"))
+	}
+	if c.SessionCacheTTL < 0 || c.SessionCacheTTL > time.Minute || c.SessionCacheSize < 1 {
+		errs = append(errs, errors.New("SESSION_CACHE_TTL must be 0 (no cache) to 1m, SESSION_CACHE_SIZE at least 1"))
 	}
 	if c.DrainBatch < 1 {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
@@ -175,6 +184,9 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	}
 	defer nc.Close()
 	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider), subj, cfg.RequestTimeout)
+	// The HTTP API resolves sessions through a short cache; the websocket
+	// server's checks ask the auth service.
+	cached := upstream.CacheSessions(up, cfg.SessionCacheSize, cfg.SessionCacheTTL)
 
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
@@ -194,7 +206,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		"nats":  natsbus.Check(nc),
 	})
-	events, err := busevents.Subscribe(hubCtx, nc, subj, wss, log, tel.TracerProvider)
+	events, err := busevents.Subscribe(hubCtx, nc, subj, revokeCached{wss, cached}, log, tel.TracerProvider)
 	if err != nil {
 		return err
 	}
@@ -222,7 +234,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		PerUser:     ratelimit.PerMinute(rdb, cfg.RedisPrefix, cfg.WriteRate),
 	}
 	httpapi.New(log, httpapi.Config{AllowedOrigins: cfg.AllowedOrigins, SecureCookies: cfg.SecureCookies, WebDir: cfg.WebDir},
-		up, wss, limits, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
+		cached, wss, limits, ready, tel.TracerProvider, tel.Propagator).Routes(engine)
 	// Hijacked websockets leave these timeouts behind: gorilla clears the
 	// deadlines at the upgrade and the connection sets its own.
 	httpSrv := &http.Server{
@@ -348,4 +360,17 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		return err
 	})
 	return g.Wait()
+}
+
+// revokeCached drops a revoked session from the gateway's session cache
+// before it closes the session's websockets, so that once they are closed
+// no request of this replica resolves the session any more.
+type revokeCached struct {
+	*ws.Server
+	up *upstream.CachedSessions
+}
+
+func (r revokeCached) RevokeSession(sessionID string) int {
+	r.up.RevokeSession(sessionID)
+	return r.Server.RevokeSession(sessionID)
 }

@@ -48,6 +48,13 @@ type Config struct {
 	PinnedTTL       time.Duration `env:"PINNED_TTL" envDefault:"5s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+
+	// AccessCacheTTL bounds how long a granted read access is reused
+	// without asking the chat service (a removal from the chat drops it at
+	// once); 0: no cache.
+	AccessCacheTTL time.Duration `env:"ACCESS_CACHE_TTL" envDefault:"5s"`
+	// AccessCacheSize bounds the granted accesses cached.
+	AccessCacheSize int `env:"ACCESS_CACHE_SIZE" envDefault:"100000"`
 }
 
 // TelemetrySettings returns the OTLP endpoint and log level.
@@ -60,6 +67,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if _, err := subjects.New(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
+	}
+	if c.AccessCacheTTL < 0 || c.AccessCacheTTL > time.Minute || c.AccessCacheSize < 1 {
+		errs = append(errs, errors.New("ACCESS_CACHE_TTL must be 0 (no cache) to 1m, ACCESS_CACHE_SIZE at least 1"))
 	}
 	if _, err := redis.ParseURL(c.RedisURL); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_URL: %w", err))
@@ -151,7 +161,12 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	// flight at shutdown finish while the connection drains.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	access := natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider), Subj: subj}
+	var access natsapi.Access = natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider), Subj: subj}
+	if cfg.AccessCacheTTL > 0 {
+		if access, err = natsapi.NewCachedAccess(nc, subj, access, cfg.AccessCacheSize, cfg.AccessCacheTTL); err != nil {
+			return err
+		}
+	}
 	if _, err := natsapi.Register(handlerCtx, srv, subj, history.NewService(store), access); err != nil {
 		return err
 	}

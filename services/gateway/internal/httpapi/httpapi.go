@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +33,7 @@ type Upstream interface {
 	CreateChat(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error)
 	UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (busapi.Chat, error)
 	GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat, error)
-	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
+	HistoryJSON(ctx context.Context, req busapi.HistoryRequest) (json.RawMessage, error)
 	StartDirect(ctx context.Context, req busapi.DirectRequest) (busapi.DirectChat, error)
 	Read(ctx context.Context, req busapi.ReadRequest) (busapi.ReadResult, error)
 }

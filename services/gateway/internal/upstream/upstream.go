@@ -4,6 +4,7 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/communications/communications/libs/busapi"
@@ -65,6 +66,14 @@ func (c *Client) Change(ctx context.Context, req busapi.ChangeRequest) (busapi.S
 // History reads a page of a chat's messages.
 func (c *Client) History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
 	return call[busapi.HistoryPage](ctx, c, c.subj.HistoryPage(), req)
+}
+
+// HistoryJSON reads a page of a chat's messages as the history service
+// encoded it (a busapi.HistoryPage), for the HTTP API to pass on as it is.
+func (c *Client) HistoryJSON(ctx context.Context, req busapi.HistoryRequest) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.bus.RequestJSON(ctx, c.subj.HistoryPage(), req)
 }
 
 // ListChats returns the user's chats.

@@ -1,0 +1,134 @@
+package upstream
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+
+	"github.com/communications/communications/libs/busapi"
+)
+
+// sessionCache keeps the sessions this gateway resolved for a short time,
+// so that a request does not ask the auth service again. A session the
+// auth service revokes (subjects.AuthSessionRevoked, published at logout)
+// is dropped at once; should that event be missed (NATS away), an entry
+// lives at most ttl, and never beyond its session's expiry.
+type sessionCache struct {
+	mu sync.Mutex
+	// epoch counts revocations: a lookup that started before one may
+	// have resolved the revoked session, so it is not stored.
+	epoch   uint64
+	byToken *expirable.LRU[string, busapi.Session]
+	tokenOf *expirable.LRU[string, string] // session id -> token
+}
+
+func newSessionCache(size int, ttl time.Duration) *sessionCache {
+	return &sessionCache{
+		byToken: expirable.NewLRU[string, busapi.Session](size, nil, ttl),
+		tokenOf: expirable.NewLRU[string, string](size, nil, ttl),
+	}
+}
+
+// get returns the cached session of token and, on a miss, the epoch to
+// give put.
+func (c *sessionCache) get(token string, now time.Time) (busapi.Session, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.byToken.Get(token)
+	if ok && now.Before(s.ExpiresAt) {
+		return s, 0, true
+	}
+	if ok {
+		c.byToken.Remove(token)
+	}
+	return busapi.Session{}, c.epoch, false
+}
+
+// put stores s unless a session was revoked since epoch.
+func (c *sessionCache) put(token string, s busapi.Session, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if epoch != c.epoch {
+		return
+	}
+	c.byToken.Add(token, s)
+	c.tokenOf.Add(s.ID, token)
+}
+
+// revoke drops the session with id id.
+func (c *sessionCache) revoke(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	if token, ok := c.tokenOf.Peek(id); ok {
+		c.byToken.Remove(token)
+		c.tokenOf.Remove(id)
+	}
+}
+
+// forget drops the session of token (logged out through this gateway).
+func (c *sessionCache) forget(token string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	if s, ok := c.byToken.Peek(token); ok {
+		c.tokenOf.Remove(s.ID)
+	}
+	c.byToken.Remove(token)
+}
+
+// CachedSessions is a Client whose Session answers from a cache of
+// resolved sessions: for the HTTP API, where every request resolves its
+// session. The websocket server keeps using the Client itself, since its
+// checks (a new connection, a resync after missed events) are there to ask
+// the auth service.
+type CachedSessions struct {
+	*Client
+	cache *sessionCache // nil: no cache
+}
+
+// CacheSessions returns c with a cache of at most size sessions, each kept
+// at most ttl (and never beyond its expiry); a ttl of 0 (or less) keeps no
+// cache. The gateway must call RevokeSession for every session the auth
+// service revokes (subjects.AuthSessionRevoked), which drops it at once.
+func CacheSessions(c *Client, size int, ttl time.Duration) *CachedSessions {
+	cs := &CachedSessions{Client: c}
+	if ttl > 0 {
+		cs.cache = newSessionCache(size, ttl)
+	}
+	return cs
+}
+
+// Session resolves a session token, from the cache when it holds it.
+func (c *CachedSessions) Session(ctx context.Context, token string) (busapi.Session, error) {
+	if c.cache == nil {
+		return c.Client.Session(ctx, token)
+	}
+	s, epoch, ok := c.cache.get(token, time.Now())
+	if ok {
+		return s, nil
+	}
+	s, err := c.Client.Session(ctx, token)
+	if err == nil {
+		c.cache.put(token, s, epoch)
+	}
+	return s, err
+}
+
+// Logout revokes a session, and forgets it at once.
+func (c *CachedSessions) Logout(ctx context.Context, token string) error {
+	if c.cache != nil {
+		c.cache.forget(token)
+	}
+	return c.Client.Logout(ctx, token)
+}
+
+// RevokeSession drops the session with id id from the cache, if any:
+// later requests with its token ask the auth service, which refuses them.
+func (c *CachedSessions) RevokeSession(id string) {
+	if c.cache != nil {
+		c.cache.revoke(id)
+	}
+}
