@@ -19,7 +19,11 @@ type sessionCache struct {
 	mu sync.Mutex
 	// epoch counts revocations: a lookup that started before one may
 	// have resolved the revoked session, so it is not stored.
-	epoch   uint64
+	epoch uint64
+	// byToken and tokenOf see the same operations in the same order (an
+	// add, a use or a removal of one entry is made in both), so their LRU
+	// orders agree and both evict the same session when full: a revocation
+	// always finds the token of a session still cached.
 	byToken *expirable.LRU[string, busapi.Session]
 	tokenOf *expirable.LRU[string, string] // session id -> token
 }
@@ -38,10 +42,12 @@ func (c *sessionCache) get(token string, now time.Time) (busapi.Session, uint64,
 	defer c.mu.Unlock()
 	s, ok := c.byToken.Get(token)
 	if ok && now.Before(s.ExpiresAt) {
+		c.tokenOf.Get(s.ID) // used: keeps both orders alike
 		return s, 0, true
 	}
 	if ok {
 		c.byToken.Remove(token)
+		c.tokenOf.Remove(s.ID)
 	}
 	return busapi.Session{}, c.epoch, false
 }
@@ -117,11 +123,16 @@ func (c *CachedSessions) Session(ctx context.Context, token string) (busapi.Sess
 	return s, err
 }
 
-// Logout revokes a session, and forgets it at once.
+// Logout revokes a session, and forgets it at once. It forgets it again
+// once the auth service has answered: a request that resolved the session
+// while the logout was under way is not kept either, even if the
+// revocation's announcement is lost.
 func (c *CachedSessions) Logout(ctx context.Context, token string) error {
-	if c.cache != nil {
-		c.cache.forget(token)
+	if c.cache == nil {
+		return c.Client.Logout(ctx, token)
 	}
+	c.cache.forget(token)
+	defer c.cache.forget(token)
 	return c.Client.Logout(ctx, token)
 }
 

@@ -76,3 +76,31 @@ func TestSessionCacheTTL(t *testing.T) {
 		return !ok
 	}, "session dropped after its ttl")
 }
+
+// TestSessionCacheRevokesAfterEviction: when the cache is full, the
+// session evicted is the same in both of its indexes, so a revocation still
+// finds every session the cache serves (a token used recently must not
+// outlive the eviction of its session id).
+func TestSessionCacheRevokesAfterEviction(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	c := newSessionCache(2, time.Minute)
+	add := func(token, id string) {
+		_, epoch, _ := c.get(token, now)
+		c.put(token, busapi.Session{ID: id, ExpiresAt: now.Add(time.Hour)}, epoch)
+	}
+	add("A", "sA")
+	add("B", "sB")
+	if _, _, ok := c.get("A", now); !ok { // A used: B is the oldest now
+		t.Fatal("A not cached")
+	}
+	add("C", "sC") // evicts B
+	c.revoke("sA")
+	if _, _, ok := c.get("A", now); ok {
+		t.Error("token A still served after its session was revoked")
+	}
+	c.revoke("sC")
+	if _, _, ok := c.get("C", now); ok {
+		t.Error("token C still served after its session was revoked")
+	}
+}

@@ -113,7 +113,8 @@ type PageStore interface {
 const MaxLatestChats = 10000
 
 // Service answers history page requests. Who may read a chat is decided by
-// the chat service, which the transport asks before every page.
+// the chat service, which the transport asks (through a short cache of
+// grants) before serving a page.
 type Service struct{ store PageStore }
 
 // NewService returns a Service reading from store.

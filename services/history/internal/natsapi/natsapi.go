@@ -20,7 +20,8 @@ import (
 )
 
 // Access decides whether a user may read a chat. The chat service owns
-// membership, so the history service asks it for every page.
+// membership; the history service asks it for a page unless it granted the
+// same user and chat within the access cache's TTL (NewCachedAccess).
 type Access interface {
 	// CanRead returns nil, or a *busapi.Error with code chat_not_found or
 	// not_a_member, or another error when the chat service did not answer.
