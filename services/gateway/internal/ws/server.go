@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/panjf2000/ants/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
@@ -90,7 +91,14 @@ type Server struct {
 	upgrader websocket.Upgrader
 	// frames holds the buffers in which writers join several events into
 	// one frame.
-	frames  sync.Pool
+	frames sync.Pool
+	// writers runs the connections' writers on goroutines that are kept
+	// for a second after their last frame: a writer that starts often
+	// neither creates a goroutine nor grows a fresh one's stack each time.
+	// Unbounded, so a writer blocked on a slow client never delays
+	// another's; nil (before NewServer returns, or once closed) means a
+	// goroutine per writer.
+	writers *ants.PoolWithFuncGeneric[*Conn]
 	metrics metrics
 
 	mu        sync.Mutex
@@ -118,6 +126,9 @@ type Server struct {
 	posMu        sync.Mutex
 	storedBefore map[int64]int64
 	draining     bool
+	// due holds the connections the clock found due (its goroutine alone
+	// uses it).
+	due []*Conn
 	// base is the context of every connection; cancelled when the server
 	// is closed for good.
 	base   context.Context
@@ -131,6 +142,10 @@ const (
 	readBufferSize  = 512
 	writeBufferSize = 4096
 )
+
+// writerIdle is how long a writer goroutine of the pool waits for its next
+// connection before it ends.
+const writerIdle = time.Second
 
 // ErrDraining is returned by Serve while the gateway shuts down.
 var ErrDraining = errors.New("gateway is shutting down")
@@ -200,6 +215,12 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		},
 	}
 	s.frames.New = func() any { b := make([]byte, 0, writeBufferSize); return &b }
+	if p, err := ants.NewPoolWithFuncGeneric(-1, (*Conn).write, ants.WithExpiryDuration(writerIdle)); err == nil {
+		s.writers = p
+	} else {
+		log.Warn("writer pool unavailable; a goroutine per writer", "err", err)
+	}
+	go s.runClock()
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
 	return s
@@ -239,7 +260,6 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		_ = wsConn.Close()
 		return
 	}
-	c.schedulePing()
 	// Until the reader takes the connection over, a failed setup (or a
 	// panic in it, which the HTTP server recovers from) ends it here.
 	handedOff := false
@@ -265,12 +285,6 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	}
 	// hello goes out after Redis confirmed the subscriptions, and before
 	// any event: a client that loads history on hello misses nothing.
-	var expiry *time.Timer
-	if !session.ExpiresAt.IsZero() {
-		expiry = time.AfterFunc(time.Until(session.ExpiresAt), func() {
-			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
-		})
-	}
 	if s.presence != nil {
 		s.presence.Connect(user.ID, user.Username)
 	}
@@ -295,7 +309,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// and gorilla's read, which fit the smallest goroutine stack (2 KiB):
 	// the socket's read settings are made here before, the work on a frame
 	// happens in serveFrame, and the cleanup in stopReading.
-	c.expiry, c.stopResume, c.resumed = expiry, stopResume, resumed
+	c.stopResume, c.resumed = stopResume, resumed
 	c.prepareRead()
 	handedOff = true
 	go func() {
@@ -310,7 +324,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 }
 
 // stopReading cleans up after the reader: the replay, the view, presence,
-// the session's expiry, then the connection itself.
+// then the connection itself.
 func (c *Conn) stopReading() {
 	s := c.srv
 	if c.stopResume != nil {
@@ -320,9 +334,6 @@ func (c *Conn) stopReading() {
 	s.setView(c, nil)
 	if s.presence != nil {
 		s.presence.Disconnect(c.user.ID)
-	}
-	if c.expiry != nil {
-		c.expiry.Stop()
 	}
 	c.stop()
 }
@@ -334,6 +345,55 @@ func (c *Conn) stop() {
 	c.end()
 	<-c.ended
 	c.srv.remove(c)
+}
+
+// runClock is the connections' one clock: instead of two runtime timers
+// per connection, it looks at every connection a few times per ping
+// interval (at most a second apart), has the writer of each connection
+// whose ping is due send one, and closes the connections whose session
+// has expired. It runs until the server is closed for good.
+func (s *Server) runClock() {
+	every := min(time.Second, s.cfg.PingInterval/4)
+	tick := time.NewTicker(max(every, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.base.Done():
+			if s.writers != nil {
+				s.writers.Release()
+			}
+			return
+		case now := <-tick.C:
+			s.tick(now)
+		}
+	}
+}
+
+// tick pings the connections whose ping is due and closes those whose
+// session has expired.
+func (s *Server) tick(now time.Time) {
+	t := now.UnixNano()
+	s.mu.Lock()
+	due := s.due[:0]
+	for c := range s.conns {
+		if c.nextPing.Load() <= t || (c.expiresAt != 0 && c.expiresAt <= t) {
+			due = append(due, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range due {
+		if c.expiresAt != 0 && c.expiresAt <= t {
+			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
+			continue
+		}
+		c.nextPing.Store(t + int64(s.cfg.PingInterval))
+		c.queuePing()
+	}
+	clear(due)
+	if cap(due) > 1024 {
+		due = nil
+	}
+	s.due = due
 }
 
 // check brings a new connection up to date with the owners of the data:
