@@ -99,6 +99,12 @@ type Server struct {
 	// another's; nil (before NewServer returns, or once closed) means a
 	// goroutine per writer.
 	writers *ants.PoolWithFuncGeneric[*Conn]
+	// servers serves the frames the readers read, on goroutines kept the
+	// same way, while the reader waits: the reader's own stack then never
+	// grows past what waiting for a frame needs (the smallest, 2 KiB),
+	// however deep the work on a frame goes. jobs holds the hand-overs.
+	servers *ants.PoolWithFuncGeneric[*frameJob]
+	jobs    sync.Pool
 	metrics metrics
 
 	mu        sync.Mutex
@@ -220,6 +226,12 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 	} else {
 		log.Warn("writer pool unavailable; a goroutine per writer", "err", err)
 	}
+	if p, err := ants.NewPoolWithFuncGeneric(-1, (*frameJob).serve, ants.WithExpiryDuration(writerIdle)); err == nil {
+		s.servers = p
+	} else {
+		log.Warn("frame pool unavailable; frames served by their readers", "err", err)
+	}
+	s.jobs.New = func() any { return &frameJob{done: make(chan struct{}, 1)} }
 	go s.runClock()
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
@@ -308,19 +320,58 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// were sent. While it waits for a frame, its stack holds only this loop
 	// and gorilla's read, which fit the smallest goroutine stack (2 KiB):
 	// the socket's read settings are made here before, the work on a frame
-	// happens in serveFrame, and the cleanup in stopReading.
+	// happens in serveFrame on a goroutine of the frame pool (see serve),
+	// and the cleanup in stopReading.
 	c.stopResume, c.resumed = stopResume, resumed
 	c.prepareRead()
 	handedOff = true
 	go func() {
 		for {
 			typ, frame, err := c.ws.ReadMessage()
-			if !c.serveFrame(typ, frame, err) {
+			if !c.serve(typ, frame, err) {
 				break
 			}
 		}
 		c.stopReading()
 	}()
+}
+
+// frameJob is a frame a reader hands to the frame pool, and the answer.
+type frameJob struct {
+	c     *Conn
+	typ   int
+	frame []byte
+	err   error
+	ok    bool
+	done  chan struct{} // one value once served
+}
+
+func (j *frameJob) serve() {
+	j.ok = j.c.serveFrame(j.typ, j.frame, j.err)
+	j.done <- struct{}{}
+}
+
+// serve has what one read returned served on a goroutine of the frame
+// pool and waits until it is (frames are served one after another, in the
+// order read); false ends the reader.
+func (c *Conn) serve(typ int, frame []byte, err error) bool {
+	s := c.srv
+	if s.servers == nil {
+		return c.serveFrame(typ, frame, err)
+	}
+	j := s.jobs.Get().(*frameJob)
+	j.c, j.typ, j.frame, j.err = c, typ, frame, err
+	if s.servers.Invoke(j) != nil {
+		// The pool is closed (the server is): served here.
+		j.c, j.frame, j.err = nil, nil, nil
+		s.jobs.Put(j)
+		return c.serveFrame(typ, frame, err)
+	}
+	<-j.done
+	ok := j.ok
+	j.c, j.frame, j.err = nil, nil, nil
+	s.jobs.Put(j)
+	return ok
 }
 
 // stopReading cleans up after the reader: the replay, the view, presence,
@@ -361,6 +412,9 @@ func (s *Server) runClock() {
 		case <-s.base.Done():
 			if s.writers != nil {
 				s.writers.Release()
+			}
+			if s.servers != nil {
+				s.servers.Release()
 			}
 			return
 		case now := <-tick.C:
