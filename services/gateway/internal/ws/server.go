@@ -93,7 +93,7 @@ type Server struct {
 	// one frame.
 	frames sync.Pool
 	// writers runs the connections' writers on goroutines that are kept
-	// for a second after their last frame: a writer that starts often
+	// for a moment (writerIdle) after their last frame: a writer that starts often
 	// neither creates a goroutine nor grows a fresh one's stack each time.
 	// Unbounded, so a writer blocked on a slow client never delays
 	// another's; nil (before NewServer returns, or once closed) means a
@@ -149,9 +149,11 @@ const (
 	writeBufferSize = 4096
 )
 
-// writerIdle is how long a writer goroutine of the pool waits for its next
-// connection before it ends.
-const writerIdle = time.Second
+// writerIdle is about how long a goroutine of the writer and frame pools
+// waits for its next connection before it ends (the pool looks every
+// writerIdle): under load they are taken again within microseconds, and
+// those started for a second's wave of pings end soon after.
+const writerIdle = 250 * time.Millisecond
 
 // ErrDraining is returned by Serve while the gateway shuts down.
 var ErrDraining = errors.New("gateway is shutting down")
