@@ -127,6 +127,10 @@ func runStack(ctx context.Context, root, stateDir, natsBin string, restartGatewa
 			"GATEWAY_NATS_URL": nt.URL(), "GATEWAY_REDIS_URL": rd.URL(),
 			"GATEWAY_HTTP_ADDR": addr(port), "GATEWAY_DEBUG_ADDR": addr(ports[5+i]),
 			"GATEWAY_WEB_DIR": filepath.Join(root, "web", "dist"),
+			// Idle websockets' readers keep the smallest goroutine stack,
+			// and the heap grows by half its live size between collections
+			// (services/gateway/README.md, "Runtime settings").
+			"GODEBUG": "adaptivestackstart=0", "GOGC": "50",
 		}})
 	}
 

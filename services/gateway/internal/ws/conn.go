@@ -56,12 +56,23 @@ type Conn struct {
 	queue   [][]byte
 	writing bool // a writer goroutine runs; it alone writes frames
 	closing bool // Close was called: the writer ends the socket
+	// pingDue: the server's clock asked for a ping, which the writer
+	// sends before anything else.
+	pingDue bool
 	// started is set once hello is queued; events queued before it wait
 	// behind it (the writer starts with hello).
 	started atomic.Bool
 
+	// nextPing is when the server's clock queues the next ping (unix
+	// nanoseconds); expiresAt when the session expires and the connection
+	// is closed (0: never). Set before the connection is added to the
+	// server.
+	nextPing  atomic.Int64
+	expiresAt int64
+
 	// posMu guards positions: per chat, what was delivered and whether a
-	// resume is replaying it.
+	// resume is replaying it. Made on the first message or resume, so an
+	// idle connection has none.
 	posMu     sync.Mutex
 	positions map[int64]*chatPosition
 	heldTotal int // messages held over all chats, bounded by the send queue
@@ -70,20 +81,16 @@ type Conn struct {
 	// srv.viewMu.
 	view *view
 	// The reader goroutine alone uses these: the bucket of costly
-	// requests, its recent refusals, and when the user last typed in each
-	// chat.
+	// requests (made on the first such request when limited), its recent
+	// refusals, and when the user last typed in each chat.
+	limited      bool
 	limiter      *rate.Limiter
 	refusals     int
 	refusedSince time.Time
 	typedAt      map[int64]time.Time
 
-	// ping sends a ping every Config.PingInterval (a timer, not a
-	// goroutine).
-	ping *time.Timer
-	// Set before the reader starts, for its cleanup: the timer that closes
-	// the connection when its session expires, and the replay of a resume
-	// (stopResume ends it, resumed is closed when it has).
-	expiry     *time.Timer
+	// Set before the reader starts, for its cleanup: the replay of a
+	// resume (stopResume ends it, resumed is closed when it has).
 	stopResume context.CancelFunc
 	resumed    chan struct{}
 
@@ -98,13 +105,17 @@ type Conn struct {
 
 // newConn returns a connection of user on socket ws.
 func newConn(s *Server, ws *websocket.Conn, session busapi.Session, token string) *Conn {
-	return &Conn{
+	c := &Conn{
 		srv: s, ws: ws, user: session.User, session: session.ID, token: token,
-		closed:    make(chan struct{}),
-		ended:     make(chan struct{}),
-		positions: map[int64]*chatPosition{},
-		limiter:   newLimiter(s.cfg),
+		closed:  make(chan struct{}),
+		ended:   make(chan struct{}),
+		limited: true,
 	}
+	if !session.ExpiresAt.IsZero() {
+		c.expiresAt = session.ExpiresAt.UnixNano()
+	}
+	c.nextPing.Store(time.Now().Add(s.cfg.PingInterval).UnixNano())
+	return c
 }
 
 // Deliver queues an event without blocking; a full queue disconnects the
@@ -153,12 +164,15 @@ func (c *Conn) queued() int {
 	return len(c.queue)
 }
 
-// startWriter starts a writer unless one runs. Call with qmu held.
+// startWriter starts a writer unless one runs, on a goroutine of the
+// server's writer pool. Call with qmu held.
 // Connections without a socket (tests) keep their queue to be read.
 func (c *Conn) startWriter() {
 	if !c.writing && c.ws != nil {
 		c.writing = true
-		go c.write()
+		if w := c.srv.writers; w == nil || w.Invoke(c) != nil {
+			go c.write()
+		}
 	}
 }
 
@@ -312,13 +326,26 @@ func (c *Conn) write() {
 			c.finish(rest)
 			return
 		}
-		if len(c.queue) == 0 {
+		if c.pingDue {
+			c.pingDue = false
+			c.qmu.Unlock()
+			err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout))
+			if err != nil {
+				c.Close(protocol.CloseServerError, "ping failed")
+			}
+			continue
+		}
+		if len(c.queue) == 0 || !c.started.Load() {
+			// Nothing to send, or only a ping before hello: the events
+			// queued before hello wait for start.
 			c.writing = false
-			switch {
-			case cap(c.queue) > keptQueue:
-				c.queue = nil
-			case c.queue == nil && cap(batch) <= keptQueue:
-				c.queue = batch[:0]
+			if len(c.queue) == 0 {
+				switch {
+				case cap(c.queue) > keptQueue:
+					c.queue = nil
+				case c.queue == nil && cap(batch) <= keptQueue:
+					c.queue = batch[:0]
+				}
 			}
 			c.qmu.Unlock()
 			return
@@ -387,11 +414,6 @@ const maxPooledFrame = 64 << 10
 func (c *Conn) finish(rest [][]byte) {
 	defer close(c.ended)
 	defer c.ws.Close()
-	c.qmu.Lock()
-	if c.ping != nil {
-		c.ping.Stop()
-	}
-	c.qmu.Unlock()
 	if len(rest) > 0 && c.closeCode != protocol.CloseSlowConsumer {
 		if c.ws.SetWriteDeadline(time.Now().Add(time.Second)) == nil {
 			_ = c.writeEvents(rest)
@@ -401,28 +423,16 @@ func (c *Conn) finish(rest [][]byte) {
 	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 }
 
-// schedulePing arms the ping timer: pings come from a timer, not from a
-// goroutine per connection (control frames may be written beside the
-// writer).
-func (c *Conn) schedulePing() {
+// queuePing has the writer send a ping (the server's clock calls it every
+// Config.PingInterval; see Server.tick).
+func (c *Conn) queuePing() {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	if c.closing {
 		return
 	}
-	if c.ping == nil {
-		c.ping = time.AfterFunc(c.srv.cfg.PingInterval, c.sendPing)
-	} else {
-		c.ping.Reset(c.srv.cfg.PingInterval)
-	}
-}
-
-func (c *Conn) sendPing() {
-	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
-		c.Close(protocol.CloseServerError, "ping failed")
-		return
-	}
-	c.schedulePing()
+	c.pingDue = true
+	c.startWriter()
 }
 
 // prepareRead sets the socket's read limit, read deadline and pong handler;

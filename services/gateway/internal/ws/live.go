@@ -83,9 +83,16 @@ const maxHeldChanges = 64
 // (send, edit, delete, view). Over the limit the request is answered with
 // rate_limited; a connection refused Config.SendRefusals times within
 // refusalWindow is closed with CloseRateLimited, after the error.
-// Connections built without a bucket (tests) are not limited.
+// Connections built without a bucket and not limited (tests) are not
+// limited.
 func (c *Conn) allow(ev protocol.ClientEvent) bool {
-	if c.limiter == nil || c.limiter.Allow() {
+	if c.limiter == nil {
+		if !c.limited {
+			return true
+		}
+		c.limiter = newLimiter(c.srv.cfg)
+	}
+	if c.limiter.Allow() {
 		return true
 	}
 	c.srv.metrics.rateLimited.Inc()

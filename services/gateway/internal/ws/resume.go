@@ -54,6 +54,9 @@ func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	pos := c.positions[chatID]
 	if pos == nil {
 		pos = &chatPosition{}
+		if c.positions == nil {
+			c.positions = map[int64]*chatPosition{}
+		}
 		c.positions[chatID] = pos
 	}
 	switch {
@@ -138,6 +141,9 @@ const maxResumeChats = 1000
 func (c *Conn) holdForResume(from map[int64]int64) {
 	c.posMu.Lock()
 	defer c.posMu.Unlock()
+	if len(from) > 0 && c.positions == nil {
+		c.positions = make(map[int64]*chatPosition, len(from))
+	}
 	for id := range from {
 		c.positions[id] = &chatPosition{catchingUp: true}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/panjf2000/ants/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
@@ -90,7 +91,20 @@ type Server struct {
 	upgrader websocket.Upgrader
 	// frames holds the buffers in which writers join several events into
 	// one frame.
-	frames  sync.Pool
+	frames sync.Pool
+	// writers runs the connections' writers on goroutines that are kept
+	// for a moment (writerIdle) after their last frame: a writer that starts often
+	// neither creates a goroutine nor grows a fresh one's stack each time.
+	// Unbounded, so a writer blocked on a slow client never delays
+	// another's; nil (before NewServer returns, or once closed) means a
+	// goroutine per writer.
+	writers *ants.PoolWithFuncGeneric[*Conn]
+	// servers serves the frames the readers read, on goroutines kept the
+	// same way, while the reader waits: the reader's own stack then never
+	// grows past what waiting for a frame needs (the smallest, 2 KiB),
+	// however deep the work on a frame goes. jobs holds the hand-overs.
+	servers *ants.PoolWithFuncGeneric[*frameJob]
+	jobs    sync.Pool
 	metrics metrics
 
 	mu        sync.Mutex
@@ -118,6 +132,9 @@ type Server struct {
 	posMu        sync.Mutex
 	storedBefore map[int64]int64
 	draining     bool
+	// due holds the connections the clock found due (its goroutine alone
+	// uses it).
+	due []*Conn
 	// base is the context of every connection; cancelled when the server
 	// is closed for good.
 	base   context.Context
@@ -131,6 +148,12 @@ const (
 	readBufferSize  = 512
 	writeBufferSize = 4096
 )
+
+// writerIdle is about how long a goroutine of the writer and frame pools
+// waits for its next connection before it ends (the pool looks every
+// writerIdle): under load they are taken again within microseconds, and
+// those started for a second's wave of pings end soon after.
+const writerIdle = 250 * time.Millisecond
 
 // ErrDraining is returned by Serve while the gateway shuts down.
 var ErrDraining = errors.New("gateway is shutting down")
@@ -200,6 +223,18 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		},
 	}
 	s.frames.New = func() any { b := make([]byte, 0, writeBufferSize); return &b }
+	if p, err := ants.NewPoolWithFuncGeneric(-1, (*Conn).write, ants.WithExpiryDuration(writerIdle)); err == nil {
+		s.writers = p
+	} else {
+		log.Warn("writer pool unavailable; a goroutine per writer", "err", err)
+	}
+	if p, err := ants.NewPoolWithFuncGeneric(-1, (*frameJob).serve, ants.WithExpiryDuration(writerIdle)); err == nil {
+		s.servers = p
+	} else {
+		log.Warn("frame pool unavailable; frames served by their readers", "err", err)
+	}
+	s.jobs.New = func() any { return &frameJob{done: make(chan struct{}, 1)} }
+	go s.runClock()
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
 	return s
@@ -239,7 +274,6 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		_ = wsConn.Close()
 		return
 	}
-	c.schedulePing()
 	// Until the reader takes the connection over, a failed setup (or a
 	// panic in it, which the HTTP server recovers from) ends it here.
 	handedOff := false
@@ -265,12 +299,6 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	}
 	// hello goes out after Redis confirmed the subscriptions, and before
 	// any event: a client that loads history on hello misses nothing.
-	var expiry *time.Timer
-	if !session.ExpiresAt.IsZero() {
-		expiry = time.AfterFunc(time.Until(session.ExpiresAt), func() {
-			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
-		})
-	}
 	if s.presence != nil {
 		s.presence.Connect(user.ID, user.Username)
 	}
@@ -294,14 +322,15 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// were sent. While it waits for a frame, its stack holds only this loop
 	// and gorilla's read, which fit the smallest goroutine stack (2 KiB):
 	// the socket's read settings are made here before, the work on a frame
-	// happens in serveFrame, and the cleanup in stopReading.
-	c.expiry, c.stopResume, c.resumed = expiry, stopResume, resumed
+	// happens in serveFrame on a goroutine of the frame pool (see serve),
+	// and the cleanup in stopReading.
+	c.stopResume, c.resumed = stopResume, resumed
 	c.prepareRead()
 	handedOff = true
 	go func() {
 		for {
 			typ, frame, err := c.ws.ReadMessage()
-			if !c.serveFrame(typ, frame, err) {
+			if !c.serve(typ, frame, err) {
 				break
 			}
 		}
@@ -309,8 +338,46 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	}()
 }
 
+// frameJob is a frame a reader hands to the frame pool, and the answer.
+type frameJob struct {
+	c     *Conn
+	typ   int
+	frame []byte
+	err   error
+	ok    bool
+	done  chan struct{} // one value once served
+}
+
+func (j *frameJob) serve() {
+	j.ok = j.c.serveFrame(j.typ, j.frame, j.err)
+	j.done <- struct{}{}
+}
+
+// serve has what one read returned served on a goroutine of the frame
+// pool and waits until it is (frames are served one after another, in the
+// order read); false ends the reader.
+func (c *Conn) serve(typ int, frame []byte, err error) bool {
+	s := c.srv
+	if s.servers == nil {
+		return c.serveFrame(typ, frame, err)
+	}
+	j := s.jobs.Get().(*frameJob)
+	j.c, j.typ, j.frame, j.err = c, typ, frame, err
+	if s.servers.Invoke(j) != nil {
+		// The pool is closed (the server is): served here.
+		j.c, j.frame, j.err = nil, nil, nil
+		s.jobs.Put(j)
+		return c.serveFrame(typ, frame, err)
+	}
+	<-j.done
+	ok := j.ok
+	j.c, j.frame, j.err = nil, nil, nil
+	s.jobs.Put(j)
+	return ok
+}
+
 // stopReading cleans up after the reader: the replay, the view, presence,
-// the session's expiry, then the connection itself.
+// then the connection itself.
 func (c *Conn) stopReading() {
 	s := c.srv
 	if c.stopResume != nil {
@@ -320,9 +387,6 @@ func (c *Conn) stopReading() {
 	s.setView(c, nil)
 	if s.presence != nil {
 		s.presence.Disconnect(c.user.ID)
-	}
-	if c.expiry != nil {
-		c.expiry.Stop()
 	}
 	c.stop()
 }
@@ -334,6 +398,58 @@ func (c *Conn) stop() {
 	c.end()
 	<-c.ended
 	c.srv.remove(c)
+}
+
+// runClock is the connections' one clock: instead of two runtime timers
+// per connection, it looks at every connection a few times per ping
+// interval (at most a second apart), has the writer of each connection
+// whose ping is due send one, and closes the connections whose session
+// has expired. It runs until the server is closed for good.
+func (s *Server) runClock() {
+	every := min(time.Second, s.cfg.PingInterval/4)
+	tick := time.NewTicker(max(every, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.base.Done():
+			if s.writers != nil {
+				s.writers.Release()
+			}
+			if s.servers != nil {
+				s.servers.Release()
+			}
+			return
+		case now := <-tick.C:
+			s.tick(now)
+		}
+	}
+}
+
+// tick pings the connections whose ping is due and closes those whose
+// session has expired.
+func (s *Server) tick(now time.Time) {
+	t := now.UnixNano()
+	s.mu.Lock()
+	due := s.due[:0]
+	for c := range s.conns {
+		if c.nextPing.Load() <= t || (c.expiresAt != 0 && c.expiresAt <= t) {
+			due = append(due, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range due {
+		if c.expiresAt != 0 && c.expiresAt <= t {
+			c.Close(protocol.CloseUnauthorized, "session expired; log in again")
+			continue
+		}
+		c.nextPing.Store(t + int64(s.cfg.PingInterval))
+		c.queuePing()
+	}
+	clear(due)
+	if cap(due) > 1024 {
+		due = nil
+	}
+	s.due = due
 }
 
 // check brings a new connection up to date with the owners of the data:

@@ -245,3 +245,75 @@ func TestPanicInAHandlerEndsOnlyItsConnection(t *testing.T) {
 		t.Fatalf("bystander got %s, want pong", got[0])
 	}
 }
+
+// TestClockPingsAndExpires: the server's clock has each connection's writer
+// send a ping every ping interval (a ping due before hello goes out alone:
+// the events queued before hello still wait behind it), and closes a
+// connection whose session has expired with CloseUnauthorized.
+func TestClockPingsAndExpires(t *testing.T) {
+	t.Parallel()
+	t.Run("pings", func(t *testing.T) {
+		t.Parallel()
+		s := NewServer(Config{PongWait: time.Second, PingInterval: 20 * time.Millisecond}, noUpstream{}, &fakeHub{},
+			telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+		t.Cleanup(s.cancel)
+		c, client := socketConn(t, s)
+		pings := make(chan struct{}, 100)
+		client.SetPingHandler(func(string) error {
+			pings <- struct{}{}
+			return nil
+		})
+		c.Deliver([]byte("early"))
+		c.queuePing()
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			c.qmu.Lock()
+			defer c.qmu.Unlock()
+			return !c.writing
+		}, "the writer of a ping before hello still runs")
+		if n := c.queued(); n != 1 {
+			t.Fatalf("%d events queued after a ping before hello, want the early one", n)
+		}
+		c.start([]byte("hello"))
+		got, _ := readEvents(t, client, 2)
+		if diff := cmp.Diff([]string{"hello", "early"}, got); diff != "" {
+			t.Errorf("events (-want +got):\n%s", diff)
+		}
+		if len(pings) != 1 {
+			t.Errorf("%d pings before hello, want 1", len(pings))
+		}
+		if !s.add(c) {
+			t.Fatal("the server refused the connection")
+		}
+		go func() {
+			for {
+				if _, _, err := client.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+		testenv.Eventually(t, 5*time.Second, func() bool { return len(pings) >= 4 }, "the clock sends no pings")
+	})
+	t.Run("session expiry", func(t *testing.T) {
+		t.Parallel()
+		s := NewServer(Config{}, noUpstream{}, &fakeHub{}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+		t.Cleanup(s.cancel)
+		c, client := socketConn(t, s)
+		c.start([]byte("hello"))
+		c.expiresAt = time.Now().Add(50 * time.Millisecond).UnixNano()
+		if !s.add(c) {
+			t.Fatal("the server refused the connection")
+		}
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			_, _, err := client.ReadMessage()
+			if err == nil {
+				continue
+			}
+			ce, ok := errors.AsType[*websocket.CloseError](err)
+			if !ok || ce.Code != protocol.CloseUnauthorized {
+				t.Fatalf("read %v, want close %d", err, protocol.CloseUnauthorized)
+			}
+			break
+		}
+	})
+}
