@@ -45,33 +45,15 @@ type BroadcastConfig struct {
 }
 
 func (c *BroadcastConfig) defaults() {
-	if c.Rooms == 0 {
-		c.Rooms = 100
-	}
-	if c.Members == 0 {
-		c.Members = 50
-	}
-	if c.Rate == 0 {
-		c.Rate = 1000
-	}
-	if c.Duration == 0 {
-		c.Duration = 30 * time.Second
-	}
-	if c.Drain == 0 {
-		c.Drain = 30 * time.Second
-	}
-	if c.Sources == 0 {
-		c.Sources = 16
-	}
-	if c.Setup == 0 {
-		c.Setup = 32
-	}
-	if c.RunID == "" {
-		c.RunID = strconv.FormatInt(time.Now().UnixNano()/1e6, 36)
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
+	setDefault(&c.Rooms, 100)
+	setDefault(&c.Members, 50)
+	setDefault(&c.Rate, 1000)
+	setDefault(&c.Duration, 30*time.Second)
+	setDefault(&c.Drain, 30*time.Second)
+	setDefault(&c.Sources, 16)
+	setDefault(&c.Setup, 32)
+	setDefault(&c.RunID, newRunID())
+	setDefault(&c.Log, io.Discard)
 }
 
 // BroadcastReport holds the figures of a broadcast run.

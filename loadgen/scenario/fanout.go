@@ -56,39 +56,17 @@ type FanoutConfig struct {
 }
 
 func (c *FanoutConfig) defaults() {
-	if c.Chats == 0 {
-		c.Chats = 100
-	}
-	if c.Members == 0 {
-		c.Members = 50
-	}
-	if c.Rate == 0 {
-		c.Rate = 1000
-	}
-	if c.Duration == 0 {
-		c.Duration = 30 * time.Second
-	}
-	if c.Drain == 0 {
-		c.Drain = 30 * time.Second
-	}
-	if c.Sources == 0 {
-		c.Sources = 16
-	}
-	if c.Setup == 0 {
-		c.Setup = 32
-	}
-	if c.UserPrefix == "" {
-		c.UserPrefix = "lg_u"
-	}
-	if c.Password == "" {
-		c.Password = "loadgen-password"
-	}
-	if c.RunID == "" {
-		c.RunID = strconv.FormatInt(time.Now().UnixNano()/1e6, 36)
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
+	setDefault(&c.Chats, 100)
+	setDefault(&c.Members, 50)
+	setDefault(&c.Rate, 1000)
+	setDefault(&c.Duration, 30*time.Second)
+	setDefault(&c.Drain, 30*time.Second)
+	setDefault(&c.Sources, 16)
+	setDefault(&c.Setup, 32)
+	setDefault(&c.UserPrefix, "lg_u")
+	setDefault(&c.Password, "loadgen-password")
+	setDefault(&c.RunID, newRunID())
+	setDefault(&c.Log, io.Discard)
 }
 
 // FanoutReport holds the figures of a fanout run.

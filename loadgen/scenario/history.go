@@ -46,34 +46,16 @@ type HistoryConfig struct {
 }
 
 func (c *HistoryConfig) defaults() {
-	if c.Messages == 0 {
-		c.Messages = 1_000_000
-	}
-	if c.Members == 0 {
-		c.Members = 100
-	}
+	setDefault(&c.Messages, 1_000_000)
+	setDefault(&c.Members, 100)
 	c.Members = min(c.Members, 100)
-	if c.Limit == 0 {
-		c.Limit = 50
-	}
-	if c.Rate == 0 {
-		c.Rate = 1000
-	}
-	if c.Duration == 0 {
-		c.Duration = 20 * time.Second
-	}
-	if c.Setup == 0 {
-		c.Setup = 32
-	}
-	if c.UserPrefix == "" {
-		c.UserPrefix = "lg_u"
-	}
-	if c.Password == "" {
-		c.Password = "loadgen-password"
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
+	setDefault(&c.Limit, 50)
+	setDefault(&c.Rate, 1000)
+	setDefault(&c.Duration, 20*time.Second)
+	setDefault(&c.Setup, 32)
+	setDefault(&c.UserPrefix, "lg_u")
+	setDefault(&c.Password, "loadgen-password")
+	setDefault(&c.Log, io.Discard)
 }
 
 // HistoryReport holds the figures of a history run.

@@ -39,37 +39,19 @@ type IdleConfig struct {
 }
 
 func (c *IdleConfig) defaults() {
-	if c.GatewayName == "" {
-		c.GatewayName = fmt.Sprintf("gateway-%d", c.Gateway+1)
-	}
-	if c.Conns == 0 {
-		c.Conns = 15000
-	}
-	if c.Users == 0 {
-		c.Users = 100
-	}
+	setDefault(&c.GatewayName, fmt.Sprintf("gateway-%d", c.Gateway+1))
+	setDefault(&c.Conns, 15000)
+	setDefault(&c.Users, 100)
 	c.Users = min(c.Users, c.Conns)
-	if c.Settle == 0 {
-		c.Settle = 10 * time.Second
-	}
-	if c.Sources == 0 {
-		c.Sources = 16
-	}
-	if c.Setup == 0 {
-		c.Setup = 32
-	}
+	setDefault(&c.Settle, 10*time.Second)
+	setDefault(&c.Sources, 16)
+	setDefault(&c.Setup, 32)
 	if c.Procs < 1 {
 		c.Procs = 1
 	}
-	if c.UserPrefix == "" {
-		c.UserPrefix = "lg_idle"
-	}
-	if c.Password == "" {
-		c.Password = "loadgen-password"
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
+	setDefault(&c.UserPrefix, "lg_idle")
+	setDefault(&c.Password, "loadgen-password")
+	setDefault(&c.Log, io.Discard)
 }
 
 // IdleReport holds the figures of an idle run: the gateway's resident

@@ -58,57 +58,25 @@ type StormConfig struct {
 }
 
 func (c *StormConfig) defaults() {
-	if c.Clients == 0 {
-		c.Clients = 10000
-	}
-	if c.Chats == 0 {
-		c.Chats = 100
-	}
-	if c.Members == 0 {
-		c.Members = 50
-	}
+	setDefault(&c.Clients, 10000)
+	setDefault(&c.Chats, 100)
+	setDefault(&c.Members, 50)
 	if c.Resume == 0 && c.Gateway == 0 {
 		c.Resume = 1
 	}
-	if c.GatewayName == "" {
-		c.GatewayName = fmt.Sprintf("gateway-%d", c.Gateway+1)
-	}
-	if c.Rate == 0 {
-		c.Rate = 100
-	}
-	if c.Before == 0 {
-		c.Before = 3 * time.Second
-	}
-	if c.After == 0 {
-		c.After = 2 * time.Second
-	}
-	if c.Jitter == 0 {
-		c.Jitter = time.Second
-	}
-	if c.Timeout == 0 {
-		c.Timeout = 60 * time.Second
-	}
-	if c.Drain == 0 {
-		c.Drain = 30 * time.Second
-	}
-	if c.Sources == 0 {
-		c.Sources = 16
-	}
-	if c.Setup == 0 {
-		c.Setup = 32
-	}
-	if c.UserPrefix == "" {
-		c.UserPrefix = "lg_u"
-	}
-	if c.Password == "" {
-		c.Password = "loadgen-password"
-	}
-	if c.RunID == "" {
-		c.RunID = strconv.FormatInt(time.Now().UnixNano()/1e6, 36)
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
+	setDefault(&c.GatewayName, fmt.Sprintf("gateway-%d", c.Gateway+1))
+	setDefault(&c.Rate, 100)
+	setDefault(&c.Before, 3*time.Second)
+	setDefault(&c.After, 2*time.Second)
+	setDefault(&c.Jitter, time.Second)
+	setDefault(&c.Timeout, 60*time.Second)
+	setDefault(&c.Drain, 30*time.Second)
+	setDefault(&c.Sources, 16)
+	setDefault(&c.Setup, 32)
+	setDefault(&c.UserPrefix, "lg_u")
+	setDefault(&c.Password, "loadgen-password")
+	setDefault(&c.RunID, newRunID())
+	setDefault(&c.Log, io.Discard)
 }
 
 // StormReport holds the figures of a reconnect storm.

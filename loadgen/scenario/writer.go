@@ -51,36 +51,16 @@ type WriterConfig struct {
 }
 
 func (c *WriterConfig) defaults() {
-	if c.Chats == 0 {
-		c.Chats = 100
-	}
-	if c.Backlog == 0 {
-		c.Backlog = 200_000
-	}
-	if c.Rate == 0 {
-		c.Rate = 5000
-	}
-	if c.Duration == 0 {
-		c.Duration = 20 * time.Second
-	}
-	if c.Timeout == 0 {
-		c.Timeout = 2 * time.Minute
-	}
-	if c.Setup == 0 {
-		c.Setup = 32
-	}
-	if c.UserPrefix == "" {
-		c.UserPrefix = "lg_u"
-	}
-	if c.Password == "" {
-		c.Password = "loadgen-password"
-	}
-	if c.RunID == "" {
-		c.RunID = strconv.FormatInt(time.Now().UnixNano()/1e6, 36)
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
+	setDefault(&c.Chats, 100)
+	setDefault(&c.Backlog, 200_000)
+	setDefault(&c.Rate, 5000)
+	setDefault(&c.Duration, 20*time.Second)
+	setDefault(&c.Timeout, 2*time.Minute)
+	setDefault(&c.Setup, 32)
+	setDefault(&c.UserPrefix, "lg_u")
+	setDefault(&c.Password, "loadgen-password")
+	setDefault(&c.RunID, newRunID())
+	setDefault(&c.Log, io.Discard)
 }
 
 // WriterReport holds the figures of a writer run.
