@@ -194,6 +194,8 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	wss := ws.NewServer(ws.Config{SendQueue: cfg.SendQueue, WriteTimeout: cfg.WriteTimeout, PongWait: cfg.PongWait,
 		SendRate: cfg.SendRate, SendBurst: cfg.SendBurst, SendRefusals: cfg.SendRefusals, TypingInterval: cfg.TypingInterval},
 		up, h, log, tel.TracerProvider, tel.Registry)
+	// Drain stops it on a normal shutdown; this covers a start that fails.
+	defer wss.Close()
 	tracker, err := presence.New(rdb, presence.Config{Prefix: cfg.RedisPrefix, GatewayID: cfg.GatewayID,
 		TTL: cfg.PresenceTTL, Refresh: cfg.PresenceRefresh, Sweep: cfg.PresenceSweep}, log)
 	if err != nil {

@@ -100,7 +100,8 @@ type Conn struct {
 	closeText string
 	// ended is closed once the socket is closed (nil for connections
 	// without a socket).
-	ended chan struct{}
+	ended   chan struct{}
+	endOnce sync.Once // ended is closed once: by finish, or after a writer panicked
 }
 
 // newConn returns a connection of user on socket ws.
@@ -311,6 +312,19 @@ func (c *Conn) deliverJSON(v any) {
 // empty. Once the connection closes it sends what is still queued (unless
 // the client is too slow for it), the close frame, and closes the socket.
 func (c *Conn) write() {
+	// A writer runs on a pool, which would swallow a panic and leave the
+	// connection without a writer for good: a panic ends the connection.
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.log.Error("panic in a connection's writer", "panic", r, "stack", string(debug.Stack()))
+			c.qmu.Lock()
+			c.closing = true
+			c.queue = nil
+			c.qmu.Unlock()
+			_ = c.ws.Close()
+			c.endOnce.Do(func() { close(c.ended) })
+		}
+	}()
 	// batch holds a frame's events; its array and the queue's take turns,
 	// so that a writer that sends one event at a time allocates nothing.
 	var batch [][]byte
@@ -412,7 +426,7 @@ const maxPooledFrame = 64 << 10
 // error that explains the close; not for a slow consumer), the close
 // frame, then the socket is closed.
 func (c *Conn) finish(rest [][]byte) {
-	defer close(c.ended)
+	defer c.endOnce.Do(func() { close(c.ended) })
 	defer c.ws.Close()
 	if len(rest) > 0 && c.closeCode != protocol.CloseSlowConsumer {
 		if c.ws.SetWriteDeadline(time.Now().Add(time.Second)) == nil {

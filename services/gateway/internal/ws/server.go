@@ -234,11 +234,15 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		log.Warn("frame pool unavailable; frames served by their readers", "err", err)
 	}
 	s.jobs.New = func() any { return &frameJob{done: make(chan struct{}, 1)} }
-	go s.runClock()
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
+	go s.runClock()
 	return s
 }
+
+// Close stops the server's clock and pools for good (Drain does too); for
+// a gateway that ends before draining. It is safe to call more than once.
+func (s *Server) Close() { s.cancel() }
 
 // Serve upgrades the request for an authenticated session, brings the
 // connection up to date (session, chats, hello) and hands it to its reader
@@ -349,8 +353,8 @@ type frameJob struct {
 }
 
 func (j *frameJob) serve() {
+	defer func() { j.done <- struct{}{} }()
 	j.ok = j.c.serveFrame(j.typ, j.frame, j.err)
-	j.done <- struct{}{}
 }
 
 // serve has what one read returned served on a goroutine of the frame
@@ -406,7 +410,10 @@ func (c *Conn) stop() {
 // whose ping is due send one, and closes the connections whose session
 // has expired. It runs until the server is closed for good.
 func (s *Server) runClock() {
-	every := min(time.Second, s.cfg.PingInterval/4)
+	// A ping leaves up to one tick after it is due, and the client's pong
+	// must arrive within PongWait of the previous one: a tick is at most
+	// half of that slack.
+	every := min(time.Second, s.cfg.PingInterval/4, (s.cfg.PongWait-s.cfg.PingInterval)/2)
 	tick := time.NewTicker(max(every, time.Millisecond))
 	defer tick.Stop()
 	for {

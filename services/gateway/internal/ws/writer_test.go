@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -316,4 +317,50 @@ func TestClockPingsAndExpires(t *testing.T) {
 			break
 		}
 	})
+}
+
+// TestShortPongWaitKeepsIdleConnections: with a pong wait of well under
+// the clock's usual second, pings still leave in time for the client's
+// pongs to keep the read deadline ahead: an idle client that answers pings
+// stays connected over many pong waits.
+func TestShortPongWaitKeepsIdleConnections(t *testing.T) {
+	t.Parallel()
+	const pongWait = 600 * time.Millisecond
+	s := NewServer(Config{PongWait: pongWait}, noUpstream{}, &fakeHub{joined: map[hub.Sink][]int64{}}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	var pings atomic.Int64
+	client.SetPingHandler(func(data string) error {
+		pings.Add(1)
+		return client.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := client.ReadMessage(); err != nil {
+				readErr <- err
+				return
+			}
+		}
+	}()
+	const want = 8 // pings, so about 8 pong waits
+	testenv.EventuallyDescribe(t, 30*time.Second, func() bool {
+		select {
+		case err := <-readErr:
+			t.Fatalf("connection ended after %d pings: %v", pings.Load(), err)
+		default:
+		}
+		return pings.Load() >= want
+	}, func() string { return fmt.Sprintf("%d of %d pings", pings.Load(), want) })
+	if n := s.Count(); n != 1 {
+		t.Errorf("%d connections registered, want the idle one", n)
+	}
 }
