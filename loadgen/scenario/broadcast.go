@@ -105,43 +105,18 @@ func (r *broadcastRun) read(c *conn, sh *shard) {
 		buf bytes.Buffer
 		ev  inbound
 	)
-	for {
-		_, rd, err := c.ws.NextReader()
-		if err != nil {
-			return
-		}
-		buf.Reset()
-		if _, err := buf.ReadFrom(rd); err != nil {
-			return
-		}
-		now := time.Now().UnixNano()
-		frame := buf.Bytes()
-		for len(frame) > 0 {
-			var line []byte
-			line, frame, _ = bytes.Cut(frame, []byte("\n"))
-			if len(line) == 0 {
-				continue
-			}
-			if !scanEvent(line, &ev) {
-				r.undecoded.Add(1)
-				continue
-			}
+	_ = readFrames(c.ws, &buf, func(frame []byte, now int64) {
+		bad := events(frame, &ev, func(ev *inbound) {
 			if !bytes.Equal(ev.Type, typeMessage) || ev.ChatID != c.chatID {
-				continue
+				return
 			}
 			c.tally.observe(ev.Seq)
 			r.received.Add(1)
 			c.got.add(ev.Seq - 1)
-			if len(ev.Text) >= 2 {
-				if at, ok := stamp.Parse(ev.Text[1 : len(ev.Text)-1]); ok {
-					us := max((now-at)/1e3, 1)
-					sh.mu.Lock()
-					_ = sh.h.RecordValue(us)
-					sh.mu.Unlock()
-				}
-			}
-		}
-	}
+			sh.recordStamp(ev.Text, now)
+		})
+		r.undecoded.Add(int64(bad))
+	})
 }
 
 // RunBroadcast runs the broadcast scenario: Rooms rooms of Members

@@ -209,46 +209,20 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 		buf bytes.Buffer
 		ev  inbound
 	)
-	for {
-		_, rd, err := c.ws.NextReader()
-		if err != nil {
-			return
-		}
-		buf.Reset()
-		if _, err := buf.ReadFrom(rd); err != nil {
-			return
-		}
-		now := time.Now().UnixNano()
-		frame := buf.Bytes()
-		for len(frame) > 0 {
-			var line []byte
-			line, frame, _ = bytes.Cut(frame, []byte("\n"))
-			if len(line) == 0 {
-				continue
-			}
-			if !scanEvent(line, &ev) {
-				r.countError("undecodable_event")
-				continue
-			}
+	_ = readFrames(c.ws, &buf, func(frame []byte, now int64) {
+		bad := events(frame, &ev, func(ev *inbound) {
 			switch {
 			case bytes.Equal(ev.Type, typeMessage):
 				if ev.ChatID != c.chatID {
 					c.unexpected++
-					continue
+					return
 				}
 				c.tally.observe(ev.Seq)
 				r.received.Add(1)
 				if i := sendIndex(ev.ClientMsgID, r.idPrefix); i >= 0 {
 					c.got.add(i / int64(r.cfg.Chats))
 				}
-				if len(ev.Text) >= 2 {
-					if at, ok := stamp.Parse(ev.Text[1 : len(ev.Text)-1]); ok {
-						us := max((now-at)/1e3, 1)
-						sh.mu.Lock()
-						_ = sh.h.RecordValue(us)
-						sh.mu.Unlock()
-					}
-				}
+				sh.recordStamp(ev.Text, now)
 			case bytes.Equal(ev.Type, typeAck):
 				r.acks.Add(1)
 				r.expected.Add(r.members[ev.ChatID])
@@ -258,8 +232,11 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 			case bytes.Equal(ev.Type, typeError):
 				r.countError(strings.Trim(string(ev.Code), `"`))
 			}
+		})
+		for range bad {
+			r.countError("undecodable_event")
 		}
-	}
+	})
 }
 
 // RunFanout runs the fanout scenario: Chats chats of Members members, one

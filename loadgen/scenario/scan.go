@@ -2,11 +2,12 @@ package scenario
 
 import (
 	"bytes"
-	"errors"
-)
+	"time"
 
-// errUndecodable is a server event scanEvent could not read.
-var errUndecodable = errors.New("undecodable event")
+	"github.com/gorilla/websocket"
+
+	"github.com/communications/communications/loadgen/stamp"
+)
 
 // scanEvent reads the fields of one server event (a JSON object on one
 // line) that the load generator uses into ev, without reflection or
@@ -152,4 +153,52 @@ func parseInt(b []byte) int64 {
 		return -n
 	}
 	return n
+}
+
+// events calls f with each event of a frame (newline-delimited) and
+// returns how many lines it could not read.
+func events(frame []byte, ev *inbound, f func(ev *inbound)) (undecodable int) {
+	for len(frame) > 0 {
+		var line []byte
+		line, frame, _ = bytes.Cut(frame, []byte("\n"))
+		if len(line) == 0 {
+			continue
+		}
+		if !scanEvent(line, ev) {
+			undecodable++
+			continue
+		}
+		f(ev)
+	}
+	return undecodable
+}
+
+// readFrames reads ws's frames until it fails and calls f with each, and
+// the time it was read (unix nanoseconds); the frame's bytes are reused
+// after f returns.
+func readFrames(ws *websocket.Conn, buf *bytes.Buffer, f func(frame []byte, now int64)) error {
+	for {
+		_, rd, err := ws.NextReader()
+		if err != nil {
+			return err
+		}
+		buf.Reset()
+		if _, err := buf.ReadFrom(rd); err != nil {
+			return err
+		}
+		f(buf.Bytes(), time.Now().UnixNano())
+	}
+}
+
+// recordStamp records the latency of an event whose text (a raw JSON
+// string) is a send stamp: now minus its intended send time.
+func (sh *shard) recordStamp(text []byte, now int64) {
+	if len(text) < 2 {
+		return
+	}
+	if at, ok := stamp.Parse(text[1 : len(text)-1]); ok {
+		sh.mu.Lock()
+		_ = sh.h.RecordValue(max((now-at)/1e3, 1))
+		sh.mu.Unlock()
+	}
 }

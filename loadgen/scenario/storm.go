@@ -169,22 +169,6 @@ func (r *stormRun) errorCount() int64 {
 
 var typeResumed = []byte(`"` + protocol.TypeResumed + `"`)
 
-// events calls f with each event of a frame.
-func events(frame []byte, ev *inbound, f func(ev *inbound)) error {
-	for len(frame) > 0 {
-		var line []byte
-		line, frame, _ = bytes.Cut(frame, []byte("\n"))
-		if len(line) == 0 {
-			continue
-		}
-		if !scanEvent(line, ev) {
-			return errUndecodable
-		}
-		f(ev)
-	}
-	return nil
-}
-
 // handle processes one event for a storm client.
 func (r *stormRun) handle(c *stormClient, ev *inbound, now int64) {
 	switch {
@@ -203,14 +187,7 @@ func (r *stormRun) handle(c *stormClient, ev *inbound, now int64) {
 		if !c.got.add(i / int64(r.cfg.Chats)) {
 			r.received.Add(1)
 		}
-		if len(ev.Text) >= 2 {
-			if at, ok := stamp.Parse(ev.Text[1 : len(ev.Text)-1]); ok {
-				sh := &r.shards[c.i%latencyShards]
-				sh.mu.Lock()
-				_ = sh.h.RecordValue(max((now-at)/1e3, 1))
-				sh.mu.Unlock()
-			}
-		}
+		r.shards[c.i%latencyShards].recordStamp(ev.Text, now)
 	case bytes.Equal(ev.Type, typeResumed):
 		if k := r.killAt.Load(); k != 0 && c.resumedAfter.CompareAndSwap(0, max(now-k, 1)) {
 			if r.resumed.Add(1) == int64(r.cfg.Clients) {
@@ -230,27 +207,15 @@ func (r *stormRun) client(ctx context.Context, c *stormClient, rest []byte) {
 		buf bytes.Buffer
 		ev  inbound
 	)
-	handleFrame := func(frame []byte) {
-		now := time.Now().UnixNano()
-		if err := events(frame, &ev, func(ev *inbound) { r.handle(c, ev, now) }); err != nil {
+	handleFrame := func(frame []byte, now int64) {
+		for range events(frame, &ev, func(ev *inbound) { r.handle(c, ev, now) }) {
 			r.countError("undecodable_event")
 		}
 	}
 	for {
 		ws := c.ws.Load()
-		handleFrame(rest)
-		var err error
-		for {
-			var rd io.Reader
-			if _, rd, err = ws.NextReader(); err != nil {
-				break
-			}
-			buf.Reset()
-			if _, err = buf.ReadFrom(rd); err != nil {
-				break
-			}
-			handleFrame(buf.Bytes())
-		}
+		handleFrame(rest, time.Now().UnixNano())
+		_ = readFrames(ws, &buf, handleFrame)
 		ws.Close()
 		if r.stopping.Load() || ctx.Err() != nil {
 			return
@@ -509,19 +474,8 @@ func (r *stormRun) senderReader(ws *websocket.Conn) {
 		buf bytes.Buffer
 		ev  inbound
 	)
-	for {
-		_, rd, err := ws.NextReader()
-		if err != nil {
-			if !r.stopping.Load() {
-				r.countError("sender_connection_lost")
-			}
-			return
-		}
-		buf.Reset()
-		if _, err := buf.ReadFrom(rd); err != nil {
-			return
-		}
-		err = events(buf.Bytes(), &ev, func(ev *inbound) {
+	_ = readFrames(ws, &buf, func(frame []byte, _ int64) {
+		bad := events(frame, &ev, func(ev *inbound) {
 			switch {
 			case bytes.Equal(ev.Type, typeAck):
 				if i := sendIndex(ev.ClientMsgID, r.idPrefix); i >= 0 && i < int64(len(r.acked)) {
@@ -533,9 +487,12 @@ func (r *stormRun) senderReader(ws *websocket.Conn) {
 				r.countError(strings.Trim(string(ev.Code), `"`))
 			}
 		})
-		if err != nil {
+		for range bad {
 			r.countError("undecodable_event")
 		}
+	})
+	if !r.stopping.Load() {
+		r.countError("sender_connection_lost")
 	}
 }
 

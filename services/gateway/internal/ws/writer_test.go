@@ -46,6 +46,29 @@ func socketConn(t *testing.T, s *Server) (*Conn, *websocket.Conn) {
 	return <-conns, client
 }
 
+// servedDialer serves s (as alice, user 7) on a test server and returns a
+// dial function: each call opens a websocket through Serve and reads its
+// hello.
+func servedDialer(t *testing.T, s *Server) func() *websocket.Conn {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
+	}))
+	t.Cleanup(srv.Close)
+	return func() *websocket.Conn {
+		t.Helper()
+		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		if got, _ := readEvents(t, client, 1); !strings.Contains(got[0], `"hello"`) {
+			t.Fatalf("first event %s, want hello", got[0])
+		}
+		return client
+	}
+}
+
 // readEvents reads frames until n events (newline-delimited) arrived.
 func readEvents(t *testing.T, client *websocket.Conn, n int) (events []string, frames int) {
 	t.Helper()
@@ -160,22 +183,7 @@ func TestCloseSendsQueuedThenCloseFrame(t *testing.T) {
 func TestOneGoroutinePerIdleConnection(t *testing.T) {
 	// Not parallel: it counts the process's goroutines.
 	s, _ := newLiveServer(t, nil)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
-	}))
-	t.Cleanup(srv.Close)
-	dial := func() *websocket.Conn {
-		t.Helper()
-		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { client.Close() })
-		if got, _ := readEvents(t, client, 1); !strings.Contains(got[0], `"hello"`) {
-			t.Fatalf("first event %s, want hello", got[0])
-		}
-		return client
-	}
+	dial := servedDialer(t, s)
 	dial() // the test server's own goroutines start with the first one
 	testenv.Eventually(t, 5*time.Second, func() bool { return s.Count() == 1 }, "the first connection is not registered")
 	before := runtime.NumGoroutine() - 1
@@ -205,22 +213,7 @@ func TestPanicInAHandlerEndsOnlyItsConnection(t *testing.T) {
 	t.Parallel()
 	s := NewServer(Config{}, panicUpstream{}, &fakeHub{joined: map[hub.Sink][]int64{}}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
 	t.Cleanup(s.cancel)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
-	}))
-	t.Cleanup(srv.Close)
-	dial := func() *websocket.Conn {
-		t.Helper()
-		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { client.Close() })
-		if got, _ := readEvents(t, client, 1); !strings.Contains(got[0], `"hello"`) {
-			t.Fatalf("first event %s, want hello", got[0])
-		}
-		return client
-	}
+	dial := servedDialer(t, s)
 	bystander := dial()
 	victim := dial()
 	if err := victim.WriteMessage(websocket.TextMessage, []byte(`{"type":"send","id":"1","chat_id":1,"client_msg_id":"m1","text":"boom"}`)); err != nil {
@@ -328,15 +321,7 @@ func TestShortPongWaitKeepsIdleConnections(t *testing.T) {
 	const pongWait = 600 * time.Millisecond
 	s := NewServer(Config{PongWait: pongWait}, noUpstream{}, &fakeHub{joined: map[hub.Sink][]int64{}}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
 	t.Cleanup(s.Close)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
-	}))
-	t.Cleanup(srv.Close)
-	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
+	client := servedDialer(t, s)()
 	var pings atomic.Int64
 	client.SetPingHandler(func(data string) error {
 		pings.Add(1)
