@@ -140,10 +140,12 @@ func goMinor(s string) (int, bool) {
 func TestDockerfiles(t *testing.T) {
 	t.Parallel()
 	root := repoRoot(t)
-	ignore := dockerignore(t)
 	for _, svc := range Services {
 		t.Run(svc.Name, func(t *testing.T) {
 			t.Parallel()
+			// A matcher of its own: patternmatcher compiles its patterns
+			// lazily, unguarded, so parallel subtests must not share one.
+			ignore := dockerignore(t)
 			d := parseDockerfile(t, svc)
 			if len(d.Stages) < 2 {
 				t.Fatalf("%s: %d stage, want a build stage and a runtime stage", d.Path, len(d.Stages))
