@@ -18,7 +18,7 @@ func TestLoadgenStorm(t *testing.T) {
 	rep, err := loadgen.RunStorm(ctx, loadgen.StormConfig{
 		Target:  loadgen.Target{Gateways: s.gateways()},
 		Clients: 20, Chats: 2, Members: 5, Rate: 20,
-		Before: time.Second, After: time.Second, Jitter: 200 * time.Millisecond, Timeout: time.Minute, Drain: 30 * time.Second,
+		Before: time.Second, After: time.Second, BackoffMin: 200 * time.Millisecond, Timeout: time.Minute, Drain: 30 * time.Second,
 		Sources: 2, Setup: 4,
 		Kill: func() error { s.kill("gateway-1"); return nil },
 	})
