@@ -61,7 +61,7 @@ type Config struct {
 	TypingInterval  time.Duration `env:"TYPING_INTERVAL" envDefault:"2s"`
 	// SetupConcurrency bounds the new websockets set up at once; up to
 	// SetupQueue more wait for their turn in order (then 503).
-	SetupConcurrency int           `env:"SETUP_CONCURRENCY" envDefault:"64"`
+	SetupConcurrency int           `env:"SETUP_CONCURRENCY" envDefault:"256"`
 	SetupQueue       int           `env:"SETUP_QUEUE" envDefault:"20000"`
 	SetupTimeout     time.Duration `env:"SETUP_TIMEOUT" envDefault:"15s"`
 	GatewayID        string        `env:"ID"`

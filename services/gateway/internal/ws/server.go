@@ -47,7 +47,7 @@ type Config struct {
 	TypingInterval time.Duration
 	// SetupConcurrency is how many connections are set up at once (see
 	// Admit); SetupQueue how many more wait for their turn, first come
-	// first served, before Admit refuses with ErrBusy. Default 64 and
+	// first served, before Admit refuses with ErrBusy. Default 256 and
 	// 20000.
 	SetupConcurrency int
 	SetupQueue       int
@@ -203,7 +203,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		cfg.TypingInterval = 2 * time.Second
 	}
 	if cfg.SetupConcurrency <= 0 {
-		cfg.SetupConcurrency = 64
+		cfg.SetupConcurrency = 256
 	}
 	if cfg.SetupQueue <= 0 {
 		cfg.SetupQueue = 20000
