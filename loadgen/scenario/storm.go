@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,8 +42,14 @@ type StormConfig struct {
 	// ahead of the kill (3s) until After past the last resume (2s).
 	Rate          float64
 	Before, After time.Duration
-	// Jitter bounds the random delay before a client reconnects (1s).
-	Jitter time.Duration
+	// BackoffMin and BackoffMax shape the clients' reconnect delays as the
+	// web app's (web/src/socket.ts) do: attempt n (from 0, reset by a
+	// hello) waits a random time between half and all of
+	// min(BackoffMax, BackoffMin x 2^n), so the first reconnect after the
+	// kill comes 250 to 500 ms later (500ms, 15s); after a failed
+	// handshake a client asks GET /api/v1/me whether its session still
+	// holds, as the web app does, before it waits.
+	BackoffMin, BackoffMax time.Duration
 	// Timeout bounds the storm: clients not resumed by then count as
 	// failed (60s). Drain is the wait for outstanding deliveries after the
 	// sends (30s).
@@ -68,7 +75,8 @@ func (c *StormConfig) defaults() {
 	setDefault(&c.Rate, 100)
 	setDefault(&c.Before, 3*time.Second)
 	setDefault(&c.After, 2*time.Second)
-	setDefault(&c.Jitter, time.Second)
+	setDefault(&c.BackoffMin, 500*time.Millisecond)
+	setDefault(&c.BackoffMax, 15*time.Second)
 	setDefault(&c.Timeout, 60*time.Second)
 	setDefault(&c.Drain, 30*time.Second)
 	setDefault(&c.Sources, 16)
@@ -133,6 +141,7 @@ type stormClient struct {
 type stormRun struct {
 	cfg       StormConfig
 	d         dialers
+	resumeAPI *api // the resume gateway's HTTP API
 	tokens    []string
 	idPrefix  []byte
 	perChat   int64 // storm clients per chat
@@ -230,15 +239,16 @@ func (r *stormRun) client(ctx context.Context, c *stormClient, rest []byte) {
 	}
 }
 
-// reconnect dials the resume gateway after a random delay, retrying until
-// the storm's timeout; it returns what followed hello in the first frame
-// (non-nil), or nil when it gave up.
+// reconnect dials the resume gateway after the web app's backoff, retrying
+// until the storm's timeout; it returns what followed hello in the first
+// frame (non-nil), or nil when it gave up.
 func (r *stormRun) reconnect(ctx context.Context, c *stormClient) []byte {
 	cfg := r.cfg
 	deadline := time.Unix(0, r.killAt.Load()).Add(cfg.Timeout)
-	wait := time.Duration(rand.Int64N(int64(cfg.Jitter)))
-	backoff := 100 * time.Millisecond
-	for {
+	for attempt := 0; ; attempt = min(attempt+1, 10) {
+		// Equal jitter, as the web app's schedule().
+		ceiling := min(cfg.BackoffMax, cfg.BackoffMin<<attempt)
+		wait := ceiling/2 + time.Duration(rand.Int64N(int64(ceiling/2)+1))
 		if !sleepCtx(ctx, wait) || time.Now().After(deadline) || r.stopping.Load() {
 			return nil
 		}
@@ -253,8 +263,13 @@ func (r *stormRun) reconnect(ctx context.Context, c *stormClient) []byte {
 		r.errMu.Lock()
 		r.redialErr[cause]++
 		r.errMu.Unlock()
-		wait = backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
-		backoff = min(2*backoff, 2*time.Second)
+		// The handshake failed: a browser sees no status, so the web app
+		// asks the API whether the session still holds before waiting.
+		if err := r.resumeAPI.do(ctx, 0, http.MethodGet, "/api/v1/me", r.tokens[c.user], nil, nil); err != nil {
+			r.errMu.Lock()
+			r.redialErr["session_check_failed"]++
+			r.errMu.Unlock()
+		}
 	}
 }
 
@@ -315,7 +330,7 @@ func RunStorm(ctx context.Context, cfg StormConfig) (*StormReport, error) {
 	if err := ensureFiles(cfg.Clients + cfg.Chats); err != nil {
 		return nil, err
 	}
-	r := &stormRun{cfg: cfg, d: newDialers(cfg.Sources), errors: map[string]int64{}, redialErr: map[string]int64{}, allResume: make(chan struct{}),
+	r := &stormRun{cfg: cfg, d: newDialers(cfg.Sources), resumeAPI: newAPI(cfg.Gateways[cfg.Resume : cfg.Resume+1]), errors: map[string]int64{}, redialErr: map[string]int64{}, allResume: make(chan struct{}),
 		idPrefix: []byte("lg-" + cfg.RunID + "-"), perChat: int64(cfg.Clients / cfg.Chats)}
 	for i := range r.shards {
 		r.shards[i].h = hdrhistogram.New(1, 60_000_000, 3)

@@ -59,16 +59,21 @@ type Config struct {
 	SendBurst       int           `env:"SEND_BURST" envDefault:"40"`
 	SendRefusals    int           `env:"SEND_REFUSALS_BEFORE_CLOSE" envDefault:"10"`
 	TypingInterval  time.Duration `env:"TYPING_INTERVAL" envDefault:"2s"`
-	GatewayID       string        `env:"ID"`
-	PresenceTTL     time.Duration `env:"PRESENCE_TTL" envDefault:"15s"`
-	PresenceRefresh time.Duration `env:"PRESENCE_REFRESH_INTERVAL" envDefault:"5s"`
-	PresenceSweep   time.Duration `env:"PRESENCE_SWEEP_INTERVAL" envDefault:"5s"`
-	DrainBatch      int           `env:"DRAIN_BATCH" envDefault:"200"`
-	DrainInterval   time.Duration `env:"DRAIN_INTERVAL" envDefault:"100ms"`
-	DrainTimeout    time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
-	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
-	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
-	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+	// SetupConcurrency bounds the new websockets set up at once; up to
+	// SetupQueue more wait for their turn in order (then 503).
+	SetupConcurrency int           `env:"SETUP_CONCURRENCY" envDefault:"256"`
+	SetupQueue       int           `env:"SETUP_QUEUE" envDefault:"20000"`
+	SetupTimeout     time.Duration `env:"SETUP_TIMEOUT" envDefault:"15s"`
+	GatewayID        string        `env:"ID"`
+	PresenceTTL      time.Duration `env:"PRESENCE_TTL" envDefault:"15s"`
+	PresenceRefresh  time.Duration `env:"PRESENCE_REFRESH_INTERVAL" envDefault:"5s"`
+	PresenceSweep    time.Duration `env:"PRESENCE_SWEEP_INTERVAL" envDefault:"5s"`
+	DrainBatch       int           `env:"DRAIN_BATCH" envDefault:"200"`
+	DrainInterval    time.Duration `env:"DRAIN_INTERVAL" envDefault:"100ms"`
+	DrainTimeout     time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
+	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	OTLPEndpoint     string        `env:"OTLP_ENDPOINT"`
+	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
 
 	// SessionCacheTTL bounds how long a resolved session is reused without
 	// asking the auth service (a logout drops it at once); 0: no cache.
@@ -112,10 +117,13 @@ func (c *Config) Validate() error {
 	if c.DrainBatch < 1 {
 		errs = append(errs, errors.New("DRAIN_BATCH must be at least 1"))
 	}
+	if c.SetupConcurrency < 1 || c.SetupQueue < 1 {
+		errs = append(errs, errors.New("SETUP_CONCURRENCY and SETUP_QUEUE must be at least 1"))
+	}
 	for name, d := range map[string]time.Duration{
 		"REQUEST_TIMEOUT": c.RequestTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "PONG_WAIT": c.PongWait, "RESYNC_INTERVAL": c.ResyncInterval, "POSITION_CHECK_INTERVAL": c.PositionCheck,
 		"TYPING_INTERVAL": c.TypingInterval, "PRESENCE_TTL": c.PresenceTTL, "PRESENCE_REFRESH_INTERVAL": c.PresenceRefresh, "PRESENCE_SWEEP_INTERVAL": c.PresenceSweep,
-		"DRAIN_INTERVAL": c.DrainInterval, "DRAIN_TIMEOUT": c.DrainTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout,
+		"DRAIN_INTERVAL": c.DrainInterval, "DRAIN_TIMEOUT": c.DrainTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout, "SETUP_TIMEOUT": c.SetupTimeout,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
@@ -185,14 +193,17 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	defer nc.Close()
 	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider), subj, cfg.RequestTimeout)
 	// The HTTP API resolves sessions through a short cache; the websocket
-	// server's checks ask the auth service.
+	// server's checks ask the auth service (a new websocket's check may
+	// stand on the upgrade's lookup when the auth service itself answered
+	// it, see CachedSessions.ResolveSession).
 	cached := upstream.CacheSessions(up, cfg.SessionCacheSize, cfg.SessionCacheTTL)
 
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
 	h := hub.New(hubCtx, rdb, cfg.RedisPrefix, log, tel.TracerProvider, tel.Registry)
 	wss := ws.NewServer(ws.Config{SendQueue: cfg.SendQueue, WriteTimeout: cfg.WriteTimeout, PongWait: cfg.PongWait,
-		SendRate: cfg.SendRate, SendBurst: cfg.SendBurst, SendRefusals: cfg.SendRefusals, TypingInterval: cfg.TypingInterval},
+		SendRate: cfg.SendRate, SendBurst: cfg.SendBurst, SendRefusals: cfg.SendRefusals, TypingInterval: cfg.TypingInterval,
+		SetupConcurrency: cfg.SetupConcurrency, SetupQueue: cfg.SetupQueue, SetupTimeout: cfg.SetupTimeout},
 		up, h, log, tel.TracerProvider, tel.Registry)
 	// Drain stops it on a normal shutdown; this covers a start that fails.
 	defer wss.Close()

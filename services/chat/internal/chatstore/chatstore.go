@@ -166,17 +166,28 @@ func (s *Store) ChatWithMembers(ctx context.Context, id int64) (chats.Chat, erro
 	return chatWithMembers(ctx, s.pool, id)
 }
 
-// ListChats returns a user's chats with their members, "everyone" chats
-// first, then by name regardless of letter case, a direct chat by the other
-// member's name.
-func (s *Store) ListChats(ctx context.Context, userID int64) ([]chats.Chat, error) {
-	cs, err := queryChats(ctx, s.pool, `
-		WHERE c.everyone OR EXISTS (SELECT 1 FROM chat_members WHERE chat_id = c.id AND user_id = $1)
+// listChatsWhere picks a user's chats ($1) for selectChats, "everyone"
+// chats first, then by name regardless of letter case, a direct chat by
+// the other member's name.
+//
+// The user's chats are named by a list of ids (the "everyone" chats and the
+// user's rows of chat_members, by its index), not by a condition tested on
+// every chat: with the condition, PostgreSQL estimated half of all chats,
+// and past about 2,000 chats that estimate crossed jit_above_cost, so each
+// call compiled the query (about 12 ms) and took 20 times longer.
+const listChatsWhere = `
+		WHERE c.id IN (SELECT id FROM chats WHERE everyone UNION ALL SELECT chat_id FROM chat_members WHERE user_id = $1)
 		ORDER BY c.everyone DESC,
 		    lower(CASE WHEN c.direct
 		        THEN (SELECT username FROM chat_members WHERE chat_id = c.id AND user_id <> $1 LIMIT 1)
 		        ELSE c.name END),
-		    c.id`, userID)
+		    c.id`
+
+// ListChats returns a user's chats with their members, "everyone" chats
+// first, then by name regardless of letter case, a direct chat by the other
+// member's name.
+func (s *Store) ListChats(ctx context.Context, userID int64) ([]chats.Chat, error) {
+	cs, err := queryChats(ctx, s.pool, listChatsWhere, userID)
 	if err != nil {
 		return nil, fmt.Errorf("select chats of user %d: %w", userID, err)
 	}

@@ -430,3 +430,44 @@ func TestMemberLimit(t *testing.T) {
 		t.Errorf("chat read back with %d members, want %d", len(got.Members), limit)
 	}
 }
+
+// TestListChatsPlanWithManyChats: with thousands of chats a user's chat
+// list is planned for the user's chats, not for a share of all chats: the
+// estimate stays far below jit_above_cost, past which PostgreSQL compiled
+// the query on every call (about 12 ms each, with 2,300 chats).
+func TestListChatsPlanWithManyChats(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := openPool(t, Migrations())
+	_, err := pool.Exec(ctx, `
+		INSERT INTO chats (name, creator_id) SELECT 'chat-' || i, 1 FROM generate_series(1, 3000) i;
+		INSERT INTO chat_members (chat_id, user_id, username)
+		    SELECT c.id, u, 'user-' || u FROM chats c, generate_series(1, 50) u WHERE NOT c.everyone AND c.id % 100 < 2;
+		ANALYZE chats; ANALYZE chat_members`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []struct {
+		Plan struct {
+			TotalCost float64 `json:"Total Cost"`
+			PlanRows  float64 `json:"Plan Rows"`
+		} `json:"Plan"`
+	}
+	if err := pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+selectChats+listChatsWhere, int64(7)).Scan(&plan); err != nil {
+		t.Fatal(err)
+	}
+	var jitAbove float64
+	if err := pool.QueryRow(ctx, "SELECT current_setting('jit_above_cost')::float8").Scan(&jitAbove); err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) != 1 || plan[0].Plan.PlanRows > 200 || plan[0].Plan.TotalCost >= jitAbove/10 {
+		t.Errorf("plan of a user's chats among 3,000: %+v; want about the user's 60 chats, cost well below jit_above_cost %.0f", plan, jitAbove)
+	}
+	got, err := New(pool).ListChats(ctx, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 61 || !got[0].Everyone || len(got[1].Members) != 50 {
+		t.Errorf("user 7 has %d chats (first everyone: %v), want general and 60 of 50 members", len(got), len(got) > 0 && got[0].Everyone)
+	}
+}

@@ -244,19 +244,40 @@ func (a *API) csrf(c *gin.Context) {
 	c.Next()
 }
 
-// websocket checks the Origin and the session, then hands the request to
-// the websocket server.
+// websocket checks the Origin, waits for its turn to be set up (the
+// websocket server bounds the set-ups at once and queues the rest in
+// order), checks the session, then hands the request to the websocket
+// server, which also learns whether the auth service's answer is current
+// enough to stand for the connection's own check.
 func (a *API) websocket(c *gin.Context) {
 	if origin := c.Request.Header.Get("Origin"); origin != "" && !a.allowedOrigin(c.Request, origin) {
 		fail(c, protocol.CodeForbidden, "websocket from a foreign origin")
 		return
 	}
-	s, ok := a.authenticate(c)
-	if !ok {
+	token, _ := sessionToken(c.Request)
+	if token == "" {
+		fail(c, protocol.CodeUnauthorized, "no session: log in first")
 		return
 	}
-	token, _ := sessionToken(c.Request)
-	a.ws.Serve(c.Writer, c.Request, s, token)
+	// The wait for a turn counts against no timeout: the HTTP server's
+	// read deadline is lifted while a handler runs (a request without a
+	// body), its write deadline by the upgrade, and the set-up's own
+	// timeout starts once admitted.
+	release, err := a.ws.Admit(c.Request.Context())
+	if err != nil {
+		if c.Request.Context().Err() == nil {
+			c.Header("Retry-After", "1")
+			fail(c, protocol.CodeUnavailable, err.Error())
+		}
+		return
+	}
+	defer release()
+	s, current, err := a.up.ResolveSession(c.Request.Context(), token)
+	if err != nil {
+		failErr(c, err)
+		return
+	}
+	a.ws.Serve(c.Writer, c.Request, s, token, current)
 }
 
 // allowedOrigin accepts the gateway's own host and the configured origins.

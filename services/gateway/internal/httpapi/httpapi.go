@@ -29,6 +29,10 @@ type Upstream interface {
 	Login(ctx context.Context, username, password string) (busapi.Session, error)
 	Logout(ctx context.Context, token string) error
 	Session(ctx context.Context, token string) (busapi.Session, error)
+	// ResolveSession is Session for a new websocket: current reports,
+	// once the connection is registered, whether the answer may stand for
+	// the connection's own session check (see upstream.CachedSessions).
+	ResolveSession(ctx context.Context, token string) (s busapi.Session, current func() bool, err error)
 	ListChatsWithCounts(ctx context.Context, userID int64) (busapi.ChatList, error)
 	CreateChat(ctx context.Context, req busapi.CreateChatRequest) (busapi.Chat, error)
 	UpdateChat(ctx context.Context, req busapi.UpdateChatRequest) (busapi.Chat, error)
@@ -39,9 +43,13 @@ type Upstream interface {
 }
 
 // Websockets serves an upgraded connection for an authenticated session
-// (token is the session's token, kept to check the session again).
+// (token is the session's token, kept to check the session again; current,
+// if not nil, says whether s may stand for that check). Admit waits for a
+// turn to set a connection up, first come first served; the caller calls
+// release once Serve has returned.
 type Websockets interface {
-	Serve(w http.ResponseWriter, r *http.Request, s busapi.Session, token string)
+	Admit(ctx context.Context) (release func(), err error)
+	Serve(w http.ResponseWriter, r *http.Request, s busapi.Session, token string, current func() bool)
 }
 
 // Config tunes the API.

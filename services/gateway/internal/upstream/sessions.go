@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
@@ -93,6 +94,9 @@ func (c *sessionCache) forget(token string) {
 type CachedSessions struct {
 	*Client
 	cache *sessionCache // nil: no cache
+	// revocations counts the sessions revoked on this replica (events and
+	// logouts through it), cache or not: see ResolveSession.
+	revocations atomic.Uint64
 }
 
 // CacheSessions returns c with a cache of at most size sessions, each kept
@@ -123,11 +127,45 @@ func (c *CachedSessions) Session(ctx context.Context, token string) (busapi.Sess
 	return s, err
 }
 
+// ResolveSession resolves a session token as Session does, and also
+// returns current, which reports, when called, whether this answer is as
+// good as asking the auth service again then: the auth service itself gave
+// it (the cache did not hold the session) and no session has been revoked
+// on this replica (RevokeSession, Logout) since the lookup began. A new
+// websocket registers its connection, where a revocation event would find
+// and close it, and then calls current: true means no revocation can have
+// slipped between the lookup and the registration, so its own session
+// check may stand on this answer (at most the request timeout old) instead
+// of asking again. A session served from the cache (possibly revoked with
+// its event lost, up to the cache's TTL) always gets false.
+func (c *CachedSessions) ResolveSession(ctx context.Context, token string) (s busapi.Session, current func() bool, err error) {
+	before := c.revocations.Load()
+	if c.cache != nil {
+		var epoch uint64
+		var ok bool
+		if s, epoch, ok = c.cache.get(token, time.Now()); ok {
+			return s, func() bool { return false }, nil
+		}
+		s, err = c.Client.Session(ctx, token)
+		if err == nil {
+			c.cache.put(token, s, epoch)
+		}
+	} else {
+		s, err = c.Client.Session(ctx, token)
+	}
+	if err != nil {
+		return busapi.Session{}, nil, err
+	}
+	return s, func() bool { return c.revocations.Load() == before }, nil
+}
+
 // Logout revokes a session, and forgets it at once. It forgets it again
 // once the auth service has answered: a request that resolved the session
 // while the logout was under way is not kept either, even if the
 // revocation's announcement is lost.
 func (c *CachedSessions) Logout(ctx context.Context, token string) error {
+	c.revocations.Add(1)
+	defer c.revocations.Add(1)
 	if c.cache == nil {
 		return c.Client.Logout(ctx, token)
 	}
@@ -139,6 +177,7 @@ func (c *CachedSessions) Logout(ctx context.Context, token string) error {
 // RevokeSession drops the session with id id from the cache, if any:
 // later requests with its token ask the auth service, which refuses them.
 func (c *CachedSessions) RevokeSession(id string) {
+	c.revocations.Add(1)
 	if c.cache != nil {
 		c.cache.revoke(id)
 	}

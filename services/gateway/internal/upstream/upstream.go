@@ -82,6 +82,13 @@ func (c *Client) ListChats(ctx context.Context, userID int64) ([]busapi.Chat, er
 	return r.Chats, err
 }
 
+// UserChats returns the ids of the user's chats, without their state: for
+// a new connection, whose hello lists only ids.
+func (c *Client) UserChats(ctx context.Context, userID int64) ([]int64, error) {
+	r, err := call[busapi.UserChats](ctx, c, c.subj.ChatUserChats(), busapi.UserChatsRequest{UserID: userID})
+	return r.ChatIDs, err
+}
+
 // ListChatsWithCounts returns the user's chats with their newest sequence,
 // the user's read position and unread count (left out, with
 // UnreadUnavailable set, when the history service did not answer the chat

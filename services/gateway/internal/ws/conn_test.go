@@ -68,6 +68,7 @@ func (noUpstream) Session(context.Context, string) (busapi.Session, error) {
 	return busapi.Session{}, nil
 }
 func (noUpstream) ListChats(context.Context, int64) ([]busapi.Chat, error) { return nil, nil }
+func (noUpstream) UserChats(context.Context, int64) ([]int64, error)       { return nil, nil }
 func (noUpstream) History(context.Context, busapi.HistoryRequest) (busapi.HistoryPage, error) {
 	return busapi.HistoryPage{}, nil
 }
@@ -214,6 +215,10 @@ var cmpEmpty = cmp.Comparer(func(a, b []int64) bool { return len(a) == 0 && len(
 type listUpstream struct {
 	noUpstream
 	ids []int64
+}
+
+func (u listUpstream) UserChats(context.Context, int64) ([]int64, error) {
+	return slices.Clone(u.ids), nil
 }
 
 func (u listUpstream) ListChats(context.Context, int64) ([]busapi.Chat, error) {

@@ -45,6 +45,16 @@ type Config struct {
 	// TypingInterval is the least time between two typing events of one
 	// connection in one chat; more are dropped. Default 2s.
 	TypingInterval time.Duration
+	// SetupConcurrency is how many connections are set up at once (see
+	// Admit); SetupQueue how many more wait for their turn, first come
+	// first served, before Admit refuses with ErrBusy. Default 256 and
+	// 20000.
+	SetupConcurrency int
+	SetupQueue       int
+	// SetupTimeout bounds a connection's set-up once admitted (the
+	// session check, its chats and subscriptions); the time it waited
+	// for its turn does not count. Default 15s.
+	SetupTimeout time.Duration
 }
 
 // Hub is the fanout the connections subscribe to.
@@ -58,6 +68,7 @@ type Hub interface {
 type Upstream interface {
 	Session(ctx context.Context, token string) (busapi.Session, error)
 	ListChats(ctx context.Context, userID int64) ([]busapi.Chat, error)
+	UserChats(ctx context.Context, userID int64) ([]int64, error)
 	History(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error)
 	Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error)
 	Send(ctx context.Context, req busapi.SendRequest) (busapi.SendResult, error)
@@ -79,6 +90,10 @@ type metrics struct {
 	// limit, rateLimitCloses the connections closed for it.
 	rateLimited     prometheus.Counter
 	rateLimitCloses prometheus.Counter
+	// setupsWaiting counts the set-ups waiting for their turn,
+	// setupsRefused those refused because the queue was full.
+	setupsWaiting prometheus.Gauge
+	setupsRefused prometheus.Counter
 }
 
 // Server accepts websocket connections and keeps track of them.
@@ -106,6 +121,8 @@ type Server struct {
 	servers *ants.PoolWithFuncGeneric[*frameJob]
 	jobs    sync.Pool
 	metrics metrics
+	// admission bounds the set-ups running at once (Admit).
+	admission *admission
 
 	mu        sync.Mutex
 	conns     map[*Conn]struct{}
@@ -185,6 +202,15 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 	if cfg.TypingInterval <= 0 {
 		cfg.TypingInterval = 2 * time.Second
 	}
+	if cfg.SetupConcurrency <= 0 {
+		cfg.SetupConcurrency = 256
+	}
+	if cfg.SetupQueue <= 0 {
+		cfg.SetupQueue = 20000
+	}
+	if cfg.SetupTimeout <= 0 {
+		cfg.SetupTimeout = 15 * time.Second
+	}
 	base, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: cfg, up: up, hub: h, log: log,
@@ -207,6 +233,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		watchers:      map[int64]map[*view]struct{}{},
 		everyoneViews: map[*view]struct{}{},
 		base:          base, cancel: cancel,
+		admission: newAdmission(cfg.SetupConcurrency, cfg.SetupQueue),
 		metrics: metrics{
 			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
 			framesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
@@ -220,6 +247,10 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 				Help: "Requests refused by the per-connection rate limit (rate_limited)."}),
 			rateLimitCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_rate_limit_disconnects_total",
 				Help: "Connections closed for going over the rate limit repeatedly (4003)."}),
+			setupsWaiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_setups_waiting",
+				Help: "New connections waiting for their turn to be set up."}),
+			setupsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_setups_refused_total",
+				Help: "New connections refused (503) because the set-up queue was full."}),
 		},
 	}
 	s.frames.New = func() any { b := make([]byte, 0, writeBufferSize); return &b }
@@ -235,14 +266,17 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 	}
 	s.jobs.New = func() any { return &frameJob{done: make(chan struct{}, 1)} }
 	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
-		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses)
+		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses, s.metrics.setupsWaiting, s.metrics.setupsRefused)
 	go s.runClock()
 	return s
 }
 
 // Close stops the server's clock and pools for good (Drain does too); for
 // a gateway that ends before draining. It is safe to call more than once.
-func (s *Server) Close() { s.cancel() }
+func (s *Server) Close() {
+	s.admission.stopDrain()
+	s.cancel()
+}
 
 // Serve upgrades the request for an authenticated session, brings the
 // connection up to date (session, chats, hello) and hands it to its reader
@@ -251,7 +285,15 @@ func (s *Server) Close() { s.cancel() }
 // memory of the request is freed while the connection lives. token is the
 // session's token, kept to check the session again later. It answers 503
 // while the server drains.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session, token string) {
+//
+// current, when not nil, reports whether session is as good as asking the
+// auth service again now: the auth service itself answered the request's
+// lookup (not a cache) and no session was revoked on this replica since the
+// lookup began. Serve calls it once the connection is registered (from then
+// on a revocation event closes it); when it reports true, the connection's
+// own session check is that answer instead of a second request. nil: the
+// check asks the auth service.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Session, token string, current func() bool) {
 	user := session.User
 	resumeFrom, err := ParseResume(r.URL.Query().Get("resume"))
 	if err != nil {
@@ -290,8 +332,8 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// Live messages of the chats to resume wait from the moment they are
 	// joined until their replay has been sent.
 	c.holdForResume(resumeFrom)
-	ctx, cancel := context.WithTimeout(s.base, 15*time.Second)
-	err = s.check(ctx, c)
+	ctx, cancel := context.WithTimeout(s.base, s.cfg.SetupTimeout)
+	err = s.check(ctx, c, current != nil && current())
 	cancel()
 	if err != nil {
 		return
@@ -462,14 +504,18 @@ func (s *Server) tick(now time.Time) {
 // check brings a new connection up to date with the owners of the data:
 // the session must still be valid (auth) and the connection receives exactly
 // the user's chats (chat). It closes the connection when either fails.
-func (s *Server) check(ctx context.Context, c *Conn) error {
-	if _, err := s.up.Session(ctx, c.token); err != nil {
-		if busapi.CodeOf(err) == protocol.CodeUnauthorized {
-			c.Close(protocol.CloseUnauthorized, "session ended; log in again")
-		} else {
-			c.Close(protocol.CloseServerError, "the auth service did not answer; reconnect")
+// sessionCurrent skips asking auth: the session was resolved by auth for
+// this very connection and nothing was revoked since (see Serve).
+func (s *Server) check(ctx context.Context, c *Conn, sessionCurrent bool) error {
+	if !sessionCurrent {
+		if _, err := s.up.Session(ctx, c.token); err != nil {
+			if busapi.CodeOf(err) == protocol.CodeUnauthorized {
+				c.Close(protocol.CloseUnauthorized, "session ended; log in again")
+			} else {
+				c.Close(protocol.CloseServerError, "the auth service did not answer; reconnect")
+			}
+			return err
 		}
-		return err
 	}
 	if err := s.syncUser(ctx, c.user.ID, []*Conn{c}, false); err != nil {
 		c.Close(protocol.CloseServerError, "could not load your chats; reconnect")
@@ -628,19 +674,31 @@ type userLock struct {
 // syncUser makes the given connections of a user receive exactly the user's
 // chats, as the chat service lists them now. With announce, each connection
 // is told of every chat it joined ("chat", with the chat's state) and left
-// ("chat_removed"), and of the current state of the chats it stays in.
+// ("chat_removed"), and of the current state of the chats it stays in;
+// without, only the chats' ids are asked for (a new connection's hello
+// lists nothing more), which costs the chat service and this gateway a
+// fraction of the chats with their members.
 func (s *Server) syncUser(ctx context.Context, userID int64, conns []*Conn, announce bool) error {
 	unlock := s.userLock(userID)
 	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	chats, err := s.up.ListChats(ctx, userID)
+	var (
+		chats []busapi.Chat
+		ids   []int64
+		err   error
+	)
+	if announce {
+		chats, err = s.up.ListChats(ctx, userID)
+		ids = make([]int64, len(chats))
+		for i, ch := range chats {
+			ids[i] = ch.ID
+		}
+	} else {
+		ids, err = s.up.UserChats(ctx, userID)
+	}
 	if err != nil {
 		return fmt.Errorf("list chats of user %d: %w", userID, err)
-	}
-	ids := make([]int64, len(chats))
-	for i, ch := range chats {
-		ids[i] = ch.ID
 	}
 	var errs []error
 	for _, c := range conns {
@@ -740,6 +798,7 @@ func (s *Server) Count() int {
 // not all reconnect to the other replicas at once. It returns when every
 // connection has ended, or when ctx ends (then the rest are closed at once).
 func (s *Server) Drain(ctx context.Context, batch int, interval time.Duration) {
+	s.admission.stopDrain()
 	s.mu.Lock()
 	s.draining = true
 	conns := make([]*Conn, 0, len(s.conns))

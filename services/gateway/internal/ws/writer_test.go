@@ -52,7 +52,7 @@ func socketConn(t *testing.T, s *Server) (*Conn, *websocket.Conn) {
 func servedDialer(t *testing.T, s *Server) func() *websocket.Conn {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token")
+		s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token", nil)
 	}))
 	t.Cleanup(srv.Close)
 	return func() *websocket.Conn {
