@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -16,9 +17,11 @@ import (
 // auth service revokes (subjects.AuthSessionRevoked, published at logout)
 // is dropped at once; should that event be missed (NATS away), an entry
 // serves at most ttl after the lookup that resolved it began, and never
-// beyond its session's expiry. An entry used in the second half of its ttl
-// is due to be resolved again in the background (get says so, once), so a
-// client that keeps making requests never waits for the auth service.
+// beyond its session's expiry. An entry used late in its ttl (from a point
+// drawn between half and nine tenths of it, so that sessions resolved
+// together are not resolved again together) is due to be resolved again in
+// the background (get says so, once), so a client that keeps making
+// requests never waits for the auth service.
 type sessionCache struct {
 	ttl time.Duration
 
@@ -36,10 +39,22 @@ type sessionCache struct {
 	refreshing map[string]bool
 }
 
-// cachedSession is a resolved session and when its lookup began.
+// cachedSession is a resolved session, when its lookup began, and from when
+// a use is to resolve it again.
 type cachedSession struct {
-	s       busapi.Session
-	checked time.Time
+	s                  busapi.Session
+	checked, refreshAt time.Time
+}
+
+// refreshAfter returns how long after its lookup a cached session of ttl
+// is due to be resolved again when used: a time drawn between half and
+// nine tenths of ttl.
+func refreshAfter(ttl time.Duration) time.Duration {
+	d := ttl / 2
+	if spread := ttl * 2 / 5; spread > 0 {
+		d += rand.N(spread)
+	}
+	return d
 }
 
 func newSessionCache(size int, ttl time.Duration) *sessionCache {
@@ -73,7 +88,7 @@ func (c *sessionCache) get(token string, now time.Time) lookup {
 	if ok && now.Before(e.s.ExpiresAt) && now.Sub(e.checked) < c.ttl {
 		c.tokenOf.Get(e.s.ID) // used: keeps both orders alike
 		l := lookup{s: e.s, ok: true, epoch: c.epoch}
-		if now.Sub(e.checked) >= c.ttl/2 && !c.refreshing[token] {
+		if !now.Before(e.refreshAt) && !c.refreshing[token] {
 			c.refreshing[token] = true
 			l.refresh = true
 		}
@@ -98,7 +113,7 @@ func (c *sessionCache) putLocked(token string, s busapi.Session, epoch uint64, c
 	if epoch != c.epoch {
 		return
 	}
-	c.byToken.Add(token, cachedSession{s: s, checked: checked})
+	c.byToken.Add(token, cachedSession{s: s, checked: checked, refreshAt: checked.Add(refreshAfter(c.ttl))})
 	c.tokenOf.Add(s.ID, token)
 }
 

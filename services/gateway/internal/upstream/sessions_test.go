@@ -105,8 +105,7 @@ func TestSessionCacheRevokesAfterEviction(t *testing.T) {
 	}
 }
 
-// TestSessionCacheRefreshesAhead: an entry used in the second half of its
-// ttl is due to be resolved again in the background, once; what that
+// TestSessionCacheRefreshesAhead: an entry used late in its ttl is due to be resolved again in the background, once; what that
 // lookup answers replaces it, drops it, or (a failure) leaves it to its
 // ttl. Times are given, not waited for.
 func TestSessionCacheRefreshesAhead(t *testing.T) {
@@ -124,7 +123,7 @@ func TestSessionCacheRefreshesAhead(t *testing.T) {
 		}
 		return c
 	}
-	half := t0.Add(ttl / 2)
+	late := t0.Add(ttl * 9 / 10)
 	tests := []struct {
 		name string
 		// answer is the background lookup's; revoke revokes s1 while
@@ -143,19 +142,19 @@ func TestSessionCacheRefreshesAhead(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			c := fill(t)
-			l := c.get("tok", half)
+			l := c.get("tok", late)
 			if !l.ok || !l.refresh {
-				t.Fatalf("second half of the ttl: %+v, want served and a refresh", l)
+				t.Fatalf("nine tenths into the ttl: %+v, want served and a refresh", l)
 			}
-			if again := c.get("tok", half); !again.ok || again.refresh {
+			if again := c.get("tok", late); !again.ok || again.refresh {
 				t.Fatalf("while a refresh runs: %+v, want served, no second refresh", again)
 			}
 			if tc.revoke {
 				c.revoke("s1")
 			}
-			c.refreshed("tok", s1, tc.answer, l.epoch, half)
+			c.refreshed("tok", s1, tc.answer, l.epoch, late)
 			if tc.answer != nil && busapi.CodeOf(tc.answer) == protocol.CodeUnauthorized {
-				if c.get("tok", half).ok {
+				if c.get("tok", late).ok {
 					t.Fatal("served after the auth service refused it")
 				}
 			}

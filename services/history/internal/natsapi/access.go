@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -27,10 +28,12 @@ type membership struct{ userID, chatID int64 }
 // NATS is at most once), a grant is used at most the cache's ttl after the
 // check that gave it began.
 //
-// A grant used in the second half of its ttl is checked again in the
-// background while it still serves, so a reader who keeps paging never
-// waits for the chat service (that wait was the slowest part of a page at
-// 1,000 pages a second); a check that refuses drops the grant at once.
+// A grant used late in its ttl (from a point drawn between half and nine
+// tenths of it, so that grants given together are not checked again
+// together) is checked again in the background while it still serves, so a
+// reader who keeps paging never waits for the chat service (that wait was
+// the slowest part of a page at 1,000 pages a second); a check that refuses
+// drops the grant at once.
 type CachedAccess struct {
 	next Access
 	ttl  time.Duration
@@ -40,13 +43,18 @@ type CachedAccess struct {
 	// epoch counts removals: a check that started before one may have
 	// seen the removed member, so its answer is not kept.
 	epoch uint64
-	// granted maps each grant to the time the check that gave it began.
-	granted    *expirable.LRU[membership, time.Time]
+	// granted holds the grants given, refreshing the ones being checked
+	// again in the background.
+	granted    *expirable.LRU[membership, grant]
 	refreshing map[membership]bool
 	// refreshes counts the background checks under way (tests wait for
 	// them).
 	refreshes sync.WaitGroup
 }
+
+// grant is a granted access: when the check that gave it began, and from
+// when a use checks it again in the background.
+type grant struct{ checked, refreshAt time.Time }
 
 // NewCachedAccess returns a cache of at most size granted checks, each
 // kept at most ttl, in front of next, and subscribes on nc to the chat
@@ -55,7 +63,7 @@ type CachedAccess struct {
 func NewCachedAccess(nc *nats.Conn, subj subjects.Subjects, next Access, size int, ttl time.Duration) (*CachedAccess, error) {
 	a := &CachedAccess{
 		next: next, ttl: ttl, now: time.Now,
-		granted:    expirable.NewLRU[membership, time.Time](size, nil, ttl),
+		granted:    expirable.NewLRU[membership, grant](size, nil, ttl),
 		refreshing: map[membership]bool{},
 	}
 	if _, err := nc.Subscribe(subj.ChatEvents(), func(msg *nats.Msg) {
@@ -80,13 +88,13 @@ func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error 
 	key := membership{userID: userID, chatID: chatID}
 	now := a.now()
 	a.mu.Lock()
-	checked, ok := a.granted.Get(key)
-	if ok && now.Sub(checked) >= a.ttl {
+	g, ok := a.granted.Get(key)
+	if ok && now.Sub(g.checked) >= a.ttl {
 		a.granted.Remove(key)
 		ok = false
 	}
 	epoch := a.epoch
-	refresh := ok && now.Sub(checked) >= a.ttl/2 && !a.refreshing[key]
+	refresh := ok && !now.Before(g.refreshAt) && !a.refreshing[key]
 	if refresh {
 		a.refreshing[key] = true
 		a.refreshes.Add(1)
@@ -105,10 +113,26 @@ func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error 
 	}
 	a.mu.Lock()
 	if epoch == a.epoch {
-		a.granted.Add(key, now)
+		a.granted.Add(key, a.grant(now))
 	}
 	a.mu.Unlock()
 	return nil
+}
+
+// grant returns a grant given by a check begun at checked.
+func (a *CachedAccess) grant(checked time.Time) grant {
+	return grant{checked: checked, refreshAt: checked.Add(refreshAfter(a.ttl))}
+}
+
+// refreshAfter returns how long after its check a cached grant or session
+// of ttl is due to be checked again in the background when used: a time
+// drawn between half and nine tenths of ttl.
+func refreshAfter(ttl time.Duration) time.Duration {
+	d := ttl / 2
+	if spread := ttl * 2 / 5; spread > 0 {
+		d += rand.N(spread)
+	}
+	return d
 }
 
 // refresh checks a grant again, begun at now, and keeps the new grant
@@ -122,7 +146,7 @@ func (a *CachedAccess) refresh(ctx context.Context, key membership, now time.Tim
 	delete(a.refreshing, key)
 	switch {
 	case err == nil && epoch == a.epoch:
-		a.granted.Add(key, now)
+		a.granted.Add(key, a.grant(now))
 	case err != nil && isRefusal(err):
 		a.granted.Remove(key)
 	}

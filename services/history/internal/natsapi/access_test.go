@@ -212,10 +212,10 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 		t.Fatalf("in the first half of the ttl: %v after %d checks, want the grant without a check", err, inner.count())
 	}
 
-	t.Run("the second half of the ttl checks again in the background", func(t *testing.T) {
+	t.Run("late in the ttl a use checks again in the background", func(t *testing.T) {
 		gate := make(chan struct{})
 		inner.setGate(gate)
-		clk.advance(2 * time.Second)
+		clk.advance(ttl*2/5 + 2*time.Second) // nine tenths of the ttl passed
 		done := make(chan error, 1)
 		go func() { done <- a.CanRead(ctx, 1, 10) }()
 		select {
@@ -266,7 +266,7 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 		inner.set(2, 10, false)
-		clk.advance(ttl / 2)
+		clk.advance(ttl * 9 / 10)
 		if err := canRead(2); err != nil {
 			t.Fatalf("before the background check's answer: %v, want the grant", err)
 		}
@@ -280,7 +280,7 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 		if err := canRead(2); err != nil {
 			t.Fatal(err)
 		}
-		clk.advance(ttl / 2)
+		clk.advance(ttl * 9 / 10)
 		gate := make(chan struct{})
 		inner.setGate(gate)
 		if err := a.CanRead(ctx, 2, 10); err != nil {
@@ -297,4 +297,23 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 			t.Errorf("after the removal: %v, want not_a_member", err)
 		}
 	})
+}
+
+func TestRefreshAfterSpreads(t *testing.T) {
+	t.Parallel()
+	const ttl = 5 * time.Second
+	lo, hi := ttl, time.Duration(0)
+	for range 1000 {
+		d := refreshAfter(ttl)
+		if d < ttl/2 || d >= ttl*9/10 {
+			t.Fatalf("refresh after %v, want from %v to before %v", d, ttl/2, ttl*9/10)
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if hi-lo < ttl/5 {
+		t.Errorf("refresh points %v to %v: not spread", lo, hi)
+	}
+	if d := refreshAfter(1); d != 0 {
+		t.Errorf("refresh after %v for a ttl of 1ns, want 0", d)
+	}
 }
