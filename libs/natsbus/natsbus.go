@@ -280,13 +280,56 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Handle subscribes h to subject in queue group queue. The subscription ends
 // when the connection is drained or closed.
 func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string, h Handler[Req, Resp]) (*nats.Subscription, error) {
-	handle := func(ctx context.Context, data []byte) (any, error) {
+	return s.subscribe(ctx, subject, queue, func(ctx context.Context, data, _ []byte) ([]byte, error) {
 		var req Req
 		if err := json.Unmarshal(data, &req); err != nil {
 			return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
 		}
-		return h(ctx, req)
-	}
+		resp, err := h(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(busapi.Reply[any]{Data: resp})
+	})
+}
+
+// AppendHandler serves one decoded request by appending its reply data,
+// encoded as JSON, to dst and returning the extended buffer; or it returns
+// an error, as a Handler does. The server sends the data as it is, without
+// checking it.
+type AppendHandler[Req any] func(ctx context.Context, req Req, dst []byte) ([]byte, error)
+
+// HandleAppend is Handle for a handler that encodes its reply data itself
+// (a large reply served often: the history service's pages). The reply is
+// built in a buffer the server reuses for later requests, so encoding a
+// reply allocates nothing.
+func HandleAppend[Req any](ctx context.Context, s *Server, subject, queue string, h AppendHandler[Req]) (*nats.Subscription, error) {
+	return s.subscribe(ctx, subject, queue, func(ctx context.Context, data, dst []byte) ([]byte, error) {
+		var req Req
+		if err := json.Unmarshal(data, &req); err != nil {
+			return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
+		}
+		dst, err := h(ctx, req, append(dst, dataPrefix...))
+		if err != nil {
+			return nil, err
+		}
+		return append(dst, '}'), nil
+	})
+}
+
+// serveFunc decodes one request and returns the whole reply (a
+// busapi.Reply with data), which it may append to buf; or an error to
+// answer.
+type serveFunc func(ctx context.Context, req, buf []byte) ([]byte, error)
+
+// replyBufs holds the buffers replies are built in (a *[]byte each).
+var replyBufs sync.Pool
+
+// maxPooledReply bounds the buffers kept for reuse: a rare large reply
+// does not stay in memory.
+const maxPooledReply = 256 << 10
+
+func (s *Server) subscribe(ctx context.Context, subject, queue string, h serveFunc) (*nats.Subscription, error) {
 	sub, err := s.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) {
 		s.slots <- struct{}{}
 		s.running.Add(1)
@@ -295,7 +338,7 @@ func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string
 				<-s.slots
 				s.running.Done()
 			}()
-			s.serve(ctx, msg, handle)
+			s.serve(ctx, msg, h)
 		}()
 	})
 	if err != nil {
@@ -307,7 +350,7 @@ func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string
 	return sub, nil
 }
 
-func (s *Server) serve(base context.Context, msg *nats.Msg, h func(context.Context, []byte) (any, error)) {
+func (s *Server) serve(base context.Context, msg *nats.Msg, h serveFunc) {
 	ctx := Extract(base, msg)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -315,8 +358,11 @@ func (s *Server) serve(base context.Context, msg *nats.Msg, h func(context.Conte
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject)))
 	defer span.End()
 
-	data, err := h(ctx, msg.Data)
-	var reply []byte
+	bufp, _ := replyBufs.Get().(*[]byte)
+	if bufp == nil {
+		bufp = new([]byte)
+	}
+	reply, err := h(ctx, msg.Data, (*bufp)[:0])
 	if err != nil {
 		be, ok := errors.AsType[*busapi.Error](err)
 		if !ok || error(be) != err {
@@ -329,18 +375,24 @@ func (s *Server) serve(base context.Context, msg *nats.Msg, h func(context.Conte
 		}
 		span.SetAttributes(attribute.String("error.code", string(be.Code)))
 		reply, err = json.Marshal(busapi.Reply[struct{}]{Error: be})
-	} else {
-		reply, err = json.Marshal(busapi.Reply[any]{Data: data})
-	}
-	if err != nil {
-		s.logger.ErrorContext(ctx, "encode reply", "subject", msg.Subject, "err", err)
-		return
+		if err != nil {
+			s.logger.ErrorContext(ctx, "encode reply", "subject", msg.Subject, "err", err)
+			return
+		}
 	}
 	out := nats.NewMsg(msg.Reply)
 	out.Data = reply
 	Inject(ctx, out)
 	if err := msg.RespondMsg(out); err != nil {
 		s.logger.WarnContext(ctx, "respond", "subject", msg.Subject, "err", err)
+	}
+	// The connection copied the reply into its own buffer; keep the
+	// larger of the two buffers for the next request.
+	if cap(reply) > cap(*bufp) {
+		*bufp = reply
+	}
+	if cap(*bufp) <= maxPooledReply {
+		replyBufs.Put(bufp)
 	}
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,6 +123,108 @@ func TestRequestReply(t *testing.T) {
 		}
 		if want := `{"error":{"code":"bad_request","message":"malformed request"}}`; string(msg.Data) != want {
 			t.Errorf("reply = %s, want %s", msg.Data, want)
+		}
+	})
+}
+
+func TestHandleAppend(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	tp := sdktrace.NewTracerProvider()
+	srv := NewServer(nc, tp, telemetry.NewLogger(io.Discard, 0), time.Second)
+	_, err = HandleAppend(context.Background(), srv, "t.append", "q", func(ctx context.Context, req echoReq, dst []byte) ([]byte, error) {
+		switch req.Say {
+		case "coded":
+			return append(dst, "partial"...), busapi.Errorf(protocol.CodeNotAMember, "nope")
+		case "boom":
+			return dst, errors.New("database exploded")
+		}
+		// The handler encodes its data itself: a reply as long as the
+		// request asks, so that replies of different lengths share buffers.
+		dst = append(dst, `{"said":`...)
+		b, _ := json.Marshal(req.Say)
+		dst = append(dst, b...)
+		return append(dst, '}'), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	client := NewClient(nc, tp)
+
+	t.Run("data reaches Request and RequestJSON", func(t *testing.T) {
+		var resp echoResp
+		if err := client.Request(context.Background(), "t.append", echoReq{Say: "hi"}, &resp); err != nil || resp.Said != "hi" {
+			t.Errorf("Request: %+v, %v; want said hi", resp, err)
+		}
+		raw, err := client.RequestJSON(context.Background(), "t.append", echoReq{Say: "<hi>"})
+		if want := `{"said":"\u003chi\u003e"}`; err != nil || string(raw) != want {
+			t.Errorf("RequestJSON: %s, %v; want %s", raw, err, want)
+		}
+	})
+	t.Run("the whole reply is the envelope", func(t *testing.T) {
+		msg, err := nc.Request("t.append", []byte(`{"say":"x"}`), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"data":{"said":"x"}}`; string(msg.Data) != want {
+			t.Errorf("reply = %s, want %s", msg.Data, want)
+		}
+	})
+	t.Run("errors as with Handle", func(t *testing.T) {
+		for _, c := range []struct {
+			say, want string
+		}{
+			{"coded", `{"error":{"code":"not_a_member","message":"nope"}}`},
+			{"boom", `{"error":{"code":"internal","message":"internal error"}}`},
+		} {
+			msg, err := nc.Request("t.append", []byte(`{"say":"`+c.say+`"}`), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(msg.Data) != c.want {
+				t.Errorf("%s: reply = %s, want %s", c.say, msg.Data, c.want)
+			}
+		}
+		msg, err := nc.Request("t.append", []byte("{not json"), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"error":{"code":"bad_request","message":"malformed request"}}`; string(msg.Data) != want {
+			t.Errorf("malformed: reply = %s, want %s", msg.Data, want)
+		}
+	})
+	t.Run("concurrent replies never share a buffer", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 200)
+		for i := range 200 {
+			wg.Go(func() {
+				errs <- func() error {
+					say := strings.Repeat(string(rune('a'+i%26)), 1+i*37%5000)
+					raw, err := client.RequestJSON(context.Background(), "t.append", echoReq{Say: say})
+					if err != nil {
+						return err
+					}
+					if want := `{"said":"` + say + `"}`; string(raw) != want {
+						return fmt.Errorf("request %d: got %d bytes %.40s..., want %d bytes %.40s...", i, len(raw), raw, len(want), want)
+					}
+					return nil
+				}()
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
 		}
 	})
 }

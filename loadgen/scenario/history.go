@@ -113,10 +113,15 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 	tr.MaxIdleConnsPerHost = 512
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
-	// Warm up: one request per gateway opens connections and checks access.
+	// Warm up: one request per user and gateway, one after the other,
+	// opens connections and resolves each session and read access once, so
+	// that the measured requests do not begin with every user's first
+	// request at the same instant.
 	for i := range cfg.Gateways {
-		if _, err := historyPage(ctx, client, cfg.Gateways[i], tokens[0], chat.ID, int64(cfg.Messages)+1, cfg.Limit); err != nil {
-			return nil, fmt.Errorf("history: first page: %w", err)
+		for _, token := range tokens {
+			if _, err := historyPage(ctx, client, cfg.Gateways[i], token, chat.ID, int64(cfg.Messages)+1, cfg.Limit); err != nil {
+				return nil, fmt.Errorf("history: first page: %w", err)
+			}
 		}
 	}
 

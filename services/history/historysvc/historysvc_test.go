@@ -2,6 +2,7 @@ package historysvc_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -145,6 +146,34 @@ func TestRun(t *testing.T) {
 	}
 	if got, want := strings.Join(seqs, " "), "6:m6 7:m7 8:m8 9:m9"; got != want {
 		t.Errorf("page before 10 = %s, want %s", got, want)
+	}
+	// A page's wire format is encoding/json's encoding of a
+	// busapi.HistoryPage, byte for byte (the gateway passes it on as it
+	// is); an empty page has an empty list, not null.
+	for _, req := range []busapi.HistoryRequest{
+		{UserID: 1, ChatID: 3, BeforeSeq: 10, Limit: 4},
+		{UserID: 1, ChatID: 3, Limit: 100},
+		{UserID: 1, ChatID: 3, BeforeSeq: 1},
+		{UserID: 1, ChatID: 3, AfterSeq: 12},
+	} {
+		raw, err := client.RequestJSON(context.Background(), subj.HistoryPage(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var decoded busapi.HistoryPage
+		if err := json.Unmarshal(raw, &decoded); err != nil {
+			t.Fatalf("page %+v: %v", req, err)
+		}
+		want, err := json.Marshal(decoded)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(raw) != string(want) {
+			t.Errorf("page %+v on the wire:\n%s\nencoding/json encodes it as\n%s", req, raw, want)
+		}
+		if len(decoded.Messages) == 0 && string(raw) != `{"messages":[]}` {
+			t.Errorf("empty page %+v = %s, want an empty list", req, raw)
+		}
 	}
 	var latest busapi.Latest
 	if err := client.Request(context.Background(), subj.HistoryLatest(), busapi.LatestRequest{ChatIDs: []int64{3, 4}}, &latest); err != nil {

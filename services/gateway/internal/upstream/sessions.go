@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,14 +10,22 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
 )
 
 // sessionCache keeps the sessions this gateway resolved for a short time,
 // so that a request does not ask the auth service again. A session the
 // auth service revokes (subjects.AuthSessionRevoked, published at logout)
 // is dropped at once; should that event be missed (NATS away), an entry
-// lives at most ttl, and never beyond its session's expiry.
+// serves at most ttl after the lookup that resolved it began, and never
+// beyond its session's expiry. An entry used late in its ttl (from a point
+// drawn between half and nine tenths of it, so that sessions resolved
+// together are not resolved again together) is due to be resolved again in
+// the background (get says so, once), so a client that keeps making
+// requests never waits for the auth service.
 type sessionCache struct {
+	ttl time.Duration
+
 	mu sync.Mutex
 	// epoch counts revocations: a lookup that started before one may
 	// have resolved the revoked session, so it is not stored.
@@ -25,43 +34,107 @@ type sessionCache struct {
 	// add, a use or a removal of one entry is made in both), so their LRU
 	// orders agree and both evict the same session when full: a revocation
 	// always finds the token of a session still cached.
-	byToken *expirable.LRU[string, busapi.Session]
+	byToken *expirable.LRU[string, cachedSession]
 	tokenOf *expirable.LRU[string, string] // session id -> token
+	// refreshing holds the tokens being resolved again in the background.
+	refreshing map[string]bool
+}
+
+// cachedSession is a resolved session, when its lookup began, and from when
+// a use is to resolve it again.
+type cachedSession struct {
+	s                  busapi.Session
+	checked, refreshAt time.Time
+}
+
+// refreshAfter returns how long after its lookup a cached session of ttl
+// is due to be resolved again when used: a time drawn between half and
+// nine tenths of ttl.
+func refreshAfter(ttl time.Duration) time.Duration {
+	d := ttl / 2
+	if spread := ttl * 2 / 5; spread > 0 {
+		d += rand.N(spread)
+	}
+	return d
 }
 
 func newSessionCache(size int, ttl time.Duration) *sessionCache {
 	return &sessionCache{
-		byToken: expirable.NewLRU[string, busapi.Session](size, nil, ttl),
-		tokenOf: expirable.NewLRU[string, string](size, nil, ttl),
+		ttl:        ttl,
+		byToken:    expirable.NewLRU[string, cachedSession](size, nil, ttl),
+		tokenOf:    expirable.NewLRU[string, string](size, nil, ttl),
+		refreshing: map[string]bool{},
 	}
 }
 
-// get returns the cached session of token and, on a miss, the epoch to
-// give put.
-func (c *sessionCache) get(token string, now time.Time) (busapi.Session, uint64, bool) {
+// lookup is the answer of get.
+type lookup struct {
+	s  busapi.Session
+	ok bool // s is cached and may serve
+	// epoch is for put or refreshed, after a lookup begun at the time
+	// given to get.
+	epoch uint64
+	// refresh is set when the caller is to resolve the session again in
+	// the background and hand the answer to refreshed.
+	refresh bool
+}
+
+// get returns the cached session of token at time now; on a miss, or when
+// the entry is due to be resolved again, the epoch to give put or
+// refreshed.
+func (c *sessionCache) get(token string, now time.Time) lookup {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s, ok := c.byToken.Get(token)
-	if ok && now.Before(s.ExpiresAt) {
-		c.tokenOf.Get(s.ID) // used: keeps both orders alike
-		return s, 0, true
+	e, ok := c.byToken.Get(token)
+	if ok && now.Before(e.s.ExpiresAt) && now.Sub(e.checked) < c.ttl {
+		c.tokenOf.Get(e.s.ID) // used: keeps both orders alike
+		l := lookup{s: e.s, ok: true, epoch: c.epoch}
+		if !now.Before(e.refreshAt) && !c.refreshing[token] {
+			c.refreshing[token] = true
+			l.refresh = true
+		}
+		return l
 	}
 	if ok {
 		c.byToken.Remove(token)
-		c.tokenOf.Remove(s.ID)
+		c.tokenOf.Remove(e.s.ID)
 	}
-	return busapi.Session{}, c.epoch, false
+	return lookup{epoch: c.epoch}
 }
 
-// put stores s unless a session was revoked since epoch.
-func (c *sessionCache) put(token string, s busapi.Session, epoch uint64) {
+// put stores s, resolved by a lookup begun at checked, unless a session was
+// revoked since epoch.
+func (c *sessionCache) put(token string, s busapi.Session, epoch uint64, checked time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.putLocked(token, s, epoch, checked)
+}
+
+func (c *sessionCache) putLocked(token string, s busapi.Session, epoch uint64, checked time.Time) {
 	if epoch != c.epoch {
 		return
 	}
-	c.byToken.Add(token, s)
+	c.byToken.Add(token, cachedSession{s: s, checked: checked, refreshAt: checked.Add(refreshAfter(c.ttl))})
 	c.tokenOf.Add(s.ID, token)
+}
+
+// refreshed takes the answer of a background lookup that get asked for:
+// the session resolved again is stored (unless revoked meanwhile), a
+// session the auth service refuses is dropped, and a failure leaves the
+// entry to its ttl.
+func (c *sessionCache) refreshed(token string, s busapi.Session, err error, epoch uint64, checked time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.refreshing, token)
+	switch {
+	case err == nil:
+		c.putLocked(token, s, epoch, checked)
+	case busapi.CodeOf(err) == protocol.CodeUnauthorized:
+		if e, ok := c.byToken.Peek(token); ok {
+			c.tokenOf.Remove(e.s.ID)
+		}
+		c.byToken.Remove(token)
+	}
 }
 
 // revoke drops the session with id id.
@@ -80,8 +153,8 @@ func (c *sessionCache) forget(token string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.epoch++
-	if s, ok := c.byToken.Peek(token); ok {
-		c.tokenOf.Remove(s.ID)
+	if e, ok := c.byToken.Peek(token); ok {
+		c.tokenOf.Remove(e.s.ID)
 	}
 	c.byToken.Remove(token)
 }
@@ -111,20 +184,36 @@ func CacheSessions(c *Client, size int, ttl time.Duration) *CachedSessions {
 	return cs
 }
 
-// Session resolves a session token, from the cache when it holds it.
+// Session resolves a session token, from the cache when it holds it. A
+// cached session in the second half of its ttl is resolved again in the
+// background (the bus's own timeout bounds that lookup).
 func (c *CachedSessions) Session(ctx context.Context, token string) (busapi.Session, error) {
 	if c.cache == nil {
 		return c.Client.Session(ctx, token)
 	}
-	s, epoch, ok := c.cache.get(token, time.Now())
-	if ok {
-		return s, nil
+	now := time.Now()
+	l := c.fromCache(ctx, token, now)
+	if l.ok {
+		return l.s, nil
 	}
 	s, err := c.Client.Session(ctx, token)
 	if err == nil {
-		c.cache.put(token, s, epoch)
+		c.cache.put(token, s, l.epoch, now)
 	}
 	return s, err
+}
+
+// fromCache returns the cache's answer for token at now, and starts the
+// background lookup it asks for.
+func (c *CachedSessions) fromCache(ctx context.Context, token string, now time.Time) lookup {
+	l := c.cache.get(token, now)
+	if l.refresh {
+		go func() {
+			s, err := c.Client.Session(context.WithoutCancel(ctx), token)
+			c.cache.refreshed(token, s, err, l.epoch, now)
+		}()
+	}
+	return l
 }
 
 // ResolveSession resolves a session token as Session does, and also
@@ -141,14 +230,14 @@ func (c *CachedSessions) Session(ctx context.Context, token string) (busapi.Sess
 func (c *CachedSessions) ResolveSession(ctx context.Context, token string) (s busapi.Session, current func() bool, err error) {
 	before := c.revocations.Load()
 	if c.cache != nil {
-		var epoch uint64
-		var ok bool
-		if s, epoch, ok = c.cache.get(token, time.Now()); ok {
-			return s, func() bool { return false }, nil
+		now := time.Now()
+		l := c.fromCache(ctx, token, now)
+		if l.ok {
+			return l.s, func() bool { return false }, nil
 		}
 		s, err = c.Client.Session(ctx, token)
 		if err == nil {
-			c.cache.put(token, s, epoch)
+			c.cache.put(token, s, l.epoch, now)
 		}
 	} else {
 		s, err = c.Client.Session(ctx, token)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/subjects"
 )
 
@@ -23,23 +25,47 @@ type membership struct{ userID, chatID int64 }
 // a failure asks again next time, so a user added to a chat reads at once.
 // A user removed from a chat loses access when the chat service's event
 // (subjects.ChatEvents, Removed) arrives; should that event be missed (core
-// NATS is at most once), an entry lives at most the cache's ttl.
+// NATS is at most once), a grant is used at most the cache's ttl after the
+// check that gave it began.
+//
+// A grant used late in its ttl (from a point drawn between half and nine
+// tenths of it, so that grants given together are not checked again
+// together) is checked again in the background while it still serves, so a
+// reader who keeps paging never waits for the chat service (that wait was
+// the slowest part of a page at 1,000 pages a second); a check that refuses
+// drops the grant at once.
 type CachedAccess struct {
 	next Access
+	ttl  time.Duration
+	now  func() time.Time
 
 	mu sync.Mutex
 	// epoch counts removals: a check that started before one may have
 	// seen the removed member, so its answer is not kept.
-	epoch   uint64
-	granted *expirable.LRU[membership, struct{}]
+	epoch uint64
+	// granted holds the grants given, refreshing the ones being checked
+	// again in the background.
+	granted    *expirable.LRU[membership, grant]
+	refreshing map[membership]bool
+	// refreshes counts the background checks under way (tests wait for
+	// them).
+	refreshes sync.WaitGroup
 }
+
+// grant is a granted access: when the check that gave it began, and from
+// when a use checks it again in the background.
+type grant struct{ checked, refreshAt time.Time }
 
 // NewCachedAccess returns a cache of at most size granted checks, each
 // kept at most ttl, in front of next, and subscribes on nc to the chat
 // events that drop removed members. The subscription ends when nc is
 // drained or closed.
 func NewCachedAccess(nc *nats.Conn, subj subjects.Subjects, next Access, size int, ttl time.Duration) (*CachedAccess, error) {
-	a := &CachedAccess{next: next, granted: expirable.NewLRU[membership, struct{}](size, nil, ttl)}
+	a := &CachedAccess{
+		next: next, ttl: ttl, now: time.Now,
+		granted:    expirable.NewLRU[membership, grant](size, nil, ttl),
+		refreshing: map[membership]bool{},
+	}
 	if _, err := nc.Subscribe(subj.ChatEvents(), func(msg *nats.Msg) {
 		var ev busapi.ChatEvent
 		if err := json.Unmarshal(msg.Data, &ev); err != nil {
@@ -60,11 +86,26 @@ func NewCachedAccess(nc *nats.Conn, subj subjects.Subjects, next Access, size in
 // CanRead implements Access.
 func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error {
 	key := membership{userID: userID, chatID: chatID}
+	now := a.now()
 	a.mu.Lock()
-	_, ok := a.granted.Get(key)
+	g, ok := a.granted.Get(key)
+	if ok && now.Sub(g.checked) >= a.ttl {
+		a.granted.Remove(key)
+		ok = false
+	}
 	epoch := a.epoch
+	refresh := ok && !now.Before(g.refreshAt) && !a.refreshing[key]
+	if refresh {
+		a.refreshing[key] = true
+		a.refreshes.Add(1)
+	}
 	a.mu.Unlock()
 	if ok {
+		if refresh {
+			// Not tied to this request: it has its answer. The check
+			// has the bus's own timeout.
+			go a.refresh(context.WithoutCancel(ctx), key, now, epoch)
+		}
 		return nil
 	}
 	if err := a.next.CanRead(ctx, userID, chatID); err != nil {
@@ -72,10 +113,53 @@ func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error 
 	}
 	a.mu.Lock()
 	if epoch == a.epoch {
-		a.granted.Add(key, struct{}{})
+		a.granted.Add(key, a.grant(now))
 	}
 	a.mu.Unlock()
 	return nil
+}
+
+// grant returns a grant given by a check begun at checked.
+func (a *CachedAccess) grant(checked time.Time) grant {
+	return grant{checked: checked, refreshAt: checked.Add(refreshAfter(a.ttl))}
+}
+
+// refreshAfter returns how long after its check a cached grant or session
+// of ttl is due to be checked again in the background when used: a time
+// drawn between half and nine tenths of ttl.
+func refreshAfter(ttl time.Duration) time.Duration {
+	d := ttl / 2
+	if spread := ttl * 2 / 5; spread > 0 {
+		d += rand.N(spread)
+	}
+	return d
+}
+
+// refresh checks a grant again, begun at now, and keeps the new grant
+// unless a removal came meanwhile; a refusal drops the grant, a failure
+// leaves it to its ttl.
+func (a *CachedAccess) refresh(ctx context.Context, key membership, now time.Time, epoch uint64) {
+	defer a.refreshes.Done()
+	err := a.next.CanRead(ctx, key.userID, key.chatID)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.refreshing, key)
+	switch {
+	case err == nil && epoch == a.epoch:
+		a.granted.Add(key, a.grant(now))
+	case err != nil && isRefusal(err):
+		a.granted.Remove(key)
+	}
+}
+
+// isRefusal reports whether the chat service refused the access (rather
+// than failed to answer).
+func isRefusal(err error) bool {
+	switch busapi.CodeOf(err) {
+	case protocol.CodeChatNotFound, protocol.CodeNotAMember:
+		return true
+	}
+	return false
 }
 
 // removed drops the users removed from a chat.

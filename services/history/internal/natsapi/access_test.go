@@ -3,6 +3,7 @@ package natsapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -16,20 +17,45 @@ import (
 )
 
 // members is an Access over a set of memberships that counts its checks.
+// While gate is set, a check waits for a value from it first; while down
+// is set, checks fail without an answer.
 type members struct {
 	mu     sync.Mutex
 	in     map[membership]bool
 	checks int
+	gate   chan struct{}
+	down   bool
 }
 
 func (m *members) CanRead(_ context.Context, userID, chatID int64) error {
 	m.mu.Lock()
+	gate := m.gate
+	m.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.checks++
+	if m.down {
+		return errors.New("chat service did not answer")
+	}
 	if !m.in[membership{userID, chatID}] {
 		return busapi.Errorf(protocol.CodeNotAMember, "not a member")
 	}
 	return nil
+}
+
+func (m *members) setGate(gate chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gate = gate
+}
+
+func (m *members) setDown(down bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.down = down
 }
 
 func (m *members) set(userID, chatID int64, in bool) {
@@ -128,4 +154,166 @@ func TestCachedAccessTTL(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		return busapi.CodeOf(a.CanRead(ctx, 1, 10)) == protocol.CodeNotAMember
 	}, "removed member refused after the ttl")
+}
+
+// clock is a time that tests move.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func TestCachedAccessRefreshesAhead(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &members{in: map[membership]bool{{1, 10}: true, {2, 10}: true}}
+	// A ttl of 10 minutes on a clock the test moves (the cache's own
+	// expiry, in real time, never comes within the test).
+	const ttl = 10 * time.Minute
+	a, err := NewCachedAccess(nc, subj, inner, 100, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a.now = clk.Now
+	ctx := context.Background()
+	canRead := func(user int64) error {
+		t.Helper()
+		err := a.CanRead(ctx, user, 10)
+		a.refreshes.Wait()
+		return err
+	}
+
+	if err := canRead(1); err != nil || inner.count() != 1 {
+		t.Fatalf("first page: %v after %d checks, want a grant after 1", err, inner.count())
+	}
+	clk.advance(ttl/2 - time.Second)
+	if err := canRead(1); err != nil || inner.count() != 1 {
+		t.Fatalf("in the first half of the ttl: %v after %d checks, want the grant without a check", err, inner.count())
+	}
+
+	t.Run("late in the ttl a use checks again in the background", func(t *testing.T) {
+		gate := make(chan struct{})
+		inner.setGate(gate)
+		clk.advance(ttl*2/5 + 2*time.Second) // nine tenths of the ttl passed
+		done := make(chan error, 1)
+		go func() { done <- a.CanRead(ctx, 1, 10) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("during the background check: %v, want the grant", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the page waited for the background check")
+		}
+		// One background check at a time.
+		if err := a.CanRead(ctx, 1, 10); err != nil {
+			t.Fatal(err)
+		}
+		inner.setGate(nil)
+		close(gate)
+		a.refreshes.Wait()
+		if got := inner.count(); got != 2 {
+			t.Errorf("%d checks, want 2 (one background check)", got)
+		}
+		// The new grant counts from the background check: it serves past
+		// the first grant's ttl without a check in the foreground.
+		clk.advance(ttl/2 + time.Minute)
+		inner.setDown(true)
+		if err := canRead(1); err != nil {
+			t.Errorf("refreshed grant past the first one's ttl: %v", err)
+		}
+		inner.setDown(false)
+	})
+
+	t.Run("a grant is never used beyond its ttl", func(t *testing.T) {
+		// The chat service stops answering: background checks fail and
+		// the grant is kept, but only until its ttl.
+		inner.setDown(true)
+		defer inner.setDown(false)
+		clk.advance(ttl/2 - 2*time.Minute)
+		if err := canRead(1); err != nil {
+			t.Fatalf("within the ttl, chat service away: %v, want the grant", err)
+		}
+		clk.advance(2 * time.Minute)
+		if err := canRead(1); err == nil {
+			t.Fatal("past the ttl, chat service away: granted, want the check's failure")
+		}
+	})
+
+	t.Run("a background check that refuses drops the grant", func(t *testing.T) {
+		if err := canRead(2); err != nil {
+			t.Fatal(err)
+		}
+		inner.set(2, 10, false)
+		clk.advance(ttl * 9 / 10)
+		if err := canRead(2); err != nil {
+			t.Fatalf("before the background check's answer: %v, want the grant", err)
+		}
+		if err := canRead(2); busapi.CodeOf(err) != protocol.CodeNotAMember {
+			t.Errorf("after a background check refused: %v, want not_a_member", err)
+		}
+	})
+
+	t.Run("a background check that raced with a removal is not kept", func(t *testing.T) {
+		inner.set(2, 10, true)
+		if err := canRead(2); err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(ttl * 9 / 10)
+		gate := make(chan struct{})
+		inner.setGate(gate)
+		if err := a.CanRead(ctx, 2, 10); err != nil {
+			t.Fatal(err)
+		}
+		// The removal's event arrives before the check's answer, which
+		// still saw user 2 in the chat.
+		a.removed(10, []int64{2})
+		inner.setGate(nil)
+		close(gate)
+		a.refreshes.Wait()
+		inner.set(2, 10, false)
+		if err := canRead(2); busapi.CodeOf(err) != protocol.CodeNotAMember {
+			t.Errorf("after the removal: %v, want not_a_member", err)
+		}
+	})
+}
+
+func TestRefreshAfterSpreads(t *testing.T) {
+	t.Parallel()
+	const ttl = 5 * time.Second
+	lo, hi := ttl, time.Duration(0)
+	for range 1000 {
+		d := refreshAfter(ttl)
+		if d < ttl/2 || d >= ttl*9/10 {
+			t.Fatalf("refresh after %v, want from %v to before %v", d, ttl/2, ttl*9/10)
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if hi-lo < ttl/5 {
+		t.Errorf("refresh points %v to %v: not spread", lo, hi)
+	}
+	if d := refreshAfter(1); d != 0 {
+		t.Errorf("refresh after %v for a ttl of 1ns, want 0", d)
+	}
 }

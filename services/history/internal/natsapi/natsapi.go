@@ -17,6 +17,7 @@ import (
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/services/history/internal/history"
+	"github.com/communications/communications/services/history/internal/msgjson"
 )
 
 // Access decides whether a user may read a chat. The chat service owns
@@ -30,33 +31,35 @@ type Access interface {
 
 // Register subscribes the history service's request handlers.
 func Register(ctx context.Context, srv *natsbus.Server, subj subjects.Subjects, svc *history.Service, access Access) ([]*nats.Subscription, error) {
-	page, err := natsbus.Handle(ctx, srv, subj.HistoryPage(), subjects.QueueHistory,
-		func(ctx context.Context, req busapi.HistoryRequest) (busapi.HistoryPage, error) {
+	// Pages are the service's most frequent and largest replies: each is
+	// encoded straight into the reply's buffer (msgjson), as
+	// encoding/json would encode a busapi.HistoryPage.
+	page, err := natsbus.HandleAppend(ctx, srv, subj.HistoryPage(), subjects.QueueHistory,
+		func(ctx context.Context, req busapi.HistoryRequest, dst []byte) ([]byte, error) {
 			if err := access.CanRead(ctx, req.UserID, req.ChatID); err != nil {
 				switch busapi.CodeOf(err) {
 				case protocol.CodeChatNotFound, protocol.CodeNotAMember:
-					return busapi.HistoryPage{}, err
+					return dst, err
 				}
-				return busapi.HistoryPage{}, fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "membership could not be checked now; retry"), err)
+				return dst, fmt.Errorf("%w: %w", busapi.Errorf(protocol.CodeUnavailable, "membership could not be checked now; retry"), err)
 			}
 			var msgs []history.Message
 			var err error
 			switch {
 			case req.AfterSeq > 0 && req.BeforeSeq > 0:
-				return busapi.HistoryPage{}, busapi.Errorf(protocol.CodeInvalidInput, "give before_seq or after_seq, not both")
+				return dst, busapi.Errorf(protocol.CodeInvalidInput, "give before_seq or after_seq, not both")
 			case req.AfterSeq > 0:
 				msgs, err = svc.PageAfter(ctx, req.ChatID, req.AfterSeq, req.Limit)
 			default:
 				msgs, err = svc.Page(ctx, req.ChatID, req.BeforeSeq, req.Limit)
 			}
 			if err != nil {
-				return busapi.HistoryPage{}, mapError(err)
+				return dst, mapError(err)
 			}
-			out := busapi.HistoryPage{Messages: make([]protocol.Message, len(msgs))}
-			for i, m := range msgs {
-				out.Messages[i] = m.Event()
+			if dst, err = msgjson.AppendPage(dst, msgs); err != nil {
+				return dst, fmt.Errorf("encode page: %w", err)
 			}
-			return out, nil
+			return dst, nil
 		})
 	if err != nil {
 		return nil, err
