@@ -375,15 +375,17 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 	return g.Wait()
 }
 
-// revokeCached drops a revoked session from the gateway's session cache
-// before it closes the session's websockets, so that once they are closed
-// no request of this replica resolves the session any more.
+// revokeCached counts a revoked session and drops it from the gateway's
+// session cache before it closes the session's websockets (the order is
+// CachedSessions.RevokeSession's), so that once they are closed no request
+// of this replica resolves the session any more, and no new websocket
+// stands on a lookup the revocation overtook.
 type revokeCached struct {
 	*ws.Server
 	up *upstream.CachedSessions
 }
 
-func (r revokeCached) RevokeSession(sessionID string) int {
-	r.up.RevokeSession(sessionID)
-	return r.Server.RevokeSession(sessionID)
+func (r revokeCached) RevokeSession(sessionID string) (closed int) {
+	r.up.RevokeSession(sessionID, func() { closed = r.Server.RevokeSession(sessionID) })
+	return closed
 }

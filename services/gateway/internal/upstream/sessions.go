@@ -226,7 +226,8 @@ func (c *CachedSessions) fromCache(ctx context.Context, token string, now time.T
 // slipped between the lookup and the registration, so its own session
 // check may stand on this answer (at most the request timeout old) instead
 // of asking again. A session served from the cache (possibly revoked with
-// its event lost, up to the cache's TTL) always gets false.
+// its event lost, up to the cache's TTL) always gets false, and so does a
+// session that has expired by then.
 func (c *CachedSessions) ResolveSession(ctx context.Context, token string) (s busapi.Session, current func() bool, err error) {
 	before := c.revocations.Load()
 	if c.cache != nil {
@@ -245,7 +246,7 @@ func (c *CachedSessions) ResolveSession(ctx context.Context, token string) (s bu
 	if err != nil {
 		return busapi.Session{}, nil, err
 	}
-	return s, func() bool { return c.revocations.Load() == before }, nil
+	return s, func() bool { return c.revocations.Load() == before && time.Now().Before(s.ExpiresAt) }, nil
 }
 
 // Logout revokes a session, and forgets it at once. It forgets it again
@@ -263,11 +264,20 @@ func (c *CachedSessions) Logout(ctx context.Context, token string) error {
 	return c.Client.Logout(ctx, token)
 }
 
-// RevokeSession drops the session with id id from the cache, if any:
-// later requests with its token ask the auth service, which refuses them.
-func (c *CachedSessions) RevokeSession(id string) {
+// RevokeSession drops the session with id id from the cache, if any, then
+// calls closeConns (if not nil), which is to close the session's
+// websockets: later requests with its token ask the auth service, which
+// refuses them. The revocation is counted before anything else, so that a
+// new websocket whose lookup began before it can no longer stand on that
+// lookup (ResolveSession's current) once it is registered: either
+// closeConns finds and closes it, or it was registered after closeConns
+// began its search and its current reports false.
+func (c *CachedSessions) RevokeSession(id string, closeConns func()) {
 	c.revocations.Add(1)
 	if c.cache != nil {
 		c.cache.revoke(id)
+	}
+	if closeConns != nil {
+		closeConns()
 	}
 }
