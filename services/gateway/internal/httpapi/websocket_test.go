@@ -1,11 +1,14 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,10 +26,20 @@ import (
 	"github.com/communications/communications/services/gateway/internal/ws"
 )
 
-// sessionsUp resolves every token to alice's session, answered by auth.
-type sessionsUp struct{ Upstream }
+// resolveUp counts the session lookups and answers them with resolve, or
+// when nil with alice's session, answered by auth.
+type resolveUp struct {
+	Upstream
+	lookups atomic.Int64
+	resolve func(ctx context.Context) (busapi.Session, error)
+}
 
-func (sessionsUp) ResolveSession(context.Context, string) (busapi.Session, func() bool, error) {
+func (u *resolveUp) ResolveSession(ctx context.Context, _ string) (busapi.Session, func() bool, error) {
+	u.lookups.Add(1)
+	if u.resolve != nil {
+		s, err := u.resolve(ctx)
+		return s, nil, err
+	}
 	s := busapi.Session{ID: "s1", User: busapi.User{ID: 7, Username: "alice"}, ExpiresAt: time.Now().Add(time.Hour)}
 	return s, func() bool { return true }, nil
 }
@@ -42,6 +55,92 @@ func (nopHub) Join(context.Context, hub.Sink, []int64) error                { re
 func (nopHub) Leave(hub.Sink, []int64)                                      {}
 func (nopHub) PublishEphemeral(context.Context, int64, int64, []byte) error { return nil }
 
+// testGateway is the API's routes with a websocket server, on a real
+// HTTP server.
+type testGateway struct {
+	wss  *ws.Server
+	reg  *prometheus.Registry
+	addr string
+	// handled counts the requests whose handling has ended.
+	handled atomic.Int64
+	logs    lockedBuffer
+}
+
+// startGateway serves the API with a websocket server of cfg (and alice's
+// one chat) and up; tune, if not nil, tunes the HTTP server.
+func startGateway(t *testing.T, cfg ws.Config, up Upstream, tune func(*http.Server)) *testGateway {
+	t.Helper()
+	g := &testGateway{reg: prometheus.NewRegistry()}
+	g.wss = ws.NewServer(cfg, chatsUp{}, nopHub{}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), g.reg)
+	t.Cleanup(g.wss.Close)
+	engine := gin.New()
+	New(telemetry.NewLogger(&g.logs, 0), Config{}, up, g.wss, Limits{}, nil, noop.NewTracerProvider(),
+		propagation.TraceContext{}).Routes(engine)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer g.handled.Add(1)
+		engine.ServeHTTP(w, r)
+	})}
+	if tune != nil {
+		tune(srv)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.addr = ln.Addr().String()
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return g
+}
+
+// url is the websocket URL of the gateway with the query query.
+func (g *testGateway) url(query string) string {
+	if query != "" {
+		query = "?" + query
+	}
+	return "ws://" + g.addr + "/ws" + query
+}
+
+// dialRaw opens a TCP connection to the gateway and sends a websocket
+// handshake with the session token tok, without waiting for the answer.
+func (g *testGateway) dialRaw(t *testing.T, tok string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	if _, err := io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: "+g.addr+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer "+tok+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+func bearer(tok string) http.Header {
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+tok)
+	return h
+}
+
+// lockedBuffer is a log destination safe for concurrent writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // TestQueuedWebsocketOutlivesTimeouts: a websocket waiting for its turn to
 // be set up is not ended by the HTTP server's read or write timeout nor by
 // the set-up's own timeout (timeouts it did not cause); once a slot frees
@@ -49,22 +148,12 @@ func (nopHub) PublishEphemeral(context.Context, int64, int64, []byte) error { re
 func TestQueuedWebsocketOutlivesTimeouts(t *testing.T) {
 	t.Parallel()
 	const readTimeout = 100 * time.Millisecond
-	wss := ws.NewServer(ws.Config{SetupConcurrency: 1, SetupTimeout: readTimeout}, chatsUp{}, nopHub{}, telemetry.NewLogger(io.Discard, 0),
-		noop.NewTracerProvider(), prometheus.NewRegistry())
-	t.Cleanup(wss.Close)
-	engine := gin.New()
-	New(telemetry.NewLogger(io.Discard, 0), Config{}, sessionsUp{}, wss, Limits{}, nil, noop.NewTracerProvider(),
-		propagation.TraceContext{}).Routes(engine)
-	srv := &http.Server{Handler: engine, ReadTimeout: readTimeout, WriteTimeout: readTimeout}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	g := startGateway(t, ws.Config{SetupConcurrency: 1, SetupTimeout: readTimeout}, &resolveUp{}, func(srv *http.Server) {
+		srv.ReadTimeout, srv.WriteTimeout = readTimeout, readTimeout
+	})
 
 	// The one slot is taken.
-	release, err := wss.Admit(context.Background())
+	release, err := g.wss.Admit(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,13 +163,13 @@ func TestQueuedWebsocketOutlivesTimeouts(t *testing.T) {
 	}
 	done := make(chan dialed, 1)
 	go func() {
-		h := http.Header{}
-		h.Set("Authorization", "Bearer tok")
-		c, _, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/ws", h)
+		c, _, err := websocket.DefaultDialer.Dial(g.url(""), bearer("tok"))
 		done <- dialed{c, err}
 	}()
-	// The client waits in the queue for several read timeouts (and write
-	// timeouts, which the upgrade clears), and is not sent away.
+	// The client is in the queue ...
+	testenv.Eventually(t, 10*time.Second, func() bool { return gauge(t, g.reg, "gateway_setups_waiting") == 1 }, "the websocket queued")
+	// ... and waits there for several read timeouts (and write timeouts,
+	// which the upgrade clears), and is not sent away.
 	start := time.Now()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -113,20 +202,8 @@ func TestQueuedWebsocketOutlivesTimeouts(t *testing.T) {
 // upgrade is refused with 503 unavailable and Retry-After.
 func TestWebsocketRefusedWhenQueueFull(t *testing.T) {
 	t.Parallel()
-	reg := prometheus.NewRegistry()
-	wss := ws.NewServer(ws.Config{SetupConcurrency: 1, SetupQueue: 1}, chatsUp{}, nopHub{}, telemetry.NewLogger(io.Discard, 0),
-		noop.NewTracerProvider(), reg)
-	t.Cleanup(wss.Close)
-	engine := gin.New()
-	New(telemetry.NewLogger(io.Discard, 0), Config{}, sessionsUp{}, wss, Limits{}, nil, noop.NewTracerProvider(),
-		propagation.TraceContext{}).Routes(engine)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: engine}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	g := startGateway(t, ws.Config{SetupConcurrency: 1, SetupQueue: 1}, &resolveUp{}, nil)
+	wss, reg := g.wss, g.reg
 
 	release, err := wss.Admit(context.Background())
 	if err != nil {
@@ -139,9 +216,7 @@ func TestWebsocketRefusedWhenQueueFull(t *testing.T) {
 	go func() { _, _ = wss.Admit(ctx) }()
 	testenv.Eventually(t, 10*time.Second, func() bool { return gauge(t, reg, "gateway_setups_waiting") == 1 }, "one set-up waiting")
 	// ... so a websocket is refused.
-	h := http.Header{}
-	h.Set("Authorization", "Bearer tok")
-	_, resp, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/ws", h)
+	_, resp, err := websocket.DefaultDialer.Dial(g.url(""), bearer("tok"))
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("dial past the queue's bound: %v (response %v), want 503", err, resp)
 	}
@@ -171,4 +246,36 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestQueuedWebsocketClientGone: a client that closes its connection while
+// it waits in the queue leaves it, costs no session lookup, and the next
+// one is set up once the slot frees.
+func TestQueuedWebsocketClientGone(t *testing.T) {
+	t.Parallel()
+	up := &resolveUp{}
+	g := startGateway(t, ws.Config{SetupConcurrency: 1}, up, nil)
+	release, err := g.wss.Admit(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := g.dialRaw(t, "tok")
+	testenv.Eventually(t, 10*time.Second, func() bool { return gauge(t, g.reg, "gateway_setups_waiting") == 1 }, "the websocket queued")
+	_ = conn.Close()
+	testenv.Eventually(t, 10*time.Second, func() bool { return gauge(t, g.reg, "gateway_setups_waiting") == 0 }, "the queue left")
+	testenv.Eventually(t, 10*time.Second, func() bool { return g.handled.Load() == 1 }, "the request handled")
+	release()
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	c, _, err := d.Dial(g.url(""), bearer("tok"))
+	if err != nil {
+		t.Fatalf("dial after the slot freed: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, b, err := c.ReadMessage(); err != nil || !strings.Contains(string(b), `"hello"`) {
+		t.Errorf("first frame %q, %v; want hello", b, err)
+	}
+	if n := up.lookups.Load(); n != 1 {
+		t.Errorf("%d session lookups, want 1 (none for the client gone)", n)
+	}
 }

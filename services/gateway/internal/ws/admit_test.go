@@ -55,6 +55,7 @@ func TestAdmitInOrder(t *testing.T) {
 	type admitted struct {
 		i       int
 		release func()
+		err     error
 	}
 	in := make(chan admitted, waiters)
 	var running, most atomic.Int64
@@ -63,14 +64,13 @@ func TestAdmitInOrder(t *testing.T) {
 		go func() {
 			release, err := s.Admit(ctx)
 			if err != nil {
-				t.Errorf("waiter %d: %v", i, err)
-				close(in)
+				in <- admitted{i: i, err: err}
 				return
 			}
 			n := running.Add(1)
 			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
 			}
-			in <- admitted{i, release}
+			in <- admitted{i: i, release: release}
 		}()
 		// Each waits before the next comes.
 		waitQueued(t, s, int64(i+1))
@@ -84,9 +84,9 @@ func TestAdmitInOrder(t *testing.T) {
 		running.Add(-1)
 		release()
 		release() // a second call frees nothing more
-		a, ok := <-in
-		if !ok {
-			t.FailNow()
+		a := <-in
+		if a.err != nil {
+			t.Fatalf("waiter %d: %v", a.i, a.err)
 		}
 		order = append(order, a.i)
 		held = append(held, a.release)
@@ -199,5 +199,36 @@ func TestSetupSessionCheck(t *testing.T) {
 				t.Errorf("auth asked %d times by the connection, want %d", n, tc.wantChecks)
 			}
 		})
+	}
+}
+
+// TestSetupCurrentAfterRegistration: Serve asks whether the upgrade's
+// lookup is current only once the connection is registered, so a
+// revocation at that moment finds the connection and closes it (4100)
+// instead of missing it while the lookup still counts as current.
+func TestSetupCurrentAfterRegistration(t *testing.T) {
+	t.Parallel()
+	up := &countingUpstream{}
+	s := newAdmitServer(t, Config{}, up)
+	session := busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}
+	// current stands for a revocation event arriving at the moment the
+	// lookup is judged, after which the lookup would count as current.
+	current := func() bool {
+		s.RevokeSession(session.ID)
+		return true
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Serve(w, r, session, "token", current)
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, b, err := client.ReadMessage()
+	if ce, ok := errors.AsType[*websocket.CloseError](err); !ok || ce.Code != protocol.CloseUnauthorized {
+		t.Errorf("first read: %q, %v; want close %d", b, err, protocol.CloseUnauthorized)
 	}
 }
