@@ -244,11 +244,13 @@ func (a *API) csrf(c *gin.Context) {
 	c.Next()
 }
 
-// websocket checks the Origin, waits for its turn to be set up (the
-// websocket server bounds the set-ups at once and queues the rest in
-// order), checks the session, then hands the request to the websocket
-// server, which also learns whether the auth service's answer is current
-// enough to stand for the connection's own check.
+// websocket checks the Origin and what needs nobody's answer (a session
+// token given, a websocket handshake without a body, a well-formed
+// resume), waits for its turn to be set up (the websocket server bounds the
+// set-ups at once and queues the rest in order), checks the session, then
+// hands the request to the websocket server, which also learns whether the
+// auth service's answer is current enough to stand for the connection's
+// own check.
 func (a *API) websocket(c *gin.Context) {
 	if origin := c.Request.Header.Get("Origin"); origin != "" && !a.allowedOrigin(c.Request, origin) {
 		fail(c, protocol.CodeForbidden, "websocket from a foreign origin")
@@ -257,6 +259,10 @@ func (a *API) websocket(c *gin.Context) {
 	token, _ := sessionToken(c.Request)
 	if token == "" {
 		fail(c, protocol.CodeUnauthorized, "no session: log in first")
+		return
+	}
+	if err := a.ws.CheckHandshake(c.Request); err != nil {
+		failErr(c, err)
 		return
 	}
 	// The wait for a turn counts against no timeout: the HTTP server's

@@ -46,8 +46,10 @@ type Upstream interface {
 // (token is the session's token, kept to check the session again; current,
 // if not nil, says whether s may stand for that check). Admit waits for a
 // turn to set a connection up, first come first served; the caller calls
-// release once Serve has returned.
+// release once Serve has returned. CheckHandshake refuses, before the wait,
+// a request Serve would refuse without asking anyone.
 type Websockets interface {
+	CheckHandshake(r *http.Request) error
 	Admit(ctx context.Context) (release func(), err error)
 	Serve(w http.ResponseWriter, r *http.Request, s busapi.Session, token string, current func() bool)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -278,4 +279,79 @@ func TestQueuedWebsocketClientGone(t *testing.T) {
 	if n := up.lookups.Load(); n != 1 {
 		t.Errorf("%d session lookups, want 1 (none for the client gone)", n)
 	}
+}
+
+// TestWebsocketRefusedBeforeQueue: what the gateway refuses without asking
+// anyone (not a websocket handshake, a body, a malformed resume) is refused
+// at once with 400 bad_request, without waiting in the queue or a session
+// lookup.
+func TestWebsocketRefusedBeforeQueue(t *testing.T) {
+	t.Parallel()
+	up := &resolveUp{}
+	g := startGateway(t, ws.Config{SetupConcurrency: 1}, up, nil)
+	// Every slot is taken: a request that reached the queue would wait.
+	release, err := g.wss.Admit(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	handshake := func(h http.Header) {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", "websocket")
+		h.Set("Sec-WebSocket-Version", "13")
+		h.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	}
+	tests := []struct {
+		name      string
+		query     string
+		body      string
+		handshake bool
+		wantMsg   string
+	}{
+		{name: "not a websocket", wantMsg: "not a websocket handshake"},
+		{name: "a body", handshake: true, body: "{}", wantMsg: "no body"},
+		{name: "malformed resume", handshake: true, query: "resume=1:x", wantMsg: "resume"},
+		{name: "too many resumed chats", handshake: true, query: "resume=" + manyChats(1001), wantMsg: "resume"},
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req, err := http.NewRequest(http.MethodGet, "http://"+g.addr+"/ws?"+tc.query, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer tok")
+			if tc.handshake {
+				handshake(req.Header)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), `"code":"bad_request"`) || !strings.Contains(string(b), tc.wantMsg) {
+				t.Errorf("answer %d %s, want 400 bad_request (%q)", resp.StatusCode, b, tc.wantMsg)
+			}
+		})
+	}
+	if n := up.lookups.Load(); n != 0 {
+		t.Errorf("%d session lookups for requests refused without one", n)
+	}
+	if n := gauge(t, g.reg, "gateway_setups_waiting"); n != 0 {
+		t.Errorf("%v set-ups waiting", n)
+	}
+}
+
+// manyChats is a resume value listing n chats.
+func manyChats(n int) string {
+	items := make([]string, n)
+	for i := range items {
+		items[i] = strconv.Itoa(i+1) + ":0"
+	}
+	return strings.Join(items, ",")
 }

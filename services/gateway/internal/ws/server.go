@@ -384,6 +384,25 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	}()
 }
 
+// CheckHandshake returns the refusal (a *busapi.Error, bad_request) of a
+// request that Serve would refuse without asking anyone: one that is not a
+// websocket handshake, one with a body (a handshake has none), or one with
+// a malformed resume parameter. The HTTP layer checks it before the request
+// waits for its turn (Admit), so that such a request neither waits nor
+// costs a session lookup.
+func (s *Server) CheckHandshake(r *http.Request) error {
+	if !websocket.IsWebSocketUpgrade(r) {
+		return busapi.Errorf(protocol.CodeBadRequest, "not a websocket handshake: GET /ws with Connection: Upgrade and Upgrade: websocket")
+	}
+	if r.ContentLength != 0 {
+		return busapi.Errorf(protocol.CodeBadRequest, "a websocket handshake has no body")
+	}
+	if _, err := ParseResume(r.URL.Query().Get("resume")); err != nil {
+		return busapi.Errorf(protocol.CodeBadRequest, err.Error())
+	}
+	return nil
+}
+
 // frameJob is a frame a reader hands to the frame pool, and the answer.
 type frameJob struct {
 	c     *Conn
