@@ -280,6 +280,9 @@ func (a *API) websocket(c *gin.Context) {
 	defer release()
 	s, current, err := a.up.ResolveSession(c.Request.Context(), token)
 	if err != nil {
+		if c.Request.Context().Err() != nil {
+			return // the client went away: no one to answer, nothing failed
+		}
 		failErr(c, err)
 		return
 	}

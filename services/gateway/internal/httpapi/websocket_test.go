@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -247,6 +248,26 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestWebsocketClientGoneDuringLookup: a client that goes away while its
+// session is looked up is no internal error: nothing is logged.
+func TestWebsocketClientGoneDuringLookup(t *testing.T) {
+	t.Parallel()
+	looking := make(chan struct{})
+	up := &resolveUp{resolve: func(ctx context.Context) (busapi.Session, error) {
+		close(looking)
+		<-ctx.Done()
+		return busapi.Session{}, fmt.Errorf("session lookup: %w", ctx.Err())
+	}}
+	g := startGateway(t, ws.Config{}, up, nil)
+	conn := g.dialRaw(t, "tok")
+	<-looking
+	_ = conn.Close()
+	testenv.Eventually(t, 10*time.Second, func() bool { return g.handled.Load() == 1 }, "the request handled")
+	if logs := g.logs.String(); strings.Contains(logs, "request failed") {
+		t.Errorf("a client gone during the lookup was logged as a failure:\n%s", logs)
+	}
 }
 
 // TestQueuedWebsocketClientGone: a client that closes its connection while

@@ -232,3 +232,26 @@ func TestSetupCurrentAfterRegistration(t *testing.T) {
 		t.Errorf("first read: %q, %v; want close %d", b, err, protocol.CloseUnauthorized)
 	}
 }
+
+// TestServeClientGone: a request whose client went away before its turn
+// to be upgraded is dropped there: no upgrade, no answer, no session check.
+func TestServeClientGone(t *testing.T) {
+	t.Parallel()
+	up := &countingUpstream{}
+	s := newAdmitServer(t, Config{}, up)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := httptest.NewRequestWithContext(ctx, http.MethodGet, "/ws", nil)
+	r.Header.Set("Connection", "Upgrade")
+	r.Header.Set("Upgrade", "websocket")
+	r.Header.Set("Sec-WebSocket-Version", "13")
+	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	w := httptest.NewRecorder()
+	s.Serve(w, r, busapi.Session{ID: "s", User: busapi.User{ID: 7, Username: "alice"}}, "token", nil)
+	if w.Code != http.StatusOK || w.Body.Len() != 0 || len(w.Header()) != 0 {
+		t.Errorf("answered %d %v %q to a client that went away, want nothing", w.Code, w.Header(), w.Body)
+	}
+	if n := up.checks.Load(); n != 0 {
+		t.Errorf("auth asked %d times for a client that went away", n)
+	}
+}

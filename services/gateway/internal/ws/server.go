@@ -307,6 +307,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "gateway is shutting down; reconnect")
 		return
 	}
+	if r.Context().Err() != nil {
+		return // the client went away: nothing to set up, no one to answer
+	}
 	wsConn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered the client
