@@ -244,6 +244,12 @@ func (a *API) csrf(c *gin.Context) {
 	c.Next()
 }
 
+// answerWriteTimeout bounds, from the moment a websocket is admitted, the
+// writing of an answer that is not the upgrade (a refused session, a
+// service that did not answer): it outlasts the session lookup, which the
+// request timeout bounds.
+const answerWriteTimeout = 30 * time.Second
+
 // websocket checks the Origin and what needs nobody's answer (a session
 // token given, a websocket handshake without a body, a well-formed
 // resume), waits for its turn to be set up (the websocket server bounds the
@@ -267,17 +273,25 @@ func (a *API) websocket(c *gin.Context) {
 	}
 	// The wait for a turn counts against no timeout: the HTTP server's
 	// read deadline is lifted while a handler runs (a request without a
-	// body), its write deadline by the upgrade, and the set-up's own
-	// timeout starts once admitted.
+	// body), and the set-up's own timeout starts once admitted. Its write
+	// deadline, set when the request was read, may have passed during the
+	// wait: a fresh one lets a refusal after it reach the client (the
+	// upgrade lifts it).
 	release, err := a.ws.Admit(c.Request.Context())
+	if err == nil {
+		defer release()
+	}
+	if c.Request.Context().Err() != nil {
+		return // the client went away while it waited: no one to answer
+	}
+	if err := http.NewResponseController(c.Writer).SetWriteDeadline(time.Now().Add(answerWriteTimeout)); err != nil {
+		a.log.WarnContext(c.Request.Context(), "websocket: no fresh write deadline after the wait", "err", err)
+	}
 	if err != nil {
-		if c.Request.Context().Err() == nil {
-			c.Header("Retry-After", "1")
-			fail(c, protocol.CodeUnavailable, err.Error())
-		}
+		c.Header("Retry-After", "1")
+		fail(c, protocol.CodeUnavailable, err.Error())
 		return
 	}
-	defer release()
 	s, current, err := a.up.ResolveSession(c.Request.Context(), token)
 	if err != nil {
 		if c.Request.Context().Err() != nil {

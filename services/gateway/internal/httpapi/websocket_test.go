@@ -250,6 +250,68 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
+// TestWebsocketAnswerAfterLongWait: a websocket refused once its wait in
+// the queue is over (its session refused, or the gateway draining) gets
+// its answer, though the wait outlasted the HTTP server's write timeout,
+// which was set when the request was read.
+func TestWebsocketAnswerAfterLongWait(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		// after ends the wait, given the release of the slot held
+		after      func(g *testGateway, release func())
+		wantStatus int
+		wantCode   protocol.Code
+	}{
+		{name: "session refused", after: func(_ *testGateway, release func()) { release() },
+			wantStatus: http.StatusUnauthorized, wantCode: protocol.CodeUnauthorized},
+		{name: "gateway draining", after: func(g *testGateway, _ func()) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			g.wss.Drain(ctx, 1, time.Millisecond)
+		}, wantStatus: http.StatusServiceUnavailable, wantCode: protocol.CodeUnavailable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			up := &resolveUp{resolve: func(context.Context) (busapi.Session, error) {
+				return busapi.Session{}, busapi.Errorf(protocol.CodeUnauthorized, "no such session")
+			}}
+			// A write timeout of 1 ns has passed by the time the handler
+			// answers: it stands for a wait longer than the timeout.
+			g := startGateway(t, ws.Config{SetupConcurrency: 1}, up, func(srv *http.Server) { srv.WriteTimeout = time.Nanosecond })
+			release, err := g.wss.Admit(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer release()
+			type dialed struct {
+				resp *http.Response
+				err  error
+			}
+			done := make(chan dialed, 1)
+			go func() {
+				d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+				c, resp, err := d.Dial(g.url(""), bearer("tok"))
+				if c != nil {
+					_ = c.Close()
+				}
+				done <- dialed{resp, err}
+			}()
+			testenv.Eventually(t, 10*time.Second, func() bool { return gauge(t, g.reg, "gateway_setups_waiting") == 1 }, "the websocket queued")
+			tc.after(g, release)
+			d := <-done
+			if d.resp == nil {
+				t.Fatalf("dial: %v, no answer; want %d", d.err, tc.wantStatus)
+			}
+			body, _ := io.ReadAll(d.resp.Body)
+			if d.resp.StatusCode != tc.wantStatus || !strings.Contains(string(body), `"code":"`+string(tc.wantCode)+`"`) {
+				t.Errorf("answer %d %s, want %d with code %s", d.resp.StatusCode, body, tc.wantStatus, tc.wantCode)
+			}
+		})
+	}
+}
+
 // TestWebsocketClientGoneDuringLookup: a client that goes away while its
 // session is looked up is no internal error: nothing is logged.
 func TestWebsocketClientGoneDuringLookup(t *testing.T) {
