@@ -244,10 +244,11 @@ func (a *API) csrf(c *gin.Context) {
 	c.Next()
 }
 
-// answerWriteTimeout bounds, from the moment a websocket is admitted, the
-// writing of an answer that is not the upgrade (a refused session, a
-// service that did not answer): it outlasts the session lookup, which the
-// request timeout bounds.
+// answerWriteTimeout bounds, from the moment a websocket leaves the set-up
+// queue (admitted or sent away by a drain), the writing of an answer that
+// is not the upgrade (a refused session, a service that did not answer, the
+// drain's 503): it outlasts the session lookup, which the request timeout
+// bounds.
 const answerWriteTimeout = 30 * time.Second
 
 // websocket checks the Origin and what needs nobody's answer (a session

@@ -388,9 +388,10 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 }
 
 // CheckHandshake returns the refusal (a *busapi.Error, bad_request) of a
-// request that Serve would refuse without asking anyone: one that is not a
-// websocket handshake, one with a body (a handshake has none), or one with
-// a malformed resume parameter. The HTTP layer checks it before the request
+// request that no answer of the other services could make a connection of:
+// one that is not a websocket handshake, one with a body (a handshake has
+// none), or one with a malformed resume parameter (which Serve refuses
+// too). The HTTP layer checks it before the request
 // waits for its turn (Admit), so that such a request neither waits nor
 // costs a session lookup.
 func (s *Server) CheckHandshake(r *http.Request) error {
