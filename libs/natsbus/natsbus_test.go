@@ -138,6 +138,15 @@ func TestHandleAppend(t *testing.T) {
 	t.Cleanup(nc.Close)
 	tp := sdktrace.NewTracerProvider()
 	srv := NewServer(nc, tp, telemetry.NewLogger(io.Discard, 0), time.Second)
+	t.Cleanup(func() {
+		// Every handler has put its buffer back before the test ends
+		// (TestHandleBuffers counts them).
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
 	_, err = HandleAppend(context.Background(), srv, "t.append", "q", func(ctx context.Context, req echoReq, dst []byte) ([]byte, error) {
 		switch req.Say {
 		case "coded":
