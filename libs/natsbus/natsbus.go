@@ -325,8 +325,9 @@ func HandleAppend[Req any](ctx context.Context, s *Server, subject, queue string
 // the subscription does not pool buffers); or an error to answer.
 type serveFunc func(ctx context.Context, req, buf []byte) ([]byte, error)
 
-// replyBufs holds the buffers replies are built in (a *[]byte each).
-var replyBufs sync.Pool
+// replyBufs holds the buffers replies are built in (a *[]byte each). A
+// variable so that a test can count what goes into it.
+var replyBufs = new(sync.Pool)
 
 // maxPooledReply bounds the buffers kept for reuse: a rare large reply
 // does not stay in memory.
