@@ -326,6 +326,58 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 	})
 }
 
+// TestCachedAccessRefreshRacesPurge: a background check under way when an
+// unreadable chat event purges the cache (it may have listed a removal) is
+// not kept.
+func TestCachedAccessRefreshRacesPurge(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &members{in: map[membership]bool{{1, 10}: true}}
+	const ttl = 10 * time.Minute
+	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a.now = clk.Now
+	ctx := context.Background()
+	if err := a.CanRead(ctx, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(ttl * 9 / 10)
+	gate := make(chan struct{})
+	inner.setGate(gate)
+	if err := a.CanRead(ctx, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	// The unreadable event arrives before the check's answer, which still
+	// saw user 1 in the chat.
+	if err := nc.Publish(subj.ChatEvents(), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.granted.Len() == 0
+	}, "cache purged")
+	inner.setGate(nil)
+	close(gate)
+	a.refreshes.Wait()
+	inner.set(1, 10, false)
+	if err := a.CanRead(ctx, 1, 10); busapi.CodeOf(err) != protocol.CodeNotAMember {
+		t.Errorf("after the purge: %v, want not_a_member", err)
+	}
+}
+
 func TestRefreshAfterSpreads(t *testing.T) {
 	t.Parallel()
 	const ttl = 5 * time.Second
