@@ -277,10 +277,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Handle subscribes h to subject in queue group queue. The subscription ends
-// when the connection is drained or closed.
+// Handle subscribes h to subject in queue group queue. Reply data that
+// encoding/json cannot encode is answered with protocol.CodeInternal (and
+// logged). The subscription ends when the connection is drained or closed.
 func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string, h Handler[Req, Resp]) (*nats.Subscription, error) {
-	return s.subscribe(ctx, subject, queue, func(ctx context.Context, data, _ []byte) ([]byte, error) {
+	// json.Marshal allocates the reply itself: no pooled buffer.
+	return s.subscribe(ctx, subject, queue, false, func(ctx context.Context, data, _ []byte) ([]byte, error) {
 		var req Req
 		if err := json.Unmarshal(data, &req); err != nil {
 			return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
@@ -296,7 +298,8 @@ func Handle[Req, Resp any](ctx context.Context, s *Server, subject, queue string
 // AppendHandler serves one decoded request by appending its reply data,
 // encoded as JSON, to dst and returning the extended buffer; or it returns
 // an error, as a Handler does. The server sends the data as it is, without
-// checking it.
+// checking it: a handler must append the data's JSON (returning dst
+// unchanged sends an invalid reply, a bug).
 type AppendHandler[Req any] func(ctx context.Context, req Req, dst []byte) ([]byte, error)
 
 // HandleAppend is Handle for a handler that encodes its reply data itself
@@ -304,7 +307,7 @@ type AppendHandler[Req any] func(ctx context.Context, req Req, dst []byte) ([]by
 // built in a buffer the server reuses for later requests, so encoding a
 // reply allocates nothing.
 func HandleAppend[Req any](ctx context.Context, s *Server, subject, queue string, h AppendHandler[Req]) (*nats.Subscription, error) {
-	return s.subscribe(ctx, subject, queue, func(ctx context.Context, data, dst []byte) ([]byte, error) {
+	return s.subscribe(ctx, subject, queue, true, func(ctx context.Context, data, dst []byte) ([]byte, error) {
 		var req Req
 		if err := json.Unmarshal(data, &req); err != nil {
 			return nil, busapi.Errorf(protocol.CodeBadRequest, "malformed request")
@@ -318,18 +321,21 @@ func HandleAppend[Req any](ctx context.Context, s *Server, subject, queue string
 }
 
 // serveFunc decodes one request and returns the whole reply (a
-// busapi.Reply with data), which it may append to buf; or an error to
-// answer.
+// busapi.Reply with data), which it may append to buf (empty, or nil when
+// the subscription does not pool buffers); or an error to answer.
 type serveFunc func(ctx context.Context, req, buf []byte) ([]byte, error)
 
-// replyBufs holds the buffers replies are built in (a *[]byte each).
-var replyBufs sync.Pool
+// replyBufs holds the buffers replies are built in (a *[]byte each). A
+// variable so that a test can count what goes into it.
+var replyBufs = new(sync.Pool)
 
 // maxPooledReply bounds the buffers kept for reuse: a rare large reply
 // does not stay in memory.
 const maxPooledReply = 256 << 10
 
-func (s *Server) subscribe(ctx context.Context, subject, queue string, h serveFunc) (*nats.Subscription, error) {
+// subscribe serves h on subject in queue group queue; pooled builds the
+// replies in buffers from replyBufs.
+func (s *Server) subscribe(ctx context.Context, subject, queue string, pooled bool, h serveFunc) (*nats.Subscription, error) {
 	sub, err := s.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) {
 		s.slots <- struct{}{}
 		s.running.Add(1)
@@ -338,7 +344,7 @@ func (s *Server) subscribe(ctx context.Context, subject, queue string, h serveFu
 				<-s.slots
 				s.running.Done()
 			}()
-			s.serve(ctx, msg, h)
+			s.serve(ctx, msg, pooled, h)
 		}()
 	})
 	if err != nil {
@@ -350,7 +356,7 @@ func (s *Server) subscribe(ctx context.Context, subject, queue string, h serveFu
 	return sub, nil
 }
 
-func (s *Server) serve(base context.Context, msg *nats.Msg, h serveFunc) {
+func (s *Server) serve(base context.Context, msg *nats.Msg, pooled bool, h serveFunc) {
 	ctx := Extract(base, msg)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -358,11 +364,15 @@ func (s *Server) serve(base context.Context, msg *nats.Msg, h serveFunc) {
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject)))
 	defer span.End()
 
-	bufp, _ := replyBufs.Get().(*[]byte)
-	if bufp == nil {
-		bufp = new([]byte)
+	var bufp *[]byte
+	var buf []byte
+	if pooled {
+		if bufp, _ = replyBufs.Get().(*[]byte); bufp == nil {
+			bufp = new([]byte)
+		}
+		buf = (*bufp)[:0]
 	}
-	reply, err := h(ctx, msg.Data, (*bufp)[:0])
+	reply, err := h(ctx, msg.Data, buf)
 	if err != nil {
 		be, ok := errors.AsType[*busapi.Error](err)
 		if !ok || error(be) != err {
@@ -386,8 +396,12 @@ func (s *Server) serve(base context.Context, msg *nats.Msg, h serveFunc) {
 	if err := msg.RespondMsg(out); err != nil {
 		s.logger.WarnContext(ctx, "respond", "subject", msg.Subject, "err", err)
 	}
-	// The connection copied the reply into its own buffer; keep the
-	// larger of the two buffers for the next request.
+	if !pooled {
+		return
+	}
+	// The connection copied the reply into its own buffer, so the buffer
+	// serves the next request (TestHandleAppend's concurrent replies check
+	// that no two share one); keep the larger of the two.
 	if cap(reply) > cap(*bufp) {
 		*bufp = reply
 	}

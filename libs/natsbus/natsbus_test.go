@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -137,6 +138,15 @@ func TestHandleAppend(t *testing.T) {
 	t.Cleanup(nc.Close)
 	tp := sdktrace.NewTracerProvider()
 	srv := NewServer(nc, tp, telemetry.NewLogger(io.Discard, 0), time.Second)
+	t.Cleanup(func() {
+		// Every handler has put its buffer back before the test ends
+		// (TestHandleBuffers replaces the pool).
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
 	_, err = HandleAppend(context.Background(), srv, "t.append", "q", func(ctx context.Context, req echoReq, dst []byte) ([]byte, error) {
 		switch req.Say {
 		case "coded":
@@ -227,6 +237,81 @@ func TestHandleAppend(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestHandleBuffers: Handle's replies (json.Marshal's, allocated for each
+// reply) do not go into the buffers HandleAppend reuses, and a reply
+// encoding/json cannot encode is answered internal. Not parallel: it
+// replaces the pool of buffers, which parallel tests share.
+func TestHandleBuffers(t *testing.T) {
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	// A pool of its own: one emptied by Get may still hold a buffer in
+	// another processor's private slot.
+	shared := replyBufs
+	replyBufs = new(sync.Pool)
+	t.Cleanup(func() { replyBufs = shared })
+	srv := NewServer(nc, sdktrace.NewTracerProvider(), telemetry.NewLogger(io.Discard, 0), 5*time.Second)
+	// The requests are all under way at once, so that each would have a
+	// buffer of its own to put back.
+	const n = 20
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	if _, err := Handle(context.Background(), srv, "t.plain", "q", func(_ context.Context, req echoReq) (echoResp, error) {
+		arrived.Done()
+		arrived.Wait()
+		return echoResp{Said: strings.Repeat(req.Say, 100)}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Handle(context.Background(), srv, "t.nan", "q", func(context.Context, echoReq) (float64, error) {
+		return math.NaN(), nil // encoding/json refuses it
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	client := NewClient(nc, sdktrace.NewTracerProvider())
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			var resp echoResp
+			err := client.Request(context.Background(), "t.plain", echoReq{Say: "ab"}, &resp)
+			if err == nil && len(resp.Said) != 200 {
+				err = fmt.Errorf("%d bytes said, want 200", len(resp.Said))
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg, err := nc.Request("t.nan", []byte(`{}`), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"error":{"code":"internal","message":"internal error"}}`; string(msg.Data) != want {
+		t.Errorf("unencodable reply: %s, want %s", msg.Data, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil { // every handler has returned
+		t.Fatal(err)
+	}
+	pooled := 0
+	for replyBufs.Get() != nil {
+		pooled++
+	}
+	if pooled != 0 {
+		t.Errorf("%d buffers pooled after %d replies of Handle, want none", pooled, n+1)
+	}
 }
 
 func TestDrain(t *testing.T) {

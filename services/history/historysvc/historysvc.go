@@ -163,7 +163,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	defer cancelHandlers()
 	var access natsapi.Access = natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider), Subj: subj}
 	if cfg.AccessCacheTTL > 0 {
-		if access, err = natsapi.NewCachedAccess(nc, subj, access, cfg.AccessCacheSize, cfg.AccessCacheTTL); err != nil {
+		if access, err = natsapi.NewCachedAccess(nc, subj, access, cfg.AccessCacheSize, cfg.AccessCacheTTL, cfg.RequestTimeout); err != nil {
 			return err
 		}
 	}

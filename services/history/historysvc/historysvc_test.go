@@ -147,7 +147,7 @@ func TestRun(t *testing.T) {
 	if got, want := strings.Join(seqs, " "), "6:m6 7:m7 8:m8 9:m9"; got != want {
 		t.Errorf("page before 10 = %s, want %s", got, want)
 	}
-	// A page's wire format is encoding/json's encoding of a
+	// A page's wire format is encoding/json's (v1) encoding of a
 	// busapi.HistoryPage, byte for byte (the gateway passes it on as it
 	// is); an empty page has an empty list, not null.
 	for _, req := range []busapi.HistoryRequest{

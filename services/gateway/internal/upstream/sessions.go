@@ -22,9 +22,18 @@ import (
 // drawn between half and nine tenths of it, so that sessions resolved
 // together are not resolved again together) is due to be resolved again in
 // the background (get says so, once), so a client that keeps making
-// requests never waits for the auth service.
+// requests never waits for the auth service. An entry is resolved in the
+// background once: after a lookup that failed (the auth service away), it
+// serves to its ttl and the next request then asks in the foreground. At
+// most maxBackgroundLookups run at a time; an entry due while they all run
+// serves on and is resolved at a later use.
 type sessionCache struct {
 	ttl time.Duration
+	// background holds a token for each background lookup under way.
+	background chan struct{}
+	// refreshes counts the background lookups get asked for and
+	// refreshed has not taken yet (tests wait for them).
+	refreshes sync.WaitGroup
 
 	mu sync.Mutex
 	// epoch counts revocations: a lookup that started before one may
@@ -58,9 +67,13 @@ func refreshAfter(ttl time.Duration) time.Duration {
 	return d
 }
 
+// maxBackgroundLookups bounds the background lookups of one cache.
+const maxBackgroundLookups = 64
+
 func newSessionCache(size int, ttl time.Duration) *sessionCache {
 	return &sessionCache{
 		ttl:        ttl,
+		background: make(chan struct{}, maxBackgroundLookups),
 		byToken:    expirable.NewLRU[string, cachedSession](size, nil, ttl),
 		tokenOf:    expirable.NewLRU[string, string](size, nil, ttl),
 		refreshing: map[string]bool{},
@@ -77,6 +90,8 @@ type lookup struct {
 	// refresh is set when the caller is to resolve the session again in
 	// the background and hand the answer to refreshed.
 	refresh bool
+	// checked is when the lookup that resolved the cached s began.
+	checked time.Time
 }
 
 // get returns the cached session of token at time now; on a miss, or when
@@ -88,9 +103,10 @@ func (c *sessionCache) get(token string, now time.Time) lookup {
 	e, ok := c.byToken.Get(token)
 	if ok && now.Before(e.s.ExpiresAt) && now.Sub(e.checked) < c.ttl {
 		c.tokenOf.Get(e.s.ID) // used: keeps both orders alike
-		l := lookup{s: e.s, ok: true, epoch: c.epoch}
-		if !now.Before(e.refreshAt) && !c.refreshing[token] {
+		l := lookup{s: e.s, ok: true, epoch: c.epoch, checked: e.checked}
+		if !now.Before(e.refreshAt) && !c.refreshing[token] && c.tryBackground() {
 			c.refreshing[token] = true
+			c.refreshes.Add(1)
 			l.refresh = true
 		}
 		return l
@@ -118,22 +134,45 @@ func (c *sessionCache) putLocked(token string, s busapi.Session, epoch uint64, c
 	c.tokenOf.Add(s.ID, token)
 }
 
-// refreshed takes the answer of a background lookup that get asked for:
-// the session resolved again is stored (unless revoked meanwhile), a
-// session the auth service refuses is dropped, and a failure leaves the
-// entry to its ttl.
-func (c *sessionCache) refreshed(token string, s busapi.Session, err error, epoch uint64, checked time.Time) {
+// tryBackground takes a background lookup's token, if one is free.
+func (c *sessionCache) tryBackground() bool {
+	select {
+	case c.background <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// refreshed takes the answer of a background lookup that get asked for
+// (its answer l), begun at checked: the session resolved again is stored
+// (unless revoked meanwhile), a session the auth service refuses is
+// dropped, and a failure leaves the entry to its ttl, not to be resolved in
+// the background again.
+func (c *sessionCache) refreshed(token string, l lookup, s busapi.Session, err error, checked time.Time) {
+	defer c.refreshes.Done()
+	<-c.background
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.refreshing, token)
 	switch {
 	case err == nil:
-		c.putLocked(token, s, epoch, checked)
+		c.putLocked(token, s, l.epoch, checked)
 	case busapi.CodeOf(err) == protocol.CodeUnauthorized:
 		if e, ok := c.byToken.Peek(token); ok {
 			c.tokenOf.Remove(e.s.ID)
 		}
 		c.byToken.Remove(token)
+	default:
+		// Kept as it is (unless replaced or dropped meanwhile) until its
+		// ttl, from when the next request asks in the foreground: an
+		// auth service that fails fast is not asked again at every
+		// request. Re-added to both indexes, as put does.
+		if e, ok := c.byToken.Peek(token); ok && e.checked.Equal(l.checked) {
+			e.refreshAt = e.checked.Add(c.ttl)
+			c.byToken.Add(token, e)
+			c.tokenOf.Add(e.s.ID, token)
+		}
 	}
 }
 
@@ -210,7 +249,7 @@ func (c *CachedSessions) fromCache(ctx context.Context, token string, now time.T
 	if l.refresh {
 		go func() {
 			s, err := c.Client.Session(context.WithoutCancel(ctx), token)
-			c.cache.refreshed(token, s, err, l.epoch, now)
+			c.cache.refreshed(token, l, s, err, now)
 		}()
 	}
 	return l

@@ -1,11 +1,20 @@
 package upstream
 
 import (
+	"context"
+	"io"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/subjects"
+	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/libs/testenv"
 )
 
@@ -105,9 +114,10 @@ func TestSessionCacheRevokesAfterEviction(t *testing.T) {
 	}
 }
 
-// TestSessionCacheRefreshesAhead: an entry used late in its ttl is due to be resolved again in the background, once; what that
-// lookup answers replaces it, drops it, or (a failure) leaves it to its
-// ttl. Times are given, not waited for.
+// TestSessionCacheRefreshesAhead: an entry used late in its ttl is due to
+// be resolved again in the background, once; what that lookup answers
+// replaces it, drops it, or (a failure) leaves it to its ttl, never to be
+// resolved in the background again. Times are given, not waited for.
 func TestSessionCacheRefreshesAhead(t *testing.T) {
 	t.Parallel()
 	const ttl = time.Minute
@@ -126,17 +136,20 @@ func TestSessionCacheRefreshesAhead(t *testing.T) {
 	late := t0.Add(ttl * 9 / 10)
 	tests := []struct {
 		name string
-		// answer is the background lookup's; revoke revokes s1 while
-		// it runs
+		// answer is the background lookup's; during runs while it
+		// runs
 		answer error
-		revoke bool
-		// whether the token is served just past the first lookup's ttl
-		want bool
+		during func(c *sessionCache)
+		// whether the token is served just before the first lookup's
+		// ttl, and just past it
+		wantBefore, wantPast bool
 	}{
-		{"resolved again: served for another ttl", nil, false, true},
-		{"refused: dropped", busapi.Errorf(protocol.CodeUnauthorized, "revoked"), false, false},
-		{"auth service away: kept to its ttl only", busapi.Errorf(protocol.CodeUnavailable, "away"), false, false},
-		{"overtaken by a revocation: not kept", nil, true, false},
+		{"resolved again: served for another ttl", nil, nil, true, true},
+		{"refused: dropped", busapi.Errorf(protocol.CodeUnauthorized, "revoked"), nil, false, false},
+		{"auth service away: kept to its ttl only", busapi.Errorf(protocol.CodeUnavailable, "away"), nil, true, false},
+		{"overtaken by a revocation: kept to its ttl only", nil, func(c *sessionCache) { c.revoke("other") }, true, false},
+		{"overtaken by its revocation: dropped", nil, func(c *sessionCache) { c.revoke("s1") }, false, false},
+		{"overtaken by a logout: dropped", nil, func(c *sessionCache) { c.forget("tok") }, false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -149,18 +162,225 @@ func TestSessionCacheRefreshesAhead(t *testing.T) {
 			if again := c.get("tok", late); !again.ok || again.refresh {
 				t.Fatalf("while a refresh runs: %+v, want served, no second refresh", again)
 			}
-			if tc.revoke {
-				c.revoke("s1")
+			if tc.during != nil {
+				tc.during(c)
 			}
-			c.refreshed("tok", s1, tc.answer, l.epoch, late)
+			c.refreshed("tok", l, s1, tc.answer, late)
 			if tc.answer != nil && busapi.CodeOf(tc.answer) == protocol.CodeUnauthorized {
 				if c.get("tok", late).ok {
 					t.Fatal("served after the auth service refused it")
 				}
 			}
-			if got := c.get("tok", t0.Add(ttl+time.Second)).ok; got != tc.want {
-				t.Errorf("served past the first lookup's ttl = %v, want %v", got, tc.want)
+			if tc.answer != nil {
+				// No second background lookup, however often used.
+				for range 100 {
+					if l := c.get("tok", late); l.refresh {
+						t.Fatalf("after a failed background lookup: %+v, want no refresh", l)
+					}
+				}
+			}
+			before := c.get("tok", t0.Add(ttl-time.Second))
+			if before.ok != tc.wantBefore || (tc.answer != nil && before.refresh) {
+				t.Errorf("just before the first lookup's ttl: %+v, want served %v (no refresh after a failure)", before, tc.wantBefore)
+			}
+			if before.refresh {
+				c.refreshed("tok", before, s1, busapi.Errorf(protocol.CodeUnavailable, "away"), t0.Add(ttl-time.Second))
+			}
+			if got := c.get("tok", t0.Add(ttl+time.Second)).ok; got != tc.wantPast {
+				t.Errorf("served past the first lookup's ttl = %v, want %v", got, tc.wantPast)
 			}
 		})
 	}
+}
+
+// TestSessionCacheBoundsBackgroundLookups: when every background lookup is
+// under way, an entry due for one serves on without, and is resolved at a
+// later use.
+func TestSessionCacheBoundsBackgroundLookups(t *testing.T) {
+	t.Parallel()
+	const ttl = time.Minute
+	t0 := time.Now()
+	c := newSessionCache(10, ttl)
+	if cap(c.background) != maxBackgroundLookups {
+		t.Fatalf("room for %d background lookups, want %d", cap(c.background), maxBackgroundLookups)
+	}
+	c.background = make(chan struct{}, 1) // one at a time
+	for _, tok := range []string{"A", "B"} {
+		l := c.get(tok, t0)
+		c.put(tok, busapi.Session{ID: "s" + tok, ExpiresAt: t0.Add(time.Hour)}, l.epoch, t0)
+	}
+	late := t0.Add(ttl * 9 / 10)
+	a := c.get("A", late)
+	if !a.ok || !a.refresh {
+		t.Fatalf("A late in its ttl: %+v, want served and a refresh", a)
+	}
+	if b := c.get("B", late); !b.ok || b.refresh {
+		t.Fatalf("B while A's lookup runs: %+v, want served, no refresh (no room)", b)
+	}
+	c.refreshed("A", a, a.s, nil, late)
+	b := c.get("B", late)
+	if !b.ok || !b.refresh {
+		t.Fatalf("B once A's lookup is done: %+v, want served and a refresh", b)
+	}
+	c.refreshed("B", b, b.s, nil, late)
+}
+
+// fakeAuth answers session lookups and logouts on a real NATS server as
+// the auth service would: "good" is a live session, anything else is
+// refused. While gate is set, a lookup waits for it to close; while away
+// is set, lookups answer unavailable. It counts the lookups.
+type fakeAuth struct {
+	mu      sync.Mutex
+	gate    chan struct{}
+	away    bool
+	lookups int
+}
+
+func (a *fakeAuth) set(f func(a *fakeAuth)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f(a)
+}
+
+func (a *fakeAuth) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lookups
+}
+
+func startFakeAuth(t *testing.T) (*Client, *fakeAuth) {
+	t.Helper()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := &fakeAuth{}
+	srv := natsbus.NewServer(nc, noop.NewTracerProvider(), telemetry.NewLogger(io.Discard, 0), 5*time.Second)
+	if _, err := natsbus.Handle(context.Background(), srv, subj.AuthSession(), "auth",
+		func(_ context.Context, req busapi.SessionRequest) (busapi.Session, error) {
+			fa.mu.Lock()
+			gate := fa.gate
+			fa.mu.Unlock()
+			if gate != nil {
+				<-gate
+			}
+			fa.mu.Lock()
+			defer fa.mu.Unlock()
+			fa.lookups++
+			switch {
+			case fa.away:
+				return busapi.Session{}, busapi.Errorf(protocol.CodeUnavailable, "auth away")
+			case req.Token != "good":
+				return busapi.Session{}, busapi.Errorf(protocol.CodeUnauthorized, "no such session")
+			}
+			return busapi.Session{ID: "s1", User: busapi.User{ID: 7, Username: "alice"}, ExpiresAt: time.Now().Add(24 * time.Hour)}, nil
+		}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsbus.Handle(context.Background(), srv, subj.AuthLogout(), "auth",
+		func(context.Context, busapi.SessionRequest) (struct{}, error) { return struct{}{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return New(natsbus.NewClient(nc, noop.NewTracerProvider()), subj, 5*time.Second), fa
+}
+
+// TestCachedSessionsRefresh: CachedSessions resolves a session once, serves
+// it from the cache, and resolves it again in the background when used late
+// in its ttl (fromCache, at the time it is given): the new entry counts
+// from that time; a lookup overtaken by a logout is not kept; a failed
+// one leaves the entry to its ttl without another.
+func TestCachedSessionsRefresh(t *testing.T) {
+	t.Parallel()
+	const ttl = time.Minute
+	ctx := context.Background()
+	client, auth := startFakeAuth(t)
+	c := CacheSessions(client, 10, ttl)
+	t0 := time.Now()
+	for range 3 {
+		if s, err := c.Session(ctx, "good"); err != nil || s.User.ID != 7 {
+			t.Fatalf("session = %+v, %v; want alice's", s, err)
+		}
+	}
+	if n := auth.count(); n != 1 {
+		t.Fatalf("auth asked %d times, want 1 (then the cache)", n)
+	}
+	// fromCache waits for nothing: the lookup it starts runs on.
+	fromCache := func(at time.Time) lookup {
+		t.Helper()
+		l := c.fromCache(ctx, "good", at)
+		c.cache.refreshes.Wait()
+		return l
+	}
+
+	late := t0.Add(ttl * 95 / 100)
+	if l := fromCache(late); !l.ok || !l.refresh {
+		t.Fatalf("late in the ttl: %+v, want served and a refresh", l)
+	}
+	if n := auth.count(); n != 2 {
+		t.Fatalf("auth asked %d times, want 2 (one background lookup)", n)
+	}
+	// The new entry counts from late, the time fromCache was given (the
+	// auth service away: its own background lookup fails).
+	auth.set(func(a *fakeAuth) { a.away = true })
+	if l := fromCache(late.Add(ttl - time.Second)); !l.ok || !l.checked.Equal(late) {
+		t.Fatalf("refreshed entry a ttl after the first lookup: %+v, want served, resolved at %v", l, late)
+	}
+	if l := fromCache(late.Add(ttl)); l.ok {
+		t.Fatalf("refreshed entry a ttl after its lookup began: %+v, want not served", l)
+	}
+	auth.set(func(a *fakeAuth) { a.away = false })
+
+	t.Run("a background lookup overtaken by a logout is not kept", func(t *testing.T) {
+		t1 := time.Now()
+		if _, err := c.Session(ctx, "good"); err != nil {
+			t.Fatal(err)
+		}
+		gate := make(chan struct{})
+		auth.set(func(a *fakeAuth) { a.gate = gate })
+		late := t1.Add(ttl * 95 / 100)
+		if l := c.fromCache(ctx, "good", late); !l.ok || !l.refresh {
+			t.Fatalf("late in the ttl: %+v, want served and a refresh", l)
+		}
+		// The logout is answered while the lookup waits.
+		if err := c.Logout(ctx, "good"); err != nil {
+			t.Fatal(err)
+		}
+		auth.set(func(a *fakeAuth) { a.gate = nil })
+		close(gate)
+		c.cache.refreshes.Wait()
+		if l := fromCache(late); l.ok {
+			t.Errorf("after the logout: %+v, want not served", l)
+		}
+	})
+
+	t.Run("a failed background lookup is not tried again", func(t *testing.T) {
+		t2 := time.Now()
+		if _, err := c.Session(ctx, "good"); err != nil {
+			t.Fatal(err)
+		}
+		auth.set(func(a *fakeAuth) { a.away = true })
+		defer auth.set(func(a *fakeAuth) { a.away = false })
+		before := auth.count()
+		late := t2.Add(ttl * 95 / 100)
+		for range 100 {
+			if l := fromCache(late); !l.ok {
+				t.Fatalf("late in the ttl, auth away: %+v, want served", l)
+			}
+		}
+		if l := fromCache(t2.Add(ttl - time.Second)); !l.ok {
+			t.Fatalf("just within the ttl, auth away: %+v, want served", l)
+		}
+		if n := auth.count() - before; n != 1 {
+			t.Errorf("auth asked %d times for 101 requests late in the ttl, want 1", n)
+		}
+	})
 }

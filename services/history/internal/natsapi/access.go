@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/subjects"
 )
@@ -33,11 +34,18 @@ type membership struct{ userID, chatID int64 }
 // together) is checked again in the background while it still serves, so a
 // reader who keeps paging never waits for the chat service (that wait was
 // the slowest part of a page at 1,000 pages a second); a check that refuses
-// drops the grant at once.
+// drops the grant at once. A grant is checked in the background once: after
+// a check that failed (the chat service away), it serves to its ttl and the
+// next page then asks in the foreground. At most maxBackgroundChecks checks
+// run in the background at a time; a grant due while they all run serves on
+// and is checked at a later use.
 type CachedAccess struct {
-	next Access
-	ttl  time.Duration
-	now  func() time.Time
+	next    Access
+	ttl     time.Duration
+	timeout time.Duration // bound on a background check
+	now     func() time.Time
+	// background holds a token for each background check under way.
+	background chan struct{}
 
 	mu sync.Mutex
 	// epoch counts removals: a check that started before one may have
@@ -56,13 +64,22 @@ type CachedAccess struct {
 // when a use checks it again in the background.
 type grant struct{ checked, refreshAt time.Time }
 
+// maxBackgroundChecks bounds the background checks of one cache.
+const maxBackgroundChecks = 64
+
 // NewCachedAccess returns a cache of at most size granted checks, each
 // kept at most ttl, in front of next, and subscribes on nc to the chat
-// events that drop removed members. The subscription ends when nc is
-// drained or closed.
-func NewCachedAccess(nc *nats.Conn, subj subjects.Subjects, next Access, size int, ttl time.Duration) (*CachedAccess, error) {
+// events that drop removed members. A background check is bounded by
+// timeout (the service's request timeout: a page's own check has it from
+// its request; natsbus.DefaultTimeout when zero). The subscription ends
+// when nc is drained or closed.
+func NewCachedAccess(nc *nats.Conn, subj subjects.Subjects, next Access, size int, ttl, timeout time.Duration) (*CachedAccess, error) {
+	if timeout <= 0 {
+		timeout = natsbus.DefaultTimeout
+	}
 	a := &CachedAccess{
-		next: next, ttl: ttl, now: time.Now,
+		next: next, ttl: ttl, timeout: timeout, now: time.Now,
+		background: make(chan struct{}, maxBackgroundChecks),
 		granted:    expirable.NewLRU[membership, grant](size, nil, ttl),
 		refreshing: map[membership]bool{},
 	}
@@ -94,7 +111,7 @@ func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error 
 		ok = false
 	}
 	epoch := a.epoch
-	refresh := ok && !now.Before(g.refreshAt) && !a.refreshing[key]
+	refresh := ok && !now.Before(g.refreshAt) && !a.refreshing[key] && a.tryBackground()
 	if refresh {
 		a.refreshing[key] = true
 		a.refreshes.Add(1)
@@ -102,9 +119,8 @@ func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error 
 	a.mu.Unlock()
 	if ok {
 		if refresh {
-			// Not tied to this request: it has its answer. The check
-			// has the bus's own timeout.
-			go a.refresh(context.WithoutCancel(ctx), key, now, epoch)
+			// Not tied to this request: it has its answer.
+			go a.refresh(context.WithoutCancel(ctx), key, g, now, epoch)
 		}
 		return nil
 	}
@@ -135,12 +151,25 @@ func refreshAfter(ttl time.Duration) time.Duration {
 	return d
 }
 
-// refresh checks a grant again, begun at now, and keeps the new grant
+// tryBackground takes a background check's token, if one is free.
+func (a *CachedAccess) tryBackground() bool {
+	select {
+	case a.background <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// refresh checks grant old again, begun at now, and keeps the new grant
 // unless a removal came meanwhile; a refusal drops the grant, a failure
-// leaves it to its ttl.
-func (a *CachedAccess) refresh(ctx context.Context, key membership, now time.Time, epoch uint64) {
+// leaves it to its ttl, not to be checked in the background again.
+func (a *CachedAccess) refresh(ctx context.Context, key membership, old grant, now time.Time, epoch uint64) {
 	defer a.refreshes.Done()
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	err := a.next.CanRead(ctx, key.userID, key.chatID)
+	cancel()
+	<-a.background
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.refreshing, key)
@@ -149,6 +178,14 @@ func (a *CachedAccess) refresh(ctx context.Context, key membership, now time.Tim
 		a.granted.Add(key, a.grant(now))
 	case err != nil && isRefusal(err):
 		a.granted.Remove(key)
+	case err != nil:
+		// Kept as it is (unless replaced or dropped meanwhile) until its
+		// ttl, from when the next use asks in the foreground: a chat
+		// service that fails fast is not asked again at every page.
+		if g, ok := a.granted.Peek(key); ok && g.checked.Equal(old.checked) {
+			g.refreshAt = g.checked.Add(a.ttl)
+			a.granted.Add(key, g)
+		}
 	}
 }
 

@@ -16,18 +16,20 @@ import (
 	"github.com/communications/communications/libs/testenv"
 )
 
-// members is an Access over a set of memberships that counts its checks.
-// While gate is set, a check waits for a value from it first; while down
-// is set, checks fail without an answer.
+// members is an Access over a set of memberships that counts its checks
+// and keeps the deadline of the last one (zero: none). While gate is set, a
+// check waits for a value from it first; while down is set, checks fail
+// without an answer.
 type members struct {
-	mu     sync.Mutex
-	in     map[membership]bool
-	checks int
-	gate   chan struct{}
-	down   bool
+	mu       sync.Mutex
+	in       map[membership]bool
+	checks   int
+	deadline time.Time
+	gate     chan struct{}
+	down     bool
 }
 
-func (m *members) CanRead(_ context.Context, userID, chatID int64) error {
+func (m *members) CanRead(ctx context.Context, userID, chatID int64) error {
 	m.mu.Lock()
 	gate := m.gate
 	m.mu.Unlock()
@@ -37,6 +39,7 @@ func (m *members) CanRead(_ context.Context, userID, chatID int64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.checks++
+	m.deadline, _ = ctx.Deadline()
 	if m.down {
 		return errors.New("chat service did not answer")
 	}
@@ -83,7 +86,7 @@ func TestCachedAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	inner := &members{in: map[membership]bool{}}
-	a, err := NewCachedAccess(nc, subj, inner, 100, time.Hour)
+	a, err := NewCachedAccess(nc, subj, inner, 100, time.Hour, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +144,7 @@ func TestCachedAccessTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	inner := &members{in: map[membership]bool{{1, 10}: true}}
-	a, err := NewCachedAccess(nc, subj, inner, 100, 20*time.Millisecond)
+	a, err := NewCachedAccess(nc, subj, inner, 100, 20*time.Millisecond, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +193,7 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 	// A ttl of 10 minutes on a clock the test moves (the cache's own
 	// expiry, in real time, never comes within the test).
 	const ttl = 10 * time.Minute
-	a, err := NewCachedAccess(nc, subj, inner, 100, ttl)
+	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +219,7 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 		gate := make(chan struct{})
 		inner.setGate(gate)
 		clk.advance(ttl*2/5 + 2*time.Second) // nine tenths of the ttl passed
+		trigger := clk.Now()
 		done := make(chan error, 1)
 		go func() { done <- a.CanRead(ctx, 1, 10) }()
 		select {
@@ -230,34 +234,57 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 		if err := a.CanRead(ctx, 1, 10); err != nil {
 			t.Fatal(err)
 		}
+		// The check takes a minute: the new grant counts from its start.
+		clk.advance(time.Minute)
 		inner.setGate(nil)
 		close(gate)
 		a.refreshes.Wait()
 		if got := inner.count(); got != 2 {
 			t.Errorf("%d checks, want 2 (one background check)", got)
 		}
-		// The new grant counts from the background check: it serves past
-		// the first grant's ttl without a check in the foreground.
-		clk.advance(ttl/2 + time.Minute)
+		// The new grant serves past the first grant's ttl without a check
+		// in the foreground, up to its own ttl from the start of its check.
 		inner.setDown(true)
+		defer inner.setDown(false)
+		clk.advance(trigger.Add(ttl - time.Second).Sub(clk.Now()))
 		if err := canRead(1); err != nil {
 			t.Errorf("refreshed grant past the first one's ttl: %v", err)
 		}
-		inner.setDown(false)
+		clk.advance(time.Second)
+		if err := canRead(1); err == nil {
+			t.Error("refreshed grant a ttl after its check began, chat service away: granted, want the check's failure")
+		}
 	})
 
-	t.Run("a grant is never used beyond its ttl", func(t *testing.T) {
-		// The chat service stops answering: background checks fail and
-		// the grant is kept, but only until its ttl.
+	t.Run("a failed background check is not tried again", func(t *testing.T) {
+		if err := canRead(1); err != nil {
+			t.Fatal(err)
+		}
+		// The chat service stops answering (fast): one background check
+		// fails, and the grant serves to its ttl without another.
 		inner.setDown(true)
 		defer inner.setDown(false)
-		clk.advance(ttl/2 - 2*time.Minute)
-		if err := canRead(1); err != nil {
-			t.Fatalf("within the ttl, chat service away: %v, want the grant", err)
+		clk.advance(ttl * 9 / 10)
+		before := inner.count()
+		for range 100 {
+			if err := canRead(1); err != nil {
+				t.Fatalf("within the ttl, chat service away: %v, want the grant", err)
+			}
 		}
-		clk.advance(2 * time.Minute)
+		clk.advance(ttl/10 - time.Second)
+		if err := canRead(1); err != nil {
+			t.Fatalf("just within the ttl, chat service away: %v, want the grant", err)
+		}
+		if got := inner.count() - before; got != 1 {
+			t.Errorf("%d checks for 101 pages late in the ttl, chat service away; want 1", got)
+		}
+		// A grant is never used beyond its ttl: then the page asks.
+		clk.advance(time.Second)
 		if err := canRead(1); err == nil {
 			t.Fatal("past the ttl, chat service away: granted, want the check's failure")
+		}
+		if got := inner.count() - before; got != 2 {
+			t.Errorf("%d checks, want 2 (the page past the ttl asked)", got)
 		}
 	})
 
@@ -299,6 +326,58 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 	})
 }
 
+// TestCachedAccessRefreshRacesPurge: a background check under way when an
+// unreadable chat event purges the cache (it may have listed a removal) is
+// not kept.
+func TestCachedAccessRefreshRacesPurge(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &members{in: map[membership]bool{{1, 10}: true}}
+	const ttl = 10 * time.Minute
+	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a.now = clk.Now
+	ctx := context.Background()
+	if err := a.CanRead(ctx, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(ttl * 9 / 10)
+	gate := make(chan struct{})
+	inner.setGate(gate)
+	if err := a.CanRead(ctx, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	// The unreadable event arrives before the check's answer, which still
+	// saw user 1 in the chat.
+	if err := nc.Publish(subj.ChatEvents(), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.granted.Len() == 0
+	}, "cache purged")
+	inner.setGate(nil)
+	close(gate)
+	a.refreshes.Wait()
+	inner.set(1, 10, false)
+	if err := a.CanRead(ctx, 1, 10); busapi.CodeOf(err) != protocol.CodeNotAMember {
+		t.Errorf("after the purge: %v, want not_a_member", err)
+	}
+}
+
 func TestRefreshAfterSpreads(t *testing.T) {
 	t.Parallel()
 	const ttl = 5 * time.Second
@@ -315,5 +394,106 @@ func TestRefreshAfterSpreads(t *testing.T) {
 	}
 	if d := refreshAfter(1); d != 0 {
 		t.Errorf("refresh after %v for a ttl of 1ns, want 0", d)
+	}
+}
+
+// TestCachedAccessBoundsBackgroundChecks: when every background check is
+// under way, a grant due for one serves on without, and is checked at a
+// later use.
+func TestCachedAccessBoundsBackgroundChecks(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &members{in: map[membership]bool{{1, 10}: true, {2, 10}: true}}
+	const ttl = 10 * time.Minute
+	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cap(a.background) != maxBackgroundChecks {
+		t.Fatalf("room for %d background checks, want %d", cap(a.background), maxBackgroundChecks)
+	}
+	a.background = make(chan struct{}, 1) // one at a time
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a.now = clk.Now
+	ctx := context.Background()
+	for _, u := range []int64{1, 2} {
+		if err := a.CanRead(ctx, u, 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.advance(ttl * 9 / 10)
+	gate := make(chan struct{})
+	inner.setGate(gate)
+	for _, u := range []int64{1, 2} { // user 2's grant finds no room
+		if err := a.CanRead(ctx, u, 10); err != nil {
+			t.Fatalf("user %d late in the ttl: %v, want the grant", u, err)
+		}
+	}
+	inner.setGate(nil)
+	close(gate)
+	a.refreshes.Wait()
+	if got := inner.count(); got != 3 {
+		t.Errorf("%d checks, want 3 (two grants, one background check)", got)
+	}
+	if err := a.CanRead(ctx, 2, 10); err != nil {
+		t.Fatal(err)
+	}
+	a.refreshes.Wait()
+	if got := inner.count(); got != 4 {
+		t.Errorf("%d checks, want 4 (user 2's grant checked at its next use)", got)
+	}
+}
+
+// TestCachedAccessBackgroundTimeout: a background check is bounded by the
+// cache's timeout (the service's request timeout), not by the page's
+// context, which it outlives.
+func TestCachedAccessBackgroundTimeout(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &members{in: map[membership]bool{{1, 10}: true}}
+	const ttl, timeout = 10 * time.Minute, 7 * time.Minute
+	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a.now = clk.Now
+	if err := a.CanRead(context.Background(), 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(ttl * 9 / 10)
+	page, cancel := context.WithTimeout(context.Background(), time.Hour)
+	before := time.Now()
+	err = a.CanRead(page, 1, 10)
+	cancel() // the page is answered
+	a.refreshes.Wait()
+	after := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner.mu.Lock()
+	deadline := inner.deadline
+	inner.mu.Unlock()
+	if inner.count() != 2 || deadline.Before(before.Add(timeout)) || deadline.After(after.Add(timeout)) {
+		t.Errorf("background check (%d checks) had deadline %v, want the cache's timeout of %v from its start (within %v to %v)",
+			inner.count(), deadline, timeout, before.Add(timeout), after.Add(timeout))
 	}
 }
