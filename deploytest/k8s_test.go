@@ -386,7 +386,8 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, pinned bool
 		var svc Service
 		found := false
 		for _, s := range Services {
-			if imageName(c.Image) == s.Image() {
+			// In a registry of the operator's or not.
+			if name := imageName(c.Image); name == s.Image() || strings.HasSuffix(name, "/"+s.Image()) {
 				svc, found = s, true
 			}
 		}
