@@ -45,7 +45,12 @@ metadata:
   labels:
     {{- include "communications.labels" (dict "root" $root "name" $name) | nindent 4 }}
 spec:
+  {{- if not (and $gateway $v.autoscaling.enabled) }}
   replicas: {{ $v.replicas }}
+  {{- else }}
+  # No replicas: the autoscaler owns the count (an upgrade that set it
+  # would scale the gateways down to it, draining their clients).
+  {{- end }}
   revisionHistoryLimit: 5
   {{- if $gateway }}
   strategy:
