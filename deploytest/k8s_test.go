@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,25 +41,27 @@ func k8sDir(t *testing.T) string {
 	return filepath.Join(repoRoot(t), "deploy", "k8s")
 }
 
-// k8sScheme knows client-go's types and the Gateway API's.
-var k8sScheme = func() *runtime.Scheme {
+// k8sDecoder decodes the objects of client-go's scheme and the Gateway
+// API's.
+var k8sDecoder = sync.OnceValues(func() (runtime.Decoder, error) {
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
+		return nil, err
 	}
 	if err := gatewayv1.Install(s); err != nil {
-		panic(err)
+		return nil, err
 	}
-	return s
-}()
-
-// k8sDecoder decodes any object of k8sScheme.
-var k8sDecoder = serializer.NewCodecFactory(k8sScheme).UniversalDeserializer()
+	return serializer.NewCodecFactory(s).UniversalDeserializer(), nil
+})
 
 // decodeManifests decodes every YAML document of data with client-go's
 // scheme (and the Gateway API's types), then again strictly into the same
 // type, so that an unknown or duplicated field fails.
 func decodeManifests(source string, data []byte) ([]runtime.Object, error) {
+	decoder, err := k8sDecoder()
+	if err != nil {
+		return nil, err
+	}
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var objs []runtime.Object
 	var errs []error
@@ -78,7 +81,7 @@ func decodeManifests(source string, data []byte) ([]runtime.Object, error) {
 		if len(probe) == 0 {
 			continue // only comments
 		}
-		obj, _, err := k8sDecoder.Decode(doc, nil, nil)
+		obj, _, err := decoder.Decode(doc, nil, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: document %d: %w", source, i, err))
 			continue
