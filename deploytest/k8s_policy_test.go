@@ -1,7 +1,10 @@
 package deploytest
 
 import (
+	"bytes"
+	"io/fs"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -398,5 +401,29 @@ func checkIngress(t *testing.T, r rendered, in *networkingv1.Ingress) {
 				t.Errorf("%s: %s is %q, want at least %v for websockets", where, a, in.Annotations[a], longLived)
 			}
 		}
+	}
+}
+
+// TestAutoscalerMetricExists checks that the gateway's code registers the
+// gauge the autoscaler reads, so that renaming it fails here rather than
+// leaving the autoscaler without its metric.
+func TestAutoscalerMetricExists(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(repoRoot(t), "services", "gateway")
+	found := false
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		if bytes.Contains(readFile(t, p), []byte(strconv.Quote(connectionsMetric))) {
+			found = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Errorf("no code under services/gateway names the metric %q, which the gateway's autoscaler reads", connectionsMetric)
 	}
 }
