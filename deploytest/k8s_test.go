@@ -12,17 +12,23 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes/scheme"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	kusttypes "sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -35,10 +41,27 @@ func k8sDir(t *testing.T) string {
 	return filepath.Join(repoRoot(t), "deploy", "k8s")
 }
 
+// k8sDecoder decodes the objects of client-go's scheme and the Gateway
+// API's.
+var k8sDecoder = sync.OnceValues(func() (runtime.Decoder, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := gatewayv1.Install(s); err != nil {
+		return nil, err
+	}
+	return serializer.NewCodecFactory(s).UniversalDeserializer(), nil
+})
+
 // decodeManifests decodes every YAML document of data with client-go's
-// scheme, then again strictly into the same type, so that an unknown or
-// duplicated field fails.
+// scheme (and the Gateway API's types), then again strictly into the same
+// type, so that an unknown or duplicated field fails.
 func decodeManifests(source string, data []byte) ([]runtime.Object, error) {
+	decoder, err := k8sDecoder()
+	if err != nil {
+		return nil, err
+	}
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var objs []runtime.Object
 	var errs []error
@@ -58,7 +81,7 @@ func decodeManifests(source string, data []byte) ([]runtime.Object, error) {
 		if len(probe) == 0 {
 			continue // only comments
 		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		obj, _, err := decoder.Decode(doc, nil, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: document %d: %w", source, i, err))
 			continue
@@ -120,12 +143,38 @@ func TestK8sFilesDecode(t *testing.T) {
 	}
 }
 
-// kustomizations are the directories kustomize builds: the base and every
-// overlay.
-func kustomizations(t *testing.T) []string {
+// build is one kustomize build: a directory under deploy/k8s, or the base
+// with some components.
+type build struct {
+	name string
+	dir  string
+	// overlay is true for the overlays, which must pin image tags.
+	overlay bool
+}
+
+// components are the optional pieces under deploy/k8s/components.
+func components(t *testing.T) []string {
+	t.Helper()
+	found, err := filepath.Glob(filepath.Join(k8sDir(t), "components", "*", "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) == 0 {
+		t.Fatal("no component")
+	}
+	var names []string
+	for _, f := range found {
+		names = append(names, filepath.Base(filepath.Dir(f)))
+	}
+	return names
+}
+
+// kustomizations are the builds to check: every overlay, and the base with
+// every combination of the components (written to a temporary
+// kustomization that refers to them).
+func kustomizations(t *testing.T) []build {
 	t.Helper()
 	dir := k8sDir(t)
-	dirs := []string{filepath.Join(dir, "base")}
 	overlays, err := filepath.Glob(filepath.Join(dir, "overlays", "*", "kustomization.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -133,16 +182,61 @@ func kustomizations(t *testing.T) []string {
 	if len(overlays) == 0 {
 		t.Fatal("no overlay")
 	}
+	var builds []build
 	for _, o := range overlays {
-		dirs = append(dirs, filepath.Dir(o))
+		rel, _ := filepath.Rel(dir, filepath.Dir(o))
+		builds = append(builds, build{name: filepath.ToSlash(rel), dir: filepath.Dir(o), overlay: true})
 	}
-	return dirs
+	comps := components(t)
+	tmp := t.TempDir()
+	for mask := 0; mask < 1<<len(comps); mask++ {
+		name := "base"
+		for i, c := range comps {
+			if mask&(1<<i) != 0 {
+				name += "+" + c
+			}
+		}
+		d := filepath.Join(tmp, name)
+		// Kustomize takes relative paths only.
+		rel := func(p string) string {
+			r, err := filepath.Rel(d, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return filepath.ToSlash(r)
+		}
+		k := kusttypes.Kustomization{
+			TypeMeta:  kusttypes.TypeMeta{APIVersion: kusttypes.KustomizationVersion, Kind: kusttypes.KustomizationKind},
+			Resources: []string{rel(filepath.Join(dir, "base"))},
+		}
+		for i, c := range comps {
+			if mask&(1<<i) != 0 {
+				k.Components = append(k.Components, rel(filepath.Join(dir, "components", c)))
+			}
+		}
+		data, err := sigsyaml.Marshal(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "kustomization.yaml"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		builds = append(builds, build{name: name, dir: d})
+	}
+	return builds
 }
 
 // kustomizeBuild runs kustomize build (in-process, offline) on dir.
 func kustomizeBuild(t *testing.T, dir string) []runtime.Object {
 	t.Helper()
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	opts := krusty.MakeDefaultOptions()
+	// The combinations live in a temporary directory, outside the tree
+	// they refer to.
+	opts.LoadRestrictions = kusttypes.LoadRestrictionsNone
+	k := krusty.MakeKustomizer(opts)
 	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", dir, err)
@@ -158,13 +252,20 @@ func kustomizeBuild(t *testing.T, dir string) []runtime.Object {
 	return objs
 }
 
-// rendered indexes the objects kustomize rendered.
+// rendered indexes the objects kustomize or helm rendered.
 type rendered struct {
 	deployments     []*appsv1.Deployment
 	services        []*corev1.Service
 	serviceAccounts map[string]bool
 	configMaps      map[string]*corev1.ConfigMap
 	secrets         map[string]*corev1.Secret
+	pdbs            []*policyv1.PodDisruptionBudget
+	hpas            []*autoscalingv2.HorizontalPodAutoscaler
+	networkPolicies []*networkingv1.NetworkPolicy
+	ingresses       []*networkingv1.Ingress
+	routes          []*gatewayv1.HTTPRoute
+	// others are the objects of kinds not listed above.
+	others []runtime.Object
 }
 
 func index(objs []runtime.Object) rendered {
@@ -181,6 +282,19 @@ func index(objs []runtime.Object) rendered {
 			r.configMaps[o.Name] = o
 		case *corev1.Secret:
 			r.secrets[o.Name] = o
+		case *corev1.Namespace:
+		case *policyv1.PodDisruptionBudget:
+			r.pdbs = append(r.pdbs, o)
+		case *autoscalingv2.HorizontalPodAutoscaler:
+			r.hpas = append(r.hpas, o)
+		case *networkingv1.NetworkPolicy:
+			r.networkPolicies = append(r.networkPolicies, o)
+		case *networkingv1.Ingress:
+			r.ingresses = append(r.ingresses, o)
+		case *gatewayv1.HTTPRoute:
+			r.routes = append(r.routes, o)
+		default:
+			r.others = append(r.others, o)
 		}
 	}
 	return r
@@ -188,6 +302,18 @@ func index(objs []runtime.Object) rendered {
 
 func TestK8sKustomize(t *testing.T) {
 	t.Parallel()
+	uids := imageUIDs(t)
+	for _, b := range kustomizations(t) {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			checkRendered(t, index(kustomizeBuild(t, b.dir)), b.overlay, uids)
+		})
+	}
+}
+
+// imageUIDs are the users the services' images run as.
+func imageUIDs(t *testing.T) map[string]int64 {
+	t.Helper()
 	uids := map[string]int64{}
 	for _, svc := range Services {
 		uid, err := imageUID(parseDockerfile(t, svc))
@@ -196,30 +322,54 @@ func TestK8sKustomize(t *testing.T) {
 		}
 		uids[svc.Name] = uid
 	}
-	for _, dir := range kustomizations(t) {
-		rel, _ := filepath.Rel(k8sDir(t), dir)
-		overlay := rel != "base"
-		t.Run(filepath.ToSlash(rel), func(t *testing.T) {
-			t.Parallel()
-			r := index(kustomizeBuild(t, dir))
-			seen := map[string]bool{}
-			for _, d := range r.deployments {
-				checkDeployment(t, r, d, overlay, uids, seen)
-			}
-			for _, svc := range Services {
-				if !seen[svc.Name] {
-					t.Errorf("no Deployment runs %s", svc.Name)
-				}
-			}
-			for _, s := range r.services {
-				checkService(t, r, s)
-			}
-		})
+	return uids
+}
+
+// checkRendered checks the invariants of one rendering (a kustomize build
+// or a helm template). pinned requires image tags.
+func checkRendered(t *testing.T, r rendered, pinned bool, uids map[string]int64) {
+	t.Helper()
+	seen := map[string]bool{}
+	envs := map[string]map[string]string{}
+	for _, d := range r.deployments {
+		envs[d.Name] = checkDeployment(t, r, d, pinned, uids, seen)
+	}
+	for _, svc := range Services {
+		if !seen[svc.Name] {
+			t.Errorf("no Deployment runs %s", svc.Name)
+		}
+	}
+	for _, s := range r.services {
+		checkService(t, r, s)
+	}
+	for _, p := range r.pdbs {
+		checkPDB(t, r, p)
+	}
+	for _, h := range r.hpas {
+		checkHPA(t, r, h)
+	}
+	if len(r.networkPolicies) > 0 {
+		checkNetworkPolicies(t, r, envs)
+	}
+	for _, rt := range r.routes {
+		checkRoute(t, r, rt)
+	}
+	for _, in := range r.ingresses {
+		checkIngress(t, r, in)
+	}
+	for _, o := range r.others {
+		t.Errorf("unexpected object %T", o)
 	}
 }
 
-func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay bool, uids map[string]int64, seen map[string]bool) {
+// checkDeployment checks a Deployment and returns its container's
+// environment (what the manifests set, not the defaults; a variable from a
+// Secret the build does not hold has an empty value).
+func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, pinned bool, uids map[string]int64, seen map[string]bool) map[string]string {
+	t.Helper()
 	where := "Deployment " + d.Name
+	env := map[string]string{}
+	secretEnv := map[string]bool{}
 	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
 	if err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
 		t.Errorf("%s: selector %v does not match the template's labels %v", where, d.Spec.Selector, d.Spec.Template.Labels)
@@ -239,7 +389,8 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay boo
 		var svc Service
 		found := false
 		for _, s := range Services {
-			if imageName(c.Image) == s.Image() {
+			// In a registry of the operator's or not.
+			if name := imageName(c.Image); name == s.Image() || strings.HasSuffix(name, "/"+s.Image()) {
 				svc, found = s, true
 			}
 		}
@@ -248,7 +399,7 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay boo
 			continue
 		}
 		seen[svc.Name] = true
-		if overlay {
+		if pinned {
 			if tag := strings.TrimPrefix(c.Image, imageName(c.Image)); tag == "" || tag == ":latest" {
 				t.Errorf("%s: image %s has no tag", where, c.Image)
 			}
@@ -265,12 +416,12 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay boo
 
 		// The environment: every variable one the service reads, the whole
 		// configuration valid.
-		env := map[string]string{}
 		for _, e := range c.Env {
 			switch {
 			case e.ValueFrom == nil:
 				env[e.Name] = e.Value
 			case e.ValueFrom.SecretKeyRef != nil:
+				secretEnv[e.Name] = true
 				ref := e.ValueFrom.SecretKeyRef
 				s, ok := r.secrets[ref.Name]
 				switch {
@@ -283,10 +434,8 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay boo
 					if v, ok := s.StringData[ref.Key]; ok {
 						env[e.Name] = v
 					}
-				case overlay:
-					t.Errorf("%s: %s: no Secret %s in the overlay", where, e.Name, ref.Name)
 				default:
-					// The base leaves secrets to the cluster's operator.
+					// Left to the cluster's operator (the base, prod).
 					if !svc.Reads(e.Name) {
 						t.Errorf("%s: sets %s, which %s does not read", where, e.Name, svc.Name)
 					}
@@ -320,9 +469,15 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, overlay boo
 		checkPorts(t, where, c, st)
 
 		if svc.Name == "gateway" {
-			checkGatewayTermination(t, where, d, c, st)
+			checkGatewayTermination(t, where, d, r.replicas(d), c, st)
 		}
 	}
+	for name := range secretEnv {
+		if _, ok := env[name]; !ok {
+			env[name] = ""
+		}
+	}
+	return env
 }
 
 func checkSecurity(t *testing.T, where string, pod *corev1.PodSecurityContext, c *corev1.SecurityContext, uid int64) {
@@ -402,7 +557,7 @@ func checkPorts(t *testing.T, where string, c corev1.Container, st Settings) {
 		kind  string
 		probe *corev1.Probe
 		path  string
-	}{{"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
+	}{{"startup", c.StartupProbe, "/healthz"}, {"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
 		if pr.probe == nil || pr.probe.HTTPGet == nil {
 			t.Errorf("%s: no HTTP %s probe", where, pr.kind)
 			continue
@@ -432,9 +587,9 @@ func resolvePort(c corev1.Container, p intstr.IntOrString) int {
 
 // checkGatewayTermination checks the gateway's replicas and that its pods
 // get the time to drain: the preStop sleep, then GATEWAY_SHUTDOWN_TIMEOUT.
-func checkGatewayTermination(t *testing.T, where string, d *appsv1.Deployment, c corev1.Container, st Settings) {
-	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
-		t.Errorf("%s: fewer than 2 replicas", where)
+func checkGatewayTermination(t *testing.T, where string, d *appsv1.Deployment, replicas int, c corev1.Container, st Settings) {
+	if replicas < 2 {
+		t.Errorf("%s: %d replicas (or autoscaler minimum), want at least 2", where, replicas)
 	}
 	var sleep time.Duration
 	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {

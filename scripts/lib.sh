@@ -3,6 +3,7 @@
 
 NATS_SERVER_VERSION=v2.15.2    # keep in step with libs/go.mod
 STATICCHECK_VERSION=v0.8.2
+HELM_VERSION=v3.22.0          # deploytest renders and lints the chart with it
 
 STATE_BIN="$PWD/.state/bin"
 mkdir -p "$STATE_BIN"

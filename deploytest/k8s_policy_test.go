@@ -1,0 +1,429 @@
+package deploytest
+
+import (
+	"bytes"
+	"io/fs"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// connectionsMetric is the gateway's gauge of open websockets, which the
+// autoscaler reads per pod through prometheus-adapter.
+const connectionsMetric = "gateway_connections"
+
+// selected returns the Deployments whose pods sel selects.
+func selected(t *testing.T, where string, r rendered, sel *metav1.LabelSelector) []*appsv1.Deployment {
+	t.Helper()
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		t.Errorf("%s: selector: %v", where, err)
+		return nil
+	}
+	var ds []*appsv1.Deployment
+	for _, d := range r.deployments {
+		if s.Matches(labels.Set(d.Spec.Template.Labels)) {
+			ds = append(ds, d)
+		}
+	}
+	return ds
+}
+
+// replicas returns how many pods d runs: its autoscaler's minimum if one
+// scales it, else its replicas.
+func (r rendered) replicas(d *appsv1.Deployment) int {
+	for _, h := range r.hpas {
+		ref := h.Spec.ScaleTargetRef
+		if ref.Kind == "Deployment" && ref.Name == d.Name {
+			if h.Spec.MinReplicas == nil {
+				return 1
+			}
+			return int(*h.Spec.MinReplicas)
+		}
+	}
+	if d.Spec.Replicas == nil {
+		return 1
+	}
+	return int(*d.Spec.Replicas)
+}
+
+// checkPDB checks that a PodDisruptionBudget selects one Deployment's pods
+// and leaves at least one of them running.
+func checkPDB(t *testing.T, r rendered, p *policyv1.PodDisruptionBudget) {
+	where := "PodDisruptionBudget " + p.Name
+	if p.Spec.Selector == nil || len(p.Spec.Selector.MatchLabels)+len(p.Spec.Selector.MatchExpressions) == 0 {
+		t.Errorf("%s: no selector", where)
+		return
+	}
+	ds := selected(t, where, r, p.Spec.Selector)
+	if len(ds) != 1 {
+		t.Errorf("%s: selects %d Deployments, want 1", where, len(ds))
+		return
+	}
+	replicas := r.replicas(ds[0])
+	switch {
+	case p.Spec.MaxUnavailable != nil:
+		n, err := intstr.GetScaledValueFromIntOrPercent(p.Spec.MaxUnavailable, replicas, true)
+		if err != nil || n < 1 || n >= replicas {
+			t.Errorf("%s: maxUnavailable %s of %d replicas: evictions must be possible and leave a pod", where, p.Spec.MaxUnavailable.String(), replicas)
+		}
+	case p.Spec.MinAvailable != nil:
+		n, err := intstr.GetScaledValueFromIntOrPercent(p.Spec.MinAvailable, replicas, true)
+		if err != nil || n < 1 || n >= replicas {
+			t.Errorf("%s: minAvailable %s of %d replicas: evictions must be possible and leave a pod", where, p.Spec.MinAvailable.String(), replicas)
+		}
+	default:
+		t.Errorf("%s: neither minAvailable nor maxUnavailable", where)
+	}
+}
+
+// checkHPA checks that an autoscaler scales the gateway Deployment on CPU
+// and on connections per pod.
+func checkHPA(t *testing.T, r rendered, h *autoscalingv2.HorizontalPodAutoscaler) {
+	where := "HorizontalPodAutoscaler " + h.Name
+	ref := h.Spec.ScaleTargetRef
+	if ref.Kind != "Deployment" || ref.APIVersion != "apps/v1" || ref.Name != "gateway" {
+		t.Errorf("%s: scales %s %s %s, want the gateway Deployment", where, ref.APIVersion, ref.Kind, ref.Name)
+	}
+	var target *appsv1.Deployment
+	for _, d := range r.deployments {
+		if d.Name == ref.Name {
+			target = d
+		}
+	}
+	if target == nil {
+		t.Errorf("%s: no Deployment %s in the rendering", where, ref.Name)
+	}
+	if h.Spec.MinReplicas == nil || *h.Spec.MinReplicas < 2 {
+		t.Errorf("%s: minReplicas under 2: one gateway has no other to take its clients", where)
+	} else {
+		if h.Spec.MaxReplicas < *h.Spec.MinReplicas {
+			t.Errorf("%s: maxReplicas %d < minReplicas %d", where, h.Spec.MaxReplicas, *h.Spec.MinReplicas)
+		}
+	}
+	if target != nil && target.Spec.Replicas != nil {
+		t.Errorf("%s: Deployment %s sets replicas: every apply would reset the autoscaler's count (and drain the gateways above it)", where, target.Name)
+	}
+	var cpu, conns bool
+	for _, m := range h.Spec.Metrics {
+		switch {
+		case m.Type == autoscalingv2.ResourceMetricSourceType && m.Resource != nil && m.Resource.Name == corev1.ResourceCPU:
+			cpu = m.Resource.Target.Type == autoscalingv2.UtilizationMetricType && m.Resource.Target.AverageUtilization != nil
+		case m.Type == autoscalingv2.PodsMetricSourceType && m.Pods != nil && m.Pods.Metric.Name == connectionsMetric:
+			conns = m.Pods.Target.Type == autoscalingv2.AverageValueMetricType && m.Pods.Target.AverageValue != nil && m.Pods.Target.AverageValue.Sign() > 0
+		}
+	}
+	if !cpu {
+		t.Errorf("%s: no CPU utilization target", where)
+	}
+	if !conns {
+		t.Errorf("%s: no Pods metric %s with an average value target", where, connectionsMetric)
+	}
+}
+
+// defaultPorts are the ports of the URL schemes the services connect to.
+var defaultPorts = map[string]int{"nats": 4222, "redis": 6379, "rediss": 6379, "postgres": 5432, "postgresql": 5432}
+
+// egressPorts are the TCP ports a service's environment makes it connect
+// to: one per *_URL variable (a URL kept in a Secret the rendering does not
+// hold counts by its scheme's default port), and DNS.
+func egressPorts(t *testing.T, where string, env map[string]string) []int {
+	t.Helper()
+	ports := []int{53}
+	for name, v := range env {
+		if !strings.HasSuffix(name, "_URL") || strings.HasSuffix(name, "_OTLP_ENDPOINT") {
+			continue
+		}
+		if v == "" {
+			scheme := strings.ToLower(name[strings.LastIndex(name[:len(name)-len("_URL")], "_")+1 : len(name)-len("_URL")])
+			p, ok := defaultPorts[scheme]
+			if !ok {
+				t.Errorf("%s: %s from a Secret: no default port known", where, name)
+				continue
+			}
+			ports = append(ports, p)
+			continue
+		}
+		u, err := url.Parse(v)
+		if err != nil {
+			t.Errorf("%s: %s: %v", where, name, err)
+			continue
+		}
+		p, ok := defaultPorts[u.Scheme]
+		if u.Port() != "" {
+			p, err = strconv.Atoi(u.Port())
+			ok = err == nil
+		}
+		if !ok {
+			t.Errorf("%s: %s=%s: no port", where, name, v)
+			continue
+		}
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+// allows reports whether a rule's ports admit TCP (or, for 53, UDP too) on
+// port, named ports resolved against the container c (nil for egress).
+func allows(ports []networkingv1.NetworkPolicyPort, port int, proto corev1.Protocol, c *corev1.Container) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	for _, p := range ports {
+		pp := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			pp = *p.Protocol
+		}
+		if pp != proto {
+			continue
+		}
+		if p.Port == nil {
+			return true
+		}
+		n := p.Port.IntValue()
+		if p.Port.Type == intstr.String {
+			if c == nil {
+				continue
+			}
+			n = resolvePort(*c, *p.Port)
+		}
+		end := n
+		if p.EndPort != nil {
+			end = int(*p.EndPort)
+		}
+		if port >= n && port <= end {
+			return true
+		}
+	}
+	return false
+}
+
+// checkNetworkPolicies checks that one policy denies everything to every
+// pod of ours, that every other selects one Deployment, and that each
+// Deployment's policies admit its container ports and the connections its
+// environment makes (NATS, Redis, PostgreSQL, DNS).
+func checkNetworkPolicies(t *testing.T, r rendered, envs map[string]map[string]string) {
+	t.Helper()
+	denyAll := false
+	policies := map[string][]*networkingv1.NetworkPolicy{}
+	for _, np := range r.networkPolicies {
+		where := "NetworkPolicy " + np.Name
+		if len(np.Spec.PodSelector.MatchLabels)+len(np.Spec.PodSelector.MatchExpressions) == 0 {
+			t.Errorf("%s: selects every pod of the namespace, also NATS, Redis or PostgreSQL if they run there", where)
+			continue
+		}
+		ds := selected(t, where, r, &np.Spec.PodSelector)
+		types := np.Spec.PolicyTypes
+		if len(ds) == len(r.deployments) && len(np.Spec.Ingress) == 0 && len(np.Spec.Egress) == 0 {
+			if slices.Contains(types, networkingv1.PolicyTypeIngress) && slices.Contains(types, networkingv1.PolicyTypeEgress) {
+				denyAll = true
+			}
+			continue
+		}
+		if len(ds) != 1 {
+			t.Errorf("%s: selects %d Deployments, want 1 (or all, denying everything)", where, len(ds))
+			continue
+		}
+		if !slices.Contains(types, networkingv1.PolicyTypeIngress) || !slices.Contains(types, networkingv1.PolicyTypeEgress) {
+			t.Errorf("%s: policyTypes %v, want Ingress and Egress", where, types)
+		}
+		policies[ds[0].Name] = append(policies[ds[0].Name], np)
+	}
+	if !denyAll {
+		t.Errorf("no NetworkPolicy denies all traffic to every Deployment's pods")
+	}
+	for _, d := range r.deployments {
+		where := "Deployment " + d.Name
+		nps := policies[d.Name]
+		if len(nps) == 0 {
+			t.Errorf("%s: no NetworkPolicy of its own", where)
+			continue
+		}
+		c := &d.Spec.Template.Spec.Containers[0]
+		for _, cp := range c.Ports {
+			ok := false
+			for _, np := range nps {
+				for _, rule := range np.Spec.Ingress {
+					ok = ok || allows(rule.Ports, int(cp.ContainerPort), corev1.ProtocolTCP, c)
+				}
+			}
+			if !ok {
+				t.Errorf("%s: no NetworkPolicy admits port %s (%d)", where, cp.Name, cp.ContainerPort)
+			}
+		}
+		for _, port := range egressPorts(t, where, envs[d.Name]) {
+			protos := []corev1.Protocol{corev1.ProtocolTCP}
+			if port == 53 {
+				protos = append(protos, corev1.ProtocolUDP)
+			}
+			for _, proto := range protos {
+				ok := false
+				for _, np := range nps {
+					for _, rule := range np.Spec.Egress {
+						ok = ok || allows(rule.Ports, port, proto, nil)
+					}
+				}
+				if !ok {
+					t.Errorf("%s: no NetworkPolicy lets it connect to %s port %d", where, proto, port)
+				}
+			}
+		}
+	}
+}
+
+// serviceTarget returns the Service called name if it has the port.
+func serviceTarget(r rendered, name string, port int32, portName string) bool {
+	for _, s := range r.services {
+		if s.Name != name {
+			continue
+		}
+		for _, p := range s.Spec.Ports {
+			if (port != 0 && p.Port == port) || (portName != "" && p.Name == portName) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// longLived is the least request timeout a route may give websockets; 0
+// disables the timeout.
+const longLived = time.Hour
+
+// checkRoute checks that an HTTPRoute sends to our Services and lets
+// websockets (/ws) live.
+func checkRoute(t *testing.T, r rendered, rt *gatewayv1.HTTPRoute) {
+	where := "HTTPRoute " + rt.Name
+	if len(rt.Spec.ParentRefs) == 0 {
+		t.Errorf("%s: no parentRefs", where)
+	}
+	// The rule that serves /ws: of the rules whose path matches it, the
+	// one with the longest match (the Gateway API's precedence).
+	wsRule, wsLen := -1, -1
+	for i, rule := range rt.Spec.Rules {
+		where := where + " rule " + strconv.Itoa(i)
+		if len(rule.BackendRefs) == 0 {
+			t.Errorf("%s: no backendRefs", where)
+		}
+		for _, b := range rule.BackendRefs {
+			if b.Kind != nil && *b.Kind != "Service" || b.Port == nil || !serviceTarget(r, string(b.Name), int32(*b.Port), "") {
+				t.Errorf("%s: backend %s port %v is no port of a Service of the rendering", where, b.Name, b.Port)
+			}
+		}
+		if rule.Timeouts != nil {
+			request := routeDuration(t, where, rule.Timeouts.Request)
+			backend := routeDuration(t, where, rule.Timeouts.BackendRequest)
+			if request > 0 && (backend == 0 || backend > request) {
+				t.Errorf("%s: backendRequest %v exceeds request %v", where, backend, request)
+			}
+		}
+		for _, m := range rule.Matches {
+			if m.Path == nil || m.Path.Value == nil {
+				continue
+			}
+			v := *m.Path.Value
+			exact := m.Path.Type != nil && *m.Path.Type == gatewayv1.PathMatchExact
+			prefix := (m.Path.Type == nil || *m.Path.Type == gatewayv1.PathMatchPathPrefix) &&
+				(v == "/" || v == "/ws" || v == "/ws/")
+			if (exact && v == "/ws" || prefix) && len(v) > wsLen {
+				wsRule, wsLen = i, len(v)
+			}
+		}
+	}
+	if wsRule < 0 {
+		t.Errorf("%s: no rule matches /ws", where)
+		return
+	}
+	// Unset timeouts are the implementation's defaults, often seconds.
+	to := rt.Spec.Rules[wsRule].Timeouts
+	if to == nil || to.Request == nil {
+		t.Errorf("%s: rule %d serves /ws without a request timeout: set 0s (none) or at least %v for websockets", where, wsRule, longLived)
+		return
+	}
+	for name, d := range map[string]*gatewayv1.Duration{"request": to.Request, "backendRequest": to.BackendRequest} {
+		if v := routeDuration(t, where, d); v > 0 && v < longLived {
+			t.Errorf("%s: rule %d serves /ws with a %s timeout of %v: websockets need 0s (none) or at least %v", where, wsRule, name, v, longLived)
+		}
+	}
+}
+
+// routeDuration parses a Gateway API duration; -1 when unset.
+func routeDuration(t *testing.T, where string, d *gatewayv1.Duration) time.Duration {
+	t.Helper()
+	if d == nil {
+		return -1
+	}
+	v, err := time.ParseDuration(string(*d))
+	if err != nil {
+		t.Errorf("%s: timeout %q: %v", where, *d, err)
+		return -1
+	}
+	return v
+}
+
+// checkIngress checks that an Ingress sends to our Services and, for
+// ingress-nginx, keeps websockets open.
+func checkIngress(t *testing.T, r rendered, in *networkingv1.Ingress) {
+	where := "Ingress " + in.Name
+	if len(in.Spec.Rules) == 0 {
+		t.Errorf("%s: no rules", where)
+	}
+	for _, rule := range in.Spec.Rules {
+		if rule.HTTP == nil {
+			t.Errorf("%s: host %s: no paths", where, rule.Host)
+			continue
+		}
+		for _, p := range rule.HTTP.Paths {
+			s := p.Backend.Service
+			if s == nil || !serviceTarget(r, s.Name, s.Port.Number, s.Port.Name) {
+				t.Errorf("%s: path %s: the backend is no port of a Service of the rendering", where, p.Path)
+			}
+		}
+	}
+	if in.Spec.IngressClassName != nil && *in.Spec.IngressClassName == "nginx" {
+		for _, a := range []string{"nginx.ingress.kubernetes.io/proxy-read-timeout", "nginx.ingress.kubernetes.io/proxy-send-timeout"} {
+			n, err := strconv.Atoi(in.Annotations[a])
+			if err != nil || time.Duration(n)*time.Second < longLived {
+				t.Errorf("%s: %s is %q, want at least %v for websockets", where, a, in.Annotations[a], longLived)
+			}
+		}
+	}
+}
+
+// TestAutoscalerMetricExists checks that the gateway's code registers the
+// gauge the autoscaler reads, so that renaming it fails here rather than
+// leaving the autoscaler without its metric.
+func TestAutoscalerMetricExists(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(repoRoot(t), "services", "gateway")
+	found := false
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		if bytes.Contains(readFile(t, p), []byte(strconv.Quote(connectionsMetric))) {
+			found = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Errorf("no code under services/gateway names the metric %q, which the gateway's autoscaler reads", connectionsMetric)
+	}
+}
