@@ -2,8 +2,11 @@ package writer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // WatchLag sets the gauge history_writer_consumer_lag_messages to the
@@ -30,6 +33,11 @@ func (w *Writer) readLag(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, min(w.cfg.LagInterval, 5*time.Second))
 	defer cancel()
 	cons, err := w.js.Consumer(ctx, w.cfg.Stream, w.cfg.Consumer)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// Not created yet (Run waits for the stream and creates the
+		// consumer): nothing is pending.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("look up consumer %s: %w", w.cfg.Consumer, err)
 	}
