@@ -58,6 +58,9 @@ type stack struct {
 	// abandonPresence[i], closed, makes gateway i stop renewing its
 	// presence lease as if it had died (see killPresence).
 	abandonPresence []chan struct{}
+	// registries holds each service's Prometheus registry by name (auth,
+	// chat, history, gateway-1, gateway-2): what its /metrics serves.
+	registries map[string]*prometheus.Registry
 }
 
 // Presence timing of the test stack: a dead gateway's users are offline
@@ -89,7 +92,7 @@ func newTelemetry(t *testing.T, name string, spans *tracetest.InMemoryExporter) 
 		Logger:         telemetry.NewLogger(os.Stderr, level).With("service", name),
 		TracerProvider: tp,
 		Propagator:     telemetry.Propagator(),
-		Registry:       prometheus.NewRegistry(),
+		Registry:       telemetry.NewRegistry(),
 	}
 }
 
@@ -99,7 +102,7 @@ func startStack(t *testing.T) *stack {
 	redisURL, redisPrefix := testenv.Redis(t)
 	ns := testenv.NATS(t)
 	s := &stack{postgresURL: pgURL, natsURL: ns.ClientURL(), prefix: testenv.SubjectPrefix(), spans: tracetest.NewInMemoryExporter(),
-		redisURL: redisURL, redisPrefix: redisPrefix}
+		redisURL: redisURL, redisPrefix: redisPrefix, registries: map[string]*prometheus.Registry{}}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -138,9 +141,11 @@ func startStack(t *testing.T) *stack {
 		// a removal ending it through the membership event.
 		"ACCESS_CACHE_TTL": "1m",
 	})
-	goRun("auth", func() error { return authsvc.Run(ctx, authCfg, newTelemetry(t, "auth", s.spans)) })
-	goRun("chat", func() error { return chatsvc.Run(ctx, chatCfg, newTelemetry(t, "chat", s.spans)) })
-	goRun("history", func() error { return historysvc.Run(ctx, histCfg, newTelemetry(t, "history", s.spans)) })
+	authTel, chatTel, histTel := newTelemetry(t, "auth", s.spans), newTelemetry(t, "chat", s.spans), newTelemetry(t, "history", s.spans)
+	s.registries["auth"], s.registries["chat"], s.registries["history"] = authTel.Registry, chatTel.Registry, histTel.Registry
+	goRun("auth", func() error { return authsvc.Run(ctx, authCfg, authTel) })
+	goRun("chat", func() error { return chatsvc.Run(ctx, chatCfg, chatTel) })
+	goRun("history", func() error { return historysvc.Run(ctx, histCfg, histTel) })
 	for i := range 2 {
 		gwCfg := gatewaysvc.Config{}
 		mustDefaults(t, gatewaysvc.EnvPrefix, &gwCfg, map[string]string{
@@ -154,6 +159,7 @@ func startStack(t *testing.T) *stack {
 		})
 		started := make(chan gatewaysvc.Started, 1)
 		tel := newTelemetry(t, "gateway", s.spans)
+		s.registries[fmt.Sprintf("gateway-%d", i+1)] = tel.Registry
 		gctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		abandon := make(chan struct{})

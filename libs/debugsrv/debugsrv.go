@@ -85,7 +85,22 @@ func Handler(r *Readiness, reg *prometheus.Registry) http.Handler {
 	return mux
 }
 
-// NewServer returns an http.Server for the debug port at addr.
+// NewServer returns an http.Server for the debug port at addr. It
+// registers the gauge service_ready in reg: 1 when /readyz would answer 200
+// (every check passes and the service is not shutting down), else 0; each
+// scrape runs the checks.
 func NewServer(addr string, r *Readiness, reg *prometheus.Registry) *http.Server {
+	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "service_ready",
+		Help: "1 when the service is ready (its dependencies answer and it is not shutting down), else 0.",
+	}, func() float64 {
+		if len(r.Ready(context.Background())) > 0 {
+			return 0
+		}
+		return 1
+	})
+	// The only failure is a second server on the same registry, whose
+	// gauge the first one's already reports.
+	_ = reg.Register(ready)
 	return &http.Server{Addr: addr, Handler: Handler(r, reg), ReadHeaderTimeout: 5 * time.Second}
 }

@@ -29,7 +29,11 @@ type Envelope struct {
 	// typing indicator): it has no sequence number, is never stored, and
 	// goes only to the connections viewing the chat, other than the
 	// sender's. Gateways publish these themselves.
-	Ephemeral bool              `json:"ephemeral,omitempty"`
-	Trace     map[string]string `json:"trace,omitempty"`
-	Event     json.RawMessage   `json:"event"`
+	Ephemeral bool `json:"ephemeral,omitempty"`
+	// AcceptedAt is when the chat service accepted the message (made it
+	// durable), in Unix microseconds; 0 on duplicates and ephemeral
+	// events. Gateways measure their fanout latency from it.
+	AcceptedAt int64             `json:"accepted_at,omitempty"`
+	Trace      map[string]string `json:"trace,omitempty"`
+	Event      json.RawMessage   `json:"event"`
 }

@@ -92,13 +92,31 @@ func Extract(ctx context.Context, msg *nats.Msg) context.Context {
 
 // Client sends requests.
 type Client struct {
-	nc     *nats.Conn
-	tracer trace.Tracer
+	nc      *nats.Conn
+	tracer  trace.Tracer
+	metrics *Metrics
+}
+
+// Option configures a Client or a Server.
+type Option func(*options)
+
+type options struct{ metrics *Metrics }
+
+// WithMetrics records the duration and outcome of each request in m.
+func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }
+
+func collect(opts []Option) options {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
 }
 
 // NewClient returns a client using nc, creating spans with tp.
-func NewClient(nc *nats.Conn, tp trace.TracerProvider) *Client {
-	return &Client{nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus")}
+func NewClient(nc *nats.Conn, tp trace.TracerProvider, opts ...Option) *Client {
+	o := collect(opts)
+	return &Client{nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus"), metrics: o.metrics}
 }
 
 // ErrUnavailable is returned when no service answered in time.
@@ -116,7 +134,9 @@ var _ Requester = (*Client)(nil)
 // Request sends req to subject and decodes the reply's data into resp. A
 // coded error in the reply is returned as *busapi.Error; no responder or a
 // timeout is returned as ErrUnavailable (wrapped).
-func (c *Client) Request(ctx context.Context, subject string, req, resp any) error {
+func (c *Client) Request(ctx context.Context, subject string, req, resp any) (err error) {
+	start := time.Now()
+	defer func() { c.metrics.observeRequest(subject, start, err) }()
 	span, reply, err := c.roundTrip(ctx, subject, req)
 	defer span.End()
 	if err != nil {
@@ -143,7 +163,9 @@ var dataPrefix = []byte(`{"data":`)
 // encoded it, without decoding or checking it (it comes from a Server of
 // this system, which encoded it). A reply that is not data is decoded as
 // Request does.
-func (c *Client) RequestJSON(ctx context.Context, subject string, req any) (json.RawMessage, error) {
+func (c *Client) RequestJSON(ctx context.Context, subject string, req any) (_ json.RawMessage, err error) {
+	start := time.Now()
+	defer func() { c.metrics.observeRequest(subject, start, err) }()
 	span, reply, err := c.roundTrip(ctx, subject, req)
 	defer span.End()
 	if err != nil {
@@ -217,6 +239,7 @@ const DefaultConcurrency = 64
 type Server struct {
 	nc      *nats.Conn
 	tracer  trace.Tracer
+	metrics *Metrics
 	logger  *slog.Logger
 	timeout time.Duration
 	slots   chan struct{}
@@ -228,13 +251,15 @@ type Server struct {
 
 // NewServer returns a server answering on nc. Each request is handled with a
 // context bounded by timeout (DefaultTimeout when zero).
-func NewServer(nc *nats.Conn, tp trace.TracerProvider, logger *slog.Logger, timeout time.Duration) *Server {
+func NewServer(nc *nats.Conn, tp trace.TracerProvider, logger *slog.Logger, timeout time.Duration, opts ...Option) *Server {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	o := collect(opts)
 	return &Server{
 		nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus"), logger: logger, timeout: timeout,
-		slots: make(chan struct{}, DefaultConcurrency),
+		metrics: o.metrics,
+		slots:   make(chan struct{}, DefaultConcurrency),
 	}
 }
 
@@ -357,6 +382,9 @@ func (s *Server) subscribe(ctx context.Context, subject, queue string, pooled bo
 }
 
 func (s *Server) serve(base context.Context, msg *nats.Msg, pooled bool, h serveFunc) {
+	start := time.Now()
+	outcome := OutcomeOK
+	defer func() { s.metrics.observeHandled(msg.Subject, start, outcome) }()
 	ctx := Extract(base, msg)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -375,10 +403,12 @@ func (s *Server) serve(base context.Context, msg *nats.Msg, pooled bool, h serve
 	reply, err := h(ctx, msg.Data, buf)
 	if err != nil {
 		be, ok := errors.AsType[*busapi.Error](err)
+		outcome = OutcomeError
 		if !ok || error(be) != err {
 			// Not a plain client error: something failed inside.
 			s.logger.ErrorContext(ctx, "request failed", "subject", msg.Subject, "err", err)
 			span.SetStatus(codes.Error, err.Error())
+			outcome = OutcomeInternal
 		}
 		if !ok {
 			be = busapi.Errorf(protocol.CodeInternal, "internal error")

@@ -18,9 +18,9 @@ import (
 
 // Config is what svcmain needs from a service's configuration.
 type Config interface {
-	// TelemetrySettings returns the OTLP endpoint (empty: no export) and
-	// the log level.
-	TelemetrySettings() (otlpEndpoint, logLevel string)
+	// TelemetrySettings returns the OTLP endpoint (empty: no export),
+	// the share of new traces sampled (0 to 1) and the log level.
+	TelemetrySettings() (otlpEndpoint string, sampleRatio float64, logLevel string)
 }
 
 // Main runs a service named name whose environment variables start with
@@ -42,8 +42,8 @@ func runService[C Config](ctx context.Context, name, prefix string, run func(con
 	if err != nil {
 		return err
 	}
-	endpoint, level := cfg.TelemetrySettings()
-	tel, err := telemetry.New(ctx, telemetry.Config{ServiceName: name, OTLPEndpoint: endpoint, LogLevel: level}, os.Stdout)
+	endpoint, ratio, level := cfg.TelemetrySettings()
+	tel, err := telemetry.New(ctx, telemetry.Config{ServiceName: name, OTLPEndpoint: endpoint, SampleRatio: ratio, LogLevel: level}, os.Stdout)
 	if err != nil {
 		return err
 	}

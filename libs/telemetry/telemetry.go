@@ -85,16 +85,21 @@ func New(ctx context.Context, cfg Config, w io.Writer) (*Telemetry, error) {
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
 	return &Telemetry{
 		Logger:         logger,
 		TracerProvider: tp,
 		Propagator:     Propagator(),
-		Registry:       reg,
+		Registry:       NewRegistry(),
 		shutdown:       tp.Shutdown,
 	}, nil
+}
+
+// NewRegistry returns a Prometheus registry holding the Go runtime's and
+// the process's metrics (go_*, process_*: CPU, memory, file descriptors).
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 // Shutdown flushes and stops trace export.

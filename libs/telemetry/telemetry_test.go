@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestLoggerAddsTraceIDs(t *testing.T) {
@@ -74,6 +79,111 @@ func TestSpansRecordedOnlyWhenExported(t *testing.T) {
 		}
 		if err := tel.Shutdown(context.Background()); err != nil {
 			t.Errorf("endpoint %q: shutdown: %v", tc.endpoint, err)
+		}
+	}
+}
+
+// TestExportsOverOTLPHTTP: with an endpoint, a service's spans reach it as
+// OTLP/HTTP protobuf on POST /v1/traces, named and carrying service.name.
+func TestExportsOverOTLPHTTP(t *testing.T) {
+	t.Parallel()
+	received := make(chan *coltracepb.ExportTraceServiceRequest, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/traces" {
+			t.Errorf("exporter sent %s %s, want POST /v1/traces", r.Method, r.URL.Path)
+			http.Error(w, "not here", http.StatusNotFound)
+			return
+		}
+		if ct := r.Header.Get("Content-Type"); ct != "application/x-protobuf" {
+			t.Errorf("content type %q, want application/x-protobuf", ct)
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var req coltracepb.ExportTraceServiceRequest
+		if err := proto.Unmarshal(body, &req); err != nil {
+			t.Errorf("decode export request: %v", err)
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		received <- &req
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+		_, _ = w.Write(out)
+	}))
+	t.Cleanup(srv.Close)
+
+	tel, err := New(context.Background(), Config{ServiceName: "chat", OTLPEndpoint: srv.URL}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "chat.send")
+	want := span.SpanContext().TraceID()
+	span.End()
+	// Shutdown flushes the batch.
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	var req *coltracepb.ExportTraceServiceRequest
+	select {
+	case req = <-received:
+	default:
+		t.Fatal("nothing exported by the time Shutdown returned")
+	}
+	var found bool
+	for _, rs := range req.GetResourceSpans() {
+		service := ""
+		for _, kv := range rs.GetResource().GetAttributes() {
+			if kv.GetKey() == "service.name" {
+				service = kv.GetValue().GetStringValue()
+			}
+		}
+		for _, ss := range rs.GetScopeSpans() {
+			for _, s := range ss.GetSpans() {
+				if s.GetName() != "chat.send" {
+					continue
+				}
+				found = true
+				if service != "chat" {
+					t.Errorf("span's resource service.name %q, want chat", service)
+				}
+				if got := trace.TraceID(s.GetTraceId()); got != want {
+					t.Errorf("exported trace id %s, want %s", got, want)
+				}
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no span chat.send in the export: %v", req)
+	}
+}
+
+// TestSampleRatio: the ratio decides which new traces are recorded (1e-12
+// of random trace ids: none of a few).
+func TestSampleRatio(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		ratio float64
+		want  int
+	}{{1, 20}, {1e-12, 0}} {
+		tel, err := New(context.Background(), Config{ServiceName: "test", OTLPEndpoint: "http://127.0.0.1:1", SampleRatio: tc.ratio}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recorded := 0
+		for range 20 {
+			// These spans never end: nothing is exported.
+			if _, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "op"); span.IsRecording() {
+				recorded++
+			}
+		}
+		if recorded != tc.want {
+			t.Errorf("ratio %v: %d of 20 new traces recorded, want %d", tc.ratio, recorded, tc.want)
+		}
+		if err := tel.Shutdown(context.Background()); err != nil {
+			t.Error(err)
 		}
 	}
 }

@@ -40,17 +40,24 @@ type Config struct {
 	SessionTTL          time.Duration `env:"SESSION_TTL" envDefault:"720h"`
 	MaxConcurrentHashes int           `env:"MAX_CONCURRENT_HASHES" envDefault:"2"`
 	OTLPEndpoint        string        `env:"OTLP_ENDPOINT"`
-	LogLevel            string        `env:"LOG_LEVEL" envDefault:"info"`
+	// TraceSampleRatio is the share of new traces exported when
+	// OTLP_ENDPOINT is set: above 0, at most 1.
+	TraceSampleRatio float64 `env:"TRACE_SAMPLE_RATIO" envDefault:"1"`
+	LogLevel         string  `env:"LOG_LEVEL" envDefault:"info"`
 }
 
-// TelemetrySettings returns the OTLP endpoint and log level.
-func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) {
-	return c.OTLPEndpoint, c.LogLevel
+// TelemetrySettings returns the OTLP endpoint, trace sample ratio and log
+// level.
+func (c Config) TelemetrySettings() (otlpEndpoint string, sampleRatio float64, logLevel string) {
+	return c.OTLPEndpoint, c.TraceSampleRatio, c.LogLevel
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
+	if !(c.TraceSampleRatio > 0 && c.TraceSampleRatio <= 1) {
+		errs = append(errs, errors.New("TRACE_SAMPLE_RATIO must be above 0 and at most 1"))
+	}
 	if _, err := subjects.New(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
 	}
@@ -101,7 +108,11 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	if err != nil {
 		return err
 	}
-	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
+	busMetrics, err := natsbus.NewMetrics(tel.Registry, subj.Prefix())
+	if err != nil {
+		return err
+	}
+	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout, natsbus.WithMetrics(busMetrics))
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))

@@ -46,6 +46,7 @@ func TestConfig(t *testing.T) {
 		ShutdownTimeout:     20 * time.Second,
 		SessionTTL:          720 * time.Hour,
 		MaxConcurrentHashes: 2,
+		TraceSampleRatio:    1,
 		LogLevel:            "info",
 	}
 	if diff := cmp.Diff(want, cfg); diff != "" {
@@ -61,6 +62,8 @@ func TestConfig(t *testing.T) {
 		{name: "short ttl", env: map[string]string{"AUTH_SESSION_TTL": "1s"}},
 		{name: "no hashes", env: map[string]string{"AUTH_MAX_CONCURRENT_HASHES": "0"}},
 		{name: "not a duration", env: map[string]string{"AUTH_SESSION_TTL": "forever"}},
+		{name: "no traces sampled", env: map[string]string{"AUTH_TRACE_SAMPLE_RATIO": "0"}},
+		{name: "sample ratio above 1", env: map[string]string{"AUTH_TRACE_SAMPLE_RATIO": "1.5"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -41,17 +41,24 @@ type Config struct {
 	StreamMaxBytes  int64         `env:"STREAM_MAX_BYTES" envDefault:"1073741824"`
 	DuplicateWindow time.Duration `env:"DUPLICATE_WINDOW" envDefault:"2m"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
-	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+	// TraceSampleRatio is the share of new traces exported when
+	// OTLP_ENDPOINT is set: above 0, at most 1.
+	TraceSampleRatio float64 `env:"TRACE_SAMPLE_RATIO" envDefault:"1"`
+	LogLevel         string  `env:"LOG_LEVEL" envDefault:"info"`
 }
 
-// TelemetrySettings returns the OTLP endpoint and log level.
-func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) {
-	return c.OTLPEndpoint, c.LogLevel
+// TelemetrySettings returns the OTLP endpoint, trace sample ratio and log
+// level.
+func (c Config) TelemetrySettings() (otlpEndpoint string, sampleRatio float64, logLevel string) {
+	return c.OTLPEndpoint, c.TraceSampleRatio, c.LogLevel
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
+	if !(c.TraceSampleRatio > 0 && c.TraceSampleRatio <= 1) {
+		errs = append(errs, errors.New("TRACE_SAMPLE_RATIO must be above 0 and at most 1"))
+	}
 	if _, err := subjects.New(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
 	}
@@ -101,7 +108,11 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	// are announced to the gateways on subjects.ChatEvents.
 	// The targets of edits and deletions, and the sequence numbers of
 	// retried messages, are asked of the history service.
-	bus := natsbus.NewClient(nc, tel.TracerProvider)
+	busMetrics, err := natsbus.NewMetrics(tel.Registry, subj.Prefix())
+	if err != nil {
+		return err
+	}
+	bus := natsbus.NewClient(nc, tel.TracerProvider, natsbus.WithMetrics(busMetrics))
 	users := userdir.New(bus, subj)
 	entries := historydir.New(bus, subj)
 	store := chatstore.New(pool)
@@ -110,7 +121,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	// Read positions are kept here; unread counts are asked of the history
 	// service; moved positions are announced on subjects.ChatEventsRead.
 	reads := chats.NewReads(svc, store, unread.New(bus, subj), events, log)
-	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
+	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout, natsbus.WithMetrics(busMetrics))
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))

@@ -73,7 +73,10 @@ type Config struct {
 	DrainTimeout     time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s"`
 	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
 	OTLPEndpoint     string        `env:"OTLP_ENDPOINT"`
-	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+	// TraceSampleRatio is the share of new traces exported when
+	// OTLP_ENDPOINT is set: above 0, at most 1.
+	TraceSampleRatio float64 `env:"TRACE_SAMPLE_RATIO" envDefault:"1"`
+	LogLevel         string  `env:"LOG_LEVEL" envDefault:"info"`
 
 	// SessionCacheTTL bounds how long a resolved session is reused without
 	// asking the auth service (a logout drops it at once); 0: no cache.
@@ -82,14 +85,18 @@ type Config struct {
 	SessionCacheSize int `env:"SESSION_CACHE_SIZE" envDefault:"100000"`
 }
 
-// TelemetrySettings returns the OTLP endpoint and log level.
-func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) {
-	return c.OTLPEndpoint, c.LogLevel
+// TelemetrySettings returns the OTLP endpoint, trace sample ratio and log
+// level.
+func (c Config) TelemetrySettings() (otlpEndpoint string, sampleRatio float64, logLevel string) {
+	return c.OTLPEndpoint, c.TraceSampleRatio, c.LogLevel
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
+	if !(c.TraceSampleRatio > 0 && c.TraceSampleRatio <= 1) {
+		errs = append(errs, errors.New("TRACE_SAMPLE_RATIO must be above 0 and at most 1"))
+	}
 	if _, err := subjects.New(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
 	}
@@ -191,7 +198,11 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		return err
 	}
 	defer nc.Close()
-	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider), subj, cfg.RequestTimeout)
+	busMetrics, err := natsbus.NewMetrics(tel.Registry, subj.Prefix())
+	if err != nil {
+		return err
+	}
+	up := upstream.New(natsbus.NewClient(nc, tel.TracerProvider, natsbus.WithMetrics(busMetrics)), subj, cfg.RequestTimeout)
 	// The HTTP API resolves sessions through a short cache; the websocket
 	// server's checks ask the auth service (a new websocket's check may
 	// stand on the upgrade's lookup when the auth service itself answered

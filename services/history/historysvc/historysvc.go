@@ -47,7 +47,10 @@ type Config struct {
 	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"10s"`
 	PinnedTTL       time.Duration `env:"PINNED_TTL" envDefault:"5s"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
-	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+	// TraceSampleRatio is the share of new traces exported when
+	// OTLP_ENDPOINT is set: above 0, at most 1.
+	TraceSampleRatio float64 `env:"TRACE_SAMPLE_RATIO" envDefault:"1"`
+	LogLevel         string  `env:"LOG_LEVEL" envDefault:"info"`
 
 	// AccessCacheTTL bounds how long a granted read access is reused
 	// without asking the chat service (a removal from the chat drops it at
@@ -57,14 +60,18 @@ type Config struct {
 	AccessCacheSize int `env:"ACCESS_CACHE_SIZE" envDefault:"100000"`
 }
 
-// TelemetrySettings returns the OTLP endpoint and log level.
-func (c Config) TelemetrySettings() (otlpEndpoint, logLevel string) {
-	return c.OTLPEndpoint, c.LogLevel
+// TelemetrySettings returns the OTLP endpoint, trace sample ratio and log
+// level.
+func (c Config) TelemetrySettings() (otlpEndpoint string, sampleRatio float64, logLevel string) {
+	return c.OTLPEndpoint, c.TraceSampleRatio, c.LogLevel
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
+	if !(c.TraceSampleRatio > 0 && c.TraceSampleRatio <= 1) {
+		errs = append(errs, errors.New("TRACE_SAMPLE_RATIO must be above 0 and at most 1"))
+	}
 	if _, err := subjects.New(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("SUBJECT_PREFIX: %w", err))
 	}
@@ -156,12 +163,16 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		return err
 	}
 
-	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout)
+	busMetrics, err := natsbus.NewMetrics(tel.Registry, subj.Prefix())
+	if err != nil {
+		return err
+	}
+	srv := natsbus.NewServer(nc, tel.TracerProvider, log, cfg.RequestTimeout, natsbus.WithMetrics(busMetrics))
 	// Handlers run on a context that outlives ctx, so that requests in
 	// flight at shutdown finish while the connection drains.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	var access natsapi.Access = natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider), Subj: subj}
+	var access natsapi.Access = natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider, natsbus.WithMetrics(busMetrics)), Subj: subj}
 	if cfg.AccessCacheTTL > 0 {
 		if access, err = natsapi.NewCachedAccess(nc, subj, access, cfg.AccessCacheSize, cfg.AccessCacheTTL, cfg.RequestTimeout); err != nil {
 			return err
@@ -184,6 +195,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		defer close(writerDone)
 		return w.Run(gctx)
 	})
+	g.Go(func() error { return w.WatchLag(gctx) })
 	g.Go(func() error {
 		if err := debug.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("debug server: %w", err)

@@ -217,3 +217,51 @@ func TestJoinLeaveChurn(t *testing.T) {
 		h.Leave(b, []int64{3})
 	}
 }
+
+// TestFanoutLatency: each new message's time from acceptance to hand-off
+// is observed once; duplicates, ephemeral events and events without an
+// acceptance time are not.
+func TestFanoutLatency(t *testing.T) {
+	t.Parallel()
+	// No Redis is needed: the test calls dispatch directly.
+	hctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	reg := prometheus.NewRegistry()
+	h := New(hctx, redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "lat",
+		telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), reg)
+	s := &sink{user: 2}
+	h.chats[7] = map[Sink]struct{}{s: {}}
+	accepted := time.Now().Add(-2 * time.Second).UnixMicro()
+	for _, env := range []fanout.Envelope{
+		{ChatID: 7, Seq: 1, SenderID: 1, AcceptedAt: accepted, Event: json.RawMessage(`{"n":1}`)},
+		{ChatID: 7, Seq: 1, SenderID: 2, AcceptedAt: accepted, Duplicate: true, Event: json.RawMessage(`{"n":1}`)},
+		{ChatID: 7, SenderID: 1, Ephemeral: true, Event: json.RawMessage(`{"typing":1}`)},
+		{ChatID: 7, Seq: 2, SenderID: 1, Event: json.RawMessage(`{"n":2}`)},
+	} {
+		b, err := json.Marshal(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.dispatch(context.Background(), &redis.Message{Channel: fanout.Channel("lat", 7), Payload: string(b)})
+	}
+	if got := s.got(); len(got) != 3 {
+		t.Fatalf("sink got %v, want the two messages and the duplicate", got)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var count uint64
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == "gateway_fanout_latency_seconds" {
+			count, sum = mf.GetMetric()[0].GetHistogram().GetSampleCount(), mf.GetMetric()[0].GetHistogram().GetSampleSum()
+		}
+	}
+	if count != 1 {
+		t.Errorf("latency observed %d times, want once (the new message with its acceptance time)", count)
+	}
+	if sum < 2 {
+		t.Errorf("latency sum %v s, want at least the 2 s since acceptance", sum)
+	}
+}

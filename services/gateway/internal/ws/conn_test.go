@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/busapi"
@@ -584,5 +585,38 @@ func TestReplaySendsHeldWithoutReadingAgain(t *testing.T) {
 	}
 	if n := reads.Load(); n != 1 {
 		t.Errorf("history read %d times, want once", n)
+	}
+}
+
+// TestPresenceGauges: gateway_users_online counts users with an open
+// connection, however many each has; gateway_connections counts them all.
+func TestPresenceGauges(t *testing.T) {
+	t.Parallel()
+	s := NewServer(Config{}, noUpstream{}, &fakeHub{}, telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), prometheus.NewRegistry())
+	t.Cleanup(s.cancel)
+	conn := func(user int64) *Conn {
+		return &Conn{srv: s, user: busapi.User{ID: user}, closed: make(chan struct{}), positions: map[int64]*chatPosition{}}
+	}
+	a1, a2, b := conn(1), conn(1), conn(2)
+	steps := []struct {
+		name         string
+		do           func()
+		users, conns float64
+	}{
+		{"first tab", func() { s.add(a1) }, 1, 1},
+		{"second tab of the same user", func() { s.add(a2) }, 1, 2},
+		{"another user", func() { s.add(b) }, 2, 3},
+		{"one tab closed", func() { s.remove(a1) }, 2, 2},
+		{"closed twice", func() { s.remove(a1) }, 2, 2},
+		{"last tab closed", func() { s.remove(a2) }, 1, 1},
+	}
+	for _, st := range steps {
+		st.do()
+		if got := testutil.ToFloat64(s.metrics.usersOnline); got != st.users {
+			t.Errorf("%s: gateway_users_online %v, want %v", st.name, got, st.users)
+		}
+		if got := testutil.ToFloat64(s.metrics.connections); got != st.conns {
+			t.Errorf("%s: gateway_connections %v, want %v", st.name, got, st.conns)
+		}
 	}
 }

@@ -79,6 +79,7 @@ type Upstream interface {
 
 type metrics struct {
 	connections   prometheus.Gauge
+	usersOnline   prometheus.Gauge
 	framesIn      prometheus.Counter
 	framesOut     prometheus.Counter
 	eventsIn      prometheus.Counter
@@ -236,6 +237,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		admission: newAdmission(cfg.SetupConcurrency, cfg.SetupQueue),
 		metrics: metrics{
 			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
+			usersOnline:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_users_online", Help: "Users with at least one open websocket on this gateway."}),
 			framesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
 			framesOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_out_total", Help: "Websocket frames sent."}),
 			eventsIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_in_total", Help: "Protocol events received."}),
@@ -265,7 +267,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		log.Warn("frame pool unavailable; frames served by their readers", "err", err)
 	}
 	s.jobs.New = func() any { return &frameJob{done: make(chan struct{}, 1)} }
-	reg.MustRegister(s.metrics.connections, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
+	reg.MustRegister(s.metrics.connections, s.metrics.usersOnline, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses, s.metrics.setupsWaiting, s.metrics.setupsRefused)
 	go s.runClock()
 	return s
@@ -557,6 +559,7 @@ func (s *Server) add(c *Conn) bool {
 	addIndex(s.byUser, c.user.ID, c)
 	addIndex(s.bySession, c.session, c)
 	s.metrics.connections.Inc()
+	s.metrics.usersOnline.Set(float64(len(s.byUser)))
 	return true
 }
 
@@ -568,6 +571,7 @@ func (s *Server) remove(c *Conn) {
 		removeIndex(s.byUser, c.user.ID, c)
 		removeIndex(s.bySession, c.session, c)
 		s.metrics.connections.Dec()
+		s.metrics.usersOnline.Set(float64(len(s.byUser)))
 	}
 }
 

@@ -29,7 +29,8 @@ func New(rdb redis.UniversalClient, prefix string) *Publisher {
 
 // Publish publishes each event, in order, in one pipeline. Each payload is
 // a fanout.Envelope holding the protocol.Message event (a message, an edit
-// or a deletion, with its kind and target) and its trace context.
+// or a deletion, with its kind and target), its acceptance time and its
+// trace context.
 func (p *Publisher) Publish(ctx context.Context, events []writer.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -41,9 +42,14 @@ func (p *Publisher) Publish(ctx context.Context, events []writer.Event) error {
 		if err != nil {
 			return fmt.Errorf("encode message event: %w", err)
 		}
+		var accepted int64
+		if !e.Duplicate && !m.SentAt.IsZero() {
+			// A new entry's time is when the chat service accepted it.
+			accepted = m.SentAt.UnixMicro()
+		}
 		payload, err := json.Marshal(fanout.Envelope{
 			ChatID: m.ChatID, Seq: m.Seq, SenderID: m.SenderID, Duplicate: e.Duplicate,
-			Trace: e.Trace, Event: ev,
+			AcceptedAt: accepted, Trace: e.Trace, Event: ev,
 		})
 		if err != nil {
 			return fmt.Errorf("encode fanout envelope: %w", err)

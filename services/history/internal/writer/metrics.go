@@ -8,8 +8,9 @@ import (
 
 // metrics are the writer's Prometheus metrics.
 type metrics struct {
-	batchSize     prometheus.Histogram
+	batchMessages prometheus.Histogram
 	commitSeconds prometheus.Histogram
+	lag           prometheus.Gauge
 	stored        prometheus.Counter
 	duplicates    prometheus.Counter
 	rejected      prometheus.Counter
@@ -21,15 +22,19 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "history_writer_batch_size",
+		batchMessages: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "history_writer_batch_messages",
 			Help:    "Messages per batch fetched from the message stream.",
 			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000},
 		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "history_writer_commit_seconds",
+			Name:    "history_writer_commit_duration_seconds",
 			Help:    "Time to store one batch in PostgreSQL, transaction begin to commit.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5ms to 4s
+		}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "history_writer_consumer_lag_messages",
+			Help: "Messages of the stream not yet stored: the writer consumer's pending plus ack-pending messages, polled every few seconds (every replica reports the same consumer).",
 		}),
 		stored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_messages_stored_total",
@@ -60,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Fetched messages handed back because older ones were still unacknowledged elsewhere (after another writer's crash).",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.batchSize, m.commitSeconds, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors, m.heldBack} {
+	for _, c := range []prometheus.Collector{m.batchMessages, m.commitSeconds, m.lag, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors, m.heldBack} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register writer metrics: %w", err)
 		}

@@ -86,6 +86,9 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff after a failure (and the
 	// redelivery delay of a failed batch). Defaults 100ms and 5s.
 	RetryMin, RetryMax time.Duration
+	// LagInterval is how often WatchLag reads the consumer's pending
+	// messages. Default 5s.
+	LagInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -109,6 +112,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = max(5*time.Second, c.RetryMin)
+	}
+	if c.LagInterval <= 0 {
+		c.LagInterval = 5 * time.Second
 	}
 }
 
@@ -394,7 +400,7 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 	if len(items) == 0 {
 		return nil
 	}
-	w.m.batchSize.Observe(float64(len(items)))
+	w.m.batchMessages.Observe(float64(len(items)))
 
 	bctx, bspan := w.tracer.Start(ctx, "history write batch",
 		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...),

@@ -98,6 +98,8 @@ type writerOpts struct {
 	ctx context.Context
 	// stopped, when set, is closed once the writer's Run has returned.
 	stopped chan struct{}
+	// lagInterval, when set, runs WatchLag at that interval beside Run.
+	lagInterval time.Duration
 }
 
 // startWriter runs a writer on its own NATS connection until the test ends
@@ -117,7 +119,7 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 	w, err := writer.New(streamtest.Connect(t, e.natsURL), o.store, fanoutpub.New(e.rdb, e.redisPrefix), writer.Config{
 		Stream: e.subj.MessagesStream(), Consumer: e.subj.HistoryWriterConsumer(),
 		BatchSize: o.batchSize, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
-		PinnedTTL: o.pinnedTTL, AckWait: o.ackWait,
+		PinnedTTL: o.pinnedTTL, AckWait: o.ackWait, LagInterval: o.lagInterval,
 	}, slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelWarn})), o.tp, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +130,12 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 	}
 	ctx, cancel := context.WithCancel(parent)
 	done := make(chan error, 1)
+	lagDone := make(chan error, 1)
+	if o.lagInterval > 0 {
+		go func() { lagDone <- w.WatchLag(ctx) }()
+	} else {
+		lagDone <- nil
+	}
 	go func() {
 		err := w.Run(ctx)
 		if o.stopped != nil {
@@ -145,6 +153,14 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 		case <-time.After(waitFor):
 			t.Error("writer did not stop")
 		}
+		select {
+		case err := <-lagDone:
+			if err != nil {
+				t.Errorf("lag watcher: %v", err)
+			}
+		case <-time.After(waitFor):
+			t.Error("lag watcher did not stop")
+		}
 	})
 	return reg
 }
@@ -154,6 +170,7 @@ type event struct {
 	msg       protocol.Message
 	trace     map[string]string
 	duplicate bool
+	accepted  int64
 }
 
 // subscribe subscribes to the fanout channels of chats and returns their
@@ -200,6 +217,7 @@ func (e *env) collect(t *testing.T, ch <-chan *redis.Message, n int) []event {
 			}
 			ev.trace = env.Trace
 			ev.duplicate = env.Duplicate
+			ev.accepted = env.AcceptedAt
 			out = append(out, ev)
 		case <-deadline:
 			t.Fatalf("received %d of %d fanout events", len(out), n)
@@ -358,6 +376,11 @@ func TestWriterStoresDuplicatesOnce(t *testing.T) {
 	if got[0].duplicate || !got[1].duplicate {
 		t.Errorf("duplicate flags %v, %v; want only the retry marked", got[0].duplicate, got[1].duplicate)
 	}
+	// The gateways time their fanout from a new message's acceptance; a
+	// duplicate carries no time.
+	if got[0].accepted != sentAt.UnixMicro() || got[1].accepted != 0 {
+		t.Errorf("accepted times %d, %d; want %d for the new message, 0 for the retry", got[0].accepted, got[1].accepted, sentAt.UnixMicro())
+	}
 
 	// A retry in a later batch, with other text, keeps the original; the
 	// next message is numbered as if there had been no retry.
@@ -416,6 +439,60 @@ func (s *flakyStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]
 		return nil, errors.New("database is down")
 	}
 	return s.Store.StoreBatch(ctx, msgs)
+}
+
+// downStore fails every batch while down is set.
+type downStore struct {
+	writer.Store
+	down atomic.Bool
+}
+
+func (s *downStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
+	if s.down.Load() {
+		return nil, errors.New("database is down")
+	}
+	return s.Store.StoreBatch(ctx, msgs)
+}
+
+// gauge returns the value of the gauge name.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// TestWriterLag: while the database is down the consumer lag gauge shows
+// every message not yet stored; once stored it falls to zero.
+func TestWriterLag(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	const n = 7
+	for i := range n {
+		streamtest.Publish(context.Background(), t, e.js, e.subj, streamMsg(9, 1, fmt.Sprint(i), fmt.Sprint(i)), fmt.Sprint(i))
+	}
+	store := &downStore{Store: e.store}
+	store.down.Store(true)
+	reg := e.startWriter(t, writerOpts{store: store, lagInterval: 20 * time.Millisecond, log: io.Discard})
+	const lag = "history_writer_consumer_lag_messages"
+	testenv.EventuallyDescribe(t, waitFor, func() bool { return gauge(t, reg, lag) == n },
+		func() string { return fmt.Sprintf("lag %v while the database is down, want %d", gauge(t, reg, lag), n) })
+	store.down.Store(false)
+	e.waitDrained(t)
+	testenv.EventuallyDescribe(t, waitFor, func() bool { return gauge(t, reg, lag) == 0 },
+		func() string { return fmt.Sprintf("lag %v after every message was stored, want 0", gauge(t, reg, lag)) })
+	if got := metric(t, reg, "history_writer_messages_stored_total"); got != n {
+		t.Errorf("stored %v, want %d", got, n)
+	}
 }
 
 func TestWriterRedeliversFailedBatches(t *testing.T) {

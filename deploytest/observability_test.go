@@ -1,0 +1,378 @@
+package deploytest
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/prometheus/common/model"
+	promconfig "github.com/prometheus/prometheus/config"
+	"github.com/prometheus/prometheus/discovery"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+	"sigs.k8s.io/yaml"
+)
+
+// observability is the compose profile of the observability stack, and
+// observabilityServices the services only it starts.
+const observability = "observability"
+
+var observabilityServices = []string{"otel-collector", "jaeger", "prometheus", "grafana"}
+
+// collectorEndpoint is the OTLP endpoint the compose file's header tells
+// operators to pass in OTLP_ENDPOINT.
+const collectorEndpoint = "http://otel-collector:4318"
+
+// loadProfile loads docker-compose.yml with the observability profile on
+// and OTLP_ENDPOINT set as documented.
+func loadProfile(t *testing.T) *types.Project {
+	t.Helper()
+	root := repoRoot(t)
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		cli.WithWorkingDirectory(root), cli.WithProfiles([]string{observability}),
+		cli.WithEnv([]string{"OTLP_ENDPOINT=" + collectorEndpoint}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("load docker-compose.yml with profile %s: %v", observability, err)
+	}
+	return p
+}
+
+// exposes reports whether compose service sc listens on port for the
+// other containers (expose or ports).
+func exposes(sc types.ServiceConfig, port int) bool {
+	if slices.Contains(sc.Expose, strconv.Itoa(port)) {
+		return true
+	}
+	return slices.ContainsFunc(sc.Ports, func(pc types.ServicePortConfig) bool { return int(pc.Target) == port })
+}
+
+// hostPort splits a host:port and checks that host is a compose service of
+// p exposing port.
+func checkHostPort(t *testing.T, p *types.Project, where, hostport string) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		t.Errorf("%s: %q: %v", where, hostport, err)
+		return
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Errorf("%s: %q: port: %v", where, hostport, err)
+		return
+	}
+	sc, ok := p.Services[host]
+	if !ok {
+		t.Errorf("%s: %s is no compose service", where, host)
+		return
+	}
+	if !exposes(sc, n) {
+		t.Errorf("%s: compose %s does not expose port %d", where, host, n)
+	}
+}
+
+// mounted returns the repository file mounted at target in sc, checking
+// that it exists in the repository.
+func mounted(t *testing.T, sc types.ServiceConfig, target string) string {
+	t.Helper()
+	for _, v := range sc.Volumes {
+		if v.Target == target {
+			return v.Source
+		}
+	}
+	t.Fatalf("compose %s: nothing mounted at %s", sc.Name, target)
+	return ""
+}
+
+// TestComposeObservabilityProfile: the observability services exist only
+// in their profile, mount files of the repository read-only, publish
+// distinct host ports, and our services take their OTLP endpoint from
+// OTLP_ENDPOINT, which the documented value points at the collector.
+func TestComposeObservabilityProfile(t *testing.T) {
+	t.Parallel()
+	root := repoRoot(t)
+	plain := loadCompose(t)
+	p := loadProfile(t)
+	for _, name := range observabilityServices {
+		if _, ok := plain.Services[name]; ok {
+			t.Errorf("compose %s: runs without the %s profile", name, observability)
+		}
+		sc, ok := p.Services[name]
+		if !ok {
+			t.Errorf("compose: no service %s in the %s profile", name, observability)
+			continue
+		}
+		if !slices.Equal(sc.Profiles, []string{observability}) {
+			t.Errorf("compose %s: profiles %v, want [%s]", name, sc.Profiles, observability)
+		}
+		for _, v := range sc.Volumes {
+			if v.Type != types.VolumeTypeBind {
+				continue
+			}
+			rel, err := filepath.Rel(root, v.Source)
+			if err != nil || strings.HasPrefix(rel, "..") {
+				t.Errorf("compose %s: mounts %s, outside the repository", name, v.Source)
+				continue
+			}
+			if fi, err := os.Stat(v.Source); err != nil || fi.IsDir() {
+				t.Errorf("compose %s: mounts %s, which is not a file of the repository (%v)", name, rel, err)
+			}
+			if !v.ReadOnly {
+				t.Errorf("compose %s: mounts %s writable", name, rel)
+			}
+		}
+	}
+	for name := range plain.Services {
+		if slices.Contains(observabilityServices, name) {
+			continue
+		}
+		if len(p.Services[name].Profiles) > 0 {
+			t.Errorf("compose %s: in profiles %v; only the observability services are", name, p.Services[name].Profiles)
+		}
+	}
+
+	published := map[string]string{}
+	for name, sc := range p.Services {
+		for _, pc := range sc.Ports {
+			if other, ok := published[pc.Published]; ok {
+				t.Errorf("compose: %s and %s both publish host port %s", name, other, pc.Published)
+			}
+			published[pc.Published] = name
+		}
+	}
+	for name, want := range map[string]uint32{"jaeger": 16686, "prometheus": 9090, "grafana": 3000} {
+		if !slices.ContainsFunc(p.Services[name].Ports, func(pc types.ServicePortConfig) bool { return pc.Target == want }) {
+			t.Errorf("compose %s: does not publish its UI port %d", name, want)
+		}
+	}
+
+	// Our services: the endpoint comes from OTLP_ENDPOINT, empty by default.
+	for name, svc := range ours(t, p) {
+		key := svc.EnvPrefix + "OTLP_ENDPOINT"
+		if got := composeEnv(t, p.Services[name])[key]; got != collectorEndpoint {
+			t.Errorf("compose %s: %s=%q with OTLP_ENDPOINT=%s, want that value", name, key, got, collectorEndpoint)
+		}
+		if got, ok := composeEnv(t, plain.Services[name])[key]; !ok || got != "" {
+			t.Errorf("compose %s: %s=%q (set: %v) without OTLP_ENDPOINT, want it set and empty", name, key, got, ok)
+		}
+	}
+	u, err := url.Parse(collectorEndpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkHostPort(t, p, "OTLP_ENDPOINT", u.Host)
+}
+
+// collectorConfig is the part of the OpenTelemetry collector's
+// configuration the test reads.
+type collectorConfig struct {
+	Receivers  map[string]map[string]any `json:"receivers"`
+	Processors map[string]map[string]any `json:"processors"`
+	Exporters  map[string]map[string]any `json:"exporters"`
+	Extensions map[string]map[string]any `json:"extensions"`
+	Service    struct {
+		Extensions []string `json:"extensions"`
+		Pipelines  map[string]struct {
+			Receivers  []string `json:"receivers"`
+			Processors []string `json:"processors"`
+			Exporters  []string `json:"exporters"`
+		} `json:"pipelines"`
+	} `json:"service"`
+}
+
+// TestComposeCollector: the collector's configuration parses, receives
+// OTLP/HTTP on the port services are given, builds a traces pipeline of
+// components it defines, and exports to compose services on ports they
+// expose.
+func TestComposeCollector(t *testing.T) {
+	t.Parallel()
+	p := loadProfile(t)
+	sc := p.Services["otel-collector"]
+	i := slices.IndexFunc(sc.Command, func(a string) bool { return strings.HasPrefix(a, "--config=") })
+	if i < 0 {
+		t.Fatalf("compose otel-collector: command %v has no --config=", sc.Command)
+	}
+	file := mounted(t, sc, strings.TrimPrefix(sc.Command[i], "--config="))
+	var cfg collectorConfig
+	if err := yaml.UnmarshalStrict(readFile(t, file), &cfg, yaml.DisallowUnknownFields); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+
+	otlp, ok := cfg.Receivers["otlp"]
+	if !ok {
+		t.Fatal("collector: no otlp receiver")
+	}
+	var http struct {
+		Protocols struct {
+			HTTP struct {
+				Endpoint string `json:"endpoint"`
+			} `json:"http"`
+		} `json:"protocols"`
+	}
+	b, _ := yaml.Marshal(otlp)
+	if err := yaml.Unmarshal(b, &http); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(collectorEndpoint)
+	if _, port, _ := net.SplitHostPort(http.Protocols.HTTP.Endpoint); port != u.Port() {
+		t.Errorf("collector: OTLP/HTTP receiver on %q, services send to port %s", http.Protocols.HTTP.Endpoint, u.Port())
+	}
+
+	traces, ok := cfg.Service.Pipelines["traces"]
+	if !ok {
+		t.Fatal("collector: no traces pipeline")
+	}
+	check := func(kind string, names []string, defined func(string) bool) {
+		if len(names) == 0 && (kind == "receiver" || kind == "exporter") {
+			t.Errorf("collector: traces pipeline has no %s", kind)
+		}
+		for _, n := range names {
+			if !defined(n) {
+				t.Errorf("collector: traces pipeline uses %s %s, which is not defined", kind, n)
+			}
+		}
+	}
+	check("receiver", traces.Receivers, func(n string) bool { _, ok := cfg.Receivers[n]; return ok })
+	check("processor", traces.Processors, func(n string) bool { _, ok := cfg.Processors[n]; return ok })
+	check("exporter", traces.Exporters, func(n string) bool { _, ok := cfg.Exporters[n]; return ok })
+	check("extension", cfg.Service.Extensions, func(n string) bool { _, ok := cfg.Extensions[n]; return ok })
+	for _, n := range traces.Exporters {
+		ep, _ := cfg.Exporters[n]["endpoint"].(string)
+		if u, err := url.Parse(ep); err == nil && u.Host != "" {
+			ep = u.Host
+		}
+		checkHostPort(t, p, "collector exporter "+n, ep)
+	}
+}
+
+// TestComposePrometheus: Prometheus's configuration loads as Prometheus
+// loads it, scrapes every one of our compose services on its debug port
+// (and nothing else), and its rule files are mounted and parse.
+func TestComposePrometheus(t *testing.T) {
+	t.Parallel()
+	p := loadProfile(t)
+	sc := p.Services["prometheus"]
+	i := slices.IndexFunc(sc.Command, func(a string) bool { return strings.HasPrefix(a, "--config.file=") })
+	if i < 0 {
+		t.Fatalf("compose prometheus: command %v has no --config.file=", sc.Command)
+	}
+	file := mounted(t, sc, strings.TrimPrefix(sc.Command[i], "--config.file="))
+	cfg, err := promconfig.LoadFile(file, false, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+
+	// Our services' debug ports, by compose service.
+	want := map[string]string{}
+	for name, svc := range ours(t, p) {
+		st, err := svc.Load(composeEnv(t, p.Services[name]))
+		if err != nil {
+			continue // reported by TestComposeEnvironment
+		}
+		port, err := Port(st.DebugAddr)
+		if err != nil {
+			t.Errorf("compose %s: %v", name, err)
+			continue
+		}
+		want[name] = net.JoinHostPort(name, strconv.Itoa(port))
+	}
+	scraped := map[string]bool{}
+	for _, job := range cfg.ScrapeConfigs {
+		if job.MetricsPath != "/metrics" {
+			t.Errorf("prometheus job %s: path %s, the debug ports serve /metrics", job.JobName, job.MetricsPath)
+		}
+		for _, sd := range job.ServiceDiscoveryConfigs {
+			static, ok := sd.(discovery.StaticConfig)
+			if !ok {
+				t.Errorf("prometheus job %s: service discovery %s; compose targets are static", job.JobName, sd.Name())
+				continue
+			}
+			for _, g := range static {
+				for _, ls := range g.Targets {
+					target := string(ls[model.AddressLabel])
+					host, _, _ := net.SplitHostPort(target)
+					if want[host] != target {
+						t.Errorf("prometheus job %s: target %s, want one of our services' debug ports %v", job.JobName, target, want)
+						continue
+					}
+					scraped[host] = true
+				}
+			}
+		}
+	}
+	for name := range want {
+		if !scraped[name] {
+			t.Errorf("prometheus: compose %s (%s) is not scraped", name, want[name])
+		}
+	}
+
+	if len(cfg.RuleFiles) == 0 {
+		t.Error("prometheus: no rule files")
+	}
+	for _, rf := range cfg.RuleFiles {
+		src := mounted(t, sc, rf)
+		if _, errs := rulefmt.ParseFile(src, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler)); len(errs) > 0 {
+			t.Errorf("prometheus rule file %s: %v", src, errs)
+		}
+	}
+}
+
+// TestComposeGrafana: Grafana's provisioning points at Prometheus on its
+// port and loads the dashboard from the folder the dashboard is mounted in.
+func TestComposeGrafana(t *testing.T) {
+	t.Parallel()
+	p := loadProfile(t)
+	sc := p.Services["grafana"]
+	var ds struct {
+		Datasources []struct {
+			Type string `json:"type"`
+			URL  string `json:"url"`
+		} `json:"datasources"`
+	}
+	if err := yaml.Unmarshal(readFile(t, mounted(t, sc, "/etc/grafana/provisioning/datasources/communications.yaml")), &ds); err != nil {
+		t.Fatal(err)
+	}
+	sawPrometheus := false
+	for _, d := range ds.Datasources {
+		u, err := url.Parse(d.URL)
+		if err != nil {
+			t.Errorf("grafana data source %s: %v", d.URL, err)
+			continue
+		}
+		checkHostPort(t, p, "grafana data source "+d.Type, u.Host)
+		sawPrometheus = sawPrometheus || d.Type == "prometheus"
+	}
+	if !sawPrometheus {
+		t.Error("grafana: no prometheus data source")
+	}
+	var prov struct {
+		Providers []struct {
+			Options struct {
+				Path string `json:"path"`
+			} `json:"options"`
+		} `json:"providers"`
+	}
+	if err := yaml.Unmarshal(readFile(t, mounted(t, sc, "/etc/grafana/provisioning/dashboards/communications.yaml")), &prov); err != nil {
+		t.Fatal(err)
+	}
+	if len(prov.Providers) != 1 {
+		t.Fatalf("grafana: %d dashboard providers, want 1", len(prov.Providers))
+	}
+	dir := prov.Providers[0].Options.Path
+	dash := mounted(t, sc, dir+"/communications.json")
+	if filepath.Base(filepath.Dir(dash)) != "grafana" || filepath.Base(dash) != "communications.json" {
+		t.Errorf("grafana: mounts %s as the dashboard, want deploy/grafana/communications.json", dash)
+	}
+}
