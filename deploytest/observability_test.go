@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 	promconfig "github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/discovery"
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
@@ -374,5 +375,123 @@ func TestComposeGrafana(t *testing.T) {
 	dash := mounted(t, sc, dir+"/communications.json")
 	if filepath.Base(filepath.Dir(dash)) != "grafana" || filepath.Base(dash) != "communications.json" {
 		t.Errorf("grafana: mounts %s as the dashboard, want deploy/grafana/communications.json", dash)
+	}
+}
+
+// TestServiceAlertsSelectCompose: the alerts on scrape targets (ServiceDown
+// and ServiceAbsent) select targets by labels compose's Prometheus gives
+// them: ServiceDown's selector matches every target of our services, and
+// each selector in ServiceAbsent matches some target.
+func TestServiceAlertsSelectCompose(t *testing.T) {
+	t.Parallel()
+	root := repoRoot(t)
+	p := loadProfile(t)
+	sc := p.Services["prometheus"]
+	i := slices.IndexFunc(sc.Command, func(a string) bool { return strings.HasPrefix(a, "--config.file=") })
+	if i < 0 {
+		t.Fatalf("compose prometheus: command %v has no --config.file=", sc.Command)
+	}
+	cfg, err := promconfig.LoadFile(mounted(t, sc, strings.TrimPrefix(sc.Command[i], "--config.file=")), false, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The labels of each target as Prometheus gives them (without
+	// relabelling, which the compose configuration does not use).
+	var targets []labels.Labels
+	for _, job := range cfg.ScrapeConfigs {
+		if len(job.RelabelConfigs) > 0 {
+			t.Errorf("prometheus job %s: relabels; the test reads the targets' labels from static_configs", job.JobName)
+		}
+		for _, sd := range job.ServiceDiscoveryConfigs {
+			static, ok := sd.(discovery.StaticConfig)
+			if !ok {
+				continue // reported by TestComposePrometheus
+			}
+			for _, g := range static {
+				for _, ls := range g.Targets {
+					b := labels.NewBuilder(labels.EmptyLabels())
+					for k, v := range g.Labels {
+						b.Set(string(k), string(v))
+					}
+					for k, v := range ls {
+						b.Set(string(k), string(v))
+					}
+					b.Set(model.JobLabel, job.JobName)
+					b.Set(model.InstanceLabel, string(ls[model.AddressLabel]))
+					targets = append(targets, b.Labels())
+				}
+			}
+		}
+	}
+	if len(targets) == 0 {
+		t.Fatal("prometheus: no targets")
+	}
+
+	groups, errs := rulefmt.ParseFile(filepath.Join(root, "deploy/prometheus/alerts.yaml"), false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	// upSelectors returns the selectors of up in the alert's expression.
+	upSelectors := func(alert string) [][]*labels.Matcher {
+		for _, g := range groups.Groups {
+			for _, r := range g.Rules {
+				if r.Alert != alert {
+					continue
+				}
+				expr, err := parser.NewParser(parser.Options{}).ParseExpr(r.Expr)
+				if err != nil {
+					t.Fatalf("alert %s: %v", alert, err)
+				}
+				var sels [][]*labels.Matcher
+				parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
+					if vs, ok := n.(*parser.VectorSelector); ok && vs.Name == "up" {
+						sels = append(sels, vs.LabelMatchers)
+					}
+					return nil
+				})
+				if len(sels) == 0 {
+					t.Fatalf("alert %s: %q selects no up series", alert, r.Expr)
+				}
+				return sels
+			}
+		}
+		t.Fatalf("no alert %s in deploy/prometheus/alerts.yaml", alert)
+		return nil
+	}
+	matches := func(ms []*labels.Matcher, ls labels.Labels) bool {
+		for _, m := range ms {
+			if m.Name == model.MetricNameLabel {
+				continue
+			}
+			if !m.Matches(ls.Get(m.Name)) {
+				return false
+			}
+		}
+		return true
+	}
+	for _, sel := range upSelectors("ServiceDown") {
+		for _, ls := range targets {
+			if !matches(sel, ls) {
+				t.Errorf("alert ServiceDown: %v does not select target %v", sel, ls)
+			}
+		}
+	}
+	absent := upSelectors("ServiceAbsent")
+	services := map[string]bool{}
+	for _, sel := range absent {
+		if !slices.ContainsFunc(targets, func(ls labels.Labels) bool { return matches(sel, ls) }) {
+			t.Errorf("alert ServiceAbsent: %v matches no compose target, so it always fires", sel)
+		}
+		for _, m := range sel {
+			if m.Name == "service" && m.Type == labels.MatchEqual {
+				services[m.Value] = true
+			}
+		}
+	}
+	for name := range ours(t, p) {
+		svc := strings.TrimRight(name, "-0123456789")
+		if !services[svc] {
+			t.Errorf("alert ServiceAbsent: no absent(up{service=%q})", svc)
+		}
 	}
 }

@@ -86,12 +86,12 @@ func Handler(r *Readiness, reg *prometheus.Registry) http.Handler {
 }
 
 // NewServer returns an http.Server for the debug port at addr. It
-// registers the gauge service_ready in reg: 1 when /readyz would answer 200
+// registers the gauge communications_service_ready in reg: 1 when /readyz would answer 200
 // (every check passes and the service is not shutting down), else 0; each
 // scrape runs the checks.
 func NewServer(addr string, r *Readiness, reg *prometheus.Registry) *http.Server {
 	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "service_ready",
+		Name: "communications_service_ready",
 		Help: "1 when the service is ready (its dependencies answer and it is not shutting down), else 0.",
 	}, func() float64 {
 		if len(r.Ready(context.Background())) > 0 {

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// TestReadyGauge: service_ready follows the checks and the drain, and
+// TestReadyGauge: communications_service_ready follows the checks and the drain, and
 // /metrics serves it.
 func TestReadyGauge(t *testing.T) {
 	t.Parallel()
@@ -41,11 +41,11 @@ func TestReadyGauge(t *testing.T) {
 			t.Fatal(err)
 		}
 		for line := range strings.SplitSeq(string(b), "\n") {
-			if strings.HasPrefix(line, "service_ready ") {
-				return strings.TrimPrefix(line, "service_ready ")
+			if strings.HasPrefix(line, "communications_service_ready ") {
+				return strings.TrimPrefix(line, "communications_service_ready ")
 			}
 		}
-		t.Fatalf("no service_ready in /metrics:\n%s", b)
+		t.Fatalf("no communications_service_ready in /metrics:\n%s", b)
 		return ""
 	}
 	for _, step := range []struct {
@@ -60,7 +60,7 @@ func TestReadyGauge(t *testing.T) {
 	} {
 		step.do()
 		if got := scrape(); got != step.want {
-			t.Errorf("%s: service_ready %s, want %s", step.name, got, step.want)
+			t.Errorf("%s: communications_service_ready %s, want %s", step.name, got, step.want)
 		}
 	}
 }
