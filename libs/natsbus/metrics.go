@@ -1,6 +1,7 @@
 package natsbus
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -16,11 +17,16 @@ const (
 	// OutcomeOK: the request was answered with data.
 	OutcomeOK = "ok"
 	// OutcomeError: the answer was a coded error for the requester (not
-	// a member, no such chat, ...).
+	// a member, no such chat, ...), or (client side) a reply that did not
+	// decode.
 	OutcomeError = "error"
 	// OutcomeUnavailable (client side): no service answered in time, or
 	// the request could not be sent.
 	OutcomeUnavailable = "unavailable"
+	// OutcomeCanceled (client side): the requester gave up (its context
+	// was canceled) before the answer came; not the answering service's
+	// fault.
+	OutcomeCanceled = "canceled"
 	// OutcomeInternal (server side): the handler failed inside and
 	// answered protocol.CodeInternal.
 	OutcomeInternal = "internal"
@@ -53,12 +59,12 @@ func NewMetrics(reg prometheus.Registerer, prefix string) (*Metrics, error) {
 		prefix: prefix + ".",
 		request: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "natsbus_request_duration_seconds",
-			Help:    "Requests sent over NATS, from send to decoded reply, by subject (without its prefix) and outcome (ok, error, unavailable).",
+			Help:    "Requests sent over NATS, from send to decoded reply, by subject (without its prefix) and outcome (ok, error, unavailable, canceled).",
 			Buckets: requestBuckets,
 		}, []string{"subject", "outcome"}),
 		handle: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "natsbus_handle_duration_seconds",
-			Help:    "Requests answered over NATS, from receipt to reply, by subject (without its prefix) and outcome (ok, error, internal).",
+			Help:    "Requests answered over NATS, from receipt (including the wait for a free handler) to reply, by subject (without its prefix) and outcome (ok, error, internal).",
 			Buckets: requestBuckets,
 		}, []string{"subject", "outcome"}),
 	}
@@ -82,19 +88,30 @@ func (m *Metrics) observeRequest(subject string, start time.Time, err error) {
 	if m == nil {
 		return
 	}
-	outcome := OutcomeOK
-	if err != nil {
-		outcome = OutcomeUnavailable
-		if _, ok := errors.AsType[*busapi.Error](err); ok && !errors.Is(err, ErrUnavailable) {
-			outcome = OutcomeError
-		}
-	}
-	m.request.WithLabelValues(m.label(subject), outcome).Observe(time.Since(start).Seconds())
+	m.request.WithLabelValues(m.label(subject), requestOutcome(err)).Observe(time.Since(start).Seconds())
 }
 
-func (m *Metrics) observeHandled(subject string, start time.Time, outcome string) {
+// requestOutcome is the outcome label of a request that returned err.
+func requestOutcome(err error) string {
+	if err == nil {
+		return OutcomeOK
+	}
+	if errors.Is(err, context.Canceled) {
+		return OutcomeCanceled
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return OutcomeUnavailable
+	}
+	if _, ok := errors.AsType[*busapi.Error](err); ok || errors.Is(err, errDecode) {
+		return OutcomeError
+	}
+	return OutcomeUnavailable
+}
+
+// observeHandled records a request answered d after it was received.
+func (m *Metrics) observeHandled(subject string, d time.Duration, outcome string) {
 	if m == nil {
 		return
 	}
-	m.handle.WithLabelValues(m.label(subject), outcome).Observe(time.Since(start).Seconds())
+	m.handle.WithLabelValues(m.label(subject), outcome).Observe(d.Seconds())
 }

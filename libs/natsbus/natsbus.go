@@ -148,7 +148,7 @@ func (c *Client) Request(ctx context.Context, subject string, req, resp any) (er
 	}
 	if resp != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, resp); err != nil {
-			return fmt.Errorf("request %s: decode data: %w", subject, err)
+			return fmt.Errorf("request %s: %w: data: %w", subject, errDecode, err)
 		}
 	}
 	return nil
@@ -177,6 +177,9 @@ func (c *Client) RequestJSON(ctx context.Context, subject string, req any) (_ js
 	return decodeReply(span, subject, reply)
 }
 
+// errDecode wraps the errors of replies that do not decode.
+var errDecode = errors.New("decode reply")
+
 // decodeReply returns the data of a reply, or its coded error.
 func decodeReply(span trace.Span, subject string, reply []byte) (json.RawMessage, error) {
 	var env struct {
@@ -184,7 +187,7 @@ func decodeReply(span trace.Span, subject string, reply []byte) (json.RawMessage
 		Data  json.RawMessage `json:"data"`
 	}
 	if err := json.Unmarshal(reply, &env); err != nil {
-		return nil, fmt.Errorf("request %s: decode reply: %w", subject, err)
+		return nil, fmt.Errorf("request %s: %w: %w", subject, errDecode, err)
 	}
 	if env.Error != nil {
 		span.SetAttributes(attribute.String("error.code", string(env.Error.Code)))
@@ -244,6 +247,9 @@ type Server struct {
 	timeout time.Duration
 	slots   chan struct{}
 	running sync.WaitGroup
+	// now is the clock of natsbus_handle_duration_seconds (time.Now; a
+	// test's clock in tests).
+	now func() time.Time
 
 	mu   sync.Mutex
 	subs []*nats.Subscription
@@ -260,6 +266,7 @@ func NewServer(nc *nats.Conn, tp trace.TracerProvider, logger *slog.Logger, time
 		nc: nc, tracer: tp.Tracer("github.com/communications/communications/libs/natsbus"), logger: logger, timeout: timeout,
 		metrics: o.metrics,
 		slots:   make(chan struct{}, DefaultConcurrency),
+		now:     time.Now,
 	}
 }
 
@@ -362,6 +369,8 @@ const maxPooledReply = 256 << 10
 // replies in buffers from replyBufs.
 func (s *Server) subscribe(ctx context.Context, subject, queue string, pooled bool, h serveFunc) (*nats.Subscription, error) {
 	sub, err := s.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) {
+		// Received now: the handling time includes the wait for a slot.
+		start := s.now()
 		s.slots <- struct{}{}
 		s.running.Add(1)
 		go func() {
@@ -369,7 +378,7 @@ func (s *Server) subscribe(ctx context.Context, subject, queue string, pooled bo
 				<-s.slots
 				s.running.Done()
 			}()
-			s.serve(ctx, msg, pooled, h)
+			s.serve(ctx, msg, start, pooled, h)
 		}()
 	})
 	if err != nil {
@@ -381,10 +390,10 @@ func (s *Server) subscribe(ctx context.Context, subject, queue string, pooled bo
 	return sub, nil
 }
 
-func (s *Server) serve(base context.Context, msg *nats.Msg, pooled bool, h serveFunc) {
-	start := time.Now()
+// serve handles msg, received at start, and answers it.
+func (s *Server) serve(base context.Context, msg *nats.Msg, start time.Time, pooled bool, h serveFunc) {
 	outcome := OutcomeOK
-	defer func() { s.metrics.observeHandled(msg.Subject, start, outcome) }()
+	defer func() { s.metrics.observeHandled(msg.Subject, s.now().Sub(start), outcome) }()
 	ctx := Extract(base, msg)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
