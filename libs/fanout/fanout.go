@@ -30,9 +30,11 @@ type Envelope struct {
 	// goes only to the connections viewing the chat, other than the
 	// sender's. Gateways publish these themselves.
 	Ephemeral bool `json:"ephemeral,omitempty"`
-	// AcceptedAt is when the chat service accepted the message (made it
-	// durable), in Unix microseconds; 0 on duplicates and ephemeral
-	// events. Gateways measure their fanout latency from it.
+	// AcceptedAt is when the chat service took the message in, in Unix
+	// microseconds on its host's clock: just before publishing it to the
+	// stream, so the stream's disk sync is part of the fanout latency.
+	// 0 on duplicates and ephemeral events. Gateways measure their fanout
+	// latency from it.
 	AcceptedAt int64             `json:"accepted_at,omitempty"`
 	Trace      map[string]string `json:"trace,omitempty"`
 	Event      json.RawMessage   `json:"event"`

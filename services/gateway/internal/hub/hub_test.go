@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -263,5 +264,62 @@ func TestFanoutLatency(t *testing.T) {
 	}
 	if sum < 2 {
 		t.Errorf("latency sum %v s, want at least the 2 s since acceptance", sum)
+	}
+}
+
+// TestFanoutLatencyClampedAndLong: a message accepted in the future (the
+// chat service's clock ahead) is observed as 0 and counted as clamped; one
+// accepted 40 s ago falls in a bucket below +Inf.
+func TestFanoutLatencyClampedAndLong(t *testing.T) {
+	t.Parallel()
+	hctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	reg := prometheus.NewRegistry()
+	h := New(hctx, redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "skew",
+		telemetry.NewLogger(io.Discard, 0), noop.NewTracerProvider(), reg)
+	s := &sink{user: 2}
+	h.chats[7] = map[Sink]struct{}{s: {}}
+	for i, at := range []time.Time{time.Now().Add(time.Minute), time.Now().Add(-40 * time.Second)} {
+		b, err := json.Marshal(fanout.Envelope{ChatID: 7, Seq: int64(i + 1), SenderID: 1, AcceptedAt: at.UnixMicro(), Event: json.RawMessage(`{}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.dispatch(context.Background(), &redis.Message{Channel: fanout.Channel("skew", 7), Payload: string(b)})
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clamped float64
+	var hist *dto.Histogram
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "gateway_fanout_latency_clamped_total":
+			clamped = mf.GetMetric()[0].GetCounter().GetValue()
+		case "gateway_fanout_latency_seconds":
+			hist = mf.GetMetric()[0].GetHistogram()
+		}
+	}
+	if clamped != 1 {
+		t.Errorf("clamped %v, want 1 (the message accepted in the future)", clamped)
+	}
+	if hist == nil {
+		t.Fatal("no gateway_fanout_latency_seconds")
+	}
+	if hist.GetSampleCount() != 2 {
+		t.Fatalf("latency observed %d times, want 2", hist.GetSampleCount())
+	}
+	if sum := hist.GetSampleSum(); sum < 40 || sum > 60 {
+		t.Errorf("latency sum %v s, want the 40 s message's time and 0 for the clamped one", sum)
+	}
+	// The 40 s message lies below the largest finite bucket: quantiles
+	// of long delays are not cut at the top bucket.
+	buckets := hist.GetBucket()
+	top := buckets[len(buckets)-1]
+	if top.GetUpperBound() < 60 || top.GetCumulativeCount() != 2 {
+		t.Errorf("top bucket le=%v holds %d, want le >= 60 s holding both", top.GetUpperBound(), top.GetCumulativeCount())
+	}
+	if first := buckets[0]; first.GetCumulativeCount() != 1 {
+		t.Errorf("first bucket le=%v holds %d, want the clamped 0", first.GetUpperBound(), first.GetCumulativeCount())
 	}
 }
