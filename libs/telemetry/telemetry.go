@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,7 +30,8 @@ type Config struct {
 	// ServiceName names the service in traces and logs. Required.
 	ServiceName string
 	// OTLPEndpoint is an OTLP/HTTP endpoint URL (for example
-	// http://otel-collector:4318). Empty: no export.
+	// http://otel-collector:4318; a trailing slash is ignored). Empty: no
+	// export.
 	OTLPEndpoint string
 	// SampleRatio is the share of new traces sampled, 0 to 1, when traces
 	// are exported. Default 1.
@@ -77,7 +79,7 @@ func New(ctx context.Context, cfg Config, w io.Writer) (*Telemetry, error) {
 		sdktrace.WithSampler(sampler),
 	}
 	if cfg.OTLPEndpoint != "" {
-		exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(cfg.OTLPEndpoint+"/v1/traces"))
+		exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(strings.TrimRight(cfg.OTLPEndpoint, "/")+"/v1/traces"))
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: otlp exporter: %w", err)
 		}

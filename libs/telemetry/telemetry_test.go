@@ -187,3 +187,34 @@ func TestSampleRatio(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointTrailingSlash: an endpoint given with a trailing slash
+// exports to /v1/traces, not //v1/traces.
+func TestEndpointTrailingSlash(t *testing.T) {
+	t.Parallel()
+	paths := make(chan string, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths <- r.URL.Path
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+		_, _ = w.Write(out)
+	}))
+	t.Cleanup(srv.Close)
+	tel, err := New(context.Background(), Config{ServiceName: "chat", OTLPEndpoint: srv.URL + "/"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "chat.send")
+	span.End()
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	select {
+	case got := <-paths:
+		if got != "/v1/traces" {
+			t.Errorf("exported to %s, want /v1/traces", got)
+		}
+	default:
+		t.Fatal("nothing exported by the time Shutdown returned")
+	}
+}
