@@ -158,6 +158,14 @@ func TestComposeObservabilityProfile(t *testing.T) {
 			t.Errorf("compose %s: does not publish its UI port %d", name, want)
 		}
 	}
+	// The UIs have no or a default password: reachable from this host only.
+	for _, name := range observabilityServices {
+		for _, pc := range p.Services[name].Ports {
+			if pc.HostIP != "127.0.0.1" {
+				t.Errorf("compose %s: publishes port %d on %q, want 127.0.0.1 only", name, pc.Target, pc.HostIP)
+			}
+		}
+	}
 
 	// Our services: the endpoint comes from OTLP_ENDPOINT, empty by default.
 	for name, svc := range ours(t, p) {
