@@ -20,12 +20,21 @@ import (
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
 
+	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/testenv"
 )
 
 // prometheusMade are the series Prometheus makes itself for every target.
-var prometheusMade = map[string]bool{"up": true, "scrape_duration_seconds": true, "scrape_samples_scraped": true}
+var prometheusMade = []string{"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+// targetLabels are the labels Prometheus adds to every series of a target:
+// its own, the service label deploy/compose/prometheus.yml sets, and those
+// the Kubernetes scrape job of docs/operations.md copies from the pod.
+var targetLabels = []string{model.JobLabel, model.InstanceLabel, "service", "namespace", "pod"}
+
+// outcomes are the values of the outcome label natsbus produces.
+var outcomes = []string{natsbus.OutcomeOK, natsbus.OutcomeError, natsbus.OutcomeUnavailable, natsbus.OutcomeCanceled, natsbus.OutcomeInternal}
 
 // grafanaVariables are the Grafana variables the dashboard uses inside
 // PromQL, with a value that parses in their place.
@@ -58,11 +67,33 @@ func queried(expr string) ([]string, error) {
 }
 
 // exposed returns the series names the registries' metrics make in
-// Prometheus: a histogram's _bucket, _sum and _count, a summary's own
-// name, _sum and _count.
-func exposed(t *testing.T, s *stack) map[string]bool {
+// Prometheus (a histogram's _bucket, _sum and _count, a summary's own
+// name, _sum and _count), each with the label names its series carry
+// there.
+func exposed(t *testing.T, s *stack) map[string]map[string]bool {
 	t.Helper()
-	names := maps.Clone(prometheusMade)
+	names := map[string]map[string]bool{}
+	add := func(name string, extra []string, m *dto.Metric) {
+		ls := names[name]
+		if ls == nil {
+			ls = map[string]bool{}
+			for _, l := range targetLabels {
+				ls[l] = true
+			}
+			names[name] = ls
+		}
+		for _, l := range extra {
+			ls[l] = true
+		}
+		if m != nil {
+			for _, lp := range m.GetLabel() {
+				ls[lp.GetName()] = true
+			}
+		}
+	}
+	for _, n := range prometheusMade {
+		add(n, nil, nil)
+	}
 	for svc, reg := range s.registries {
 		mfs, err := reg.Gather()
 		if err != nil {
@@ -70,13 +101,19 @@ func exposed(t *testing.T, s *stack) map[string]bool {
 		}
 		for _, mf := range mfs {
 			n := mf.GetName()
-			switch mf.GetType() {
-			case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
-				names[n+"_bucket"], names[n+"_sum"], names[n+"_count"] = true, true, true
-			case dto.MetricType_SUMMARY:
-				names[n], names[n+"_sum"], names[n+"_count"] = true, true, true
-			default:
-				names[n] = true
+			for _, m := range mf.GetMetric() {
+				switch mf.GetType() {
+				case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+					add(n+"_bucket", []string{model.BucketLabel}, m)
+					add(n+"_sum", nil, m)
+					add(n+"_count", nil, m)
+				case dto.MetricType_SUMMARY:
+					add(n, []string{model.QuantileLabel}, m)
+					add(n+"_sum", nil, m)
+					add(n+"_count", nil, m)
+				default:
+					add(n, nil, m)
+				}
 			}
 		}
 	}
@@ -148,7 +185,7 @@ func readRepoFile(t *testing.T, path string) []byte {
 // unknownMetrics returns, for each query that selects a metric no service
 // exposes, where it is and the metric's name; and the queries that do not
 // parse.
-func unknownMetrics(queries map[string][]string, exposed map[string]bool) []string {
+func unknownMetrics(queries map[string][]string, exposed map[string]map[string]bool) []string {
 	var out []string
 	for _, where := range slices.Sorted(maps.Keys(queries)) {
 		for _, q := range queries[where] {
@@ -161,13 +198,84 @@ func unknownMetrics(queries map[string][]string, exposed map[string]bool) []stri
 				out = append(out, fmt.Sprintf("%s: %q selects no metric", where, q))
 			}
 			for _, n := range names {
-				if !exposed[n] {
+				if _, ok := exposed[n]; !ok {
 					out = append(out, fmt.Sprintf("%s: %s is not exposed by any service", where, n))
 				}
 			}
 		}
 	}
 	return out
+}
+
+// badLabels returns, for each query, the label names its matchers and
+// by (...) groupings use that the metric they apply to does not carry,
+// and the outcome values it matches that natsbus never produces. Queries
+// that do not parse are unknownMetrics' to report.
+func badLabels(queries map[string][]string, exposed map[string]map[string]bool) []string {
+	var out []string
+	for _, where := range slices.Sorted(maps.Keys(queries)) {
+		for _, q := range queries[where] {
+			e, err := promql.ParseExpr(grafanaVariables.Replace(q))
+			if err != nil {
+				continue
+			}
+			parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+				switch n := n.(type) {
+				case *parser.VectorSelector:
+					have, ok := exposed[selectorName(n)]
+					if !ok {
+						return nil // unknownMetrics reports it
+					}
+					for _, m := range n.LabelMatchers {
+						if m.Name == model.MetricNameLabel {
+							continue
+						}
+						if !have[m.Name] {
+							out = append(out, fmt.Sprintf("%s: %s has no label %s (matcher %s)", where, selectorName(n), m.Name, m))
+						}
+						if m.Name == "outcome" && !slices.ContainsFunc(outcomes, m.Matches) {
+							out = append(out, fmt.Sprintf("%s: matcher %s matches no outcome natsbus produces %v", where, m, outcomes))
+						}
+						if m.Name == "outcome" && (m.Type == labels.MatchEqual || m.Type == labels.MatchNotEqual) && !slices.Contains(outcomes, m.Value) {
+							out = append(out, fmt.Sprintf("%s: matcher %s names an outcome natsbus does not produce %v", where, m, outcomes))
+						}
+					}
+				case *parser.AggregateExpr:
+					if n.Without {
+						return nil
+					}
+					parser.Inspect(n.Expr, func(inner parser.Node, _ []parser.Node) error {
+						vs, ok := inner.(*parser.VectorSelector)
+						if !ok {
+							return nil
+						}
+						have, ok := exposed[selectorName(vs)]
+						if !ok {
+							return nil
+						}
+						for _, l := range n.Grouping {
+							if !have[l] {
+								out = append(out, fmt.Sprintf("%s: by (%s) groups %s, which has no label %s", where, strings.Join(n.Grouping, ", "), selectorName(vs), l))
+							}
+						}
+						return nil
+					})
+				}
+				return nil
+			})
+		}
+	}
+	return out
+}
+
+// selectorName is the metric name a vector selector selects.
+func selectorName(vs *parser.VectorSelector) string {
+	for _, m := range vs.LabelMatchers {
+		if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual {
+			return m.Value
+		}
+	}
+	return vs.Name
 }
 
 // TestDashboardAndAlertMetricsExist: every metric the Grafana dashboard and
@@ -211,6 +319,13 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 	for _, m := range unknownMetrics(alerts, exposed(t, s)) {
 		t.Errorf("alert %s", m)
 	}
+	// Their label names and outcome values.
+	for _, m := range badLabels(dash, exposed(t, s)) {
+		t.Errorf("dashboard panel %s", m)
+	}
+	for _, m := range badLabels(alerts, exposed(t, s)) {
+		t.Errorf("alert %s", m)
+	}
 }
 
 // TestUnknownMetricsFound: the check reports a misspelled metric, one
@@ -218,7 +333,7 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 // does not parse; it accepts a histogram's series and Grafana's variables.
 func TestUnknownMetricsFound(t *testing.T) {
 	t.Parallel()
-	have := map[string]bool{"gateway_frames_in_total": true, "lat_seconds_bucket": true, "up": true}
+	have := map[string]map[string]bool{"gateway_frames_in_total": {}, "lat_seconds_bucket": {}, "up": {}}
 	for _, tc := range []struct {
 		query string
 		bad   bool
@@ -232,6 +347,40 @@ func TestUnknownMetricsFound(t *testing.T) {
 		{"sum(rate(gateway_frames_in_total[5m]", true},
 	} {
 		got := unknownMetrics(map[string][]string{"q": {tc.query}}, have)
+		if (len(got) > 0) != tc.bad {
+			t.Errorf("%q: reported %v, want reported: %v", tc.query, got, tc.bad)
+		}
+	}
+}
+
+// TestBadLabelsFound: the check reports a label the metric lacks in a
+// matcher and in a by (...) grouping, and an outcome natsbus does not
+// produce; it accepts target labels, le on a histogram's buckets and the
+// outcomes natsbus produces.
+func TestBadLabelsFound(t *testing.T) {
+	t.Parallel()
+	have := map[string]map[string]bool{
+		"natsbus_request_duration_seconds_bucket": {"subject": true, "outcome": true, "le": true, "service": true, "instance": true},
+		"natsbus_request_duration_seconds_count":  {"subject": true, "outcome": true, "service": true, "instance": true},
+		"process_cpu_seconds_total":               {"service": true, "instance": true, "job": true},
+	}
+	for _, tc := range []struct {
+		query string
+		bad   bool
+	}{
+		{`histogram_quantile(0.99, sum by (le, subject) (rate(natsbus_request_duration_seconds_bucket{subject!~"auth\\..*"}[5m])))`, false},
+		{`sum by (service, instance) (rate(process_cpu_seconds_total{service=~"gateway|chat"}[$__rate_interval]))`, false},
+		{`sum by (subject) (rate(natsbus_request_duration_seconds_count{outcome="unavailable"}[5m]))`, false},
+		{`sum by (subject) (rate(natsbus_request_duration_seconds_count{outcome!="ok"}[5m]))`, false},
+		{`sum without (le) (natsbus_request_duration_seconds_bucket)`, false},
+		{`sum by (subject) (rate(natsbus_request_duration_seconds_count{outcome="timeout"}[5m]))`, true},
+		{`sum by (subject) (rate(natsbus_request_duration_seconds_count{outcome=~"timeout|lost"}[5m]))`, true},
+		{`sum by (method) (rate(natsbus_request_duration_seconds_count[5m]))`, true},
+		{`sum by (subject) (rate(process_cpu_seconds_total[5m]))`, true},
+		{`process_cpu_seconds_total{subject="chat.send"}`, true},
+		{`histogram_quantile(0.5, sum by (le) (rate(natsbus_request_duration_seconds_count[5m])))`, true},
+	} {
+		got := badLabels(map[string][]string{"q": {tc.query}}, have)
 		if (len(got) > 0) != tc.bad {
 			t.Errorf("%q: reported %v, want reported: %v", tc.query, got, tc.bad)
 		}
