@@ -17,9 +17,14 @@ import (
 	"github.com/prometheus/common/model"
 	promconfig "github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/discovery"
+	// The kubernetes_sd_configs of the scrape job docs/operations.md gives.
+	_ "github.com/prometheus/prometheus/discovery/kubernetes"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/util/strutil"
+	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -500,6 +505,77 @@ func TestServiceAlertsSelectCompose(t *testing.T) {
 		svc := strings.TrimRight(name, "-0123456789")
 		if !services[svc] {
 			t.Errorf("alert ServiceAbsent: no absent(up{service=%q})", svc)
+		}
+	}
+}
+
+// TestK8sScrapeConfigLabelsService: the Kubernetes scrape job that
+// docs/operations.md gives keeps the targets service discovery makes of
+// each of our pods of deploy/k8s/base (one per declared port, or one
+// without a port), scrapes them on the annotated metrics port and gives
+// them the service label the alerts select on.
+func TestK8sScrapeConfigLabelsService(t *testing.T) {
+	t.Parallel()
+	doc := string(readFile(t, filepath.Join(repoRoot(t), "docs", "operations.md")))
+	_, rest, ok := strings.Cut(doc, "```yaml\nscrape_configs:")
+	if !ok {
+		t.Fatal("docs/operations.md: no yaml block of scrape_configs")
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	cfg, err := promconfig.Load("scrape_configs:"+block, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("docs/operations.md scrape configuration: %v", err)
+	}
+	if len(cfg.ScrapeConfigs) != 1 {
+		t.Fatalf("docs/operations.md: %d scrape jobs, want 1", len(cfg.ScrapeConfigs))
+	}
+	relabels := cfg.ScrapeConfigs[0].RelabelConfigs
+
+	seen := map[string]bool{}
+	for _, obj := range kustomizeBuild(t, filepath.Join(k8sDir(t), "base")) {
+		d, ok := obj.(*appsv1.Deployment)
+		if !ok {
+			continue
+		}
+		tmpl := d.Spec.Template
+		// The labels Kubernetes service discovery gives a pod target.
+		meta := map[string]string{
+			"__meta_kubernetes_namespace": "communications",
+			"__meta_kubernetes_pod_name":  d.Name + "-7d4b9c-x2x5q",
+		}
+		for k, v := range tmpl.Labels {
+			meta["__meta_kubernetes_pod_label_"+strutil.SanitizeLabelName(k)] = v
+		}
+		for k, v := range tmpl.Annotations {
+			meta["__meta_kubernetes_pod_annotation_"+strutil.SanitizeLabelName(k)] = v
+		}
+		addrs := []string{"10.1.2.3"} // a pod without declared ports
+		for _, c := range tmpl.Spec.Containers {
+			for _, p := range c.Ports {
+				addrs = append(addrs, net.JoinHostPort("10.1.2.3", strconv.Itoa(int(p.ContainerPort))))
+			}
+		}
+		for _, addr := range addrs {
+			b := labels.NewBuilder(labels.FromMap(meta))
+			b.Set(model.AddressLabel, addr)
+			if !relabel.ProcessBuilder(b, relabels...) {
+				t.Errorf("deployment %s: target %s dropped by the scrape job", d.Name, addr)
+				continue
+			}
+			ls := b.Labels()
+			if got := ls.Get("service"); got != d.Name {
+				t.Errorf("deployment %s: target %s has service=%q, want %q", d.Name, addr, got, d.Name)
+			}
+			want := net.JoinHostPort("10.1.2.3", tmpl.Annotations["prometheus.io/port"])
+			if got := ls.Get(model.AddressLabel); got != want {
+				t.Errorf("deployment %s: target %s scraped at %s, want %s (the annotated port)", d.Name, addr, got, want)
+			}
+		}
+		seen[d.Name] = true
+	}
+	for _, name := range []string{"gateway", "auth", "chat", "history"} {
+		if !seen[name] {
+			t.Errorf("deploy/k8s/base: no deployment %s", name)
 		}
 	}
 }
