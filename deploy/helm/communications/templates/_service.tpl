@@ -80,6 +80,9 @@ spec:
       enableServiceLinks: false
       {{- if $gateway }}
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+      {{- else }}
+      # Above the 20 s shutdown timeout plus the 5 s telemetry flush.
+      terminationGracePeriodSeconds: 30
       {{- end }}
       securityContext:
         runAsNonRoot: true
