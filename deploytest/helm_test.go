@@ -107,6 +107,11 @@ func TestHelmTemplate(t *testing.T) {
 			map[string]int{"*v1.HTTPRoute": 0, "*v1.Ingress": 0, "*v2.HorizontalPodAutoscaler": 0, "*v1.NetworkPolicy": 0}},
 		{"settings", []string{"image.registry=registry.example.com", "gateway.env.GATEWAY_TRUSTED_PROXIES=10.0.0.0/8",
 			"nats.url=nats://nats.messaging:4223", "auth.env.AUTH_LOG_LEVEL=debug"}, map[string]int{"*v1.Deployment": 4}},
+		{"traces", []string{"auth.env.AUTH_OTLP_ENDPOINT=http://otel-collector.observability:4318",
+			"gateway.env.GATEWAY_OTLP_ENDPOINT=http://otel-collector.observability:4318",
+			"networkPolicies.otlp.to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=observability",
+			"networkPolicies.otlp.to[0].podSelector.matchLabels.app\\.kubernetes\\.io/name=opentelemetry-collector"},
+			map[string]int{"*v1.NetworkPolicy": 5}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -148,6 +153,9 @@ func TestHelmRejects(t *testing.T) {
 		{"latest", []string{"image.tag=latest"}, "image"},
 		{"grace period under the drain", []string{"gateway.terminationGracePeriodSeconds=30"}, "must exceed"},
 		{"route and ingress", []string{"ingress.enabled=true"}, "one way"},
+		{"traces blocked", []string{"chat.env.CHAT_OTLP_ENDPOINT=http://otel-collector:4318"}, "networkPolicies.otlp.to"},
+		{"traces on another port", []string{"chat.env.CHAT_OTLP_ENDPOINT=http://otel-collector:4317",
+			"networkPolicies.otlp.to[0].ipBlock.cidr=10.0.0.0/8"}, "networkPolicies.otlp.port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

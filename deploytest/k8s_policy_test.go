@@ -138,14 +138,37 @@ func checkHPA(t *testing.T, r rendered, h *autoscalingv2.HorizontalPodAutoscaler
 // defaultPorts are the ports of the URL schemes the services connect to.
 var defaultPorts = map[string]int{"nats": 4222, "redis": 6379, "rediss": 6379, "postgres": 5432, "postgresql": 5432}
 
+// otlpPort is the port of an OTLP/HTTP endpoint without one.
+const otlpPort = 4318
+
 // egressPorts are the TCP ports a service's environment makes it connect
 // to: one per *_URL variable (a URL kept in a Secret the rendering does not
-// hold counts by its scheme's default port), and DNS.
+// hold counts by its scheme's default port), one per *_OTLP_ENDPOINT (trace
+// export), and DNS.
 func egressPorts(t *testing.T, where string, env map[string]string) []int {
 	t.Helper()
 	ports := []int{53}
 	for name, v := range env {
-		if !strings.HasSuffix(name, "_URL") || strings.HasSuffix(name, "_OTLP_ENDPOINT") {
+		if strings.HasSuffix(name, "_OTLP_ENDPOINT") {
+			if v == "" {
+				continue // no export
+			}
+			u, err := url.Parse(v)
+			if err != nil || u.Host == "" {
+				t.Errorf("%s: %s=%s: not a URL", where, name, v)
+				continue
+			}
+			p := otlpPort
+			if u.Port() != "" {
+				if p, err = strconv.Atoi(u.Port()); err != nil {
+					t.Errorf("%s: %s=%s: %v", where, name, v, err)
+					continue
+				}
+			}
+			ports = append(ports, p)
+			continue
+		}
+		if !strings.HasSuffix(name, "_URL") {
 			continue
 		}
 		if v == "" {
@@ -215,7 +238,7 @@ func allows(ports []networkingv1.NetworkPolicyPort, port int, proto corev1.Proto
 // checkNetworkPolicies checks that one policy denies everything to every
 // pod of ours, that every other selects one Deployment, and that each
 // Deployment's policies admit its container ports and the connections its
-// environment makes (NATS, Redis, PostgreSQL, DNS).
+// environment makes (NATS, Redis, PostgreSQL, DNS, OTLP).
 func checkNetworkPolicies(t *testing.T, r rendered, envs map[string]map[string]string) {
 	t.Helper()
 	denyAll := false
