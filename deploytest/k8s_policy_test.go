@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -390,6 +391,13 @@ func routeDuration(t *testing.T, where string, d *gatewayv1.Duration) time.Durat
 	if d == nil {
 		return -1
 	}
+	// The API server validates the Gateway API's pattern, which is
+	// stricter than time.ParseDuration (no fractions, at most five digits
+	// and four parts).
+	if !gatewayDuration.MatchString(string(*d)) {
+		t.Errorf("%s: timeout %q does not match the Gateway API's %s", where, *d, gatewayDuration)
+		return -1
+	}
 	v, err := time.ParseDuration(string(*d))
 	if err != nil {
 		t.Errorf("%s: timeout %q: %v", where, *d, err)
@@ -397,6 +405,9 @@ func routeDuration(t *testing.T, where string, d *gatewayv1.Duration) time.Durat
 	}
 	return v
 }
+
+// gatewayDuration is the Gateway API's Duration pattern (GEP-2257).
+var gatewayDuration = regexp.MustCompile(`^([0-9]{1,5}(h|m|s|ms)){1,4}$`)
 
 // checkIngress checks that an Ingress sends to our Services and, for
 // ingress-nginx, keeps websockets open.
