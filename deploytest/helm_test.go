@@ -417,3 +417,33 @@ func TestHelmEnvNames(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmConnectionsMetric checks that the autoscaler scales on websockets
+// per pod by default and drops that metric when told (a cluster without
+// prometheus-adapter, where an unavailable metric stops scale-down).
+func TestHelmConnectionsMetric(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		set  []string
+		want []string
+	}{
+		{nil, []string{"cpu", connectionsMetric}},
+		{[]string{"gateway.autoscaling.connectionsMetric.enabled=false"}, []string{"cpu"}},
+	} {
+		out, err := helmTemplate(t, tc.set...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := decodeManifests("helm template", out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := index(objs)
+		if len(r.hpas) != 1 {
+			t.Fatalf("%v: %d autoscalers, want 1", tc.set, len(r.hpas))
+		}
+		if got := hpaMetrics(r.hpas[0]); !slices.Equal(got, tc.want) {
+			t.Errorf("%v: metrics %v, want %v", tc.set, got, tc.want)
+		}
+	}
+}

@@ -119,21 +119,42 @@ func checkHPA(t *testing.T, r rendered, h *autoscalingv2.HorizontalPodAutoscaler
 	if target != nil && target.Spec.Replicas != nil {
 		t.Errorf("%s: Deployment %s sets replicas: every apply would reset the autoscaler's count (and drain the gateways above it)", where, target.Name)
 	}
-	var cpu, conns bool
-	for _, m := range h.Spec.Metrics {
+	// CPU always; the connections metric may be left out (the chart's
+	// connectionsMetric.enabled: without prometheus-adapter), but if
+	// present it must have an average value target.
+	cpu := false
+	for i, m := range h.Spec.Metrics {
 		switch {
 		case m.Type == autoscalingv2.ResourceMetricSourceType && m.Resource != nil && m.Resource.Name == corev1.ResourceCPU:
 			cpu = m.Resource.Target.Type == autoscalingv2.UtilizationMetricType && m.Resource.Target.AverageUtilization != nil
 		case m.Type == autoscalingv2.PodsMetricSourceType && m.Pods != nil && m.Pods.Metric.Name == connectionsMetric:
-			conns = m.Pods.Target.Type == autoscalingv2.AverageValueMetricType && m.Pods.Target.AverageValue != nil && m.Pods.Target.AverageValue.Sign() > 0
+			if m.Pods.Target.Type != autoscalingv2.AverageValueMetricType || m.Pods.Target.AverageValue == nil || m.Pods.Target.AverageValue.Sign() <= 0 {
+				t.Errorf("%s: Pods metric %s without a positive average value target", where, connectionsMetric)
+			}
+		default:
+			t.Errorf("%s: metric %d (%s) is neither CPU nor %s", where, i, m.Type, connectionsMetric)
 		}
 	}
 	if !cpu {
 		t.Errorf("%s: no CPU utilization target", where)
 	}
-	if !conns {
-		t.Errorf("%s: no Pods metric %s with an average value target", where, connectionsMetric)
+}
+
+// hpaMetrics returns the names of an autoscaler's metrics ("cpu" for the
+// CPU resource).
+func hpaMetrics(h *autoscalingv2.HorizontalPodAutoscaler) []string {
+	var names []string
+	for _, m := range h.Spec.Metrics {
+		switch {
+		case m.Resource != nil:
+			names = append(names, string(m.Resource.Name))
+		case m.Pods != nil:
+			names = append(names, m.Pods.Metric.Name)
+		default:
+			names = append(names, string(m.Type))
+		}
 	}
+	return names
 }
 
 // defaultPorts are the ports of the URL schemes the services connect to.
