@@ -48,8 +48,19 @@ spec:
   {{- if not (and $gateway $v.autoscaling.enabled) }}
   replicas: {{ $v.replicas }}
   {{- else }}
-  # No replicas: the autoscaler owns the count (an upgrade that set it
-  # would scale the gateways down to it, draining their clients).
+  {{- /*
+  The autoscaler owns the count: an upgrade must not change it. On an
+  existing release, keep the live Deployment's count (dropping the field
+  would reset it to 1 when autoscaling is switched on, draining the
+  gateways' clients); on install, and offline (helm template, where lookup
+  finds nothing), no field: the autoscaler raises the count to minReplicas.
+  */}}
+  {{- $live := lookup "apps/v1" "Deployment" $root.Release.Namespace $name }}
+  {{- with $live }}
+  {{- with .spec.replicas }}
+  replicas: {{ . }}
+  {{- end }}
+  {{- end }}
   {{- end }}
   revisionHistoryLimit: 5
   {{- if $gateway }}
