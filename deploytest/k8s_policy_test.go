@@ -3,6 +3,7 @@ package deploytest
 import (
 	"bytes"
 	"io/fs"
+	"net"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -163,52 +164,69 @@ var defaultPorts = map[string]int{"nats": 4222, "redis": 6379, "rediss": 6379, "
 // otlpPort is the port of an OTLP/HTTP endpoint without one.
 const otlpPort = 4318
 
-// egressPorts are the TCP ports a service's environment makes it connect
-// to: one per *_URL variable (a URL kept in a Secret the rendering does not
-// hold counts by its scheme's default port), one per *_OTLP_ENDPOINT (trace
-// export), and DNS.
-func egressPorts(t *testing.T, where string, env map[string]string) []int {
+// egress is a connection a service's environment makes it open.
+type egress struct {
+	name string
+	port int
+	// pod are the destination pods' labels, by their charts; nil: not
+	// known (PostgreSQL may live outside the cluster, a URL may name an
+	// address).
+	pod map[string]string
+	// ns is the destination's namespace; empty: not known.
+	ns string
+}
+
+// peerLabels are the labels of the pods behind each kind of URL or
+// endpoint, as their charts set them and the network policies select them.
+var peerLabels = map[string]map[string]string{
+	"nats":   {"app.kubernetes.io/name": "nats"},
+	"redis":  {"app.kubernetes.io/name": "redis"},
+	"rediss": {"app.kubernetes.io/name": "redis"},
+	"otlp":   {"app.kubernetes.io/name": "opentelemetry-collector"},
+}
+
+// egressTargets are the connections a service's environment makes it
+// open: one per *_URL variable (a URL kept in a Secret the rendering does
+// not hold counts by its scheme's default port), one per *_OTLP_ENDPOINT
+// (trace export), and DNS. ns is the Deployment's namespace, where a
+// host without a namespace part lives.
+func egressTargets(t *testing.T, where, ns string, env map[string]string) []egress {
 	t.Helper()
-	ports := []int{53}
+	targets := []egress{{name: "DNS", port: 53, pod: map[string]string{"k8s-app": "kube-dns"}, ns: "kube-system"}}
 	for name, v := range env {
-		if strings.HasSuffix(name, "_OTLP_ENDPOINT") {
+		kind := ""
+		switch {
+		case strings.HasSuffix(name, "_OTLP_ENDPOINT"):
 			if v == "" {
 				continue // no export
 			}
-			u, err := url.Parse(v)
-			if err != nil || u.Host == "" {
-				t.Errorf("%s: %s=%s: not a URL", where, name, v)
-				continue
-			}
-			p := otlpPort
-			if u.Port() != "" {
-				if p, err = strconv.Atoi(u.Port()); err != nil {
-					t.Errorf("%s: %s=%s: %v", where, name, v, err)
+			kind = "otlp"
+		case strings.HasSuffix(name, "_URL"):
+			if v == "" {
+				scheme := strings.ToLower(name[strings.LastIndex(name[:len(name)-len("_URL")], "_")+1 : len(name)-len("_URL")])
+				p, ok := defaultPorts[scheme]
+				if !ok {
+					t.Errorf("%s: %s from a Secret: no default port known", where, name)
 					continue
 				}
-			}
-			ports = append(ports, p)
-			continue
-		}
-		if !strings.HasSuffix(name, "_URL") {
-			continue
-		}
-		if v == "" {
-			scheme := strings.ToLower(name[strings.LastIndex(name[:len(name)-len("_URL")], "_")+1 : len(name)-len("_URL")])
-			p, ok := defaultPorts[scheme]
-			if !ok {
-				t.Errorf("%s: %s from a Secret: no default port known", where, name)
+				targets = append(targets, egress{name: name, port: p, pod: peerLabels[scheme]})
 				continue
 			}
-			ports = append(ports, p)
+		default:
 			continue
 		}
 		u, err := url.Parse(v)
-		if err != nil {
-			t.Errorf("%s: %s: %v", where, name, err)
+		if err != nil || u.Host == "" {
+			t.Errorf("%s: %s=%s: not a URL", where, name, v)
 			continue
 		}
-		p, ok := defaultPorts[u.Scheme]
+		if kind == "" {
+			kind = u.Scheme
+		}
+		p, ok := defaultPorts[kind]
+		if kind == "otlp" {
+			p, ok = otlpPort, true
+		}
 		if u.Port() != "" {
 			p, err = strconv.Atoi(u.Port())
 			ok = err == nil
@@ -217,9 +235,51 @@ func egressPorts(t *testing.T, where string, env map[string]string) []int {
 			t.Errorf("%s: %s=%s: no port", where, name, v)
 			continue
 		}
-		ports = append(ports, p)
+		e := egress{name: name, port: p}
+		if net.ParseIP(u.Hostname()) == nil {
+			e.pod = peerLabels[kind]
+			e.ns = ns
+			// service.namespace[.svc.cluster.local]
+			if parts := strings.Split(u.Hostname(), "."); len(parts) > 1 {
+				e.ns = parts[1]
+			}
+		}
+		targets = append(targets, e)
 	}
-	return ports
+	return targets
+}
+
+// reaches reports whether a rule's peers admit the destination of e, from
+// a policy in the namespace ns. An ipBlock is taken to admit it: addresses
+// cannot be judged offline.
+func reaches(t *testing.T, peers []networkingv1.NetworkPolicyPeer, e egress, ns string) bool {
+	if len(peers) == 0 || e.pod == nil {
+		return true
+	}
+	matches := func(sel *metav1.LabelSelector, l map[string]string) bool {
+		s, err := metav1.LabelSelectorAsSelector(sel)
+		if err != nil {
+			t.Errorf("selector %v: %v", sel, err)
+			return false
+		}
+		return s.Matches(labels.Set(l))
+	}
+	for _, p := range peers {
+		if p.IPBlock != nil {
+			return true
+		}
+		podOK := p.PodSelector == nil || matches(p.PodSelector, e.pod)
+		nsOK := e.ns == ""
+		if p.NamespaceSelector == nil {
+			nsOK = nsOK || e.ns == ns
+		} else {
+			nsOK = nsOK || matches(p.NamespaceSelector, map[string]string{"kubernetes.io/metadata.name": e.ns})
+		}
+		if podOK && nsOK {
+			return true
+		}
+	}
+	return false
 }
 
 // allows reports whether a rule's ports admit TCP (or, for 53, UDP too) on
@@ -260,7 +320,9 @@ func allows(ports []networkingv1.NetworkPolicyPort, port int, proto corev1.Proto
 // checkNetworkPolicies checks that one policy denies everything to every
 // pod of ours, that every other selects one Deployment, and that each
 // Deployment's policies admit its container ports and the connections its
-// environment makes (NATS, Redis, PostgreSQL, DNS, OTLP).
+// environment makes (NATS, Redis, PostgreSQL, DNS, OTLP): the port, and the
+// destination: the peers must select the pods of the right chart (by
+// peerLabels) in the namespace the URL names.
 func checkNetworkPolicies(t *testing.T, r rendered, envs map[string]map[string]string) {
 	t.Helper()
 	denyAll := false
@@ -310,20 +372,20 @@ func checkNetworkPolicies(t *testing.T, r rendered, envs map[string]map[string]s
 				t.Errorf("%s: no NetworkPolicy admits port %s (%d)", where, cp.Name, cp.ContainerPort)
 			}
 		}
-		for _, port := range egressPorts(t, where, envs[d.Name]) {
+		for _, e := range egressTargets(t, where, d.Namespace, envs[d.Name]) {
 			protos := []corev1.Protocol{corev1.ProtocolTCP}
-			if port == 53 {
+			if e.port == 53 {
 				protos = append(protos, corev1.ProtocolUDP)
 			}
 			for _, proto := range protos {
 				ok := false
 				for _, np := range nps {
 					for _, rule := range np.Spec.Egress {
-						ok = ok || allows(rule.Ports, port, proto, nil)
+						ok = ok || allows(rule.Ports, e.port, proto, nil) && reaches(t, rule.To, e, np.Namespace)
 					}
 				}
 				if !ok {
-					t.Errorf("%s: no NetworkPolicy lets it connect to %s port %d", where, proto, port)
+					t.Errorf("%s: no NetworkPolicy lets it connect to %s port %d (%s, pods %v in namespace %q)", where, proto, e.port, e.name, e.pod, e.ns)
 				}
 			}
 		}
