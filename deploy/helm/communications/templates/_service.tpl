@@ -139,8 +139,13 @@ spec:
               sleep:
                 seconds: {{ $v.preStopSleepSeconds }}
           {{- end }}
+          {{- if $gateway }}
+          # The gateway has no migrations, but connects to NATS before its
+          # debug server listens: the same minute of start-up.
+          {{- else }}
           # Migrations run before the debug server listens: give start-up
           # a minute before liveness counts.
+          {{- end }}
           startupProbe:
             httpGet:
               path: /healthz
