@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
@@ -107,6 +108,11 @@ func TestHelmTemplate(t *testing.T) {
 			map[string]int{"*v1.HTTPRoute": 0, "*v1.Ingress": 0, "*v2.HorizontalPodAutoscaler": 0, "*v1.NetworkPolicy": 0}},
 		{"settings", []string{"image.registry=registry.example.com", "gateway.env.GATEWAY_TRUSTED_PROXIES=10.0.0.0/8",
 			"nats.url=nats://nats.messaging:4223", "auth.env.AUTH_LOG_LEVEL=debug"}, map[string]int{"*v1.Deployment": 4}},
+		{"traces", []string{"auth.env.AUTH_OTLP_ENDPOINT=http://otel-collector.observability:4318",
+			"gateway.env.GATEWAY_OTLP_ENDPOINT=http://otel-collector.observability:4318",
+			"networkPolicies.otlp.to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=observability",
+			"networkPolicies.otlp.to[0].podSelector.matchLabels.app\\.kubernetes\\.io/name=opentelemetry-collector"},
+			map[string]int{"*v1.NetworkPolicy": 5}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -143,11 +149,26 @@ func TestHelmRejects(t *testing.T) {
 	}{
 		{"unknown value", []string{"gateway.replica=3"}, "additional properties 'replica' not allowed"},
 		{"unknown section", []string{"postgresql.enabled=true"}, "additional properties 'postgresql' not allowed"},
-		{"env of another service", []string{"auth.env.CHAT_LOG_LEVEL=debug"}, "does not match pattern"},
+		{"env of another service", []string{"auth.env.CHAT_LOG_LEVEL=debug"}, "must be one of"},
 		{"one gateway", []string{"gateway.replicas=1"}, "minimum"},
 		{"latest", []string{"image.tag=latest"}, "image"},
 		{"grace period under the drain", []string{"gateway.terminationGracePeriodSeconds=30"}, "must exceed"},
 		{"route and ingress", []string{"ingress.enabled=true"}, "one way"},
+		{"drain as long as the shutdown", []string{"gateway.drainTimeout=25s"}, "must be under shutdownTimeout"},
+		{"drain longer than the shutdown", []string{"gateway.drainTimeout=1m"}, "must be under shutdownTimeout"},
+		{"fractional drain", []string{"gateway.drainTimeout=1.5s"}, "does not match pattern"},
+		{"max under min replicas", []string{"gateway.autoscaling.maxReplicas=2"}, "under minReplicas"},
+		{"fractional route timeout", []string{"route.requestTimeout=1.5s"}, "does not match pattern"},
+		{"long route timeout", []string{"route.requestTimeout=100000s"}, "does not match pattern"},
+		{"no preStop sleep", []string{"gateway.preStopSleepSeconds=0"}, "minimum"},
+		{"env the chart sets", []string{"gateway.env.GATEWAY_SHUTDOWN_TIMEOUT=1m"}, "invalid propertyName 'GATEWAY_SHUTDOWN_TIMEOUT'"},
+		{"debug address", []string{"chat.env.CHAT_DEBUG_ADDR=:9091"}, "invalid propertyName 'CHAT_DEBUG_ADDR'"},
+		{"postgres URL", []string{"history.env.HISTORY_POSTGRES_URL=postgres://x"}, "invalid propertyName 'HISTORY_POSTGRES_URL'"},
+		{"NATS URL beside nats.url", []string{"auth.env.AUTH_NATS_URL=nats://other:4222"}, "invalid propertyName 'AUTH_NATS_URL'"},
+		{"unknown variable", []string{"auth.env.AUTH_NO_SUCH_SETTING=1"}, "invalid propertyName 'AUTH_NO_SUCH_SETTING'"},
+		{"traces blocked", []string{"chat.env.CHAT_OTLP_ENDPOINT=http://otel-collector:4318"}, "networkPolicies.otlp.to"},
+		{"traces on another port", []string{"chat.env.CHAT_OTLP_ENDPOINT=http://otel-collector:4317",
+			"networkPolicies.otlp.to[0].ipBlock.cidr=10.0.0.0/8"}, "networkPolicies.otlp.port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -324,5 +345,105 @@ func TestHelmReleases(t *testing.T) {
 	}
 	if !served {
 		t.Errorf("values-prometheus-adapter.yaml: no rule serves %s per pod, which the gateway's autoscaler reads", connectionsMetric)
+	}
+}
+
+// TestHelmEnvNames checks that the schema admits, in each service's env,
+// exactly the variables the service reads that the chart does not set
+// itself (in the Deployment's env or from other values into the
+// ConfigMap) or ties to the grace period (*_SHUTDOWN_TIMEOUT): an override of those would contradict the chart's other
+// settings (ports, timeouts, network policies), and an unknown name would
+// be ignored by the service.
+func TestHelmEnvNames(t *testing.T) {
+	t.Parallel()
+	schema := readYAML(t, filepath.Join(chartDir(t), "values.schema.json"))
+	out, err := helmTemplate(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeManifests("helm template", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := index(objs)
+	for _, svc := range Services {
+		var d *appsv1.Deployment
+		for _, dd := range r.deployments {
+			if dd.Name == svc.Name {
+				d = dd
+			}
+		}
+		if d == nil {
+			t.Errorf("no Deployment %s", svc.Name)
+			continue
+		}
+		set := map[string]bool{}
+		c := d.Spec.Template.Spec.Containers[0]
+		for _, e := range c.Env {
+			set[e.Name] = true
+		}
+		for _, ef := range c.EnvFrom {
+			if ef.ConfigMapRef == nil {
+				continue
+			}
+			cm, ok := r.configMaps[ef.ConfigMapRef.Name]
+			if !ok {
+				t.Errorf("%s: no ConfigMap %s", svc.Name, ef.ConfigMapRef.Name)
+				continue
+			}
+			for k := range cm.Data {
+				set[k] = true
+			}
+		}
+		// The grace period the chart sets is bound to the shutdown timeout.
+		set[svc.EnvPrefix+"SHUTDOWN_TIMEOUT"] = true
+		var want []string
+		for _, name := range svc.Env {
+			if !set[name] {
+				want = append(want, name)
+			}
+		}
+		slices.Sort(want)
+		var got []string
+		enum, _ := lookup(schema, "properties", svc.Name, "properties", "env", "propertyNames", "enum").([]any)
+		for _, v := range enum {
+			s, _ := v.(string)
+			got = append(got, s)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			js, _ := json.Marshal(want)
+			t.Errorf("values.schema.json: %s.env.propertyNames.enum is %v, want %s", svc.Name, got, js)
+		}
+	}
+}
+
+// TestHelmConnectionsMetric checks that the autoscaler scales on websockets
+// per pod by default and drops that metric when told (a cluster without
+// prometheus-adapter, where an unavailable metric stops scale-down).
+func TestHelmConnectionsMetric(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		set  []string
+		want []string
+	}{
+		{nil, []string{"cpu", connectionsMetric}},
+		{[]string{"gateway.autoscaling.connectionsMetric.enabled=false"}, []string{"cpu"}},
+	} {
+		out, err := helmTemplate(t, tc.set...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := decodeManifests("helm template", out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := index(objs)
+		if len(r.hpas) != 1 {
+			t.Fatalf("%v: %d autoscalers, want 1", tc.set, len(r.hpas))
+		}
+		if got := hpaMetrics(r.hpas[0]); !slices.Equal(got, tc.want) {
+			t.Errorf("%v: metrics %v, want %v", tc.set, got, tc.want)
+		}
 	}
 }

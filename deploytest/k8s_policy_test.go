@@ -3,8 +3,10 @@ package deploytest
 import (
 	"bytes"
 	"io/fs"
+	"net"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -118,52 +120,113 @@ func checkHPA(t *testing.T, r rendered, h *autoscalingv2.HorizontalPodAutoscaler
 	if target != nil && target.Spec.Replicas != nil {
 		t.Errorf("%s: Deployment %s sets replicas: every apply would reset the autoscaler's count (and drain the gateways above it)", where, target.Name)
 	}
-	var cpu, conns bool
-	for _, m := range h.Spec.Metrics {
+	// CPU always; the connections metric may be left out (the chart's
+	// connectionsMetric.enabled: without prometheus-adapter), but if
+	// present it must have an average value target.
+	cpu := false
+	for i, m := range h.Spec.Metrics {
 		switch {
 		case m.Type == autoscalingv2.ResourceMetricSourceType && m.Resource != nil && m.Resource.Name == corev1.ResourceCPU:
 			cpu = m.Resource.Target.Type == autoscalingv2.UtilizationMetricType && m.Resource.Target.AverageUtilization != nil
 		case m.Type == autoscalingv2.PodsMetricSourceType && m.Pods != nil && m.Pods.Metric.Name == connectionsMetric:
-			conns = m.Pods.Target.Type == autoscalingv2.AverageValueMetricType && m.Pods.Target.AverageValue != nil && m.Pods.Target.AverageValue.Sign() > 0
+			if m.Pods.Target.Type != autoscalingv2.AverageValueMetricType || m.Pods.Target.AverageValue == nil || m.Pods.Target.AverageValue.Sign() <= 0 {
+				t.Errorf("%s: Pods metric %s without a positive average value target", where, connectionsMetric)
+			}
+		default:
+			t.Errorf("%s: metric %d (%s) is neither CPU nor %s", where, i, m.Type, connectionsMetric)
 		}
 	}
 	if !cpu {
 		t.Errorf("%s: no CPU utilization target", where)
 	}
-	if !conns {
-		t.Errorf("%s: no Pods metric %s with an average value target", where, connectionsMetric)
+}
+
+// hpaMetrics returns the names of an autoscaler's metrics ("cpu" for the
+// CPU resource).
+func hpaMetrics(h *autoscalingv2.HorizontalPodAutoscaler) []string {
+	var names []string
+	for _, m := range h.Spec.Metrics {
+		switch {
+		case m.Resource != nil:
+			names = append(names, string(m.Resource.Name))
+		case m.Pods != nil:
+			names = append(names, m.Pods.Metric.Name)
+		default:
+			names = append(names, string(m.Type))
+		}
 	}
+	return names
 }
 
 // defaultPorts are the ports of the URL schemes the services connect to.
 var defaultPorts = map[string]int{"nats": 4222, "redis": 6379, "rediss": 6379, "postgres": 5432, "postgresql": 5432}
 
-// egressPorts are the TCP ports a service's environment makes it connect
-// to: one per *_URL variable (a URL kept in a Secret the rendering does not
-// hold counts by its scheme's default port), and DNS.
-func egressPorts(t *testing.T, where string, env map[string]string) []int {
+// otlpPort is the port of an OTLP/HTTP endpoint without one.
+const otlpPort = 4318
+
+// egress is a connection a service's environment makes it open.
+type egress struct {
+	name string
+	port int
+	// pod are the destination pods' labels, by their charts; nil: not
+	// known (PostgreSQL may live outside the cluster, a URL may name an
+	// address).
+	pod map[string]string
+	// ns is the destination's namespace; empty: not known.
+	ns string
+}
+
+// peerLabels are the labels of the pods behind each kind of URL or
+// endpoint, as their charts set them and the network policies select them.
+var peerLabels = map[string]map[string]string{
+	"nats":   {"app.kubernetes.io/name": "nats"},
+	"redis":  {"app.kubernetes.io/name": "redis"},
+	"rediss": {"app.kubernetes.io/name": "redis"},
+	"otlp":   {"app.kubernetes.io/name": "opentelemetry-collector"},
+}
+
+// egressTargets are the connections a service's environment makes it
+// open: one per *_URL variable (a URL kept in a Secret the rendering does
+// not hold counts by its scheme's default port), one per *_OTLP_ENDPOINT
+// (trace export), and DNS. ns is the Deployment's namespace, where a
+// host without a namespace part lives.
+func egressTargets(t *testing.T, where, ns string, env map[string]string) []egress {
 	t.Helper()
-	ports := []int{53}
+	targets := []egress{{name: "DNS", port: 53, pod: map[string]string{"k8s-app": "kube-dns"}, ns: "kube-system"}}
 	for name, v := range env {
-		if !strings.HasSuffix(name, "_URL") || strings.HasSuffix(name, "_OTLP_ENDPOINT") {
-			continue
-		}
-		if v == "" {
-			scheme := strings.ToLower(name[strings.LastIndex(name[:len(name)-len("_URL")], "_")+1 : len(name)-len("_URL")])
-			p, ok := defaultPorts[scheme]
-			if !ok {
-				t.Errorf("%s: %s from a Secret: no default port known", where, name)
+		kind := ""
+		switch {
+		case strings.HasSuffix(name, "_OTLP_ENDPOINT"):
+			if v == "" {
+				continue // no export
+			}
+			kind = "otlp"
+		case strings.HasSuffix(name, "_URL"):
+			if v == "" {
+				scheme := strings.ToLower(name[strings.LastIndex(name[:len(name)-len("_URL")], "_")+1 : len(name)-len("_URL")])
+				p, ok := defaultPorts[scheme]
+				if !ok {
+					t.Errorf("%s: %s from a Secret: no default port known", where, name)
+					continue
+				}
+				targets = append(targets, egress{name: name, port: p, pod: peerLabels[scheme]})
 				continue
 			}
-			ports = append(ports, p)
+		default:
 			continue
 		}
 		u, err := url.Parse(v)
-		if err != nil {
-			t.Errorf("%s: %s: %v", where, name, err)
+		if err != nil || u.Host == "" {
+			t.Errorf("%s: %s=%s: not a URL", where, name, v)
 			continue
 		}
-		p, ok := defaultPorts[u.Scheme]
+		if kind == "" {
+			kind = u.Scheme
+		}
+		p, ok := defaultPorts[kind]
+		if kind == "otlp" {
+			p, ok = otlpPort, true
+		}
 		if u.Port() != "" {
 			p, err = strconv.Atoi(u.Port())
 			ok = err == nil
@@ -172,9 +235,51 @@ func egressPorts(t *testing.T, where string, env map[string]string) []int {
 			t.Errorf("%s: %s=%s: no port", where, name, v)
 			continue
 		}
-		ports = append(ports, p)
+		e := egress{name: name, port: p}
+		if net.ParseIP(u.Hostname()) == nil {
+			e.pod = peerLabels[kind]
+			e.ns = ns
+			// service.namespace[.svc.cluster.local]
+			if parts := strings.Split(u.Hostname(), "."); len(parts) > 1 {
+				e.ns = parts[1]
+			}
+		}
+		targets = append(targets, e)
 	}
-	return ports
+	return targets
+}
+
+// reaches reports whether a rule's peers admit the destination of e, from
+// a policy in the namespace ns. An ipBlock is taken to admit it: addresses
+// cannot be judged offline.
+func reaches(t *testing.T, peers []networkingv1.NetworkPolicyPeer, e egress, ns string) bool {
+	if len(peers) == 0 || e.pod == nil {
+		return true
+	}
+	matches := func(sel *metav1.LabelSelector, l map[string]string) bool {
+		s, err := metav1.LabelSelectorAsSelector(sel)
+		if err != nil {
+			t.Errorf("selector %v: %v", sel, err)
+			return false
+		}
+		return s.Matches(labels.Set(l))
+	}
+	for _, p := range peers {
+		if p.IPBlock != nil {
+			return true
+		}
+		podOK := p.PodSelector == nil || matches(p.PodSelector, e.pod)
+		nsOK := e.ns == ""
+		if p.NamespaceSelector == nil {
+			nsOK = nsOK || e.ns == ns
+		} else {
+			nsOK = nsOK || matches(p.NamespaceSelector, map[string]string{"kubernetes.io/metadata.name": e.ns})
+		}
+		if podOK && nsOK {
+			return true
+		}
+	}
+	return false
 }
 
 // allows reports whether a rule's ports admit TCP (or, for 53, UDP too) on
@@ -215,7 +320,9 @@ func allows(ports []networkingv1.NetworkPolicyPort, port int, proto corev1.Proto
 // checkNetworkPolicies checks that one policy denies everything to every
 // pod of ours, that every other selects one Deployment, and that each
 // Deployment's policies admit its container ports and the connections its
-// environment makes (NATS, Redis, PostgreSQL, DNS).
+// environment makes (NATS, Redis, PostgreSQL, DNS, OTLP): the port, and the
+// destination: the peers must select the pods of the right chart (by
+// peerLabels) in the namespace the URL names.
 func checkNetworkPolicies(t *testing.T, r rendered, envs map[string]map[string]string) {
 	t.Helper()
 	denyAll := false
@@ -265,20 +372,20 @@ func checkNetworkPolicies(t *testing.T, r rendered, envs map[string]map[string]s
 				t.Errorf("%s: no NetworkPolicy admits port %s (%d)", where, cp.Name, cp.ContainerPort)
 			}
 		}
-		for _, port := range egressPorts(t, where, envs[d.Name]) {
+		for _, e := range egressTargets(t, where, d.Namespace, envs[d.Name]) {
 			protos := []corev1.Protocol{corev1.ProtocolTCP}
-			if port == 53 {
+			if e.port == 53 {
 				protos = append(protos, corev1.ProtocolUDP)
 			}
 			for _, proto := range protos {
 				ok := false
 				for _, np := range nps {
 					for _, rule := range np.Spec.Egress {
-						ok = ok || allows(rule.Ports, port, proto, nil)
+						ok = ok || allows(rule.Ports, e.port, proto, nil) && reaches(t, rule.To, e, np.Namespace)
 					}
 				}
 				if !ok {
-					t.Errorf("%s: no NetworkPolicy lets it connect to %s port %d", where, proto, port)
+					t.Errorf("%s: no NetworkPolicy lets it connect to %s port %d (%s, pods %v in namespace %q)", where, proto, e.port, e.name, e.pod, e.ns)
 				}
 			}
 		}
@@ -367,6 +474,13 @@ func routeDuration(t *testing.T, where string, d *gatewayv1.Duration) time.Durat
 	if d == nil {
 		return -1
 	}
+	// The API server validates the Gateway API's pattern, which is
+	// stricter than time.ParseDuration (no fractions, at most five digits
+	// and four parts).
+	if !gatewayDuration.MatchString(string(*d)) {
+		t.Errorf("%s: timeout %q does not match the Gateway API's %s", where, *d, gatewayDuration)
+		return -1
+	}
 	v, err := time.ParseDuration(string(*d))
 	if err != nil {
 		t.Errorf("%s: timeout %q: %v", where, *d, err)
@@ -374,6 +488,9 @@ func routeDuration(t *testing.T, where string, d *gatewayv1.Duration) time.Durat
 	}
 	return v
 }
+
+// gatewayDuration is the Gateway API's Duration pattern (GEP-2257).
+var gatewayDuration = regexp.MustCompile(`^([0-9]{1,5}(h|m|s|ms)){1,4}$`)
 
 // checkIngress checks that an Ingress sends to our Services and, for
 // ingress-nginx, keeps websockets open.

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/communications/communications/libs/svcmain"
+
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -468,9 +470,10 @@ func checkDeployment(t *testing.T, r rendered, d *appsv1.Deployment, pinned bool
 		}
 		checkPorts(t, where, c, st)
 
-		if svc.Name == "gateway" {
-			checkGatewayTermination(t, where, d, r.replicas(d), c, st)
+		if svc.Name == "gateway" && r.replicas(d) < 2 {
+			t.Errorf("%s: %d replicas (or autoscaler minimum), want at least 2", where, r.replicas(d))
 		}
+		checkTermination(t, where, d, c, svc, st)
 	}
 	for name := range secretEnv {
 		if _, ok := env[name]; !ok {
@@ -585,25 +588,26 @@ func resolvePort(c corev1.Container, p intstr.IntOrString) int {
 	return -1
 }
 
-// checkGatewayTermination checks the gateway's replicas and that its pods
-// get the time to drain: the preStop sleep, then GATEWAY_SHUTDOWN_TIMEOUT.
-func checkGatewayTermination(t *testing.T, where string, d *appsv1.Deployment, replicas int, c corev1.Container, st Settings) {
-	if replicas < 2 {
-		t.Errorf("%s: %d replicas (or autoscaler minimum), want at least 2", where, replicas)
-	}
+// checkTermination checks that a Deployment's pods get the time to stop:
+// the preStop sleep (the gateway's, which must have one), the service's
+// shutdown timeout, then svcmain's bounded telemetry flush. The grace period
+// must be set explicitly: Kubernetes' default of 30 s is no decision.
+func checkTermination(t *testing.T, where string, d *appsv1.Deployment, c corev1.Container, svc Service, st Settings) {
 	var sleep time.Duration
-	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
-		t.Errorf("%s: no preStop sleep (the image has no shell: use the sleep action)", where)
-	} else {
+	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
 		sleep = time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	} else if svc.Name == "gateway" {
+		t.Errorf("%s: no preStop sleep (the image has no shell: use the sleep action)", where)
 	}
-	grace := 30 * time.Second // Kubernetes' default
-	if g := d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != nil {
-		grace = time.Duration(*g) * time.Second
+	g := d.Spec.Template.Spec.TerminationGracePeriodSeconds
+	if g == nil {
+		t.Errorf("%s: no terminationGracePeriodSeconds (the default 30 s is set by nobody)", where)
+		return
 	}
-	if grace <= sleep+st.ShutdownTimeout {
-		t.Errorf("%s: terminationGracePeriodSeconds %v, want more than the preStop sleep %v + GATEWAY_SHUTDOWN_TIMEOUT %v",
-			where, grace, sleep, st.ShutdownTimeout)
+	grace := time.Duration(*g) * time.Second
+	if need := sleep + st.ShutdownTimeout + svcmain.TelemetryFlushTimeout; grace <= need {
+		t.Errorf("%s: terminationGracePeriodSeconds %v, want more than the preStop sleep %v + %sSHUTDOWN_TIMEOUT %v + telemetry flush %v",
+			where, grace, sleep, svc.EnvPrefix, st.ShutdownTimeout, svcmain.TelemetryFlushTimeout)
 	}
 }
 

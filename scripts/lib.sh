@@ -39,16 +39,17 @@ ensure_go() {
 }
 
 # ensure_go_tool NAME MODULE/PATH VERSION builds a pinned Go program into
-# .state/bin unless that version is already there.
+# .state/bin unless that version is already there: the version the binary's
+# own build information names for its main module (go version -m), not a
+# stamp file that a binary copied or built by hand would not match.
 ensure_go_tool() {
 	local name=$1 pkg=$2 version=$3
-	local stamp="$STATE_BIN/.$name.version"
-	if [ -x "$STATE_BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+	if [ -x "$STATE_BIN/$name" ] &&
+		[ "$(go version -m "$STATE_BIN/$name" 2>/dev/null | awk '$1 == "mod" { print $3; exit }')" = "$version" ]; then
 		return
 	fi
 	echo "building $name $version from the Go module proxy"
 	GOBIN="$STATE_BIN" GOWORK=off GOFLAGS=-mod=mod go install "$pkg@$version"
-	echo "$version" >"$stamp"
 }
 
 # build_devstack builds the stack supervisor (libs/cmd/devstack).

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/communications/communications/libs/config"
 	"github.com/communications/communications/libs/telemetry"
@@ -22,6 +23,11 @@ type Config interface {
 	// the share of new traces sampled (0 to 1) and the log level.
 	TelemetrySettings() (otlpEndpoint string, sampleRatio float64, logLevel string)
 }
+
+// TelemetryFlushTimeout bounds the telemetry flush after the service has
+// stopped: a deployment's grace period must exceed the service's shutdown
+// timeout plus this.
+const TelemetryFlushTimeout = 5 * time.Second
 
 // Main runs a service named name whose environment variables start with
 // prefix and returns the process's exit status. Use it as
@@ -48,7 +54,11 @@ func runService[C Config](ctx context.Context, name, prefix string, run func(con
 		return err
 	}
 	defer func() {
-		if err := tel.Shutdown(context.WithoutCancel(ctx)); err != nil {
+		// The flush gets its own deadline: an unreachable collector must
+		// not hold the process past the pod's grace period.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TelemetryFlushTimeout)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
 			tel.Logger.Warn("telemetry shutdown", "err", err)
 		}
 	}()

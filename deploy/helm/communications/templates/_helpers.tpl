@@ -48,3 +48,15 @@ the service's extra variables (each must carry its prefix).
 {{- end }}
 {{- toYaml $data }}
 {{- end }}
+
+{{/* Milliseconds of a duration made of whole h, m, s and ms parts (1m30s). */}}
+{{- define "communications.ms" -}}
+{{- $ms := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|h|m|s)" . -1 -}}
+{{- $n := regexFind "^[0-9]+" . -}}
+{{- $u := trimPrefix $n . -}}
+{{- $f := dict "h" 3600000 "m" 60000 "s" 1000 "ms" 1 -}}
+{{- $ms = add $ms (mul (atoi $n) (get $f $u)) -}}
+{{- end -}}
+{{- $ms -}}
+{{- end }}

@@ -48,8 +48,19 @@ spec:
   {{- if not (and $gateway $v.autoscaling.enabled) }}
   replicas: {{ $v.replicas }}
   {{- else }}
-  # No replicas: the autoscaler owns the count (an upgrade that set it
-  # would scale the gateways down to it, draining their clients).
+  {{- /*
+  The autoscaler owns the count: an upgrade must not change it. On an
+  existing release, keep the live Deployment's count (dropping the field
+  would reset it to 1 when autoscaling is switched on, draining the
+  gateways' clients); on install, and offline (helm template, where lookup
+  finds nothing), no field: the autoscaler raises the count to minReplicas.
+  */}}
+  {{- $live := lookup "apps/v1" "Deployment" $root.Release.Namespace $name }}
+  {{- with $live }}
+  {{- with .spec.replicas }}
+  replicas: {{ . }}
+  {{- end }}
+  {{- end }}
   {{- end }}
   revisionHistoryLimit: 5
   {{- if $gateway }}
@@ -80,6 +91,9 @@ spec:
       enableServiceLinks: false
       {{- if $gateway }}
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+      {{- else }}
+      # Above the 20 s shutdown timeout plus the 5 s telemetry flush.
+      terminationGracePeriodSeconds: 30
       {{- end }}
       securityContext:
         runAsNonRoot: true
@@ -125,8 +139,13 @@ spec:
               sleep:
                 seconds: {{ $v.preStopSleepSeconds }}
           {{- end }}
+          {{- if $gateway }}
+          # The gateway has no migrations, but connects to NATS before its
+          # debug server listens: the same minute of start-up.
+          {{- else }}
           # Migrations run before the debug server listens: give start-up
           # a minute before liveness counts.
+          {{- end }}
           startupProbe:
             httpGet:
               path: /healthz
