@@ -48,12 +48,7 @@ func observations(t *testing.T, reg *prometheus.Registry, name string) map[strin
 // "other".
 func TestRequestMetrics(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg, "pre")
 	if err != nil {
@@ -177,12 +172,7 @@ func histogram(t *testing.T, reg *prometheus.Registry, name, subject, outcome st
 // moved 10 s; the second, received before that, must be measured 10 s too.
 func TestHandleDurationIncludesQueueing(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg, "pre")
 	if err != nil {
@@ -255,12 +245,7 @@ func TestHandleDurationIncludesQueueing(t *testing.T) {
 // not "unavailable"; a reply that does not decode is "error".
 func TestRequestOutcomes(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg, "pre")
 	if err != nil {

@@ -130,12 +130,7 @@ func TestRequestReply(t *testing.T) {
 
 func TestHandleAppend(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	tp := sdktrace.NewTracerProvider()
 	srv := NewServer(nc, tp, telemetry.NewLogger(io.Discard, 0), time.Second)
 	t.Cleanup(func() {
@@ -147,7 +142,7 @@ func TestHandleAppend(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	_, err = HandleAppend(context.Background(), srv, "t.append", "q", func(ctx context.Context, req echoReq, dst []byte) ([]byte, error) {
+	_, err := HandleAppend(context.Background(), srv, "t.append", "q", func(ctx context.Context, req echoReq, dst []byte) ([]byte, error) {
 		switch req.Say {
 		case "coded":
 			return append(dst, "partial"...), busapi.Errorf(protocol.CodeNotAMember, "nope")
@@ -244,12 +239,7 @@ func TestHandleAppend(t *testing.T) {
 // encoding/json cannot encode is answered internal. Not parallel: it
 // replaces the pool of buffers, which parallel tests share.
 func TestHandleBuffers(t *testing.T) {
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	// A pool of its own: one emptied by Get may still hold a buffer in
 	// another processor's private slot.
 	shared := replyBufs
@@ -335,17 +325,12 @@ func TestDrain(t *testing.T) {
 // answered; Shutdown returns after them; later requests find no responder.
 func TestShutdownFinishesRequests(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	tp := sdktrace.NewTracerProvider()
 	srv := NewServer(nc, tp, telemetry.NewLogger(io.Discard, 0), 5*time.Second)
 	started := make(chan struct{}, 10)
 	release := make(chan struct{})
-	_, err = Handle(context.Background(), srv, "t.slow", "q", func(ctx context.Context, req echoReq) (echoResp, error) {
+	_, err := Handle(context.Background(), srv, "t.slow", "q", func(ctx context.Context, req echoReq) (echoResp, error) {
 		started <- struct{}{}
 		<-release
 		return echoResp{Said: req.Say}, nil

@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/communications/communications/libs/devstack"
 )
@@ -126,6 +127,18 @@ func Redis(t testing.TB) (redisURL, prefix string) {
 		t.Fatalf("%s is not set: run the tests with the test command, or call testenv.Main from TestMain", EnvRedisURL)
 	}
 	return u, UniqueName("t")
+}
+
+// NATSConn starts a server as NATS does and returns a connection to it,
+// closed when the test ends.
+func NATSConn(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(NATS(t).ClientURL())
+	if err != nil {
+		t.Fatalf("nats connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
 
 // NATS starts an embedded nats-server with JetStream (file storage in a

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/communications/communications/libs/busapi"
@@ -23,12 +22,7 @@ import (
 func TestPublish(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -105,12 +99,7 @@ type streamEnv struct {
 
 func newStreamEnv(t *testing.T, cfg Config) streamEnv {
 	t.Helper()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -322,12 +311,7 @@ func testConcurrentSenders(t *testing.T, e streamEnv, wantAtomic bool) {
 func TestEnsureUpdatesAnEarlierStream(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)

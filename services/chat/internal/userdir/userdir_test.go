@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/busapi"
@@ -21,12 +20,7 @@ import (
 
 func TestLookup(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	served, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/busapi"
@@ -30,12 +29,7 @@ func authStub(t *testing.T) (*Client, *atomic.Int64) {
 // answers each lookup, before the answer leaves.
 func authStubDuring(t *testing.T, during func()) (*Client, *atomic.Int64) {
 	t.Helper()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)

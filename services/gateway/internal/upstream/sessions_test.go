@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/busapi"
@@ -250,12 +249,7 @@ func (a *fakeAuth) count() int {
 
 func startFakeAuth(t *testing.T) (*Client, *fakeAuth) {
 	t.Helper()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t)
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)

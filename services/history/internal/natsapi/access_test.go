@@ -73,18 +73,21 @@ func (m *members) count() int {
 	return m.checks
 }
 
-func TestCachedAccess(t *testing.T) {
-	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+// bus connects to a NATS server of the test's own, with subjects under a
+// prefix of its own.
+func bus(t *testing.T) (*nats.Conn, subjects.Subjects) {
+	t.Helper()
+	nc := testenv.NATSConn(t)
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return nc, subj
+}
+
+func TestCachedAccess(t *testing.T) {
+	t.Parallel()
+	nc, subj := bus(t)
 	inner := &members{in: map[membership]bool{}}
 	a, err := NewCachedAccess(nc, subj, inner, 100, time.Hour, time.Second)
 	if err != nil {
@@ -133,16 +136,7 @@ func TestCachedAccess(t *testing.T) {
 
 func TestCachedAccessTTL(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, subj := bus(t)
 	inner := &members{in: map[membership]bool{{1, 10}: true}}
 	a, err := NewCachedAccess(nc, subj, inner, 100, 20*time.Millisecond, time.Second)
 	if err != nil {
@@ -179,16 +173,7 @@ func (c *clock) advance(d time.Duration) {
 
 func TestCachedAccessRefreshesAhead(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, subj := bus(t)
 	inner := &members{in: map[membership]bool{{1, 10}: true, {2, 10}: true}}
 	// A ttl of 10 minutes on a clock the test moves (the cache's own
 	// expiry, in real time, never comes within the test).
@@ -331,16 +316,7 @@ func TestCachedAccessRefreshesAhead(t *testing.T) {
 // not kept.
 func TestCachedAccessRefreshRacesPurge(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, subj := bus(t)
 	inner := &members{in: map[membership]bool{{1, 10}: true}}
 	const ttl = 10 * time.Minute
 	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, time.Second)
@@ -402,16 +378,7 @@ func TestRefreshAfterSpreads(t *testing.T) {
 // later use.
 func TestCachedAccessBoundsBackgroundChecks(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, subj := bus(t)
 	inner := &members{in: map[membership]bool{{1, 10}: true, {2, 10}: true}}
 	const ttl = 10 * time.Minute
 	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, time.Second)
@@ -458,16 +425,7 @@ func TestCachedAccessBoundsBackgroundChecks(t *testing.T) {
 // context, which it outlives.
 func TestCachedAccessBackgroundTimeout(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, subj := bus(t)
 	inner := &members{in: map[membership]bool{{1, 10}: true}}
 	const ttl, timeout = 10 * time.Minute, 7 * time.Minute
 	a, err := NewCachedAccess(nc, subj, inner, 100, ttl, timeout)
