@@ -11,15 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/natsbus"
+	"github.com/communications/communications/libs/streampub"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/services/chat/internal/chats"
 )
@@ -48,69 +47,80 @@ type Config struct {
 	PublishTimeout time.Duration
 }
 
-// Stream publishes accepted messages.
-//
-// Sends that arrive while a publish is in flight are published together:
-// pipelined (every message sent, then every acknowledgement awaited), and
-// from Config.AtomicMin messages on as one atomic batch (ADR-50:
-// Nats-Batch-Id, Nats-Batch-Sequence, and Nats-Batch-Commit on the last),
-// which nats-server stores with one fsync and acknowledges once, after the
-// fsync. Batches go out one at a time, in arrival order, so a sender's
-// messages keep their order (a sender's next send arrives only after the
-// previous one was answered). An atomic batch the stream refuses as a whole
-// (one of its message ids is a duplicate, say) is published again one
-// message at a time, which tells each message apart.
+// Stream publishes accepted messages, concurrent sends batched together
+// (libs/streampub): sends that arrive while a publish is in flight go out
+// together, pipelined or from Config.AtomicMin on as one atomic batch that
+// nats-server stores with one fsync, one batch at a time in arrival order,
+// so a sender's messages keep their order (a sender's next send arrives
+// only after the previous one was answered).
 type Stream struct {
-	js        jetstream.JetStream
-	nc        *nats.Conn
-	subj      subjects.Subjects
-	maxBatch  int
-	atomicMin int
-	timeout   time.Duration
-
-	mu    sync.Mutex
-	queue []*pending
-	busy  bool // a goroutine is publishing the queue
-}
-
-// pending is one message waiting for its publish.
-type pending struct {
-	msg  *nats.Msg
-	dup  bool
-	err  error
-	done chan struct{}
+	subj subjects.Subjects
+	pub  *streampub.Publisher
 }
 
 // Ensure creates or updates the message stream and returns a publisher.
-// The stream is a work queue: a message leaves it once the history writer
-// has stored it and acknowledged it.
+// The stream has limits retention: the history writer purges what it has
+// stored (its position is kept in PostgreSQL), nobody acknowledges.
+//
+// A stream declared by an earlier version as a work queue cannot be
+// switched to limits retention; Ensure replaces it when it is empty and
+// otherwise refuses, so that no accepted message is dropped.
 func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Config) (*Stream, error) {
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout(cfg)))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	sc := StreamConfig(subj, cfg)
+	if err := replaceWorkQueue(ctx, js, sc.Name); err != nil {
+		return nil, err
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 		return nil, fmt.Errorf("declare stream %s: %w", sc.Name, err)
 	}
-	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 100
+	pub, err := streampub.New(nc, streampub.Config{MaxBatch: cfg.MaxBatch, AtomicMin: cfg.AtomicMin, Timeout: cfg.PublishTimeout})
+	if err != nil {
+		return nil, err
 	}
-	// nats-server refuses atomic batches of more than 1,000 messages.
-	cfg.MaxBatch = min(cfg.MaxBatch, 1000)
-	if cfg.AtomicMin <= 1 {
-		cfg.AtomicMin = 16
-	}
-	cfg.PublishTimeout = publishTimeout(cfg)
-	return &Stream{js: js, nc: nc, subj: subj, maxBatch: cfg.MaxBatch, atomicMin: cfg.AtomicMin, timeout: cfg.PublishTimeout}, nil
+	return &Stream{subj: subj, pub: pub}, nil
 }
 
-// publishTimeout is cfg's bound on the publish of one batch.
-func publishTimeout(cfg Config) time.Duration {
-	if cfg.PublishTimeout <= 0 {
-		return 5 * time.Second
+// replaceWorkQueue deletes the stream name when it exists as an empty work
+// queue (the retention of earlier versions), and returns an error when it
+// exists as a work queue holding messages.
+func replaceWorkQueue(ctx context.Context, js jetstream.JetStream, name string) error {
+	st, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
 	}
-	return cfg.PublishTimeout
+	if err != nil {
+		return fmt.Errorf("look up stream %s: %w", name, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s info: %w", name, err)
+	}
+	if info.Config.Retention != jetstream.WorkQueuePolicy {
+		return nil
+	}
+	if info.State.Msgs > 0 {
+		return fmt.Errorf("stream %s is a work queue (an earlier version) still holding %d messages: "+
+			"run the earlier history writer until it is empty, then start this version", name, info.State.Msgs)
+	}
+	// Checked again right before the deletion: still the same empty work
+	// queue (a second replica may have replaced it meanwhile, or an old
+	// one published). Chat replicas of earlier versions must be stopped
+	// before this version starts (services/chat/README.md).
+	again, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s info: %w", name, err)
+	}
+	if !again.Created.Equal(info.Created) || again.Config.Retention != jetstream.WorkQueuePolicy || again.State.Msgs > 0 || again.State.LastSeq != info.State.LastSeq {
+		return fmt.Errorf("stream %s changed while being replaced; start again", name)
+	}
+	if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("replace empty work-queue stream %s: %w", name, err)
+	}
+	return nil
 }
 
 // StreamConfig returns the configuration Ensure declares (for a new stream).
@@ -126,9 +136,9 @@ func StreamConfig(subj subjects.Subjects, cfg Config) jetstream.StreamConfig {
 	}
 	return jetstream.StreamConfig{
 		Name:        subj.MessagesStream(),
-		Description: "Messages accepted by the chat service, waiting to be stored by the history writer.",
+		Description: "Messages accepted by the chat service; the history writer stores them and purges what it stored.",
 		Subjects:    []string{subj.MessagesAll()},
-		Retention:   jetstream.WorkQueuePolicy,
+		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 		MaxBytes:    cfg.MaxBytes,
@@ -162,172 +172,5 @@ func (s *Stream) Publish(ctx context.Context, m chats.Message) (bool, error) {
 	msg.Data = data
 	natsbus.Inject(ctx, msg)
 	msg.Header.Set(jetstream.MsgIDHeader, MsgID(m.ChatID, m.SenderID, m.ClientMsgID))
-	p := &pending{msg: msg, done: make(chan struct{})}
-	s.mu.Lock()
-	s.queue = append(s.queue, p)
-	lead := !s.busy
-	s.busy = true
-	s.mu.Unlock()
-	if lead {
-		s.run(p)
-	}
-	return p.wait(ctx)
-}
-
-// wait returns p's outcome once it is published, or when ctx ends first.
-// An outcome already known wins over an ended ctx, so a stored message is
-// never reported as failed because its caller's deadline passed meanwhile.
-func (p *pending) wait(ctx context.Context) (bool, error) {
-	select {
-	case <-p.done:
-		return p.outcome()
-	case <-ctx.Done():
-		if isDone(p) {
-			return p.outcome()
-		}
-		// The message may still be stored: the client retries with the
-		// same id, which the stream and the writer de-duplicate.
-		return false, fmt.Errorf("publish to stream: %w", ctx.Err())
-	}
-}
-
-func (p *pending) outcome() (bool, error) {
-	if p.err != nil {
-		return false, fmt.Errorf("publish to stream: %w", p.err)
-	}
-	return p.dup, nil
-}
-
-// run publishes the queue batch by batch until own is done, then hands the
-// rest of the queue to a goroutine of its own, so that no caller waits for
-// others' batches after its own.
-func (s *Stream) run(own *pending) {
-	for {
-		s.mu.Lock()
-		if len(s.queue) == 0 {
-			s.busy = false
-			s.mu.Unlock()
-			return
-		}
-		if own != nil && isDone(own) {
-			s.mu.Unlock()
-			go s.run(nil)
-			return
-		}
-		n := min(len(s.queue), s.maxBatch)
-		batch := s.queue[:n:n]
-		s.queue = s.queue[n:]
-		s.mu.Unlock()
-		s.publish(batch)
-	}
-}
-
-// errNotPublished is the outcome of a message whose publish did not get
-// as far as an answer.
-var errNotPublished = errors.New("not published")
-
-func isDone(p *pending) bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// publish publishes batch and sets each message's outcome.
-func (s *Stream) publish(batch []*pending) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-	defer cancel()
-	// Every message counts as not published until its ack says otherwise,
-	// so nothing unstored is ever answered "accepted", even if publishing
-	// stops half way.
-	for _, p := range batch {
-		p.err = errNotPublished
-	}
-	defer func() {
-		for _, p := range batch {
-			close(p.done)
-		}
-	}()
-	if len(batch) >= s.atomicMin {
-		err := s.publishAtomic(ctx, batch)
-		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) {
-			// Stored (nil), or no answer: the outcome is unknown and
-			// the senders retry.
-			for _, p := range batch {
-				p.err = err
-			}
-			return
-		}
-		// Refused as a whole, nothing of it stored: one by one.
-		for _, p := range batch {
-			for _, h := range []string{batchIDHeader, batchSeqHeader, batchCommitHeader} {
-				p.msg.Header.Del(h)
-			}
-		}
-	}
-	// One publish per message, all sent before the first acknowledgement
-	// is awaited; the stream stores them in this order.
-	futures := make([]jetstream.PubAckFuture, len(batch))
-	for i, p := range batch {
-		futures[i], p.err = s.js.PublishMsgAsync(p.msg)
-	}
-	for i, p := range batch {
-		if futures[i] == nil {
-			continue
-		}
-		select {
-		case ack := <-futures[i].Ok():
-			p.dup = ack.Duplicate
-		case p.err = <-futures[i].Err():
-		case <-ctx.Done():
-			p.err = ctx.Err()
-		}
-	}
-}
-
-// The headers of an atomic batch publish (nats-server 2.12 and later).
-const (
-	batchIDHeader     = "Nats-Batch-Id"
-	batchSeqHeader    = "Nats-Batch-Sequence"
-	batchCommitHeader = "Nats-Batch-Commit"
-)
-
-// publishAtomic publishes batch as one atomic batch: every message or none
-// is stored. It returns a *jetstream.APIError when the stream refused it.
-func (s *Stream) publishAtomic(ctx context.Context, batch []*pending) error {
-	id := nuid.Next()
-	last := len(batch) - 1
-	for i, p := range batch {
-		p.msg.Header.Set(batchIDHeader, id)
-		p.msg.Header.Set(batchSeqHeader, strconv.Itoa(i+1))
-		if i < last {
-			if err := s.nc.PublishMsg(p.msg); err != nil {
-				return err
-			}
-		}
-	}
-	commit := batch[last].msg
-	commit.Header.Set(batchCommitHeader, "1")
-	reply, err := s.nc.RequestMsgWithContext(ctx, commit)
-	if err != nil {
-		return err
-	}
-	var ack struct {
-		Error     *jetstream.APIError `json:"error"`
-		Stream    string              `json:"stream"`
-		BatchSize int                 `json:"count"`
-	}
-	if err := json.Unmarshal(reply.Data, &ack); err != nil {
-		return fmt.Errorf("decode batch ack: %w", err)
-	}
-	switch {
-	case ack.Error != nil:
-		return ack.Error
-	case ack.Stream == "" || ack.BatchSize != len(batch):
-		return fmt.Errorf("batch ack for %d messages of %d: %s", ack.BatchSize, len(batch), reply.Data)
-	}
-	return nil
+	return s.pub.Publish(ctx, msg)
 }

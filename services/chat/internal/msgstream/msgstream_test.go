@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/streampub"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/testenv"
 	"github.com/communications/communications/services/chat/internal/chats"
@@ -43,8 +45,8 @@ func TestPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := st.CachedInfo().Config
-	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew || !cfg.AllowAtomicPublish {
-		t.Errorf("stream config storage=%v retention=%v discard=%v atomic=%v, want file, work queue, discard new, atomic batches allowed",
+	if cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.LimitsPolicy || cfg.Discard != jetstream.DiscardNew || !cfg.AllowAtomicPublish {
+		t.Errorf("stream config storage=%v retention=%v discard=%v atomic=%v, want file, limits, discard new, atomic batches allowed",
 			cfg.Storage, cfg.Retention, cfg.Discard, cfg.AllowAtomicPublish)
 	}
 
@@ -93,6 +95,7 @@ func TestPublish(t *testing.T) {
 // streamEnv is a NATS server with the message stream declared.
 type streamEnv struct {
 	s    *Stream
+	nc   *nats.Conn
 	js   jetstream.JetStream
 	subj subjects.Subjects
 }
@@ -112,7 +115,7 @@ func newStreamEnv(t *testing.T, cfg Config) streamEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return streamEnv{s: s, js: js, subj: subj}
+	return streamEnv{s: s, nc: nc, js: js, subj: subj}
 }
 
 // stored returns the stream's messages in stream order as
@@ -139,7 +142,7 @@ func (e streamEnv) stored(t *testing.T) (out, batches []string) {
 			t.Fatal(err)
 		}
 		out = append(out, MsgID(sm.ChatID, sm.SenderID, sm.ClientMsgID))
-		batches = append(batches, raw.Header.Get(batchIDHeader))
+		batches = append(batches, raw.Header.Get(streampub.BatchIDHeader))
 	}
 	return out, batches
 }
@@ -149,13 +152,10 @@ func (e streamEnv) stored(t *testing.T) (out, batches []string) {
 func (e streamEnv) publishAsOneBatch(t *testing.T, msgs []chats.Message) []bool {
 	t.Helper()
 	ctx := context.Background()
-	e.s.mu.Lock()
-	if e.s.busy || len(e.s.queue) > 0 {
-		e.s.mu.Unlock()
+	resume, ok := e.s.pub.Pause()
+	if !ok {
 		t.Fatal("the stream is publishing")
 	}
-	e.s.busy = true
-	e.s.mu.Unlock()
 	dups := make([]bool, len(msgs))
 	var wg sync.WaitGroup
 	for i, m := range msgs {
@@ -169,12 +169,11 @@ func (e streamEnv) publishAsOneBatch(t *testing.T, msgs []chats.Message) []bool 
 			dups[i] = dup
 		})
 		testenv.Eventually(t, 5*time.Second, func() bool {
-			e.s.mu.Lock()
-			defer e.s.mu.Unlock()
-			return len(e.s.queue) == queued
+			n, _ := e.s.pub.Queued()
+			return n == queued
 		}, "message %d queued", i)
 	}
-	e.s.run(nil)
+	resume()
 	wg.Wait()
 	return dups
 }
@@ -337,6 +336,56 @@ func TestEnsureUpdatesAnEarlierStream(t *testing.T) {
 	}
 }
 
+// TestEnsureReplacesAnEmptyWorkQueue: the work-queue stream of earlier
+// versions is replaced when empty; one still holding messages (not stored
+// yet) makes Ensure refuse, and stays as it was.
+func TestEnsureReplacesAnEmptyWorkQueue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	nc := testenv.NATSConn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, held := range []int{0, 3} {
+		subj, err := subjects.New(testenv.SubjectPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := StreamConfig(subj, Config{})
+		old.Retention = jetstream.WorkQueuePolicy
+		if _, err := js.CreateStream(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		for i := range held {
+			if _, err := js.Publish(ctx, subj.Message(1), fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err = Ensure(ctx, nc, subj, Config{})
+		st, serr := js.Stream(ctx, subj.MessagesStream())
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		info := st.CachedInfo()
+		if held == 0 {
+			if err != nil {
+				t.Fatalf("ensure over an empty work queue: %v", err)
+			}
+			if info.Config.Retention != jetstream.LimitsPolicy {
+				t.Errorf("retention after replacing the empty work queue = %v, want limits", info.Config.Retention)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "work queue") {
+			t.Fatalf("ensure over a work queue holding %d messages: err = %v, want a refusal naming the work queue", held, err)
+		}
+		if info.Config.Retention != jetstream.WorkQueuePolicy || info.State.Msgs != uint64(held) {
+			t.Errorf("refused stream now: retention %v, %d messages; want the work queue with its %d", info.Config.Retention, info.State.Msgs, held)
+		}
+	}
+}
+
 // TestPublishWithoutAnswerFails: when the stream does not answer (here: it
 // is gone and a plain subscriber takes its subject without replying), a
 // send is reported as failed, whether it went out alone (pipelined) or in
@@ -349,7 +398,7 @@ func TestPublishWithoutAnswerFails(t *testing.T) {
 	if err := e.js.DeleteStream(ctx, e.subj.MessagesStream()); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := e.s.nc.SubscribeSync(e.subj.MessagesAll())
+	sub, err := e.nc.SubscribeSync(e.subj.MessagesAll())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,29 +407,27 @@ func TestPublishWithoutAnswerFails(t *testing.T) {
 		t.Error("a publish nobody acknowledged was answered accepted")
 	}
 	msgs := []chats.Message{msg(1, 2, "b1"), msg(1, 3, "b2"), msg(1, 4, "b3")}
-	e.s.mu.Lock()
-	e.s.busy = true
-	e.s.mu.Unlock()
+	resume, ok := e.s.pub.Pause()
+	if !ok {
+		t.Fatal("the stream is publishing")
+	}
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup
 	for i, m := range msgs {
 		wg.Go(func() { _, errs[i] = e.s.Publish(ctx, m) })
 		testenv.Eventually(t, 5*time.Second, func() bool {
-			e.s.mu.Lock()
-			defer e.s.mu.Unlock()
-			return len(e.s.queue) == i+1
+			n, _ := e.s.pub.Queued()
+			return n == i+1
 		}, "message %d queued", i)
 	}
-	e.s.run(nil)
+	resume()
 	wg.Wait()
 	for i, err := range errs {
 		if err == nil {
 			t.Errorf("%s of an atomic batch nobody acknowledged was answered accepted", msgs[i].ClientMsgID)
 		}
 	}
-	e.s.mu.Lock()
-	busy, queued := e.s.busy, len(e.s.queue)
-	e.s.mu.Unlock()
+	queued, busy := e.s.pub.Queued()
 	if busy || queued > 0 {
 		t.Errorf("publisher left busy=%v with %d queued", busy, queued)
 	}
