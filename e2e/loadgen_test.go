@@ -61,9 +61,9 @@ func (s *stack) target() scenario.Target {
 }
 
 // TestLoadgenWriter runs the writer scenario small: a backlog published
-// while the history writer's consumer is paused is stored once resumed,
-// and messages published at a rate are stored and fanned out; nothing is
-// lost or stored twice.
+// while the load generator holds the history writers' lock is stored once
+// it releases it, and messages published at a rate (as the chat service
+// publishes) are stored and fanned out; nothing is lost or stored twice.
 func TestLoadgenWriter(t *testing.T) {
 	t.Parallel()
 	s := startStack(t)

@@ -112,7 +112,7 @@ func startStack(t *testing.T, opts stackOptions) *stack {
 	for i := 1; i <= 2; i++ {
 		add(fmt.Sprintf("history-%d", i), "history", map[string]string{
 			"POSTGRES_URL": s.dbURL, "POSTGRES_MAX_CONNS": "4", "REDIS_URL": redisURL, "REDIS_PREFIX": redisPrefix,
-			"SHUTDOWN_TIMEOUT": "5s", "PINNED_TTL": "1s", "ACK_WAIT": "5s",
+			"SHUTDOWN_TIMEOUT": "5s", "LEADER_TTL": "1s",
 		})
 	}
 	for i := 1; i <= 2; i++ {
@@ -178,94 +178,92 @@ func (s *stack) kill(name string) {
 	s.t.Logf("killed %s (kill -9)", name)
 }
 
-// unacked returns how many messages the history writers' consumer has
-// delivered and not yet had acknowledged.
-func (s *stack) unacked() (int, error) {
-	b, err := s.pendingBatch(false)
-	return b.pending, err
-}
-
-// pending is what the history writers' consumer had delivered and not had
-// acknowledged at one moment.
-type pending struct {
-	pending int // NumAckPending
-	// ackFloor and delivered are the stream sequences of the consumer's
-	// last acknowledged (with all before it) and last delivered message.
-	ackFloor, delivered uint64
-	// msgs holds each message still in the stream between them, in stream
-	// order (the stream is a work queue: an acknowledged message has left
-	// it).
+// unstored is what the message stream held beyond the history writers'
+// stored position at one moment.
+type unstored struct {
+	// pos is the writers' stored position (the last stream sequence
+	// stored), last the stream's last sequence.
+	pos, last uint64
+	// msgs holds each message between them, in stream order (with read).
 	msgs []streamMsg
 	// gone counts the sequences between them no longer in the stream.
 	gone int
 }
 
-// pendingBatch reads the consumer's state and, with read, the messages it
-// has delivered and not had acknowledged.
-func (s *stack) pendingBatch(read bool) (pending, error) {
-	var p pending
+// unstoredRange reads the writers' stored position from PostgreSQL and the
+// stream's last sequence, and with read the messages between them. With
+// read it first waits until the position stays put between two reads (a
+// commit a killed writer sent just before it died may still land).
+func (s *stack) unstoredRange(read bool) (unstored, error) {
+	var u unstored
 	nc, err := nats.Connect(s.in.nats.URL())
 	if err != nil {
-		return p, err
+		return u, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return p, err
+		return u, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cons, err := js.Consumer(ctx, s.subjects.MessagesStream(), s.subjects.HistoryWriterConsumer())
+	conn, err := pgx.Connect(ctx, s.dbURL)
 	if err != nil {
-		return p, err
+		return u, err
 	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return p, err
+	defer conn.Close(context.WithoutCancel(ctx))
+	position := func() (uint64, error) {
+		var pos int64
+		err := conn.QueryRow(ctx, `SELECT last_seq FROM writer_positions WHERE stream = $1`, s.subjects.MessagesStream()).Scan(&pos)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return 0, nil
+		}
+		return uint64(pos), err
+	}
+	if u.pos, err = position(); err != nil {
+		return u, err
 	}
 	if read {
-		// Acks a killed writer sent just before it died may still be on
-		// their way: read until the ack floor stays put between two reads.
-		prev := info.AckFloor.Stream
+		prev := u.pos
 		poll(2*time.Second, 50*time.Millisecond, func() bool {
-			next, ierr := cons.Info(ctx)
-			if ierr != nil {
-				err = ierr
+			next, perr := position()
+			if perr != nil {
+				err = perr
 				return true
 			}
-			info = next
-			stable := info.AckFloor.Stream == prev
-			prev = info.AckFloor.Stream
+			u.pos = next
+			stable := next == prev
+			prev = next
 			return stable
 		})
 		if err != nil {
-			return p, err
+			return u, err
 		}
-	}
-	p.pending, p.ackFloor, p.delivered = info.NumAckPending, info.AckFloor.Stream, info.Delivered.Stream
-	if !read {
-		return p, nil
 	}
 	stream, err := js.Stream(ctx, s.subjects.MessagesStream())
 	if err != nil {
-		return p, err
+		return u, err
 	}
-	for seq := p.ackFloor + 1; seq <= p.delivered; seq++ {
+	u.last = stream.CachedInfo().State.LastSeq
+	if !read {
+		return u, nil
+	}
+	for seq := u.pos + 1; seq <= u.last; seq++ {
 		m, err := stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			p.gone++
+			u.gone++
 			continue
 		}
 		if err != nil {
-			return p, fmt.Errorf("stream message %d: %w", seq, err)
+			return u, fmt.Errorf("stream message %d: %w", seq, err)
 		}
 		var sm busapi.StreamMessage
 		if err := json.Unmarshal(m.Data, &sm); err != nil {
-			return p, fmt.Errorf("stream message %d: %w", seq, err)
+			return u, fmt.Errorf("stream message %d: %w", seq, err)
 		}
-		p.msgs = append(p.msgs, streamMsg{seq: seq, key: sendKey(sm.ChatID, sm.SenderID, sm.ClientMsgID)})
+		u.msgs = append(u.msgs, streamMsg{seq: seq, key: sendKey(sm.ChatID, sm.SenderID, sm.ClientMsgID)})
 	}
-	return p, nil
+	return u, nil
 }
 
 // streamMsg is a message in the stream: its stream sequence and its key

@@ -166,6 +166,13 @@ func (s Subjects) Message(chatID int64) string {
 	return s.prefix + ".msg." + strconv.FormatInt(chatID, 10)
 }
 
-// HistoryWriterConsumer is the durable consumer name shared by all history
-// writer replicas.
-func (s Subjects) HistoryWriterConsumer() string { return "history-writer" }
+// HistoryWriterLock is the JetStream key-value bucket holding the history
+// writers' lock (key HistoryWriterLockKey): the replica holding it is the
+// one that stores.
+func (s Subjects) HistoryWriterLock() string {
+	return strings.ToUpper(strings.ReplaceAll(s.prefix, ".", "_")) + "_HISTORY_WRITER"
+}
+
+// HistoryWriterLockKey is the key of the history writers' lock; its value
+// names the holder.
+const HistoryWriterLockKey = "leader"

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/fanout"
 	"github.com/communications/communications/libs/protocol"
+	"github.com/communications/communications/libs/streampub"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/loadgen/stamp"
 )
@@ -31,13 +33,17 @@ type WriterConfig struct {
 	// Chats is the number of chats the messages go to, round-robin (100).
 	Chats int
 	// Backlog is the number of messages put into the stream while the
-	// history writer is paused (200000); 0 after defaults is not possible,
+	// history writers stand by (200000); 0 after defaults is not possible,
 	// a negative value skips the backlog phase.
 	Backlog int
 	// Rate and Duration shape the latency phase: messages a second, open
 	// loop (5000), for how long (20s); a negative Rate skips it.
 	Rate     float64
 	Duration time.Duration
+	// Ingress is how the latency phase puts messages into the stream:
+	// IngressChat (the default) as the chat service accepts sends, or
+	// IngressSingle.
+	Ingress string
 	// Timeout bounds the wait for the writer to store everything (2m).
 	Timeout time.Duration
 	// Setup is how many logins and chat creations run at once (32).
@@ -50,11 +56,24 @@ type WriterConfig struct {
 	TokenFile string
 }
 
+// The ways the writer scenario's latency phase publishes.
+const (
+	// IngressChat publishes as the chat service does (libs/streampub):
+	// each message waits for its acknowledgement, and the messages due
+	// meanwhile go out together, from 16 on as one atomic batch that the
+	// stream syncs to disk once.
+	IngressChat = "chat"
+	// IngressSingle publishes every message on its own, asynchronously
+	// (one disk sync each), with up to 4,096 awaiting their ack.
+	IngressSingle = "single"
+)
+
 func (c *WriterConfig) defaults() {
 	setDefault(&c.Chats, 100)
 	setDefault(&c.Backlog, 200_000)
 	setDefault(&c.Rate, 5000)
 	setDefault(&c.Duration, 20*time.Second)
+	setDefault(&c.Ingress, IngressChat)
 	setDefault(&c.Timeout, 2*time.Minute)
 	setDefault(&c.Setup, 32)
 	setDefault(&c.UserPrefix, "lg_u")
@@ -67,12 +86,16 @@ func (c *WriterConfig) defaults() {
 type WriterReport struct {
 	Scenario string `json:"scenario"`
 	Chats    int    `json:"chats"`
-	// Backlog phase: messages put into the stream while the writer was
-	// paused, how long publishing them took, and how fast the writer
-	// stored them once resumed.
-	Backlog            int     `json:"backlog_messages"`
-	BacklogPublishSec  float64 `json:"backlog_publish_seconds"`
-	BacklogStored      int64   `json:"backlog_stored"`
+	// Backlog phase: messages put into the stream while the load
+	// generator held the writers' lock, how long publishing them took, and
+	// how fast the writer stored them once it took the lock back.
+	Backlog           int     `json:"backlog_messages"`
+	BacklogPublishSec float64 `json:"backlog_publish_seconds"`
+	BacklogStored     int64   `json:"backlog_stored"`
+	// BacklogStoredEarly counts what writers stored between the lock's
+	// taking and its release (a writer may store a batch before it sees
+	// the key change).
+	BacklogStoredEarly int64   `json:"backlog_stored_before_release"`
 	BacklogDrainSec    float64 `json:"backlog_drain_seconds"`
 	BacklogStoredPerS  float64 `json:"backlog_stored_per_second"`
 	BacklogLost        int64   `json:"backlog_lost"`
@@ -83,6 +106,7 @@ type WriterReport struct {
 	// writer's fanout publish of the stored message, which follows its
 	// commit.
 	Rate          float64 `json:"rate_per_second"`
+	Ingress       string  `json:"ingress"`
 	DurationSec   float64 `json:"duration_seconds"`
 	Published     int64   `json:"published"`
 	Acked         int64   `json:"acked"`
@@ -101,6 +125,7 @@ type WriterReport struct {
 type writerRun struct {
 	cfg      WriterConfig
 	firstErr atomic.Pointer[string]
+	nc       *nats.Conn
 	js       jetstream.JetStream
 	subj     subjects.Subjects
 	pool     *pgxpool.Pool
@@ -125,6 +150,7 @@ func RunWriter(ctx context.Context, cfg WriterConfig) (*WriterReport, error) {
 		return nil, fmt.Errorf("writer: %w", err)
 	}
 	defer nc.Close()
+	r.nc = nc
 	if r.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
 		return nil, fmt.Errorf("writer: %w", err)
 	}
@@ -135,7 +161,10 @@ func RunWriter(ctx context.Context, cfg WriterConfig) (*WriterReport, error) {
 	if err := r.setup(ctx); err != nil {
 		return nil, err
 	}
-	rep := &WriterReport{Scenario: "writer", Chats: cfg.Chats, Rate: max(cfg.Rate, 0), DurationSec: cfg.Duration.Seconds()}
+	if cfg.Ingress != IngressChat && cfg.Ingress != IngressSingle {
+		return nil, fmt.Errorf("writer: ingress %q: want %s or %s", cfg.Ingress, IngressChat, IngressSingle)
+	}
+	rep := &WriterReport{Scenario: "writer", Chats: cfg.Chats, Rate: max(cfg.Rate, 0), Ingress: cfg.Ingress, DurationSec: cfg.Duration.Seconds()}
 	before := snapshot(cfg.Pids)
 	if cfg.Backlog > 0 {
 		if err := r.backlog(ctx, rep); err != nil {
@@ -219,7 +248,7 @@ func (r *writerRun) lastSeqs(ctx context.Context) (int64, error) {
 // the chat service does: to the chat's subject of the message stream, with
 // the stream message id of chat, sender and client message id, and the
 // same body type. It returns the future of its acknowledgement.
-func (r *writerRun) publish(prefix string, i int64, text []byte) (jetstream.PubAckFuture, error) {
+func (r *writerRun) message(prefix string, i int64, text []byte) (*nats.Msg, error) {
 	c := int(i % int64(len(r.chats)))
 	clientID := prefix + strconv.FormatInt(i, 10)
 	data, err := json.Marshal(busapi.StreamMessage{
@@ -231,10 +260,19 @@ func (r *writerRun) publish(prefix string, i int64, text []byte) (jetstream.PubA
 	}
 	msg := nats.NewMsg(r.subj.Message(r.chats[c].ID))
 	msg.Data = data
-	// With 4,096 awaiting their ack, the next publish waits (up to a
-	// minute) rather than fail.
-	return r.js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute), jetstream.WithMsgID(
-		strconv.FormatInt(r.chats[c].ID, 10)+":"+strconv.FormatInt(r.senders[c].ID, 10)+":"+clientID))
+	msg.Header.Set(jetstream.MsgIDHeader, strconv.FormatInt(r.chats[c].ID, 10)+":"+strconv.FormatInt(r.senders[c].ID, 10)+":"+clientID)
+	return msg, nil
+}
+
+// publish publishes message i on its own, asynchronously. With 4,096
+// awaiting their ack, the next publish waits (up to a minute) rather than
+// fail.
+func (r *writerRun) publish(prefix string, i int64, text []byte) (jetstream.PubAckFuture, error) {
+	msg, err := r.message(prefix, i, text)
+	if err != nil {
+		return nil, err
+	}
+	return r.js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute))
 }
 
 // noteErr keeps the first publish error for the report.
@@ -243,26 +281,21 @@ func (r *writerRun) noteErr(err error) {
 	r.firstErr.CompareAndSwap(nil, &s)
 }
 
-// backlog pauses the writer's consumer, publishes cfg.Backlog messages,
-// resumes the consumer and measures how fast the writer stores them.
+// backlog holds the history writers' lock (so every writer stands by),
+// publishes cfg.Backlog messages, releases the lock and measures how fast
+// the writer that takes it stores them.
 func (r *writerRun) backlog(ctx context.Context, rep *WriterReport) error {
 	cfg := r.cfg
-	stream, consumer := r.subj.MessagesStream(), r.subj.HistoryWriterConsumer()
-	// The pause lapses by itself should the load generator die meanwhile.
-	if _, err := r.js.PauseConsumer(ctx, stream, consumer, time.Now().Add(cfg.Timeout+5*time.Minute)); err != nil {
-		return fmt.Errorf("writer: pause the history writer's consumer: %w", err)
+	hold, err := holdWriterLock(ctx, r.js, r.subj.HistoryWriterLock(), "loadgen-"+cfg.RunID)
+	if err != nil {
+		return err
 	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			_, _ = r.js.ResumeConsumer(context.WithoutCancel(ctx), stream, consumer)
-		}
-	}()
+	defer hold.release()
 	base, err := r.lastSeqs(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(cfg.Log, "writer: history writer paused; publishing a backlog of %d messages ...\n", cfg.Backlog)
+	fmt.Fprintf(cfg.Log, "writer: holding the history writers' lock; publishing a backlog of %d messages ...\n", cfg.Backlog)
 	prefix := "lg-" + cfg.RunID + "-b-"
 	start := time.Now()
 	var errs atomic.Int64
@@ -297,13 +330,18 @@ func (r *writerRun) backlog(ctx context.Context, rep *WriterReport) error {
 	rep.Backlog = cfg.Backlog
 	rep.BacklogPublishSec = time.Since(start).Seconds()
 	rep.BacklogPublishErrs = errs.Load()
+	fmt.Fprintf(cfg.Log, "writer: published in %.1f s; releasing the history writers' lock ...\n", rep.BacklogPublishSec)
 	want := base + int64(cfg.Backlog) - errs.Load()
-	fmt.Fprintf(cfg.Log, "writer: published in %.1f s; resuming the history writer ...\n", rep.BacklogPublishSec)
-
-	if _, err := r.js.ResumeConsumer(ctx, stream, consumer); err != nil {
-		return fmt.Errorf("writer: resume the history writer's consumer: %w", err)
+	// The rate counts from here (a writer may have stored a few before it
+	// saw the lock taken).
+	atRelease, err := r.lastSeqs(ctx)
+	if err != nil {
+		return err
 	}
-	resumed = true
+	rep.BacklogStoredEarly = atRelease - base
+	if err := hold.release(); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	deadline := t0.Add(cfg.Timeout)
 	var n int64
@@ -322,7 +360,7 @@ func (r *writerRun) backlog(ctx context.Context, rep *WriterReport) error {
 		return err
 	}
 	rep.BacklogStored = distinct
-	rep.BacklogStoredPerS = float64(n-base) / rep.BacklogDrainSec
+	rep.BacklogStoredPerS = float64(n-atRelease) / rep.BacklogDrainSec
 	rep.BacklogLost = int64(cfg.Backlog) - errs.Load() - distinct
 	rep.BacklogDuplicated = rows - distinct
 	return nil
@@ -386,46 +424,65 @@ func (r *writerRun) latency(ctx context.Context, rep *WriterReport) error {
 		return err
 	}
 	fmt.Fprintf(cfg.Log, "writer: publishing %.0f/s for %s ...\n", cfg.Rate, cfg.Duration)
-	type pending struct {
-		i int64
-		f jetstream.PubAckFuture
-	}
-	futures := make(chan pending, 65536)
-	ackDone := make(chan struct{})
 	var acked, errs atomic.Int64
-	go func() {
-		defer close(ackDone)
-		for p := range futures {
-			select {
-			case <-p.f.Ok():
-				ackAt[p.i].Store(time.Now().UnixNano())
-				acked.Add(1)
-			case err := <-p.f.Err():
+	var publishing sync.WaitGroup
+	var publish func(i int64, text []byte)
+	switch cfg.Ingress {
+	case IngressChat:
+		// As the chat service accepts sends: each message waits for its
+		// acknowledgement, and those arriving meanwhile go out together.
+		pub, err := streampub.New(r.nc, streampub.Config{Timeout: 30 * time.Second})
+		if err != nil {
+			return err
+		}
+		publish = func(i int64, text []byte) {
+			msg, err := r.message(prefix, i, text)
+			if err != nil {
 				r.noteErr(err)
 				errs.Add(1)
+				return
 			}
+			publishing.Go(func() {
+				if _, err := pub.Publish(ctx, msg); err != nil {
+					r.noteErr(err)
+					errs.Add(1)
+					return
+				}
+				ackAt[i].Store(time.Now().UnixNano())
+				acked.Add(1)
+			})
 		}
-	}()
+	default:
+		publish = func(i int64, text []byte) {
+			f, err := r.publish(prefix, i, text)
+			if err != nil {
+				r.noteErr(err)
+				errs.Add(1)
+				return
+			}
+			publishing.Go(func() {
+				select {
+				case <-f.Ok():
+					ackAt[i].Store(time.Now().UnixNano())
+					acked.Add(1)
+				case err := <-f.Err():
+					r.noteErr(err)
+					errs.Add(1)
+				}
+			})
+		}
+	}
 	interval := float64(time.Second) / cfg.Rate
 	start := time.Now().Add(10 * time.Millisecond)
-	var text []byte
 	var i int64
 	for ; i < total && ctx.Err() == nil; i++ {
 		intended := start.Add(time.Duration(float64(i) * interval))
 		if wait := time.Until(intended); wait > 0 {
 			time.Sleep(wait)
 		}
-		text = stamp.Append(text[:0], intended.UnixNano())
-		f, err := r.publish(prefix, i, text)
-		if err != nil {
-			r.noteErr(err)
-			errs.Add(1)
-			continue
-		}
-		futures <- pending{i, f}
+		publish(i, stamp.Append(nil, intended.UnixNano()))
 	}
-	close(futures)
-	<-ackDone
+	publishing.Wait()
 	rep.Published, rep.Acked, rep.PublishErrs = i, acked.Load(), errs.Load()
 
 	// Wait for the writer to store every acknowledged message and for its
@@ -481,6 +538,7 @@ func (rep *WriterReport) WriteTable(w io.Writer) {
 		row("backlog publish s", fmt.Sprintf("%.1f", rep.BacklogPublishSec))
 		row("backlog publish errors", rep.BacklogPublishErrs)
 		row("backlog stored", rep.BacklogStored)
+		row("backlog stored before release", rep.BacklogStoredEarly)
 		row("backlog drain s", fmt.Sprintf("%.2f", rep.BacklogDrainSec))
 		row("backlog stored msgs/s", fmt.Sprintf("%.0f", rep.BacklogStoredPerS))
 		row("backlog lost", rep.BacklogLost)
@@ -488,6 +546,7 @@ func (rep *WriterReport) WriteTable(w io.Writer) {
 	}
 	if rep.Published > 0 {
 		row("rate /s, duration s", fmt.Sprintf("%.0f, %.0f", rep.Rate, rep.DurationSec))
+		row("ingress", rep.Ingress)
 		row("published", rep.Published)
 		row("acked", rep.Acked)
 		row("publish errors", rep.PublishErrs)
@@ -504,4 +563,86 @@ func (rep *WriterReport) WriteTable(w io.Writer) {
 	}
 	// CPU per stored message, both phases.
 	writeProcessesPer(w, rep.Processes, rep.BacklogStored+rep.Stored, "message")
+}
+
+// writerLock is the history writers' lock held by the load generator.
+type writerLock struct {
+	kv     jetstream.KeyValue
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	rev    uint64
+	closed bool
+	lost   error // why the lock was lost while held
+}
+
+// holdWriterLock takes the history writers' lock from whoever holds it
+// (the writer holding it stops storing when it sees the key change) and
+// keeps it, renewing it at a third of the bucket's TTL, until release. The
+// lock lapses by itself within the TTL should the load generator die.
+func holdWriterLock(ctx context.Context, js jetstream.JetStream, bucket, id string) (*writerLock, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("writer: the history writers' lock bucket %s (is the history service running?): %w", bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("writer: lock bucket status: %w", err)
+	}
+	rev, err := kv.Put(ctx, subjects.HistoryWriterLockKey, []byte(id))
+	if err != nil {
+		return nil, fmt.Errorf("writer: take the history writers' lock: %w", err)
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l := &writerLock{kv: kv, cancel: cancel, done: make(chan struct{}), rev: rev}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(max(st.TTL()/3, 50*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-tick.C:
+				l.mu.Lock()
+				next, err := kv.Update(rctx, subjects.HistoryWriterLockKey, []byte(id), l.rev)
+				var apiErr *jetstream.APIError
+				switch {
+				case err == nil:
+					l.rev = next
+				case errors.As(err, &apiErr):
+					// The key changed or lapsed: a writer may be
+					// storing the backlog already.
+					l.lost = err
+				}
+				l.mu.Unlock()
+				if l.lost != nil {
+					return
+				}
+			}
+		}
+	}()
+	return l, nil
+}
+
+// release stops the renewals and deletes the lock key, so that a writer
+// takes it at once. Only the first call does anything.
+func (l *writerLock) release() error {
+	l.cancel()
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	if l.lost != nil {
+		return fmt.Errorf("writer: the history writers' lock lapsed while held (%w): the backlog figures are not valid", l.lost)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.kv.Delete(ctx, subjects.HistoryWriterLockKey, jetstream.LastRevision(l.rev)); err != nil {
+		return fmt.Errorf("writer: release the history writers' lock: %w", err)
+	}
+	return nil
 }

@@ -150,9 +150,10 @@ func run(ctx context.Context, args []string) error {
 		sf := flag.NewFlagSet("writer", flag.ContinueOnError)
 		cfg := scenario.WriterConfig{Target: target, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
 		sf.IntVar(&cfg.Chats, "chats", 100, "chats the messages go to")
-		sf.IntVar(&cfg.Backlog, "backlog", 200_000, "messages put into the stream while the writer is paused (-1: skip)")
+		sf.IntVar(&cfg.Backlog, "backlog", 200_000, "messages put into the stream while the load generator holds the writers' lock (-1: skip)")
 		sf.Float64Var(&cfg.Rate, "rate", 5000, "messages a second in the latency phase, open loop (-1: skip)")
 		sf.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long the latency phase publishes")
+		sf.StringVar(&cfg.Ingress, "ingress", scenario.IngressChat, "how the latency phase publishes: chat (batched as the chat service publishes concurrent sends) or single (each message on its own)")
 		sf.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "how long to wait at most for the writer to store everything")
 		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
 		if err := sf.Parse(scenarioArgs); err != nil {

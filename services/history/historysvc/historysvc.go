@@ -44,9 +44,11 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
 	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
 	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"20ms"`
-	AckWait         time.Duration `env:"ACK_WAIT" envDefault:"10s"`
-	PinnedTTL       time.Duration `env:"PINNED_TTL" envDefault:"5s"`
-	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
+	// LeaderTTL is how long the writers' lock outlives its holder's last
+	// renewal: a standby replica takes over within about this after the
+	// storing one dies (at once after a clean shutdown).
+	LeaderTTL    time.Duration `env:"LEADER_TTL" envDefault:"5s"`
+	OTLPEndpoint string        `env:"OTLP_ENDPOINT"`
 	// TraceSampleRatio is the share of new traces exported when
 	// OTLP_ENDPOINT is set: above 0, at most 1.
 	TraceSampleRatio float64 `env:"TRACE_SAMPLE_RATIO" envDefault:"1"`
@@ -96,11 +98,8 @@ func (c *Config) Validate() error {
 	if c.BatchWait < time.Millisecond || c.BatchWait > 10*time.Second {
 		errs = append(errs, errors.New("BATCH_WAIT must be 1ms to 10s"))
 	}
-	if c.PinnedTTL < 100*time.Millisecond {
-		errs = append(errs, errors.New("PINNED_TTL must be at least 100ms"))
-	}
-	if c.AckWait < time.Second || c.AckWait <= 2*c.BatchWait {
-		errs = append(errs, errors.New("ACK_WAIT must be at least 1s and more than twice BATCH_WAIT"))
+	if c.LeaderTTL < 300*time.Millisecond || c.LeaderTTL > 5*time.Minute {
+		errs = append(errs, errors.New("LEADER_TTL must be 300ms to 5m"))
 	}
 	return errors.Join(errs...)
 }
@@ -133,7 +132,13 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 			log.Warn("close redis", "err", err)
 		}
 	}()
-	if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(tel.TracerProvider)); err != nil {
+	// The writer's fanout pipelines (hundreds of PUBLISH a batch) have a
+	// span of the writer's own: redisotel would format every command of
+	// them into a string for its span, traced or not (a tenth of the
+	// writer's CPU while it drains a backlog).
+	if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(tel.TracerProvider),
+		redisotel.WithCallerEnabled(false),
+		redisotel.WithCommandsFilter(func([]redis.Cmder) bool { return true })); err != nil {
 		return fmt.Errorf("instrument redis: %w", err)
 	}
 	if err := rdb.Ping(ctx).Err(); err != nil {
@@ -153,11 +158,10 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	store := msgstore.New(pool)
 	w, err := writer.New(js, store, fanoutpub.New(rdb, cfg.RedisPrefix), writer.Config{
 		Stream:    subj.MessagesStream(),
-		Consumer:  subj.HistoryWriterConsumer(),
+		Lock:      subj.HistoryWriterLock(),
 		BatchSize: cfg.BatchSize,
 		BatchWait: cfg.BatchWait,
-		AckWait:   cfg.AckWait,
-		PinnedTTL: cfg.PinnedTTL,
+		LeaderTTL: cfg.LeaderTTL,
 	}, log, tel.TracerProvider, tel.Registry)
 	if err != nil {
 		return err
@@ -209,8 +213,8 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		ready.StartDrain()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 		defer cancel()
-		// The writer finishes its current batch (store, ack, publish)
-		// before NATS is drained.
+		// The writer finishes its current batch (store, publish) and
+		// releases the writers' lock before NATS is drained.
 		select {
 		case <-writerDone:
 		case <-sctx.Done():

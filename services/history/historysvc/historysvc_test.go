@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/libs/testenv"
 	"github.com/communications/communications/services/history/historysvc"
+	"github.com/communications/communications/services/history/internal/msgstore"
 	"github.com/communications/communications/services/history/internal/streamtest"
 )
 
@@ -40,7 +42,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "redis prefix with a space", env: map[string]string{"HISTORY_REDIS_PREFIX": "a b"}, wantErr: "REDIS_PREFIX"},
 		{name: "batch too large", env: map[string]string{"HISTORY_BATCH_SIZE": "100000"}, wantErr: "BATCH_SIZE"},
 		{name: "no batch wait", env: map[string]string{"HISTORY_BATCH_WAIT": "0s"}, wantErr: "BATCH_WAIT"},
-		{name: "short ack wait", env: map[string]string{"HISTORY_ACK_WAIT": "100ms"}, wantErr: "ACK_WAIT"},
+		{name: "short leader ttl", env: map[string]string{"HISTORY_LEADER_TTL": "100ms"}, wantErr: "LEADER_TTL"},
 		{name: "no timeout", env: map[string]string{"HISTORY_REQUEST_TIMEOUT": "0s"}, wantErr: "REQUEST_TIMEOUT"},
 	}
 	for _, tc := range tests {
@@ -55,7 +57,7 @@ func TestConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("load: %v", err)
 				}
-				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.AckWait != 10*time.Second || cfg.RedisPrefix != "comms" {
+				if cfg.BatchSize != 500 || cfg.BatchWait != 20*time.Millisecond || cfg.LeaderTTL != 5*time.Second || cfg.RedisPrefix != "comms" {
 					t.Errorf("defaults not applied: %+v", cfg)
 				}
 				return
@@ -252,10 +254,21 @@ func TestRun(t *testing.T) {
 			t.Errorf("%s: err = %v, want code %s", tc.name, err, tc.code)
 		}
 	}
+	// The writer's position reached the stream's end, and what it stored
+	// was purged from the stream.
+	pool, err := pgxpool.New(context.Background(), cfg.PostgresURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	testenv.Eventually(t, 20*time.Second, func() bool {
-		ok, err := streamtest.Drained(context.Background(), js, subj)
+		ok, err := streamtest.Drained(context.Background(), js, subj, msgstore.New(pool))
 		return err == nil && ok
-	}, "stored messages are not all acked")
+	}, "the writer's position is not at the stream's end")
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		st, err := js.Stream(context.Background(), subj.MessagesStream())
+		return err == nil && st.CachedInfo().State.Msgs == 0 && st.CachedInfo().State.FirstSeq == 13
+	}, "the stored messages were not purged from the stream")
 
 	cancel()
 	select {

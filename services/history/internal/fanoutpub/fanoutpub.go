@@ -6,12 +6,13 @@ package fanoutpub
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/communications/communications/libs/fanout"
+	"github.com/communications/communications/services/history/internal/msgjson"
 	"github.com/communications/communications/services/history/internal/writer"
 )
 
@@ -19,6 +20,10 @@ import (
 type Publisher struct {
 	rdb    redis.UniversalClient
 	prefix string
+
+	mu   sync.Mutex // one Publish at a time uses buf
+	buf  []byte     // the payloads of one Publish, back to back
+	ends []int
 }
 
 // New returns a Publisher publishing on rdb to the channels
@@ -30,33 +35,47 @@ func New(rdb redis.UniversalClient, prefix string) *Publisher {
 // Publish publishes each event, in order, in one pipeline. Each payload is
 // a fanout.Envelope holding the protocol.Message event (a message, an edit
 // or a deletion, with its kind and target), its acceptance time and its
-// trace context.
+// trace context, encoded by msgjson.AppendEnvelope into one buffer reused
+// from call to call.
 func (p *Publisher) Publish(ctx context.Context, events []writer.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	pipe := p.rdb.Pipeline()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	buf, ends := p.buf[:0], p.ends[:0]
 	for _, e := range events {
 		m := e.Message
-		ev, err := json.Marshal(m.Event())
-		if err != nil {
-			return fmt.Errorf("encode message event: %w", err)
-		}
 		var accepted int64
 		if !e.Duplicate && !m.SentAt.IsZero() {
 			// A new entry's time is when the chat service accepted it.
 			accepted = m.SentAt.UnixMicro()
 		}
-		payload, err := json.Marshal(fanout.Envelope{
+		ev := m.Event()
+		var err error
+		buf, err = msgjson.AppendEnvelope(buf, &fanout.Envelope{
 			ChatID: m.ChatID, Seq: m.Seq, SenderID: m.SenderID, Duplicate: e.Duplicate,
-			AcceptedAt: accepted, Trace: e.Trace, Event: ev,
-		})
+			AcceptedAt: accepted, Trace: e.Trace,
+		}, &ev)
 		if err != nil {
 			return fmt.Errorf("encode fanout envelope: %w", err)
 		}
-		pipe.Publish(ctx, fanout.Channel(p.prefix, m.ChatID), payload)
+		ends = append(ends, len(buf))
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	// Slices of buf only now: appending may have moved it.
+	pipe := p.rdb.Pipeline()
+	start := 0
+	for i, e := range events {
+		pipe.Publish(ctx, fanout.Channel(p.prefix, e.Message.ChatID), buf[start:ends[i]:ends[i]])
+		start = ends[i]
+	}
+	_, err := pipe.Exec(ctx)
+	// Redis has the payloads (or the pipeline failed): buf is free again,
+	// unless it grew too large to keep.
+	if cap(buf) <= 4<<20 {
+		p.buf, p.ends = buf, ends
+	}
+	if err != nil {
 		return fmt.Errorf("publish %d events to redis: %w", len(events), err)
 	}
 	return nil

@@ -90,6 +90,25 @@ type Stored struct {
 	Rejected  error
 }
 
+// Advance moves the history writer's stream position with a batch: in the
+// batch's transaction, Stream's position goes from From to To, provided it
+// still is From under Epoch; otherwise the batch fails with
+// ErrPositionMoved and nothing is stored.
+type Advance struct {
+	// Stream is the message stream's name ("": no position is kept).
+	Stream string
+	// Epoch is the stream's creation time in Unix nanoseconds.
+	Epoch int64
+	// From is the position the writer read (the last stream sequence
+	// stored); To is the batch's last stream sequence.
+	From, To uint64
+}
+
+// ErrPositionMoved means another writer stored a batch since this writer
+// read its position: the batch was not stored, the writer reads the
+// position again and goes on from there.
+var ErrPositionMoved = errors.New("the writer's stream position moved: another writer stored meanwhile")
+
 // PageStore reads stored messages.
 type PageStore interface {
 	// Page returns at most limit messages of chat with a sequence below

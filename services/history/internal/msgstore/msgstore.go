@@ -7,6 +7,7 @@ package msgstore
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/communications/communications/services/history/internal/history"
@@ -119,8 +121,18 @@ func checkChange(change history.Message, target *history.Message) error {
 // chat id order, so concurrent writers serialise per chat and never
 // deadlock; under the lock, entries stored by another writer are visible.
 func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
+	return s.StoreBatchAt(ctx, msgs, history.Advance{})
+}
+
+// StoreBatchAt is StoreBatch moving the writer's stream position with the
+// batch (adv.Stream empty: no position): first thing in the transaction,
+// the position row is changed from adv.From to adv.To under adv.Epoch, and
+// when it no longer holds adv.From (another writer stored meanwhile; its
+// row lock makes this one wait for that commit) the batch fails with
+// history.ErrPositionMoved and nothing is stored.
+func (s *Store) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
 	out := make([]history.Stored, len(msgs))
-	if len(msgs) == 0 {
+	if len(msgs) == 0 && adv.Stream == "" {
 		return out, nil
 	}
 	// Collapse duplicates inside the batch: first[k] is the index of the
@@ -153,9 +165,20 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	// One round trip: create missing counters, lock them in chat order,
-	// find the keys already stored and the targets of edits and deletions.
+	// One round trip: move the position, create missing counters, lock
+	// them in chat order, find the keys already stored and the targets of
+	// edits and deletions.
 	b := &pgx.Batch{}
+	if adv.Stream != "" {
+		b.Queue(`UPDATE writer_positions SET last_seq = $4
+			WHERE stream = $1 AND epoch = $2 AND last_seq = $3`, adv.Stream, adv.Epoch, int64(adv.From), int64(adv.To)).
+			Exec(func(ct pgconn.CommandTag) error {
+				if ct.RowsAffected() != 1 {
+					return history.ErrPositionMoved
+				}
+				return nil
+			})
+	}
 	b.Queue(`INSERT INTO chat_counters (chat_id)
 		SELECT c FROM unnest($1::bigint[]) AS c ORDER BY c
 		ON CONFLICT DO NOTHING`, chats)
@@ -258,7 +281,13 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 		}
 	}
 	if len(entries) == 0 {
-		// Only duplicates and rejected changes: nothing to write.
+		// Only duplicates and rejected changes: nothing to write but the
+		// position.
+		if adv.Stream != "" {
+			if err := tx.Commit(ctx); err != nil {
+				return nil, fmt.Errorf("store batch: commit: %w", err)
+			}
+		}
 		return out, nil
 	}
 	counterChats := make([]int64, 0, len(lastSeq))
@@ -437,4 +466,40 @@ func (s *Store) Latest(ctx context.Context, chatIDs []int64) (map[int64]int64, e
 		return nil, fmt.Errorf("select latest: %w", err)
 	}
 	return out, nil
+}
+
+// Position returns the last stream sequence stored from stream under epoch
+// (the stream's creation time). A stream seen for the first time, or
+// created again since (a later epoch), starts at firstSeq: the position is
+// set to the sequence before it. An earlier epoch (a writer that read the
+// stream before it was created again) changes nothing; its batches then
+// fail with history.ErrPositionMoved.
+func (s *Store) Position(ctx context.Context, stream string, epoch int64, firstSeq uint64) (uint64, error) {
+	start := int64(max(firstSeq, 1) - 1)
+	var last int64
+	// One upsert that always returns the row: under concurrent calls the
+	// later one waits for the earlier one's row and reads it.
+	err := s.pool.QueryRow(ctx, `INSERT INTO writer_positions AS p (stream, epoch, last_seq) VALUES ($1, $2, $3)
+		ON CONFLICT (stream) DO UPDATE SET epoch = GREATEST(p.epoch, EXCLUDED.epoch),
+			last_seq = CASE WHEN EXCLUDED.epoch > p.epoch THEN EXCLUDED.last_seq ELSE p.last_seq END
+		RETURNING last_seq`,
+		stream, epoch, start).Scan(&last)
+	if err != nil {
+		return 0, fmt.Errorf("writer position of %s: %w", stream, err)
+	}
+	return uint64(last), nil
+}
+
+// StoredPosition returns the last stream sequence stored from stream, and
+// false when the writer has not started on it.
+func (s *Store) StoredPosition(ctx context.Context, stream string) (uint64, bool, error) {
+	var last int64
+	err := s.pool.QueryRow(ctx, `SELECT last_seq FROM writer_positions WHERE stream = $1`, stream).Scan(&last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("writer position of %s: %w", stream, err)
+	}
+	return uint64(last), true, nil
 }

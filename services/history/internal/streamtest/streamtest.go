@@ -36,7 +36,7 @@ func Connect(t testing.TB, url string) jetstream.JetStream {
 }
 
 // CreateStream declares the message stream as the chat service does
-// (services/chat/internal/msgstream): a work queue on file storage.
+// (services/chat/internal/msgstream): limits retention on file storage.
 func CreateStream(t testing.TB, js jetstream.JetStream, subj subjects.Subjects) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -44,7 +44,7 @@ func CreateStream(t testing.TB, js jetstream.JetStream, subj subjects.Subjects) 
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       subj.MessagesStream(),
 		Subjects:   []string{subj.MessagesAll()},
-		Retention:  jetstream.WorkQueuePolicy,
+		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
 		Replicas:   1,
 		MaxBytes:   1 << 30,
@@ -87,16 +87,22 @@ func PublishRaw(ctx context.Context, t testing.TB, js jetstream.JetStream, subje
 	}
 }
 
-// Drained reports whether the history writer consumer has nothing pending
-// and nothing unacked.
-func Drained(ctx context.Context, js jetstream.JetStream, subj subjects.Subjects) (bool, error) {
-	cons, err := js.Consumer(ctx, subj.MessagesStream(), subj.HistoryWriterConsumer())
+// Positioner reads the history writer's stored stream position.
+type Positioner interface {
+	StoredPosition(ctx context.Context, stream string) (uint64, bool, error)
+}
+
+// Drained reports whether the history writer has stored everything the
+// message stream received: its stored position is the stream's last
+// sequence.
+func Drained(ctx context.Context, js jetstream.JetStream, subj subjects.Subjects, store Positioner) (bool, error) {
+	st, err := js.Stream(ctx, subj.MessagesStream())
 	if err != nil {
 		return false, err
 	}
-	info, err := cons.Info(ctx)
+	pos, ok, err := store.StoredPosition(ctx, subj.MessagesStream())
 	if err != nil {
 		return false, err
 	}
-	return info.NumPending == 0 && info.NumAckPending == 0, nil
+	return ok && pos == st.CachedInfo().State.LastSeq, nil
 }

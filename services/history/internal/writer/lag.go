@@ -10,16 +10,16 @@ import (
 )
 
 // WatchLag sets the gauge history_writer_consumer_lag_messages to the
-// writer consumer's pending plus ack-pending messages (what the stream
-// holds that is not stored yet), read every Config.LagInterval, until ctx
-// ends. A failed read is logged and leaves the gauge as it was. It returns
-// nil when ctx ends.
+// messages of the stream not stored yet (its last sequence minus the
+// stored position), read every Config.LagInterval, until ctx ends. A failed
+// read is logged and leaves the gauge as it was. It returns nil when ctx
+// ends.
 func (w *Writer) WatchLag(ctx context.Context) error {
 	tick := time.NewTicker(w.cfg.LagInterval)
 	defer tick.Stop()
 	for {
 		if err := w.readLag(ctx); err != nil && ctx.Err() == nil {
-			w.log.WarnContext(ctx, "read the writer consumer's lag", "err", err)
+			w.log.WarnContext(ctx, "read the writer's lag", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -32,19 +32,26 @@ func (w *Writer) WatchLag(ctx context.Context) error {
 func (w *Writer) readLag(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, min(w.cfg.LagInterval, 5*time.Second))
 	defer cancel()
-	cons, err := w.js.Consumer(ctx, w.cfg.Stream, w.cfg.Consumer)
-	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		// Not created yet (Run waits for the stream and creates the
-		// consumer): nothing is pending.
+	st, err := w.js.Stream(ctx, w.cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// Not created yet: nothing is pending.
+		w.m.lag.Set(0)
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("look up consumer %s: %w", w.cfg.Consumer, err)
+		return fmt.Errorf("look up stream %s: %w", w.cfg.Stream, err)
 	}
-	info, err := cons.Info(ctx)
+	state := st.CachedInfo().State
+	pos, ok, err := w.store.StoredPosition(ctx, w.cfg.Stream)
 	if err != nil {
-		return fmt.Errorf("consumer %s info: %w", w.cfg.Consumer, err)
+		return err
 	}
-	w.m.lag.Set(float64(info.NumPending) + float64(info.NumAckPending))
+	if !ok || pos+1 < state.FirstSeq || pos > state.LastSeq {
+		// Not started on this stream yet, or a stream created again (the
+		// position is another stream's): everything it holds is pending.
+		w.m.lag.Set(float64(state.Msgs))
+		return nil
+	}
+	w.m.lag.Set(float64(state.LastSeq - pos))
 	return nil
 }

@@ -15,9 +15,10 @@ type metrics struct {
 	duplicates    prometheus.Counter
 	rejected      prometheus.Counter
 	failedBatches prometheus.Counter
-	terminated    prometheus.Counter
+	malformed     prometheus.Counter
+	skipped       prometheus.Counter
 	fanoutErrors  prometheus.Counter
-	heldBack      prometheus.Counter
+	leader        prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "history_writer_consumer_lag_messages",
-			Help: "Messages of the stream not yet stored: the writer consumer's pending plus ack-pending messages, polled every few seconds (every replica reports the same consumer).",
+			Help: "Messages of the stream not yet stored: the stream's last sequence minus the writer's stored position, polled every few seconds (every replica reports the same figure).",
 		}),
 		stored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_messages_stored_total",
@@ -50,22 +51,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		failedBatches: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_failed_batches_total",
-			Help: "Batches whose transaction failed; their messages are redelivered.",
+			Help: "Batches whose transaction failed (tried again), or found the stream position moved by another writer.",
 		}),
-		terminated: prometheus.NewCounter(prometheus.CounterOpts{
+		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_malformed_messages_total",
-			Help: "Stream messages that could not be decoded and were terminated.",
+			Help: "Stream messages that could not be decoded and were skipped.",
+		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "history_writer_missing_messages_total",
+			Help: "Stream sequences gone from the stream before the writer stored them (changed from outside: a purge, a deletion).",
 		}),
 		fanoutErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_fanout_errors_total",
 			Help: "Batches whose stored messages could not all be published for fanout.",
 		}),
-		heldBack: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "history_writer_held_back_total",
-			Help: "Fetched messages handed back because older ones were still unacknowledged elsewhere (after another writer's crash).",
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "history_writer_leader",
+			Help: "1 while this replica holds the writers' lock (it is the one storing), else 0.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.batchMessages, m.commitSeconds, m.lag, m.stored, m.duplicates, m.rejected, m.failedBatches, m.terminated, m.fanoutErrors, m.heldBack} {
+	for _, c := range []prometheus.Collector{m.batchMessages, m.commitSeconds, m.lag, m.stored, m.duplicates, m.rejected, m.failedBatches, m.malformed, m.skipped, m.fanoutErrors, m.leader} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register writer metrics: %w", err)
 		}

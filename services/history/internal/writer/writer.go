@@ -1,24 +1,29 @@
-// Package writer is the history writer: it consumes the message stream in
-// batches as a durable JetStream pull consumer, stores each batch in one
-// transaction (messages, and the edits and deletions of messages), publishes
-// the stored entries for fanout, and acknowledges them.
+// Package writer is the history writer: it reads the message stream in
+// batches, stores each batch in one transaction (messages, and the edits
+// and deletions of messages) together with its stream position, publishes
+// the stored entries for fanout, and purges what it stored from the stream.
 //
-// A message is acknowledged only after the transaction holding it has
-// committed, so a crash anywhere before that redelivers it (P1); the store's
-// unique key turns every redelivery into a duplicate that keeps its original
-// sequence number (P3).
+// The position (the last stream sequence stored) lives in PostgreSQL and
+// moves with each batch by compare and set, so a crash anywhere means the
+// next writer starts after the last committed batch (P1), every message is
+// stored once and in stream order (P2) even when two writers overlap, and
+// the store's unique key turns a sender's retry into a duplicate that keeps
+// its original sequence number (P3). Only the replica holding the writers'
+// lock reads the stream; the others stand by.
 package writer
 
 import (
-	"cmp"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
+	"os"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
@@ -32,27 +37,32 @@ import (
 	"github.com/communications/communications/services/history/internal/history"
 )
 
-// Store writes batches of messages.
+// Store writes batches of messages and keeps the writer's stream position.
 type Store interface {
-	// StoreBatch stores msgs (in stream order) in one transaction and
-	// returns each of them as stored: with its sequence number, or, for an
-	// entry stored before, the original and Duplicate set, or, for an edit
-	// or deletion whose target failed the check, Rejected set.
-	StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error)
+	// StoreBatchAt stores msgs (in stream order) in one transaction that
+	// also moves the stream position as adv says, and returns each of
+	// them as stored: with its sequence number, or, for an entry stored
+	// before, the original and Duplicate set, or, for an edit or deletion
+	// whose target failed the check, Rejected set. When the position is no
+	// longer adv.From it stores nothing and returns
+	// history.ErrPositionMoved.
+	StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error)
+	// Position returns the last stream sequence stored from stream under
+	// epoch, starting a new or re-created stream at firstSeq.
+	Position(ctx context.Context, stream string, epoch int64, firstSeq uint64) (uint64, error)
+	// StoredPosition returns the last stream sequence stored from stream
+	// (false: none yet).
+	StoredPosition(ctx context.Context, stream string) (uint64, bool, error)
 }
-
-// priorityGroup is the consumer's one priority group; the replica pinned to
-// it is the only one receiving messages.
-const priorityGroup = "writers"
 
 // Event is a stored message to fan out, with the W3C trace context of its
 // write.
 type Event struct {
 	Message history.Message
 	Trace   map[string]string
-	// Duplicate is true for a message that was already stored (a retry or
-	// a redelivery): it goes back to its sender only, who learns its
-	// original sequence number from it.
+	// Duplicate is true for a message that was already stored (a retry):
+	// it goes back to its sender only, who learns its original sequence
+	// number from it.
 	Duplicate bool
 }
 
@@ -66,46 +76,52 @@ type Publisher interface {
 type Config struct {
 	// Stream is the name of the message stream. Required.
 	Stream string
-	// Consumer is the durable consumer name shared by all replicas.
+	// Lock is the name of the key-value bucket of the writers' lock.
 	// Required.
-	Consumer string
-	// BatchSize is the most messages fetched and stored at once. Default
-	// 500.
+	Lock string
+	// ID names this replica in the lock. Default: the host name and a
+	// random suffix.
+	ID string
+	// BatchSize is the most messages stored at once. Default 500.
 	BatchSize int
-	// BatchWait is the longest a fetch waits to fill a batch. Default 20ms.
+	// BatchWait is the longest a batch waits to fill. Default 20ms.
 	BatchWait time.Duration
-	// AckWait is how long JetStream waits for an ack before redelivering;
-	// a batch not stored within it is abandoned. Default 30s.
-	AckWait time.Duration
-	// PinnedTTL is how long the pinned replica may go without pulling
-	// before another replica takes over. Default 5s.
-	PinnedTTL time.Duration
-	// MaxAckPending bounds the messages delivered and not yet acked, over
-	// all replicas. Default 2 x BatchSize.
-	MaxAckPending int
-	// RetryMin and RetryMax bound the backoff after a failure (and the
-	// redelivery delay of a failed batch). Defaults 100ms and 5s.
+	// LeaderTTL is how long the lock outlives its holder's last renewal: a
+	// standby takes over within about that after the holder dies. Default
+	// 5s.
+	LeaderTTL time.Duration
+	// StoreTimeout bounds one attempt to store a batch. Default 30s.
+	StoreTimeout time.Duration
+	// PurgeInterval is how often, at most, the stream is purged below the
+	// stored position. Default 1s.
+	PurgeInterval time.Duration
+	// RetryMin and RetryMax bound the backoff after a failure. Defaults
+	// 100ms and 5s.
 	RetryMin, RetryMax time.Duration
-	// LagInterval is how often WatchLag reads the consumer's pending
-	// messages. Default 5s.
+	// LagInterval is how often WatchLag reads the stream and the position.
+	// Default 5s.
 	LagInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		c.ID = host + "-" + rand.Text()[:10]
+	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 500
 	}
 	if c.BatchWait <= 0 {
 		c.BatchWait = 20 * time.Millisecond
 	}
-	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+	if c.LeaderTTL <= 0 {
+		c.LeaderTTL = 5 * time.Second
 	}
-	if c.MaxAckPending <= 0 {
-		c.MaxAckPending = 2 * c.BatchSize
+	if c.StoreTimeout <= 0 {
+		c.StoreTimeout = 30 * time.Second
 	}
-	if c.PinnedTTL <= 0 {
-		c.PinnedTTL = 5 * time.Second
+	if c.PurgeInterval <= 0 {
+		c.PurgeInterval = time.Second
 	}
 	if c.RetryMin <= 0 {
 		c.RetryMin = 100 * time.Millisecond
@@ -118,10 +134,6 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// consumerCheckInterval is how often an idle writer checks that its
-// consumer still exists (a fetch on a deleted consumer just times out).
-const consumerCheckInterval = 5 * time.Second
-
 // Writer moves messages from the stream into the store.
 type Writer struct {
 	js     jetstream.JetStream
@@ -132,12 +144,13 @@ type Writer struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	m      *metrics
+	leader prometheus.Gauge
 }
 
 // New returns a Writer. Its metrics are registered on reg.
 func New(js jetstream.JetStream, store Store, pub Publisher, cfg Config, logger *slog.Logger, tp trace.TracerProvider, reg prometheus.Registerer) (*Writer, error) {
-	if cfg.Stream == "" || cfg.Consumer == "" {
-		return nil, errors.New("writer: stream and consumer names are required")
+	if cfg.Stream == "" || cfg.Lock == "" {
+		return nil, errors.New("writer: stream and lock names are required")
 	}
 	cfg.setDefaults()
 	m, err := newMetrics(reg)
@@ -145,111 +158,274 @@ func New(js jetstream.JetStream, store Store, pub Publisher, cfg Config, logger 
 		return nil, err
 	}
 	return &Writer{
-		js: js, store: store, pub: pub, cfg: cfg, log: logger, m: m,
+		js: js, store: store, pub: pub, cfg: cfg, log: logger, m: m, leader: m.leader,
 		tracer: tp.Tracer("github.com/communications/communications/services/history/internal/writer"),
 		prop:   telemetry.Propagator(),
 	}, nil
 }
 
-// Run consumes the stream until ctx ends. A batch already fetched is
-// finished (stored, acked, published) before Run returns, so cancelling
-// ctx stops the writer after its current batch. Run returns nil when ctx
-// ends; it has no other way to stop: failures are logged and retried.
+// ID returns the name this replica holds the writers' lock under.
+func (w *Writer) ID() string { return w.cfg.ID }
+
+// Run stores the stream's messages while this replica holds the writers'
+// lock, and stands by while another does, until ctx ends. The batch being
+// stored is finished (stored, published) before Run returns (one read
+// ahead of it is left to the next writer), and the lock is then released
+// so that a standby takes over at once. Run returns nil when
+// ctx ends; it has no other way to stop: failures are logged and retried.
 func (w *Writer) Run(ctx context.Context) error {
-	cons, ok := w.consumer(ctx)
-	if !ok {
-		return nil
-	}
-	w.log.InfoContext(ctx, "history writer consuming", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
-		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait)
+	w.log.InfoContext(ctx, "history writer starting", "stream", w.cfg.Stream, "lock", w.cfg.Lock, "id", w.cfg.ID,
+		"batch_size", w.cfg.BatchSize, "batch_wait", w.cfg.BatchWait, "leader_ttl", w.cfg.LeaderTTL)
 	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
-	lastCheck := time.Now()
-	var ord order
 	for ctx.Err() == nil {
-		msgs, fetchErr := w.fetch(cons)
-		failed := false
-		if len(msgs) > 0 {
-			var later []jetstream.Msg
-			msgs, later = w.inOrder(ctx, cons, &ord, msgs)
-			if len(msgs) > 0 {
-				// The batch runs to its end even when ctx ends meanwhile.
-				failed = w.process(context.WithoutCancel(ctx), msgs, retry.delay()) != nil
-				if !failed {
-					ord.stored(msgs)
-				}
-			}
-			if len(later) > 0 {
-				w.m.heldBack.Add(float64(len(later)))
-				for _, m := range later {
-					_ = m.NakWithDelay(retry.delay())
-				}
-				failed = true
-			}
+		l, ok := w.acquire(ctx)
+		if !ok {
+			break
 		}
-		if fetchErr != nil {
-			w.log.WarnContext(ctx, "fetch from message stream", "err", fetchErr, "retry_in", retry.delay())
-			failed = true
-		}
-		if failed {
-			// Wait a little past the redelivery delay: a failed batch's
-			// messages are then due again, and JetStream hands out due
-			// redeliveries before newer messages, so a chat's messages
-			// keep their stream order.
-			if !sleep(ctx, retry.delay()*3/2) {
+		for l.ctx.Err() == nil {
+			err := w.lead(l.ctx)
+			if err == nil || l.ctx.Err() != nil {
+				retry.reset()
+				continue
+			}
+			if errors.Is(err, history.ErrPositionMoved) {
+				// Another writer stored meanwhile (it held the lock
+				// while this one did not know it had lost it): start
+				// again from the stored position.
+				w.log.WarnContext(l.ctx, "the stream position moved under this writer; reading it again", "err", err)
+				continue
+			}
+			if errors.Is(err, errStreamReplaced) {
+				w.log.WarnContext(l.ctx, "the message stream was created again; reading it from its start", "stream", w.cfg.Stream)
+				continue
+			}
+			w.log.WarnContext(l.ctx, "history writer: reading the stream failed; starting again", "err", err, "retry_in", retry.delay())
+			if !sleep(l.ctx, retry.delay()) {
 				break
 			}
 			retry.grow()
-		} else {
-			retry.reset()
 		}
-		if (fetchErr != nil && consumerGone(fetchErr)) || (len(msgs) == 0 && time.Since(lastCheck) > consumerCheckInterval) {
-			lastCheck = time.Now()
-			if _, err := cons.Info(ctx); consumerGone(err) {
-				w.log.WarnContext(ctx, "history writer consumer is gone; declaring it again", "err", err)
-				if cons, ok = w.consumer(ctx); !ok {
-					break
-				}
-			}
-		}
+		w.release(l)
 	}
 	w.log.InfoContext(ctx, "history writer stopped")
 	return nil
 }
 
-func consumerGone(err error) bool {
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-		errors.Is(err, jetstream.ErrStreamNotFound)
+// errStreamReplaced means the message stream was deleted and created again
+// (its sequences start over) while the writer read it.
+var errStreamReplaced = errors.New("the message stream was created again")
+
+// lead reads the stream from the stored position and stores it batch by
+// batch until ctx ends (nil) or something fails (the error). It never
+// returns with a batch half stored or stored and not published.
+func (w *Writer) lead(ctx context.Context) (err error) {
+	// The purges' check of the stream ends lead with errStreamReplaced
+	// when the stream was created again (its new messages may never reach
+	// the sequence the consumer waits for).
+	ctx, endLead := context.WithCancelCause(ctx)
+	defer func() {
+		if err == nil && errors.Is(context.Cause(ctx), errStreamReplaced) {
+			err = errStreamReplaced
+		}
+		endLead(nil)
+	}()
+	st, ok := w.stream(ctx)
+	if !ok {
+		return nil
+	}
+	info := st.CachedInfo()
+	epoch := info.Created.UnixNano()
+	pos, err := w.store.Position(ctx, w.cfg.Stream, epoch, info.State.FirstSeq)
+	if err != nil {
+		return err
+	}
+	cons, err := w.js.OrderedConsumer(ctx, w.cfg.Stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   pos + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("ordered consumer from %d: %w", pos+1, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4 * w.cfg.BatchSize))
+	if err != nil {
+		return fmt.Errorf("read the stream from %d: %w", pos+1, err)
+	}
+	defer it.Stop()
+	// The purges run beside, until lead returns.
+	var stored atomic.Uint64
+	stored.Store(pos)
+	pctx, stopPurges := context.WithCancel(ctx)
+	purgesDone := make(chan struct{})
+	go func() {
+		defer close(purgesDone)
+		if w.purgeStored(pctx, st, epoch, &stored) {
+			endLead(errStreamReplaced)
+		}
+	}()
+	defer func() {
+		stopPurges()
+		<-purgesDone
+	}()
+	// Stored batches are published for fanout beside, in commit order,
+	// while the next batch is stored; lead returns once they are out.
+	jobs := make(chan fanoutJob, 1)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		w.publishStored(jobs)
+	}()
+	defer func() {
+		close(jobs)
+		<-published
+	}()
+	w.log.InfoContext(ctx, "history writer storing", "stream", w.cfg.Stream, "from", pos+1, "epoch", epoch)
+	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
+	// The next batch is read and decoded beside, while this one is
+	// stored; one read ahead is dropped when lead returns (the next
+	// leader reads it again from the stored position).
+	reads := make(chan readBatch, 1)
+	rctx, stopReading := context.WithCancel(ctx)
+	// The ordered consumer recreates itself, without end, while the
+	// stream is gone, inside Next and deaf to Next's context: stopping the
+	// iterator when reading ends is what gets Next out.
+	defer context.AfterFunc(rctx, it.Stop)()
+	go w.read(rctx, it, st, epoch, reads)
+	defer func() {
+		stopReading()
+		for range reads {
+		}
+	}()
+	for ctx.Err() == nil {
+		var rb readBatch
+		select {
+		case <-ctx.Done():
+			return nil
+		case rb = <-reads:
+		}
+		if ctx.Err() != nil {
+			// Lock lost or stopping: a batch read meanwhile is left to
+			// the next writer.
+			return nil
+		}
+		msgs, items, err := rb.msgs, rb.items, rb.err
+		if len(msgs) == 0 {
+			if err != nil && ctx.Err() == nil {
+				return err
+			}
+			continue
+		}
+		adv := history.Advance{Stream: w.cfg.Stream, Epoch: epoch, From: pos, To: streamSeq(msgs[len(msgs)-1])}
+		// The batch is finished even when ctx ends meanwhile: stored, or
+		// given up when the position moved or ctx ended during a retry.
+		var perr error
+		var job fanoutJob
+		for {
+			job, perr = w.process(context.WithoutCancel(ctx), items, adv)
+			if perr == nil || errors.Is(perr, history.ErrPositionMoved) {
+				break
+			}
+			if !sleep(ctx, retry.delay()) {
+				return nil
+			}
+			retry.grow()
+		}
+		if perr != nil {
+			return perr
+		}
+		jobs <- job
+		retry.reset()
+		if first := streamSeq(msgs[0]); first > pos+1 {
+			// The position moved from pos, so nothing stored these:
+			// only what is stored is purged, so the stream was changed
+			// from outside (a purge, a message deleted).
+			w.m.skipped.Add(float64(first - pos - 1))
+			w.log.ErrorContext(ctx, "stream messages gone before they were stored", "from", pos+1, "to", first-1)
+		}
+		pos = adv.To
+		stored.Store(pos)
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// consumer declares the durable consumer, waiting with backoff until the
-// stream exists: the chat service owns and creates it. It reports false
-// when ctx ended first.
-func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
+// readBatch is a batch read from the stream and decoded, or why reading
+// stopped (err, with the messages read before it).
+type readBatch struct {
+	msgs  []jetstream.Msg
+	items []item
+	err   error
+}
+
+// read collects batches from it, checks that they come from the stream
+// of epoch, decodes them and sends them on reads, until ctx ends or
+// reading fails (its last batch then carries the error). It closes reads
+// when it returns.
+func (w *Writer) read(ctx context.Context, it jetstream.MessagesContext, st jetstream.Stream, epoch int64, reads chan<- readBatch) {
+	defer close(reads)
+	consumer := "" // the consumer that delivered the messages read so far
+	for ctx.Err() == nil {
+		msgs, err := w.collect(ctx, it)
+		// Messages of a consumer not seen yet (the first, or one the
+		// ordered consumer recreated) are checked to come from the same
+		// stream: a stream created again starts its sequences over, and
+		// the consumer would go on in it from the old sequence.
+		n, verr := w.sameStream(ctx, st, epoch, msgs, &consumer)
+		msgs = msgs[:n]
+		if verr != nil {
+			err = verr
+		}
+		if len(msgs) == 0 && err == nil {
+			continue
+		}
+		rb := readBatch{msgs: msgs, err: err}
+		if len(msgs) > 0 {
+			rb.items = w.decodeBatch(ctx, msgs)
+		}
+		select {
+		case reads <- rb:
+		case <-ctx.Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// sameStream returns how many of msgs, read from st, come from the stream
+// as it was under epoch, keeping in consumer the name of the consumer
+// checked last; with fewer than all, an error: errStreamReplaced, or why
+// the stream could not be checked.
+func (w *Writer) sameStream(ctx context.Context, st jetstream.Stream, epoch int64, msgs []jetstream.Msg, consumer *string) (int, error) {
+	for i, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil || md.Consumer == *consumer {
+			continue
+		}
+		info, err := st.Info(context.WithoutCancel(ctx))
+		if err != nil {
+			return i, fmt.Errorf("look up the message stream: %w", err)
+		}
+		if info.Created.UnixNano() != epoch {
+			return i, errStreamReplaced
+		}
+		*consumer = md.Consumer
+	}
+	return len(msgs), nil
+}
+
+// stream waits, with backoff, until the message stream exists (the chat
+// service owns and creates it) and returns it with fresh info; false when
+// ctx ended first.
+func (w *Writer) stream(ctx context.Context) (jetstream.Stream, bool) {
 	retry := backoff{min: w.cfg.RetryMin, max: w.cfg.RetryMax}
 	logged := false
 	for {
-		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.cfg.Stream, jetstream.ConsumerConfig{
-			Durable:       w.cfg.Consumer,
-			Description:   "History writer: stores accepted messages and numbers them per chat.",
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       w.cfg.AckWait,
-			MaxAckPending: w.cfg.MaxAckPending,
-			// One replica at a time is pinned and receives batches; the
-			// others stand by and take over when it stops pulling for
-			// PinnedTTL. Batches therefore commit in stream order.
-			PriorityPolicy: jetstream.PriorityPolicyPinned,
-			PriorityGroups: []string{priorityGroup},
-			PinnedTTL:      w.cfg.PinnedTTL,
-			// Never give up on a message: it is acked once stored, or
-			// terminated when it cannot be decoded.
-			MaxDeliver: -1,
-		})
+		st, err := w.js.Stream(ctx, w.cfg.Stream)
 		if err == nil {
-			if logged {
-				w.log.InfoContext(ctx, "history writer consumer declared", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer)
-			}
-			return cons, true
+			return st, true
 		}
 		if ctx.Err() != nil {
 			return nil, false
@@ -259,7 +435,7 @@ func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
 			if errors.Is(err, jetstream.ErrStreamNotFound) {
 				w.log.WarnContext(ctx, "message stream does not exist yet; waiting for the chat service to create it", "stream", w.cfg.Stream)
 			} else {
-				w.log.WarnContext(ctx, "declare history writer consumer; retrying", "stream", w.cfg.Stream, "err", err)
+				w.log.WarnContext(ctx, "look up the message stream; retrying", "stream", w.cfg.Stream, "err", err)
 			}
 		}
 		if !sleep(ctx, retry.delay()) {
@@ -269,19 +445,88 @@ func (w *Writer) consumer(ctx context.Context) (jetstream.Consumer, bool) {
 	}
 }
 
-// order is what the writer knows about the stream order of what it stored.
-type order struct {
-	// next is the stream sequence after the last message this writer
-	// stored (0: it has stored nothing yet).
-	next uint64
-	// waitingSince is when the writer first held a batch back behind
-	// older messages delivered elsewhere (zero: it is not waiting).
-	waitingSince time.Time
+// purgeStored checks every PurgeInterval that st still is the stream of
+// epoch, and purges it below the position stored, read from stored, when
+// that moved, until ctx ends (false) or the stream turns out created again
+// (true: a stream created again holds other messages under the same
+// sequences, and lead must start over). A failed check or purge is only
+// logged: the next one covers its messages.
+func (w *Writer) purgeStored(ctx context.Context, st jetstream.Stream, epoch int64, stored *atomic.Uint64) bool {
+	tick := time.NewTicker(w.cfg.PurgeInterval)
+	defer tick.Stop()
+	var purged uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+		seq := stored.Load()
+		if err := w.purge(ctx, st, epoch, seq, seq > purged); err != nil {
+			if errors.Is(err, errStreamReplaced) {
+				return true
+			}
+			if ctx.Err() == nil {
+				w.log.WarnContext(ctx, "check the stream and purge stored messages", "up_to", seq, "err", err)
+			}
+			continue
+		}
+		purged = seq
+	}
 }
 
-func (o *order) stored(msgs []jetstream.Msg) {
-	o.next = streamSeq(msgs[len(msgs)-1]) + 1
-	o.waitingSince = time.Time{}
+// purge returns errStreamReplaced unless st still is the stream of epoch,
+// and then, with purge set, removes its messages up to seq.
+func (w *Writer) purge(ctx context.Context, st jetstream.Stream, epoch int64, seq uint64, purge bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.Created.UnixNano() != epoch {
+		return errStreamReplaced
+	}
+	if !purge {
+		return nil
+	}
+	return st.Purge(ctx, jetstream.WithPurgeSequence(seq+1))
+}
+
+// collect returns the next batch: it waits for a first message as long as
+// ctx lasts, then takes what arrives until the batch is full or BatchWait
+// has passed since it started collecting. It may return messages and an
+// error together.
+func (w *Writer) collect(ctx context.Context, it jetstream.MessagesContext) ([]jetstream.Msg, error) {
+	deadline := time.Now().Add(w.cfg.BatchWait)
+	m, err := it.Next(jetstream.NextContext(ctx))
+	if err != nil {
+		return nil, nextErr(err)
+	}
+	msgs := make([]jetstream.Msg, 1, min(w.cfg.BatchSize, 64))
+	msgs[0] = m
+	for len(msgs) < w.cfg.BatchSize {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		m, err := it.Next(jetstream.NextMaxWait(wait))
+		if err != nil {
+			if errors.Is(err, nats.ErrTimeout) {
+				break
+			}
+			return msgs, nextErr(err)
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+func nextErr(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return nil
+	}
+	return fmt.Errorf("read the message stream: %w", err)
 }
 
 // streamSeq returns a message's sequence number in the stream (0 when
@@ -294,111 +539,77 @@ func streamSeq(m jetstream.Msg) uint64 {
 	return md.Sequence.Stream
 }
 
-// inOrder sorts a fetched batch into stream order and returns the part that
-// may be stored now; the rest is to be handed back (nak) and fetched again.
-//
-// Messages that another writer received and did not acknowledge (it was
-// killed, or lost its pin) come back only after AckWait, while newer ones
-// flow to this writer at once. Numbering the newer ones first would store
-// one sender's messages out of their sending order (P2). So a batch is
-// stored only when nothing older is unacknowledged: its first message
-// follows the last one this writer stored, or the consumer's ack floor
-// (every message up to it acknowledged). Within the batch, only the
-// contiguous run of stream sequences is stored. If the floor does not
-// move for twice AckWait (a message gone from the stream), the writer stops
-// waiting and logs it.
-func (w *Writer) inOrder(ctx context.Context, cons jetstream.Consumer, o *order, msgs []jetstream.Msg) (now, later []jetstream.Msg) {
-	slices.SortStableFunc(msgs, func(a, b jetstream.Msg) int { return cmp.Compare(streamSeq(a), streamSeq(b)) })
-	first := streamSeq(msgs[0])
-	if first != 0 && first != o.next {
-		floor, err := ackFloor(ctx, cons)
-		switch {
-		case err == nil && first == floor+1:
-		case !o.waitingSince.IsZero() && time.Since(o.waitingSince) > 2*w.cfg.AckWait:
-			w.log.WarnContext(ctx, "older stream messages still unacknowledged; storing newer ones anyway",
-				"first", first, "ack_floor", floor, "waited", time.Since(o.waitingSince), "err", err)
-		default:
-			if o.waitingSince.IsZero() {
-				o.waitingSince = time.Now()
-				w.log.InfoContext(ctx, "older stream messages are unacknowledged (another writer had them); waiting for their redelivery",
-					"first", first, "ack_floor", floor, "err", err)
-			}
-			return nil, msgs
-		}
-	}
-	// In order (or done waiting): a later wait starts its own clock.
-	o.waitingSince = time.Time{}
-	for i := 1; i < len(msgs); i++ {
-		if streamSeq(msgs[i]) != streamSeq(msgs[i-1])+1 {
-			return msgs[:i], msgs[i:]
-		}
-	}
-	return msgs, nil
-}
-
-// ackFloor returns the stream sequence up to which the consumer has every
-// message acknowledged.
-func ackFloor(ctx context.Context, cons jetstream.Consumer) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
-	return info.AckFloor.Stream, nil
-}
-
-// fetch returns up to BatchSize messages, waiting at most BatchWait to fill
-// the batch. It may return messages and an error together.
-func (w *Writer) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	batch, err := cons.Fetch(w.cfg.BatchSize, jetstream.FetchMaxWait(w.cfg.BatchWait), jetstream.FetchPriorityGroup(priorityGroup))
-	if err != nil {
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	var msgs []jetstream.Msg
-	for m := range batch.Messages() {
-		msgs = append(msgs, m)
-	}
-	if err := batch.Error(); err != nil {
-		return msgs, fmt.Errorf("fetch: %w", err)
-	}
-	return msgs, nil
-}
-
 // item is one decoded message of a batch, with its span.
 type item struct {
-	raw  jetstream.Msg
-	msg  history.Message
-	ctx  context.Context
-	span trace.Span
+	subject string
+	msg     history.Message
+	ctx     context.Context
+	span    trace.Span
 }
 
-// process stores, acks and publishes one batch. When the store fails, the
-// messages are negatively acked with nakDelay and the error returned.
-func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time.Duration) error {
-	// Past AckWait JetStream redelivers the batch anyway.
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.AckWait)
-	defer cancel()
-
+// decodeBatch decodes a batch read from the stream. A message that can
+// never be stored is counted, logged and left out: it must not block the
+// stream (the position still moves past it).
+func (w *Writer) decodeBatch(ctx context.Context, raw []jetstream.Msg) []item {
 	items := make([]item, 0, len(raw))
-	links := make([]trace.Link, 0, len(raw))
 	for _, r := range raw {
 		m, err := decode(r)
 		if err != nil {
-			// A message that can never be stored must not block the stream.
-			w.m.terminated.Inc()
-			w.log.ErrorContext(ctx, "malformed stream message terminated", "subject", r.Subject(), "err", err)
-			if err := r.Term(); err != nil {
-				w.log.WarnContext(ctx, "terminate malformed stream message", "subject", r.Subject(), "err", err)
-			}
+			w.m.malformed.Inc()
+			w.log.ErrorContext(ctx, "malformed stream message skipped", "subject", r.Subject(), "stream_seq", streamSeq(r), "err", err)
 			continue
 		}
 		mctx := w.prop.Extract(ctx, natsbus.HeaderCarrier(r.Headers()))
-		links = append(links, trace.LinkFromContext(mctx))
-		items = append(items, item{raw: r, msg: m, ctx: mctx})
+		items = append(items, item{subject: r.Subject(), msg: m, ctx: mctx})
 	}
-	if len(items) == 0 {
-		return nil
+	return items
+}
+
+// fanoutJob is a committed batch waiting for its fanout publish, with the
+// spans that end once it is out.
+type fanoutJob struct {
+	ctx    context.Context // the batch span's
+	span   trace.Span
+	items  []item
+	events []Event
+}
+
+// fanoutTimeout bounds the fanout publish of one batch.
+const fanoutTimeout = 10 * time.Second
+
+// publishStored publishes the jobs' events for fanout, one job after the
+// other in the order committed, until jobs is closed.
+func (w *Writer) publishStored(jobs <-chan fanoutJob) {
+	for j := range jobs {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(j.ctx), fanoutTimeout)
+		ctx, span := w.tracer.Start(ctx, "history fanout publish",
+			trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.String("db.system", "redis"), attribute.Int("messaging.batch.message_count", len(j.events))))
+		if err := w.pub.Publish(ctx, j.events); err != nil {
+			w.m.fanoutErrors.Inc()
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "publish failed")
+			w.log.WarnContext(ctx, "publish stored messages for fanout; clients fill the gap from history",
+				"messages", len(j.events), "err", err)
+		}
+		span.End()
+		cancel()
+		for _, it := range j.items {
+			it.span.End()
+		}
+		j.span.End()
+	}
+}
+
+// process stores one batch with its position and returns what is to be
+// published for fanout. It returns the store's error
+// (history.ErrPositionMoved when another writer stored meanwhile).
+func (w *Writer) process(ctx context.Context, items []item, adv history.Advance) (fanoutJob, error) {
+	sctx, cancel := context.WithTimeout(ctx, w.cfg.StoreTimeout)
+	defer cancel()
+	links := make([]trace.Link, len(items))
+	for i, it := range items {
+		links[i] = trace.LinkFromContext(it.ctx)
 	}
 	w.m.batchMessages.Observe(float64(len(items)))
 
@@ -407,9 +618,9 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 		trace.WithAttributes(
 			attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.operation.type", "process"),
-			attribute.String("messaging.consumer.group.name", w.cfg.Consumer),
+			attribute.Int64("messaging.nats.stream_sequence.first", int64(adv.From+1)),
+			attribute.Int64("messaging.nats.stream_sequence.last", int64(adv.To)),
 			attribute.Int("messaging.batch.message_count", len(items))))
-	defer bspan.End()
 	// Each message's own trace continues here, linked to the batch.
 	batchLink := trace.LinkFromContext(bctx)
 	msgs := make([]history.Message, len(items))
@@ -419,41 +630,40 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(batchLink),
 			trace.WithAttributes(
 				attribute.String("messaging.system", "nats"),
-				attribute.String("messaging.destination.name", it.raw.Subject()),
+				attribute.String("messaging.destination.name", it.subject),
 				attribute.Int64("chat.id", it.msg.ChatID)))
 		msgs[i] = it.msg
 	}
-	defer func() {
+	endSpans := func() {
 		for _, it := range items {
 			it.span.End()
 		}
-	}()
+		bspan.End()
+	}
 
 	start := time.Now()
-	stored, err := w.store.StoreBatch(bctx, msgs)
+	stored, err := w.store.StoreBatchAt(trace.ContextWithSpan(sctx, bspan), msgs, adv)
 	if err != nil {
 		w.m.failedBatches.Inc()
 		bspan.RecordError(err)
 		bspan.SetStatus(codes.Error, "store batch failed")
 		for _, it := range items {
 			it.span.SetStatus(codes.Error, "store batch failed")
-			if err := it.raw.NakWithDelay(nakDelay); err != nil {
-				// Without the nak, AckWait brings the message back.
-				w.log.DebugContext(it.ctx, "nak stream message", "err", err)
-			}
 		}
-		w.log.ErrorContext(bctx, "store batch failed; its messages will be redelivered",
-			"messages", len(items), "redeliver_in", nakDelay, "err", err)
-		return err
+		if !errors.Is(err, history.ErrPositionMoved) {
+			w.log.ErrorContext(bctx, "store batch failed; trying it again", "messages", len(items), "err", err)
+		}
+		endSpans()
+		return fanoutJob{}, err
 	}
 	w.m.commitSeconds.Observe(time.Since(start).Seconds())
 
-	// Committed: publish every stored message. Duplicates are marked, so
+	// Committed: every stored message is to be published. Duplicates are marked, so
 	// that gateways send them to their sender only: a retrying sender
 	// learns its message's original sequence number from it, and nobody
 	// else sees the message twice.
 	// A rejected change (its target was deleted meanwhile, say) is
-	// stored nowhere and published to nobody; it is acked with the rest.
+	// stored nowhere and published to nobody.
 	events := make([]Event, 0, len(stored))
 	dups, rejected := 0, 0
 	for i, s := range stored {
@@ -476,29 +686,7 @@ func (w *Writer) process(ctx context.Context, raw []jetstream.Msg, nakDelay time
 	w.m.stored.Add(float64(len(stored) - dups - rejected))
 	w.m.duplicates.Add(float64(dups))
 	w.m.rejected.Add(float64(rejected))
-	if err := w.pub.Publish(bctx, events); err != nil {
-		w.m.fanoutErrors.Inc()
-		bspan.RecordError(err)
-		w.log.WarnContext(bctx, "publish stored messages for fanout; clients fill the gap from history",
-			"messages", len(events), "err", err)
-	}
-
-	// Committed and published: now ack, so the next batch (on any replica)
-	// is fetched only after this one's events went out, and fanout follows
-	// sequence order. Ack does not wait for the server's confirmation
-	// (AckSync would cost a round trip per message). An ack that is lost
-	// only brings the message back after AckWait; the store then finds it
-	// stored and returns its original sequence number.
-	var ackErr error
-	for _, it := range items {
-		if err := it.raw.Ack(); err != nil && ackErr == nil {
-			ackErr = err
-		}
-	}
-	if ackErr != nil {
-		w.log.WarnContext(bctx, "ack stored messages; they will be redelivered and found stored", "err", ackErr)
-	}
-	return nil
+	return fanoutJob{ctx: bctx, span: bspan, items: items, events: events}, nil
 }
 
 // decode reads a stream message. A message it rejects can never be stored.

@@ -92,8 +92,12 @@ type writerOpts struct {
 	batchSize int
 	tp        trace.TracerProvider
 	log       io.Writer
-	pinnedTTL time.Duration
-	ackWait   time.Duration
+	// lock names the lock's bucket (default: the writers' bucket), id the
+	// writer in it.
+	lock, id string
+	// leaderTTL and purgeInterval default to the writer's defaults.
+	leaderTTL     time.Duration
+	purgeInterval time.Duration
 	// ctx, when set, stops the writer when it ends (else: at test end).
 	ctx context.Context
 	// stopped, when set, is closed once the writer's Run has returned.
@@ -115,11 +119,14 @@ func (e *env) startWriter(t *testing.T, o writerOpts) *prometheus.Registry {
 	if o.log == nil {
 		o.log = t.Output()
 	}
+	if o.lock == "" {
+		o.lock = e.subj.HistoryWriterLock()
+	}
 	reg := prometheus.NewRegistry()
 	w, err := writer.New(streamtest.Connect(t, e.natsURL), o.store, fanoutpub.New(e.rdb, e.redisPrefix), writer.Config{
-		Stream: e.subj.MessagesStream(), Consumer: e.subj.HistoryWriterConsumer(),
+		Stream: e.subj.MessagesStream(), Lock: o.lock, ID: o.id,
 		BatchSize: o.batchSize, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
-		PinnedTTL: o.pinnedTTL, AckWait: o.ackWait, LagInterval: o.lagInterval,
+		LeaderTTL: o.leaderTTL, PurgeInterval: o.purgeInterval, LagInterval: o.lagInterval,
 	}, slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelWarn})), o.tp, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -229,9 +236,9 @@ func (e *env) collect(t *testing.T, ch <-chan *redis.Message, n int) []event {
 func (e *env) waitDrained(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, waitFor, func() bool {
-		ok, err := streamtest.Drained(context.Background(), e.js, e.subj)
+		ok, err := streamtest.Drained(context.Background(), e.js, e.subj, e.store)
 		return err == nil && ok
-	}, "consumer has messages pending or unacked")
+	}, "the stored position is not the stream's last sequence")
 }
 
 func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
@@ -409,7 +416,9 @@ func TestWriterStoresDuplicatesOnce(t *testing.T) {
 	}
 }
 
-func TestWriterTerminatesMalformedMessages(t *testing.T) {
+// TestWriterSkipsMalformedMessages: a message that can never be stored is
+// counted and skipped; the messages after it are stored.
+func TestWriterSkipsMalformedMessages(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	streamtest.CreateStream(t, e.js, e.subj)
@@ -423,8 +432,15 @@ func TestWriterTerminatesMalformedMessages(t *testing.T) {
 		t.Errorf("event %+v, want ok with seq 1", got[0].msg)
 	}
 	e.waitDrained(t)
-	if got := metric(t, reg, "history_writer_malformed_messages_total"); got != 2 {
-		t.Errorf("malformed counter = %v, want 2", got)
+	// A batch of nothing but a malformed message stores nothing and still
+	// moves the position past it.
+	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte(`{"chat_id":1,"client_msg_id":"x","kind":"shout"}`), "bad-3")
+	e.waitDrained(t)
+	if got := metric(t, reg, "history_writer_malformed_messages_total"); got != 3 {
+		t.Errorf("malformed counter = %v, want 3", got)
+	}
+	if got := metric(t, reg, "history_writer_messages_stored_total"); got != 1 {
+		t.Errorf("stored counter = %v, want 1", got)
 	}
 }
 
@@ -434,11 +450,11 @@ type flakyStore struct {
 	failures atomic.Int32
 }
 
-func (s *flakyStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
+func (s *flakyStore) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
 	if s.failures.Add(-1) >= 0 {
 		return nil, errors.New("database is down")
 	}
-	return s.Store.StoreBatch(ctx, msgs)
+	return s.Store.StoreBatchAt(ctx, msgs, adv)
 }
 
 // downStore fails every batch while down is set.
@@ -447,11 +463,11 @@ type downStore struct {
 	down atomic.Bool
 }
 
-func (s *downStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
+func (s *downStore) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
 	if s.down.Load() {
 		return nil, errors.New("database is down")
 	}
-	return s.Store.StoreBatch(ctx, msgs)
+	return s.Store.StoreBatchAt(ctx, msgs, adv)
 }
 
 // gauge returns the value of the gauge name.
@@ -486,6 +502,10 @@ func TestWriterLag(t *testing.T) {
 	const lag = "history_writer_consumer_lag_messages"
 	testenv.EventuallyDescribe(t, waitFor, func() bool { return gauge(t, reg, lag) == n },
 		func() string { return fmt.Sprintf("lag %v while the database is down, want %d", gauge(t, reg, lag), n) })
+	// Nothing stored, nothing purged: the stream still holds every message.
+	if st := e.streamState(t); st.Msgs != n {
+		t.Errorf("the stream holds %d messages while the database is down, want %d", st.Msgs, n)
+	}
 	store.down.Store(false)
 	e.waitDrained(t)
 	testenv.EventuallyDescribe(t, waitFor, func() bool { return gauge(t, reg, lag) == 0 },
@@ -495,7 +515,9 @@ func TestWriterLag(t *testing.T) {
 	}
 }
 
-func TestWriterRedeliversFailedBatches(t *testing.T) {
+// TestWriterRetriesFailedBatches: a batch whose transaction failed is
+// stored again, in order, once the database answers.
+func TestWriterRetriesFailedBatches(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	streamtest.CreateStream(t, e.js, e.subj)
@@ -555,114 +577,6 @@ func TestWriterWaitsForTheStream(t *testing.T) {
 	}
 }
 
-func TestTwoWritersShareTheConsumer(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	streamtest.CreateStream(t, e.js, e.subj)
-	const publishers, perPublisher, chats = 4, 300, 3
-	ctxA, stopA := context.WithCancel(context.Background())
-	ctxB, stopB := context.WithCancel(context.Background())
-	defer stopA()
-	defer stopB()
-	stoppedA, stoppedB := make(chan struct{}), make(chan struct{})
-	regA := e.startWriter(t, writerOpts{batchSize: 25, pinnedTTL: time.Second, ctx: ctxA, stopped: stoppedA})
-	regB := e.startWriter(t, writerOpts{batchSize: 25, pinnedTTL: time.Second, ctx: ctxB, stopped: stoppedB})
-
-	var wg sync.WaitGroup
-	for p := range publishers {
-		wg.Go(func() {
-			for i := range perPublisher {
-				m := streamMsg(int64(i%chats+1), int64(p), fmt.Sprintf("p%d-%d", p, i), "x")
-				streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
-				if i%10 == 0 {
-					// A retry past the stream's duplicate window.
-					streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m)+":retry")
-				}
-			}
-		})
-	}
-	wg.Wait()
-	e.waitDrained(t)
-
-	rows, err := e.pool.Query(context.Background(), `SELECT chat_id, count(*), min(seq), max(seq) FROM messages GROUP BY chat_id ORDER BY chat_id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	total := int64(0)
-	for rows.Next() {
-		var chat, n, lo, hi int64
-		if err := rows.Scan(&chat, &n, &lo, &hi); err != nil {
-			t.Fatal(err)
-		}
-		if lo != 1 || hi != n {
-			t.Errorf("chat %d: %d messages with seqs %d..%d, want contiguous from 1", chat, n, lo, hi)
-		}
-		total += n
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if total != publishers*perPublisher {
-		t.Errorf("stored %d messages, want %d", total, publishers*perPublisher)
-	}
-	// One sender's messages keep their publishing order in every chat,
-	// whichever replica stored them.
-	ordered, err := e.pool.Query(context.Background(), `SELECT chat_id, sender_id, client_msg_id FROM messages ORDER BY chat_id, seq`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	last := map[[2]int64]int{}
-	inversions := 0
-	for ordered.Next() {
-		var chat, sender int64
-		var id string
-		if err := ordered.Scan(&chat, &sender, &id); err != nil {
-			t.Fatal(err)
-		}
-		var p, i int
-		if _, err := fmt.Sscanf(id, "p%d-%d", &p, &i); err != nil {
-			t.Fatalf("client_msg_id %q: %v", id, err)
-		}
-		key := [2]int64{chat, sender}
-		if prev, ok := last[key]; ok && i < prev {
-			inversions++
-		}
-		last[key] = i
-	}
-	if err := ordered.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if inversions > 0 {
-		t.Errorf("%d messages stored before an earlier message of the same sender in the same chat", inversions)
-	}
-	// One replica is pinned and stores everything; the other stands by.
-	a, b := metric(t, regA, "history_writer_messages_stored_total"), metric(t, regB, "history_writer_messages_stored_total")
-	if a+b != publishers*perPublisher || (a != 0 && b != 0) {
-		t.Errorf("writers stored %v and %v messages, want one of them all %d", a, b, publishers*perPublisher)
-	}
-
-	// When the active replica stops, the standby takes over.
-	active, activeStopped, standby := stopA, stoppedA, regB
-	if b > 0 {
-		active, activeStopped, standby = stopB, stoppedB, regA
-	}
-	active()
-	select {
-	case <-activeStopped:
-	case <-time.After(waitFor):
-		t.Fatal("the active writer did not stop")
-	}
-	before := metric(t, standby, "history_writer_messages_stored_total")
-	for i := range 20 {
-		m := streamMsg(1, 99, fmt.Sprintf("after-%d", i), "x")
-		streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
-	}
-	testenv.Eventually(t, waitFor, func() bool {
-		return metric(t, standby, "history_writer_messages_stored_total") == before+20
-	}, "the standby writer stores the messages published after the active one stopped")
-}
-
 // changeMsg is an edit (text set) or a deletion (no text) of target.
 func changeMsg(chat, sender int64, client string, target int64, text string) busapi.StreamMessage {
 	m := streamMsg(chat, sender, client, text)
@@ -675,7 +589,7 @@ func changeMsg(chat, sender int64, client string, target int64, text string) bus
 
 // TestWriterStoresChanges: edits and deletions take sequence numbers and go
 // out for fanout with their kind and target; one whose target fails the
-// writer's check (a race the chat service cannot see) is acked, counted and
+// writer's check (a race the chat service cannot see) is counted and
 // neither stored nor published; a retried edit keeps its original number.
 func TestWriterStoresChanges(t *testing.T) {
 	t.Parallel()
@@ -747,61 +661,588 @@ func TestWriterStoresChanges(t *testing.T) {
 	}
 }
 
-// stuckStore never finishes a batch until released: a writer using it
-// holds its batch unacknowledged, as a killed writer does.
-type stuckStore struct {
-	entered chan struct{}
-	release chan struct{}
-	once    sync.Once
+// streamState returns the message stream's state.
+func (e *env) streamState(t *testing.T) jetstream.StreamState {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := e.js.Stream(ctx, e.subj.MessagesStream())
+	if err != nil {
+		t.Fatalf("look up the stream: %v", err)
+	}
+	return st.CachedInfo().State
 }
 
-func (s *stuckStore) StoreBatch(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
-	s.once.Do(func() { close(s.entered) })
-	<-s.release
-	return nil, errors.New("released")
+// lockKV returns the writers' lock bucket (declared by a writer).
+func (e *env) lockKV(t *testing.T) jetstream.KeyValue {
+	t.Helper()
+	var kv jetstream.KeyValue
+	testenv.Eventually(t, waitFor, func() bool {
+		var err error
+		kv, err = e.js.KeyValue(context.Background(), e.subj.HistoryWriterLock())
+		return err == nil
+	}, "no writer declared the lock bucket %s", e.subj.HistoryWriterLock())
+	return kv
 }
 
-// A writer that dies holding a batch (here: stuck) leaves it unacknowledged
-// until AckWait; the writer taking over must not number the newer messages
-// first, or one sender's messages would be stored out of their order.
-func TestWriterKeepsStreamOrderAfterAWriterDies(t *testing.T) {
+// lockHolder returns the value of the writers' lock ("" when nobody holds
+// it).
+func lockHolder(t *testing.T, kv jetstream.KeyValue) string {
+	t.Helper()
+	entry, err := kv.Get(context.Background(), subjects.HistoryWriterLockKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return ""
+	}
+	if err != nil {
+		t.Fatalf("read the lock: %v", err)
+	}
+	return string(entry.Value())
+}
+
+// readMetric returns the value of the counter or gauge name, or -1; unlike
+// metric and gauge it may be called off the test's goroutine.
+func readMetric(reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return -1
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	return -1
+}
+
+// sentMsg is a message published to the stream, with the stream sequence
+// of its first publication (in the stream created epoch times again) and
+// its place among its sender's messages.
+type sentMsg struct {
+	msg   busapi.StreamMessage
+	epoch int
+	seq   uint64
+	index int
+}
+
+// publish publishes m to the stream under msgID and returns its stream
+// sequence. It may be called off the test's goroutine.
+func (e *env) publish(m busapi.StreamMessage, msgID string) (uint64, error) {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := e.js.Publish(ctx, e.subj.Message(m.ChatID), data, jetstream.WithMsgID(msgID))
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// mustPublish publishes m under its chat service Nats-Msg-Id and returns it
+// as sent.
+func (e *env) mustPublish(t *testing.T, m busapi.StreamMessage, index int) sentMsg {
+	t.Helper()
+	seq, err := e.publish(m, streamtest.MsgID(m))
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	return sentMsg{msg: m, seq: seq, index: index}
+}
+
+// startSenders has senders (ids 1..senders) publish perSender messages
+// each, over chats 1..chats, concurrently; every tenth message is sent
+// again under another Nats-Msg-Id, as a retry past the stream's duplicate
+// window. The function returned waits for them and returns the messages
+// sent (first publications) and the number of retries.
+func (e *env) startSenders(t *testing.T, senders, perSender, chats int, tag string) func() ([]sentMsg, int) {
+	t.Helper()
+	var (
+		mu      sync.Mutex
+		sent    []sentMsg
+		retries int
+		wg      sync.WaitGroup
+	)
+	for s := 1; s <= senders; s++ {
+		wg.Go(func() {
+			for i := range perSender {
+				m := streamMsg(int64(i%chats+1), int64(s), fmt.Sprintf("%s%d-%d", tag, s, i), "x")
+				seq, err := e.publish(m, streamtest.MsgID(m))
+				if err != nil {
+					t.Errorf("sender %d: publish: %v", s, err)
+					return
+				}
+				mu.Lock()
+				sent = append(sent, sentMsg{msg: m, seq: seq, index: i})
+				mu.Unlock()
+				if i%10 == 0 {
+					if _, err := e.publish(m, streamtest.MsgID(m)+":retry"); err != nil {
+						t.Errorf("sender %d: publish a retry: %v", s, err)
+						return
+					}
+					mu.Lock()
+					retries++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	return func() ([]sentMsg, int) {
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return sent, retries
+	}
+}
+
+// checkStored checks that the database holds exactly the messages sent,
+// each once, numbered 1, 2, 3... in each chat in stream order (so in each
+// sender's order too).
+func (e *env) checkStored(t *testing.T, sent []sentMsg) {
+	t.Helper()
+	byID := make(map[string]sentMsg, len(sent))
+	for _, s := range sent {
+		byID[s.msg.ClientMsgID] = s
+	}
+	rows, err := e.pool.Query(context.Background(), `SELECT chat_id, seq, sender_id, client_msg_id FROM messages ORDER BY chat_id, seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		Chat, Seq, Sender int64
+		ID                string
+	}
+	stored, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var problems []string
+	seen := map[string]bool{}
+	lastSeq := map[int64]int64{}
+	lastStream := map[int64]sentMsg{}
+	lastIndex := map[[2]int64]int{}
+	for _, r := range stored {
+		s, ok := byID[r.ID]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("stored %q, never sent", r.ID))
+			continue
+		case seen[r.ID]:
+			problems = append(problems, fmt.Sprintf("%q stored twice", r.ID))
+		case s.msg.ChatID != r.Chat || s.msg.SenderID != r.Sender:
+			problems = append(problems, fmt.Sprintf("%q stored in chat %d from %d, sent to %d from %d", r.ID, r.Chat, r.Sender, s.msg.ChatID, s.msg.SenderID))
+		}
+		seen[r.ID] = true
+		if r.Seq != lastSeq[r.Chat]+1 {
+			problems = append(problems, fmt.Sprintf("chat %d: %q has seq %d after %d", r.Chat, r.ID, r.Seq, lastSeq[r.Chat]))
+		}
+		lastSeq[r.Chat] = r.Seq
+		if prev, ok := lastStream[r.Chat]; ok && (s.epoch < prev.epoch || s.epoch == prev.epoch && s.seq <= prev.seq) {
+			problems = append(problems, fmt.Sprintf("chat %d: %q (stream seq %d) numbered after %q (stream seq %d)", r.Chat, r.ID, s.seq, prev.msg.ClientMsgID, prev.seq))
+		}
+		lastStream[r.Chat] = s
+		key := [2]int64{r.Chat, r.Sender}
+		if prev, ok := lastIndex[key]; ok && s.index < prev {
+			problems = append(problems, fmt.Sprintf("chat %d: sender %d's message %d numbered after its message %d", r.Chat, r.Sender, s.index, prev))
+		}
+		lastIndex[key] = s.index
+	}
+	for id := range byID {
+		if !seen[id] {
+			problems = append(problems, fmt.Sprintf("%q sent, never stored", id))
+		}
+	}
+	if len(problems) > 0 {
+		t.Errorf("%d stored messages for %d sent; %d problems, first ones:\n%s", len(stored), len(sent), len(problems),
+			strings.Join(problems[:min(len(problems), 10)], "\n"))
+	}
+}
+
+const (
+	leaderGauge   = "history_writer_leader"
+	storedCounter = "history_writer_messages_stored_total"
+	dupCounter    = "history_writer_duplicates_total"
+	missingCount  = "history_writer_missing_messages_total"
+)
+
+// TestTwoWritersOneLeader: of two writers sharing the lock one stores and
+// the other stands by, never both; every message of several concurrent
+// senders is stored once, in stream order; when the leader stops (mid-load)
+// it releases the lock and the standby takes it at once (the lock's TTL, a
+// minute, is longer than the test waits) and stores the rest.
+func TestTwoWritersOneLeader(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	streamtest.CreateStream(t, e.js, e.subj)
-	stuck := &stuckStore{entered: make(chan struct{}), release: make(chan struct{})}
-	e.startWriter(t, writerOpts{store: stuck, pinnedTTL: 500 * time.Millisecond, ackWait: 2 * time.Second})
-	t.Cleanup(func() { close(stuck.release) }) // runs before the writer's cleanup
-	publish := func(from, to int) {
-		for i := from; i < to; i++ {
-			m := streamMsg(1, 7, fmt.Sprintf("m-%02d", i), "x")
-			streamtest.Publish(context.Background(), t, e.js, e.subj, m, streamtest.MsgID(m))
-		}
+	type replica struct {
+		id      string
+		reg     *prometheus.Registry
+		stop    context.CancelFunc
+		stopped chan struct{}
 	}
-	publish(0, 5)
+	var replicas []*replica
+	for _, id := range []string{"writer-a", "writer-b"} {
+		ctx, stop := context.WithCancel(context.Background())
+		t.Cleanup(stop)
+		r := &replica{id: id, stop: stop, stopped: make(chan struct{})}
+		r.reg = e.startWriter(t, writerOpts{id: id, batchSize: 25, leaderTTL: time.Minute, ctx: ctx, stopped: r.stopped})
+		replicas = append(replicas, r)
+	}
+	leading := func() []*replica {
+		var out []*replica
+		for _, r := range replicas {
+			if readMetric(r.reg, leaderGauge) == 1 {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	testenv.EventuallyDescribe(t, waitFor, func() bool { return len(leading()) == 1 },
+		func() string { return fmt.Sprintf("%d writers lead, want 1", len(leading())) })
+	leader, standby := replicas[0], replicas[1]
+	if leading()[0] != leader {
+		leader, standby = standby, leader
+	}
+	kv := e.lockKV(t)
+	if got := lockHolder(t, kv); got != leader.id {
+		t.Errorf("the lock names %q, want the leader %q", got, leader.id)
+	}
+
+	// Never two leaders at once, sampled throughout.
+	var overlaps atomic.Int32
+	sampling, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-tick.C:
+				// Gauges are read one after the other: one writer's is
+				// read again after the other's, so that a handover
+				// between two reads does not look like an overlap.
+				lead := func(r *replica) bool { return readMetric(r.reg, leaderGauge) == 1 }
+				a, b := replicas[0], replicas[1]
+				if (lead(a) && lead(b) && lead(a)) || (lead(b) && lead(a) && lead(b)) {
+					overlaps.Add(1)
+				}
+			}
+		}
+	}()
+
+	wait := e.startSenders(t, 4, 300, 3, "p")
+	testenv.EventuallyDescribe(t, waitFor, func() bool { return readMetric(leader.reg, storedCounter) >= 200 },
+		func() string {
+			return fmt.Sprintf("the leader stored %v messages, want 200", readMetric(leader.reg, storedCounter))
+		})
+	if got := readMetric(standby.reg, storedCounter); got != 0 {
+		t.Errorf("the standby stored %v messages while the other led", got)
+	}
+	leader.stop()
 	select {
-	case <-stuck.entered:
+	case <-leader.stopped:
 	case <-time.After(waitFor):
-		t.Fatal("the first writer did not take the first batch")
+		t.Fatal("the leader did not stop")
 	}
-	reg := e.startWriter(t, writerOpts{pinnedTTL: 500 * time.Millisecond, ackWait: 2 * time.Second})
-	publish(5, 10)
+	testenv.Eventually(t, waitFor, func() bool { return readMetric(standby.reg, leaderGauge) == 1 },
+		"the standby did not take the lock the leader released")
+	if got := lockHolder(t, kv); got != standby.id {
+		t.Errorf("the lock names %q, want the new leader %q", got, standby.id)
+	}
+	sent, retries := wait()
+	for i := range 20 {
+		sent = append(sent, e.mustPublish(t, streamMsg(1, 99, fmt.Sprintf("after-%d", i), "x"), i))
+	}
+	e.waitDrained(t)
+	close(sampling)
+	<-sampled
+
+	if n := overlaps.Load(); n > 0 {
+		t.Errorf("both writers led at once in %d samples", n)
+	}
+	e.checkStored(t, sent)
+	a, b := readMetric(leader.reg, storedCounter), readMetric(standby.reg, storedCounter)
+	if a+b != float64(len(sent)) || b < 20 {
+		t.Errorf("the leader stored %v and the standby %v messages, want %d in all and the last 20 at least by the standby", a, b, len(sent))
+	}
+	if d := readMetric(leader.reg, dupCounter) + readMetric(standby.reg, dupCounter); d != float64(retries) {
+		t.Errorf("%v duplicates counted, want the %d retries", d, retries)
+	}
+}
+
+// firstCallStore holds its first StoreBatchAt until wait is closed and
+// records that call's result.
+type firstCallStore struct {
+	writer.Store
+	wait    <-chan struct{}
+	entered chan struct{} // closed when the first call starts
+	done    chan struct{} // closed when the first call returned
+	err     error         // the first call's error, once done is closed
+	calls   atomic.Int32
+}
+
+func newFirstCallStore(s writer.Store) *firstCallStore {
+	return &firstCallStore{Store: s, entered: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (s *firstCallStore) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
+	if s.calls.Add(1) != 1 {
+		return s.Store.StoreBatchAt(ctx, msgs, adv)
+	}
+	close(s.entered)
+	defer close(s.done)
+	select {
+	case <-s.wait:
+	case <-time.After(waitFor):
+		s.err = errors.New("the first batch waited in vain")
+		return nil, s.err
+	}
+	stored, err := s.Store.StoreBatchAt(ctx, msgs, adv)
+	s.err = err
+	return stored, err
+}
+
+// TestPositionCompareAndSetWithTwoLeaders: two writers given different
+// lock buckets both lead at once; the position's compare and set still
+// stores every message once, numbered in stream order. The second writer's
+// first batch is made to commit just after the first one's, from the same
+// position: it must fail with ErrPositionMoved, and the writer go on from
+// the stored position.
+func TestPositionCompareAndSetWithTwoLeaders(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	// A first batch for both.
+	var sent []sentMsg
+	for i := range 50 {
+		sent = append(sent, e.mustPublish(t, streamMsg(int64(i%3+1), 9, fmt.Sprintf("first-%d", i), "x"), i))
+	}
+	a, b := newFirstCallStore(e.store), newFirstCallStore(e.store)
+	a.wait, b.wait = b.entered, a.done
+	regA := e.startWriter(t, writerOpts{store: a, id: "writer-a", batchSize: 25})
+	regB := e.startWriter(t, writerOpts{store: b, id: "writer-b", lock: e.subj.HistoryWriterLock() + "_OTHER", batchSize: 25})
 	testenv.Eventually(t, waitFor, func() bool {
-		return metric(t, reg, "history_writer_messages_stored_total") == 10
-	}, "the second writer stores all ten messages")
-	rows, err := e.pool.Query(context.Background(), `SELECT client_msg_id FROM messages WHERE chat_id = 1 ORDER BY seq`)
-	if err != nil {
+		return readMetric(regA, leaderGauge) == 1 && readMetric(regB, leaderGauge) == 1
+	}, "both writers should lead, each with its own lock")
+	select {
+	case <-b.done:
+	case <-time.After(waitFor):
+		t.Fatal("the second writer's first batch did not finish")
+	}
+	if a.err != nil {
+		t.Errorf("the first writer's first batch: %v", a.err)
+	}
+	if !errors.Is(b.err, history.ErrPositionMoved) {
+		t.Errorf("the second writer's first batch, from the same position: %v, want ErrPositionMoved", b.err)
+	}
+
+	more, retries := e.startSenders(t, 4, 250, 3, "p")()
+	sent = append(sent, more...)
+	e.waitDrained(t)
+	e.checkStored(t, sent)
+	sa, sb := readMetric(regA, storedCounter), readMetric(regB, storedCounter)
+	if sa+sb != float64(len(sent)) {
+		t.Errorf("the writers stored %v and %v messages, want %d in all", sa, sb, len(sent))
+	}
+	if d := readMetric(regA, dupCounter) + readMetric(regB, dupCounter); d != float64(retries) {
+		t.Errorf("%v duplicates counted, want the %d retries", d, retries)
+	}
+	if got := readMetric(regB, "history_writer_failed_batches_total"); got < 1 {
+		t.Errorf("the second writer counted %v failed batches, want its first at least", got)
+	}
+	// What one writer stored and purged is not missing for the other.
+	if ma, mb := readMetric(regA, missingCount), readMetric(regB, missingCount); ma != 0 || mb != 0 {
+		t.Errorf("missing messages counted: %v and %v, want none", ma, mb)
+	}
+	t.Logf("the writers stored %v and %v messages", sa, sb)
+}
+
+// countingStore counts the batches tried and the stored position's reads.
+type countingStore struct {
+	writer.Store
+	batches, positionReads atomic.Int64
+}
+
+func (s *countingStore) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
+	s.batches.Add(1)
+	return s.Store.StoreBatchAt(ctx, msgs, adv)
+}
+
+func (s *countingStore) StoredPosition(ctx context.Context, stream string) (uint64, bool, error) {
+	s.positionReads.Add(1)
+	return s.Store.StoredPosition(ctx, stream)
+}
+
+// TestLockTakenByAnotherHolder: a leader whose lock key is overwritten
+// (as the load generator does to pause the writers) stops storing; what
+// is published meanwhile stays pending while the other value holds; once
+// the key is deleted the writer takes the lock again and stores it.
+func TestLockTakenByAnotherHolder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	ctx := context.Background()
+	store := &countingStore{Store: e.store}
+	// The TTL outlasts the test: only the deletion frees the lock.
+	reg := e.startWriter(t, writerOpts{store: store, id: "writer-a", leaderTTL: time.Minute, lagInterval: 20 * time.Millisecond})
+	var sent []sentMsg
+	for i := range 3 {
+		sent = append(sent, e.mustPublish(t, streamMsg(2, 1, fmt.Sprintf("before-%d", i), "x"), i))
+	}
+	e.waitDrained(t)
+	testenv.Eventually(t, waitFor, func() bool { return gauge(t, reg, leaderGauge) == 1 }, "the writer does not lead")
+
+	kv := e.lockKV(t)
+	if _, err := kv.Put(ctx, subjects.HistoryWriterLockKey, []byte("loadgen-pause")); err != nil {
 		t.Fatal(err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	testenv.Eventually(t, waitFor, func() bool { return gauge(t, reg, leaderGauge) == 0 },
+		"the writer still leads after another took its lock")
+	batches := store.batches.Load()
+	for i := range 5 {
+		sent = append(sent, e.mustPublish(t, streamMsg(2, 1, fmt.Sprintf("held-%d", i), "x"), 3+i))
+	}
+	const lag = "history_writer_consumer_lag_messages"
+	testenv.EventuallyDescribe(t, waitFor, func() bool { return gauge(t, reg, lag) == 5 },
+		func() string {
+			return fmt.Sprintf("lag %v, want the 5 messages sent since the lock was taken", gauge(t, reg, lag))
+		})
+	// Ten more reads of the lag: all that time the messages stay pending.
+	reads := store.positionReads.Load()
+	testenv.Eventually(t, waitFor, func() bool { return store.positionReads.Load() >= reads+10 }, "the lag watcher stopped")
+	if got := store.batches.Load(); got != batches {
+		t.Errorf("the writer tried %d batches while another held its lock", got-batches)
+	}
+	if got := gauge(t, reg, lag); got != 5 {
+		t.Errorf("lag %v while another holds the lock, want 5", got)
+	}
+	if pos, _, err := e.store.StoredPosition(ctx, e.subj.MessagesStream()); err != nil || pos != 3 {
+		t.Errorf("stored position %d (%v) while another holds the lock, want 3", pos, err)
+	}
+	if got := lockHolder(t, kv); got != "loadgen-pause" {
+		t.Errorf("the lock names %q, want the other holder's value kept", got)
+	}
+
+	if err := kv.Delete(ctx, subjects.HistoryWriterLockKey); err != nil {
 		t.Fatal(err)
 	}
-	for i, id := range ids {
-		if want := fmt.Sprintf("m-%02d", i); id != want {
-			t.Fatalf("stored in the order %v, want m-00 ... m-09", ids)
+	testenv.Eventually(t, waitFor, func() bool { return gauge(t, reg, leaderGauge) == 1 },
+		"the writer did not take the lock again once it was deleted")
+	e.waitDrained(t)
+	if got := lockHolder(t, kv); got != "writer-a" {
+		t.Errorf("the lock names %q, want writer-a", got)
+	}
+	e.checkStored(t, sent)
+}
+
+// TestPurgeStoredMessages: what is stored is purged from the stream, the
+// last batches too when no more messages come.
+func TestPurgeStoredMessages(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	e.startWriter(t, writerOpts{}) // the default purge interval, a second
+	var sent []sentMsg
+	for round := range 3 {
+		for i := range 10 {
+			sent = append(sent, e.mustPublish(t, streamMsg(3, 1, fmt.Sprintf("m-%d-%d", round, i), "x"), len(sent)))
 		}
+		e.waitDrained(t)
 	}
-	if metric(t, reg, "history_writer_held_back_total") == 0 {
-		t.Error("the second writer never held newer messages back")
+	testenv.EventuallyDescribe(t, waitFor, func() bool {
+		st := e.streamState(t)
+		return st.Msgs == 0 && st.FirstSeq == 31 && st.LastSeq == 30
+	}, func() string {
+		st := e.streamState(t)
+		return fmt.Sprintf("the stream holds %d messages, sequences %d to %d; want none, first 31", st.Msgs, st.FirstSeq, st.LastSeq)
+	})
+	e.checkStored(t, sent)
+}
+
+// TestStreamCreatedAgain: a stream deleted and created again starts its
+// sequences over; the writer stores the new stream's messages from its
+// first, and a repeat of a message stored from the old stream stays stored
+// once.
+func TestStreamCreatedAgain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	ctx := context.Background()
+	reg := e.startWriter(t, writerOpts{})
+	var sent []sentMsg
+	for i := range 6 {
+		sent = append(sent, e.mustPublish(t, streamMsg(6, 1, fmt.Sprintf("old-%d", i), "x"), i))
+	}
+	e.waitDrained(t)
+
+	if err := e.js.DeleteStream(ctx, e.subj.MessagesStream()); err != nil {
+		t.Fatal(err)
+	}
+	streamtest.CreateStream(t, e.js, e.subj)
+	// Fewer messages than the old position: the consumer, gone on from
+	// the old sequence, would never see them.
+	if _, err := e.publish(sent[5].msg, "old-5:retry"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		s := e.mustPublish(t, streamMsg(6, 1, fmt.Sprintf("new-%d", i), "x"), 6+i)
+		s.epoch = 1
+		sent = append(sent, s)
+	}
+	e.waitDrained(t)
+	if pos, _, err := e.store.StoredPosition(ctx, e.subj.MessagesStream()); err != nil || pos != 3 {
+		t.Errorf("stored position %d (%v), want 3, the new stream's last", pos, err)
+	}
+	e.checkStored(t, sent)
+	if got := metric(t, reg, dupCounter); got != 1 {
+		t.Errorf("duplicates counter = %v, want 1 (the repeat)", got)
+	}
+	if got := metric(t, reg, missingCount); got != 0 {
+		t.Errorf("missing messages counter = %v, want 0", got)
+	}
+}
+
+// TestStreamDeletedWriterStops: while the stream is gone the writer keeps
+// trying to read it again, and still stops at once when asked to.
+func TestStreamDeletedWriterStops(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	stopped := make(chan struct{})
+	e.startWriter(t, writerOpts{ctx: ctx, stopped: stopped})
+	e.mustPublish(t, streamMsg(6, 1, "m", "x"), 0)
+	e.waitDrained(t)
+
+	// The writer's requests for a consumer on the stream, seen on the
+	// JetStream API's subjects.
+	creates, err := e.js.Conn().SubscribeSync("$JS.API.CONSUMER.CREATE." + e.subj.MessagesStream() + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = creates.Unsubscribe() }()
+	if err := e.js.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.js.DeleteStream(ctx, e.subj.MessagesStream()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := creates.NextMsg(waitFor); err != nil {
+		t.Fatalf("the writer did not try to read the deleted stream again: %v", err)
+	}
+	stop()
+	select {
+	case <-stopped:
+	case <-time.After(waitFor):
+		t.Fatal("the writer did not stop while its stream was gone")
 	}
 }
