@@ -476,7 +476,10 @@ func (w *Writer) purgeStored(ctx context.Context, st jetstream.Stream, epoch int
 }
 
 // purge returns errStreamReplaced unless st still is the stream of epoch,
-// and then, with purge set, removes its messages up to seq.
+// and then, with purge set, removes its messages up to seq. JetStream has
+// no conditional purge: a stream deleted and created again between the
+// check and the purge (two operator actions within milliseconds) would
+// lose its first messages up to seq.
 func (w *Writer) purge(ctx context.Context, st jetstream.Stream, epoch int64, seq uint64, purge bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
