@@ -22,7 +22,7 @@ type Envelope struct {
 	Seq      int64 `json:"seq"`
 	SenderID int64 `json:"sender_id"`
 	// Duplicate marks a message stored earlier and published again
-	// because its sender retried it (or the stream redelivered it). The
+	// because its sender retried it (or a writer read it again after another one crashed). The
 	// gateways deliver it to the sender's connections only.
 	Duplicate bool `json:"duplicate,omitempty"`
 	// Ephemeral marks an event that is not part of the chat's history (a

@@ -565,15 +565,16 @@ func (rep *WriterReport) WriteTable(w io.Writer) {
 	writeProcessesPer(w, rep.Processes, rep.BacklogStored+rep.Stored, "message")
 }
 
-// writerLock is the history writers' lock held by the load generator.
+// writerLock is the history writers' lock held by the load generator. The
+// renewing goroutine owns rev and lost until done is closed; release,
+// called from the scenario's goroutine, reads them after that.
 type writerLock struct {
 	kv     jetstream.KeyValue
 	cancel context.CancelFunc
 	done   chan struct{}
-	mu     sync.Mutex
 	rev    uint64
-	closed bool
 	lost   error // why the lock was lost while held
+	closed bool
 }
 
 // holdWriterLock takes the history writers' lock from whoever holds it
@@ -604,7 +605,6 @@ func holdWriterLock(ctx context.Context, js jetstream.JetStream, bucket, id stri
 			case <-rctx.Done():
 				return
 			case <-tick.C:
-				l.mu.Lock()
 				next, err := kv.Update(rctx, subjects.HistoryWriterLockKey, []byte(id), l.rev)
 				var apiErr *jetstream.APIError
 				switch {
@@ -615,7 +615,6 @@ func holdWriterLock(ctx context.Context, js jetstream.JetStream, bucket, id stri
 					// storing the backlog already.
 					l.lost = err
 				}
-				l.mu.Unlock()
 				if l.lost != nil {
 					return
 				}
@@ -630,8 +629,6 @@ func holdWriterLock(ctx context.Context, js jetstream.JetStream, bucket, id stri
 func (l *writerLock) release() error {
 	l.cancel()
 	<-l.done
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closed {
 		return nil
 	}

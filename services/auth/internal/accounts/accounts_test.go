@@ -1,7 +1,6 @@
 package accounts
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/communications/communications/libs/testenv"
 )
 
 // memStore is an in-memory Store.
@@ -156,35 +157,17 @@ func (e *memEvents) take() []revoked {
 	return r
 }
 
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testService is a Service on an in-memory store with its events and log.
 type testService struct {
 	*Service
 	store  *memStore
 	events *memEvents
-	logs   *lockedBuffer
+	logs   *testenv.LogBuffer
 }
 
 func newTestService(t *testing.T, cfg Config) testService {
 	t.Helper()
-	ts := testService{store: newMemStore(), events: &memEvents{}, logs: &lockedBuffer{}}
+	ts := testService{store: newMemStore(), events: &memEvents{}, logs: &testenv.LogBuffer{}}
 	log := slog.New(slog.NewTextHandler(ts.logs, nil))
 	svc, err := NewService(ts.store, ts.events, log, cfg)
 	if err != nil {

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,7 +63,7 @@ type testGateway struct {
 	addr string
 	// handled counts the requests whose handling has ended.
 	handled atomic.Int64
-	logs    lockedBuffer
+	logs    testenv.LogBuffer
 }
 
 // startGateway serves the API with a websocket server of cfg (and alice's
@@ -123,24 +121,6 @@ func bearer(tok string) http.Header {
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+tok)
 	return h
-}
-
-// lockedBuffer is a log destination safe for concurrent writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestQueuedWebsocketOutlivesTimeouts: a websocket waiting for its turn to

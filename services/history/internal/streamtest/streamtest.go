@@ -64,7 +64,7 @@ func MsgID(m busapi.StreamMessage) string {
 // Publish publishes m to its chat's stream subject with the trace context of
 // ctx and the given Nats-Msg-Id (MsgID(m) as the chat service does; another
 // id gets a repeated message past the stream's duplicate window, like a
-// redelivery).
+// sender's late retry).
 func Publish(ctx context.Context, t testing.TB, js jetstream.JetStream, subj subjects.Subjects, m busapi.StreamMessage, msgID string) {
 	t.Helper()
 	data, err := json.Marshal(m)

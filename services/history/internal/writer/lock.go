@@ -3,8 +3,6 @@ package writer
 import (
 	"context"
 	"errors"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,16 +32,15 @@ func (w *Writer) lockBucket(ctx context.Context) (jetstream.KeyValue, error) {
 	})
 }
 
-// leadership is a held lock.
+// leadership is a held lock. Its renewals (renew) own rev and lost until
+// done is closed; release reads them after that.
 type leadership struct {
 	ctx    context.Context // ends when the lock is lost or released
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the renewals stopped
 	kv     jetstream.KeyValue
-	lost   atomic.Bool // the renewals stopped because the lock was lost
-
-	mu  sync.Mutex
-	rev uint64 // the key's revision this replica wrote last
+	rev    uint64 // the key's revision this replica wrote last
+	lost   bool   // the renewals stopped because the lock was lost
 }
 
 // acquire waits until this replica holds the lock and returns it; false
@@ -150,20 +147,15 @@ func (w *Writer) renew(l *leadership) {
 			}
 			if e != nil && (e.Operation() != jetstream.KeyValuePut || string(e.Value()) != w.cfg.ID) {
 				w.log.WarnContext(l.ctx, "history writer lost the writers' lock: the key changed", "op", e.Operation().String(), "holder", string(e.Value()))
-				l.lost.Store(true)
+				l.lost = true
 				return
 			}
 		case <-tick.C:
-			l.mu.Lock()
-			rev := l.rev
-			l.mu.Unlock()
 			ctx, cancel := context.WithTimeout(l.ctx, ttl/3)
-			next, err := l.kv.Update(ctx, subjects.HistoryWriterLockKey, []byte(w.cfg.ID), rev)
+			next, err := l.kv.Update(ctx, subjects.HistoryWriterLockKey, []byte(w.cfg.ID), l.rev)
 			cancel()
 			if err == nil {
-				l.mu.Lock()
 				l.rev = next
-				l.mu.Unlock()
 				renewed = time.Now()
 				continue
 			}
@@ -173,7 +165,7 @@ func (w *Writer) renew(l *leadership) {
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) || time.Since(renewed) >= ttl*2/3 {
 				w.log.WarnContext(l.ctx, "history writer lost the writers' lock", "err", err, "since_renewed", time.Since(renewed))
-				l.lost.Store(true)
+				l.lost = true
 				return
 			}
 			w.log.WarnContext(l.ctx, "renew the history writers' lock; trying again", "err", err)
@@ -186,15 +178,12 @@ func (w *Writer) renew(l *leadership) {
 func (w *Writer) release(l *leadership) {
 	l.cancel()
 	<-l.done
-	if l.lost.Load() {
+	if l.lost {
 		return
 	}
-	l.mu.Lock()
-	rev := l.rev
-	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := l.kv.Delete(ctx, subjects.HistoryWriterLockKey, jetstream.LastRevision(rev)); err != nil {
+	if err := l.kv.Delete(ctx, subjects.HistoryWriterLockKey, jetstream.LastRevision(l.rev)); err != nil {
 		w.log.Warn("release the history writers' lock; it expires by itself", "err", err)
 		return
 	}

@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_duplicates_total",
-			Help: "Messages already stored (retries, redeliveries) that kept their original sequence number.",
+			Help: "Messages already stored (retries, and messages read again after a writer took over) that kept their original sequence number.",
 		}),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_changes_rejected_total",

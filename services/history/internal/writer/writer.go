@@ -309,10 +309,8 @@ func (w *Writer) lead(ctx context.Context) (err error) {
 		}
 		msgs, items, err := rb.msgs, rb.items, rb.err
 		if len(msgs) == 0 {
-			if err != nil && ctx.Err() == nil {
-				return err
-			}
-			continue
+			// read sends no empty batch without an error.
+			return err
 		}
 		adv := history.Advance{Stream: w.cfg.Stream, Epoch: epoch, From: pos, To: streamSeq(msgs[len(msgs)-1])}
 		// The batch is finished even when ctx ends meanwhile: stored, or

@@ -1,7 +1,6 @@
 package writer_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -539,29 +538,11 @@ func TestWriterRetriesFailedBatches(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestWriterWaitsForTheStream(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	events := e.subscribe(t, 4)
-	var log syncBuffer
+	var log testenv.LogBuffer
 	e.startWriter(t, writerOpts{log: &log})
 	testenv.Eventually(t, waitFor, func() bool {
 		return strings.Contains(log.String(), "message stream does not exist yet")
