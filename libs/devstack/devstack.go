@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -121,35 +120,6 @@ func relaunch(ctx context.Context, cur *Process, launch func(context.Context) (*
 		return nil, fmt.Errorf("start %s: it is still running", cur.Name)
 	}
 	return launch(ctx)
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-// Servers started on it are checked for readiness, so a lost race shows up as
-// a start error and the caller retries.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// FreePorts returns n distinct ports, each free a moment ago (see FreePort).
-func FreePorts(n int) ([]int, error) {
-	seen := map[int]bool{}
-	var ports []int
-	for len(ports) < n {
-		p, err := FreePort()
-		if err != nil {
-			return nil, err
-		}
-		if !seen[p] {
-			seen[p] = true
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
 }
 
 // waitFor polls ready until it succeeds, the process exits, or timeout.
