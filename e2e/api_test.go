@@ -126,6 +126,12 @@ func TestChatsAPI(t *testing.T) {
 		t.Fatalf("member reads history: %v", err)
 	}
 
+	// Bob sends while a member: the chat service remembers his membership.
+	bobWS.send(protocol.ClientEvent{Type: protocol.TypeSend, ID: "b0", ChatID: team.ID, ClientMsgID: "b-0", Text: "hi team"})
+	if got := bobWS.waitEvent(isAnswerTo("b0"), "answer"); got["type"] != protocol.TypeAck {
+		t.Fatalf("member's send answered %v, want ack", got)
+	}
+
 	// Adding carol: she is told, and receives the chat's messages at once.
 	if err := patch(alice, team.ID, map[string]any{"add_members": []string{"carol"}, "remove_members": []string{"bob"}}); err != nil {
 		t.Fatal(err)
@@ -154,6 +160,7 @@ func TestChatsAPI(t *testing.T) {
 		t.Errorf("new member's send answered %v, want ack", got)
 	}
 	aliceWS.waitEvent(isMessage("c-2"), "alice receives carol's message")
+	// His remembered membership went with the removal.
 	bobWS.send(protocol.ClientEvent{Type: protocol.TypeSend, ID: "b1", ChatID: team.ID, ClientMsgID: "b-1", Text: "still here?"})
 	if got := bobWS.waitEvent(isAnswerTo("b1"), "answer"); got["code"] != string(protocol.CodeNotAMember) {
 		t.Errorf("removed member's send answered %v, want not_a_member", got)

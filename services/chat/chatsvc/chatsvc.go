@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/communications/communications/libs/debugsrv"
+	"github.com/communications/communications/libs/grantcache"
 	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/pgdb"
 	"github.com/communications/communications/libs/subjects"
@@ -40,6 +42,11 @@ type Config struct {
 	StreamReplicas  int           `env:"STREAM_REPLICAS" envDefault:"1"`
 	StreamMaxBytes  int64         `env:"STREAM_MAX_BYTES" envDefault:"1073741824"`
 	DuplicateWindow time.Duration `env:"DUPLICATE_WINDOW" envDefault:"2m"`
+	// MemberCacheTTL bounds how long a granted membership is reused for
+	// further sends without a query (0: every send queries); a removal
+	// drops it at once (subjects.ChatEvents).
+	MemberCacheTTL  time.Duration `env:"MEMBER_CACHE_TTL" envDefault:"30s"`
+	MemberCacheSize int           `env:"MEMBER_CACHE_SIZE" envDefault:"200000"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`
 	// TraceSampleRatio is the share of new traces exported when
 	// OTLP_ENDPOINT is set: above 0, at most 1.
@@ -67,6 +74,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		errs = append(errs, errors.New("STREAM_REPLICAS must be 1 to 5"))
+	}
+	if c.MemberCacheTTL < 0 || c.MemberCacheTTL > 5*time.Minute || c.MemberCacheSize < 1 {
+		errs = append(errs, errors.New("MEMBER_CACHE_TTL must be 0 (no cache) to 5m, MEMBER_CACHE_SIZE at least 1"))
 	}
 	if c.StreamMaxBytes < 1<<20 {
 		errs = append(errs, errors.New("STREAM_MAX_BYTES must be at least 1 MiB"))
@@ -117,7 +127,24 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	entries := historydir.New(bus, subj)
 	store := chatstore.New(pool)
 	events := natsapi.NewEvents(nc, subj)
-	svc := chats.NewService(store, stream, entries, users, events, log, chats.Config{})
+	// Granted memberships are remembered; removals through other
+	// replicas arrive as their chat events.
+	var members chats.MemberCache
+	if cfg.MemberCacheTTL > 0 {
+		cache := grantcache.New(grantcache.CheckerFunc(chats.StoreChecker(store)), grantcache.Options{
+			Size: cfg.MemberCacheSize, TTL: cfg.MemberCacheTTL, Timeout: cfg.RequestTimeout, IsRefusal: chats.IsRefusal,
+		})
+		if err := cache.Subscribe(nc, subj.ChatEvents()); err != nil {
+			return err
+		}
+		// Removals announced while NATS was away were missed.
+		nc.SetReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats reconnected; forgetting remembered memberships", "url", c.ConnectedUrlRedacted())
+			cache.Purge()
+		})
+		members = cache
+	}
+	svc := chats.NewService(store, stream, entries, users, events, log, chats.Config{MemberCache: members})
 	// Read positions are kept here; unread counts are asked of the history
 	// service; moved positions are announced on subjects.ChatEventsRead.
 	reads := chats.NewReads(svc, store, unread.New(bus, subj), events, log)

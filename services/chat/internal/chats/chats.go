@@ -260,6 +260,40 @@ type Config struct {
 	// MaxMembers bounds the members of one chat, the creator included.
 	// Default (0 or less): MaxMembersPerChat. Tests set it lower.
 	MaxMembers int
+	// MemberCache, when set, keeps the memberships the service granted
+	// (see Service.Send): a *grantcache.Cache in front of StoreChecker,
+	// subscribed to the chat events of the other replicas. Nil: every
+	// check reads the store.
+	MemberCache MemberCache
+}
+
+// MemberCache remembers granted memberships (grantcache.Cache does).
+type MemberCache interface {
+	// Check returns nil when user is in chat (remembered or asked).
+	Check(ctx context.Context, userID, chatID int64) error
+	// Removed forgets the memberships of users removed from chat.
+	Removed(chatID int64, userIDs []int64)
+}
+
+// StoreChecker checks membership in store, with no cache: the Checker for
+// a MemberCache. A refusal is ErrNotAMember or ErrChatNotFound (IsRefusal).
+func StoreChecker(store Store) func(ctx context.Context, userID, chatID int64) error {
+	return func(ctx context.Context, userID, chatID int64) error {
+		ok, err := store.InChat(ctx, chatID, userID)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrNotAMember
+		}
+		return nil
+	}
+}
+
+// IsRefusal reports whether a membership check refused (the user is not in
+// the chat, or there is no such chat) rather than failed.
+func IsRefusal(err error) bool {
+	return errors.Is(err, ErrNotAMember) || errors.Is(err, ErrChatNotFound)
 }
 
 // Service is the chat service's domain.
@@ -271,6 +305,8 @@ type Service struct {
 	events     Events
 	log        *slog.Logger
 	maxMembers int
+	members    MemberCache // nil: no cache
+	check      func(ctx context.Context, userID, chatID int64) error
 	now        func() time.Time
 }
 
@@ -280,10 +316,15 @@ func NewService(store Store, pub Publisher, entries Entries, users Users, events
 	if cfg.MaxMembers <= 0 {
 		cfg.MaxMembers = MaxMembersPerChat
 	}
-	return &Service{
+	s := &Service{
 		store: store, pub: pub, entries: entries, users: users, events: events, log: log,
-		maxMembers: cfg.MaxMembers, now: time.Now,
+		maxMembers: cfg.MaxMembers, members: cfg.MemberCache, now: time.Now,
 	}
+	s.check = StoreChecker(store)
+	if s.members != nil {
+		s.check = s.members.Check
+	}
+	return s
 }
 
 // Send validates m, checks that its sender is a member of its chat, and
@@ -291,8 +332,11 @@ func NewService(store Store, pub Publisher, entries Entries, users Users, events
 // A retry the stream recognises is answered with the original's sequence
 // number when it is already stored.
 //
-// Membership is read from the store on every send, with no cache, so that
-// a member added or removed is allowed or refused from the next send on.
+// A membership granted is remembered when the service has a MemberCache:
+// a member added is let in at once (refusals are not remembered), a member
+// removed through this replica is refused from the next send on, and
+// through another replica once its chat event arrives (or, should that
+// event be lost, once the cache's TTL lapses).
 func (s *Service) Send(ctx context.Context, m Message) (Accepted, error) {
 	if m.Kind != protocol.KindMessage || m.TargetSeq != 0 {
 		return Accepted{}, fmt.Errorf("%w: a send has no kind or target", ErrInvalidMessage)
@@ -584,6 +628,11 @@ func (s *Service) UpdateChat(ctx context.Context, e ChatEdit) (Chat, error) {
 	if applied.empty() {
 		return c, nil
 	}
+	if s.members != nil && len(applied.Remove) > 0 {
+		// Before the answer: the removed are refused from the next send
+		// on, here at once, elsewhere when the event arrives.
+		s.members.Removed(e.ChatID, applied.Remove)
+	}
 	ev := Event{Kind: EventMembers, Chat: c, Removed: applied.Remove}
 	if applied.Name != nil || applied.Description != nil {
 		ev.Kind = EventUpdated
@@ -672,14 +721,14 @@ func mayEdit(c Chat, actor int64, member bool) error {
 }
 
 func (s *Service) checkMember(ctx context.Context, chatID, userID int64) error {
-	ok, err := s.store.InChat(ctx, chatID, userID)
-	if err != nil {
-		return fmt.Errorf("check member: %w", err)
-	}
-	if !ok {
+	err := s.check(ctx, userID, chatID)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotAMember):
 		return ErrNotAMember
 	}
-	return nil
+	return fmt.Errorf("check member: %w", err)
 }
 
 // cleanName trims name and checks it.

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/grantcache"
 	"github.com/communications/communications/libs/protocol"
 )
 
@@ -54,17 +54,6 @@ type sessionCache struct {
 type cachedSession struct {
 	s                  busapi.Session
 	checked, refreshAt time.Time
-}
-
-// refreshAfter returns how long after its lookup a cached session of ttl
-// is due to be resolved again when used: a time drawn between half and
-// nine tenths of ttl.
-func refreshAfter(ttl time.Duration) time.Duration {
-	d := ttl / 2
-	if spread := ttl * 2 / 5; spread > 0 {
-		d += rand.N(spread)
-	}
-	return d
 }
 
 // maxBackgroundLookups bounds the background lookups of one cache.
@@ -130,7 +119,7 @@ func (c *sessionCache) putLocked(token string, s busapi.Session, epoch uint64, c
 	if epoch != c.epoch {
 		return
 	}
-	c.byToken.Add(token, cachedSession{s: s, checked: checked, refreshAt: checked.Add(refreshAfter(c.ttl))})
+	c.byToken.Add(token, cachedSession{s: s, checked: checked, refreshAt: checked.Add(grantcache.RefreshAfter(c.ttl))})
 	c.tokenOf.Add(s.ID, token)
 }
 
