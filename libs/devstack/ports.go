@@ -90,7 +90,8 @@ func FreePort() (int, error) {
 		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			continue // someone else listens there; the reservation stays, harmless
+			unreserve(p) // someone else listens there
+			continue
 		}
 		_ = l.Close()
 		ports.given[p] = true
@@ -119,6 +120,14 @@ func reserve(p int) bool {
 	}
 	ports.held[p] = f
 	return true
+}
+
+// unreserve gives up the reservation of port p, if this process holds it.
+func unreserve(p int) {
+	if f := ports.held[p]; f != nil {
+		_ = f.Close()
+		delete(ports.held, p)
+	}
 }
 
 // kernelPort returns a port the kernel assigns, free a moment ago.

@@ -119,10 +119,13 @@ func New(next Checker, o Options) *Cache {
 
 // Subscribe drops, from the chat events on subject (busapi.ChatEvent, as
 // the chat service publishes them), each removed member's grant; an
-// unreadable event drops every grant. The subscription ends when nc is
-// drained or closed.
+// unreadable event drops every grant. Events are few, so the subscription
+// has no pending limit (none is dropped for a slow handler). Events missed
+// while nc was away cannot be known: every grant is dropped when nc loses
+// its server and again when it is connected again. The subscription ends
+// when nc is drained or closed.
 func (c *Cache) Subscribe(nc *nats.Conn, subject string) error {
-	if _, err := nc.Subscribe(subject, func(msg *nats.Msg) {
+	sub, err := nc.Subscribe(subject, func(msg *nats.Msg) {
 		var ev busapi.ChatEvent
 		if err := json.Unmarshal(msg.Data, &ev); err != nil {
 			// Unreadable: forget everything rather than keep what it removed.
@@ -130,9 +133,23 @@ func (c *Cache) Subscribe(nc *nats.Conn, subject string) error {
 			return
 		}
 		c.Removed(ev.Chat.ID, ev.Removed)
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("subscribe chat events: %w", err)
 	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		return fmt.Errorf("subscribe chat events: %w", err)
+	}
+	status := nc.StatusChanged(nats.RECONNECTING, nats.DISCONNECTED, nats.CONNECTED, nats.CLOSED)
+	go func() {
+		for st := range status {
+			if st == nats.CLOSED {
+				nc.RemoveStatusListener(status)
+				return
+			}
+			c.Purge()
+		}
+	}()
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribe chat events: %w", err)
 	}

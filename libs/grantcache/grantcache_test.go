@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/communications/communications/libs/busapi"
@@ -21,12 +23,13 @@ var errNotMember = errors.New("not a member")
 func isNotMember(err error) bool { return errors.Is(err, errNotMember) }
 
 // members is a Checker over a set of memberships that counts its checks
-// and keeps the deadline of the last one (zero: none). While gate is set, a
-// check waits for a value from it first; while down is set, checks fail
-// without an answer.
+// (started: begun, checks: answered) and keeps the deadline of the last one
+// (zero: none). While gate is set, a check waits for a value from it first;
+// while down is set, checks fail without an answer.
 type members struct {
 	mu       sync.Mutex
 	in       map[membership]bool
+	started  int
 	checks   int
 	deadline time.Time
 	gate     chan struct{}
@@ -36,6 +39,7 @@ type members struct {
 func (m *members) Check(ctx context.Context, userID, chatID int64) error {
 	m.mu.Lock()
 	gate := m.gate
+	m.started++
 	m.mu.Unlock()
 	if gate != nil {
 		<-gate
@@ -451,4 +455,86 @@ func TestCacheBackgroundTimeout(t *testing.T) {
 		t.Errorf("background check (%d checks) had deadline %v, want the cache's timeout of %v from its start (within %v to %v)",
 			inner.count(), deadline, timeout, before.Add(timeout), after.Add(timeout))
 	}
+}
+
+// TestCacheForegroundCheckOvertakenByRemoval: a check that began while the
+// user was in the chat and answers after the removal's event is passed on
+// (it was true when asked) but not kept.
+func TestCacheForegroundCheckOvertakenByRemoval(t *testing.T) {
+	t.Parallel()
+	inner := &members{in: map[membership]bool{{1, 10}: true}}
+	a := New(inner, Options{Size: 100, TTL: time.Hour, Timeout: time.Second, IsRefusal: isNotMember})
+	ctx := context.Background()
+	gate := make(chan struct{})
+	inner.setGate(gate)
+	done := make(chan error, 1)
+	go func() { done <- a.Check(ctx, 1, 10) }()
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		inner.mu.Lock()
+		defer inner.mu.Unlock()
+		return inner.started == 1
+	}, "check under way")
+	// The removal's event arrives; the check, which read the membership
+	// before it, answers after.
+	a.Removed(10, []int64{1})
+	inner.setGate(nil)
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatalf("the check begun before the removal: %v, want its grant", err)
+	}
+	if n := a.Len(); n != 0 {
+		t.Fatalf("%d grants kept after a check overtaken by a removal, want 0", n)
+	}
+	inner.set(1, 10, false)
+	if err := a.Check(ctx, 1, 10); !isNotMember(err) {
+		t.Errorf("after the removal: %v, want the refusal", err)
+	}
+}
+
+// TestCacheForgetsAcrossAReconnect: chat events sent while the connection
+// was away are lost, so every grant is dropped when it loses its server,
+// and the grants given meanwhile are dropped when it is back.
+func TestCacheForgetsAcrossAReconnect(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	port := ns.Addr().(*net.TCPAddr).Port
+	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subj, err := subjects.New(testenv.SubjectPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &members{in: map[membership]bool{{1, 10}: true}}
+	a := newCache(t, nc, subj, inner, time.Hour, time.Second)
+	ctx := context.Background()
+	if err := a.Check(ctx, 1, 10); err != nil || a.Len() != 1 {
+		t.Fatalf("first check: %v with %d grants, want a grant", err, a.Len())
+	}
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	testenv.Eventually(t, 10*time.Second, func() bool { return a.Len() == 0 }, "grants dropped when the server went away")
+	// While away, the owner (PostgreSQL, for the chat service) still
+	// answers: a grant is given and kept.
+	if err := a.Check(ctx, 1, 10); err != nil || a.Len() != 1 {
+		t.Fatalf("check while away: %v with %d grants, want a grant", err, a.Len())
+	}
+
+	again, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go again.Start()
+	t.Cleanup(func() {
+		again.Shutdown()
+		again.WaitForShutdown()
+	})
+	if !again.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready again")
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return nc.IsConnected() && a.Len() == 0 },
+		"grants given while away dropped once connected again")
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/communications/communications/libs/debugsrv"
@@ -137,11 +136,6 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		if err := cache.Subscribe(nc, subj.ChatEvents()); err != nil {
 			return err
 		}
-		// Removals announced while NATS was away were missed.
-		nc.SetReconnectHandler(func(c *nats.Conn) {
-			log.Info("nats reconnected; forgetting remembered memberships", "url", c.ConnectedUrlRedacted())
-			cache.Purge()
-		})
 		members = cache
 	}
 	svc := chats.NewService(store, stream, entries, users, events, log, chats.Config{MemberCache: members})

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
@@ -179,16 +178,9 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	defer cancelHandlers()
 	var access natsapi.Access = natsapi.ChatAccess{Bus: natsbus.NewClient(nc, tel.TracerProvider, natsbus.WithMetrics(busMetrics)), Subj: subj}
 	if cfg.AccessCacheTTL > 0 {
-		cached, err := natsapi.NewCachedAccess(nc, subj, access, cfg.AccessCacheSize, cfg.AccessCacheTTL, cfg.RequestTimeout)
-		if err != nil {
+		if access, err = natsapi.NewCachedAccess(nc, subj, access, cfg.AccessCacheSize, cfg.AccessCacheTTL, cfg.RequestTimeout); err != nil {
 			return err
 		}
-		// Removals announced while NATS was away were missed.
-		nc.SetReconnectHandler(func(c *nats.Conn) {
-			log.Info("nats reconnected; forgetting granted read access", "url", c.ConnectedUrlRedacted())
-			cached.Purge()
-		})
-		access = cached
 	}
 	if _, err := natsapi.Register(handlerCtx, srv, subj, history.NewService(store), access); err != nil {
 		return err

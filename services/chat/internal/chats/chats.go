@@ -306,8 +306,9 @@ type Service struct {
 	log        *slog.Logger
 	maxMembers int
 	members    MemberCache // nil: no cache
-	check      func(ctx context.Context, userID, chatID int64) error
-	now        func() time.Time
+	// check asks the member cache, else storeCheck; storeCheck the store.
+	check, storeCheck func(ctx context.Context, userID, chatID int64) error
+	now               func() time.Time
 }
 
 // NewService returns a Service. log records events that could not be
@@ -320,7 +321,8 @@ func NewService(store Store, pub Publisher, entries Entries, users Users, events
 		store: store, pub: pub, entries: entries, users: users, events: events, log: log,
 		maxMembers: cfg.MaxMembers, members: cfg.MemberCache, now: time.Now,
 	}
-	s.check = StoreChecker(store)
+	s.storeCheck = StoreChecker(store)
+	s.check = s.storeCheck
 	if s.members != nil {
 		s.check = s.members.Check
 	}
@@ -444,9 +446,13 @@ func (s *Service) UserChats(ctx context.Context, userID int64) ([]int64, error) 
 }
 
 // Access returns nil when user may read chat, else ErrChatNotFound or
-// ErrNotAMember. The gateway asks before every history read.
+// ErrNotAMember. The history service asks for the history reads it has no
+// grant for. The answer is read from the store, never from the member
+// cache: the history service caches it in turn, and an answer from a
+// replica that has not yet seen a removal's event would outlive that event
+// in the history service's cache.
 func (s *Service) Access(ctx context.Context, userID, chatID int64) error {
-	if err := s.checkMember(ctx, chatID, userID); err != nil {
+	if err := memberError(s.storeCheck(ctx, userID, chatID)); err != nil {
 		return fmt.Errorf("access: %w", err)
 	}
 	return nil
@@ -623,6 +629,11 @@ func (s *Service) UpdateChat(ctx context.Context, e ChatEdit) (Chat, error) {
 		return ch, nil
 	})
 	if err != nil {
+		if s.members != nil && len(applied.Remove) > 0 {
+			// The commit may have happened (its answer lost): forgetting
+			// grants costs a query at most.
+			s.members.Removed(e.ChatID, applied.Remove)
+		}
 		return Chat{}, fmt.Errorf("update chat: %w", err)
 	}
 	if applied.empty() {
@@ -720,8 +731,13 @@ func mayEdit(c Chat, actor int64, member bool) error {
 	return ErrNotAMember
 }
 
+// checkMember checks membership through the member cache, if any.
 func (s *Service) checkMember(ctx context.Context, chatID, userID int64) error {
-	err := s.check(ctx, userID, chatID)
+	return memberError(s.check(ctx, userID, chatID))
+}
+
+// memberError returns a membership check's answer as the service's error.
+func memberError(err error) error {
 	switch {
 	case err == nil:
 		return nil

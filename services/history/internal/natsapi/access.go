@@ -41,9 +41,6 @@ func (a *CachedAccess) CanRead(ctx context.Context, userID, chatID int64) error 
 	return a.cache.Check(ctx, userID, chatID)
 }
 
-// Purge forgets every grant (removals may have been missed).
-func (a *CachedAccess) Purge() { a.cache.Purge() }
-
 // isRefusal reports whether the chat service refused the access (rather
 // than failed to answer).
 func isRefusal(err error) bool {
