@@ -138,19 +138,33 @@ func (c *Cache) Subscribe(nc *nats.Conn, subject string) error {
 		return fmt.Errorf("subscribe chat events: %w", err)
 	}
 	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribe chat events: %w", err)
 	}
 	status := nc.StatusChanged(nats.RECONNECTING, nats.DISCONNECTED, nats.CONNECTED, nats.CLOSED)
+	if nc.IsClosed() { // closed before the listener was there: no CLOSED comes
+		nc.RemoveStatusListener(status)
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("subscribe chat events: %w", nats.ErrConnectionClosed)
+	}
 	go func() {
 		for st := range status {
-			if st == nats.CLOSED {
+			switch st {
+			case nats.CLOSED:
 				nc.RemoveStatusListener(status)
 				return
+			case nats.CONNECTED:
+				// CONNECTED comes before the subscriptions are sent
+				// again: a round trip first, so that an event published
+				// after the purge reaches this subscription.
+				_ = nc.FlushTimeout(c.timeout)
 			}
 			c.Purge()
 		}
 	}()
 	if err := nc.Flush(); err != nil {
+		nc.RemoveStatusListener(status)
+		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribe chat events: %w", err)
 	}
 	return nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/communications/communications/libs/busapi"
+	"github.com/communications/communications/libs/devstack"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/testenv"
 )
@@ -479,8 +479,13 @@ func TestCacheForegroundCheckOvertakenByRemoval(t *testing.T) {
 	a.Removed(10, []int64{1})
 	inner.setGate(nil)
 	close(gate)
-	if err := <-done; err != nil {
-		t.Fatalf("the check begun before the removal: %v, want its grant", err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the check begun before the removal: %v, want its grant", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the check did not answer after its gate opened")
 	}
 	if n := a.Len(); n != 0 {
 		t.Fatalf("%d grants kept after a check overtaken by a removal, want 0", n)
@@ -496,8 +501,13 @@ func TestCacheForegroundCheckOvertakenByRemoval(t *testing.T) {
 // and the grants given meanwhile are dropped when it is back.
 func TestCacheForgetsAcrossAReconnect(t *testing.T) {
 	t.Parallel()
-	ns := testenv.NATS(t)
-	port := ns.Addr().(*net.TCPAddr).Port
+	// A port reserved for this process (devstack.FreePort), so that no
+	// other connection takes it while the server is away.
+	port, err := devstack.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := startNATS(t, port)
 	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -523,18 +533,25 @@ func TestCacheForgetsAcrossAReconnect(t *testing.T) {
 		t.Fatalf("check while away: %v with %d grants, want a grant", err, a.Len())
 	}
 
-	again, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	startNATS(t, port)
+	testenv.Eventually(t, 10*time.Second, func() bool { return nc.IsConnected() && a.Len() == 0 },
+		"grants given while away dropped once connected again")
+}
+
+// startNATS starts a plain nats-server on port until the test ends.
+func startNATS(t *testing.T, port int) *natsserver.Server {
+	t.Helper()
+	s, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go again.Start()
+	go s.Start()
 	t.Cleanup(func() {
-		again.Shutdown()
-		again.WaitForShutdown()
+		s.Shutdown()
+		s.WaitForShutdown()
 	})
-	if !again.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready again")
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool { return nc.IsConnected() && a.Len() == 0 },
-		"grants given while away dropped once connected again")
+	return s
 }

@@ -731,3 +731,59 @@ func TestSend(t *testing.T) {
 		})
 	}
 }
+
+// removals records what a MemberCache was told was removed.
+type removals struct {
+	mu      sync.Mutex
+	removed map[int64][]int64
+}
+
+func (r *removals) Check(context.Context, int64, int64) error { return nil }
+
+func (r *removals) Removed(chatID int64, userIDs []int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.removed[chatID] = append(r.removed[chatID], userIDs...)
+}
+
+// lostCommitStore applies an edit and then reports a failure, as when a
+// commit's answer is lost.
+type lostCommitStore struct{ *memStore }
+
+func (s lostCommitStore) UpdateChat(ctx context.Context, id int64, decide func(Chat) (Change, error)) (Chat, error) {
+	if _, err := s.memStore.UpdateChat(ctx, id, decide); err != nil {
+		return Chat{}, err
+	}
+	return Chat{}, errors.New("commit: connection lost")
+}
+
+// TestRemovalDropsGrants: a removal drops the removed members' grants
+// before the edit is answered, also when the edit's outcome is unknown.
+func TestRemovalDropsGrants(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, lost := range []bool{false, true} {
+		mem := newMemStore()
+		var store Store = mem
+		if lost {
+			store = lostCommitStore{mem}
+		}
+		cache := &removals{removed: map[int64][]int64{}}
+		svc := NewService(store, &recordingPublisher{}, nil, newUsers(alice, bob, carol), &recordingEvents{},
+			slog.New(slog.NewTextHandler(io.Discard, nil)), Config{MemberCache: cache})
+		team, err := svc.CreateChat(ctx, NewChat{CreatorID: alice.ID, CreatorName: alice.Username, Name: "Team", Members: []string{"bob", "carol"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = svc.UpdateChat(ctx, ChatEdit{ActorID: alice.ID, ChatID: team.ID, RemoveMembers: []string{"bob"}})
+		if (err != nil) != lost {
+			t.Fatalf("lost commit %v: edit error %v", lost, err)
+		}
+		cache.mu.Lock()
+		got := cache.removed[team.ID]
+		cache.mu.Unlock()
+		if !slices.Equal(got, []int64{bob.ID}) {
+			t.Errorf("lost commit %v: grants dropped for %v, want bob (%d)", lost, got, bob.ID)
+		}
+	}
+}

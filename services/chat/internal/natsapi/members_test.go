@@ -111,6 +111,8 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 		return &replica{svc: svc, store: store}
 	}
 	a, b := newReplica("chat a", false), newReplica("chat b", true)
+	// deaf never hears an event (as if all were lost): its grants stay.
+	deaf := newReplica("chat c", false)
 
 	team, err := a.svc.CreateChat(ctx, chats.NewChat{CreatorID: alice.ID, CreatorName: alice.Username, Name: "team", Members: []string{"bob"}})
 	if err != nil {
@@ -127,7 +129,7 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 	}
 
 	// Bob's sends through each replica: one membership read per replica.
-	for _, r := range []*replica{a, b, a, b, b} {
+	for _, r := range []*replica{a, b, a, b, b, deaf} {
 		if err := send(r, bob); err != nil {
 			t.Fatalf("member's send: %v", err)
 		}
@@ -154,10 +156,13 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 	if err := send(b, carol); err != nil {
 		t.Errorf("added member's send through the other replica: %v", err)
 	}
-	// The history service's access check reads the store on every replica:
-	// refused at once by b too, though b may not have the event yet.
-	if err := b.svc.Access(ctx, bob.ID, team.ID); !errors.Is(err, chats.ErrNotAMember) {
-		t.Errorf("access check of the removed member through the other replica: %v, want ErrNotAMember", err)
+	// The history service's access check reads the store on every replica,
+	// also on one whose cache still holds bob's grant.
+	if err := send(deaf, bob); err != nil {
+		t.Fatalf("the replica that never hears events still lets bob send (%v): the test needs its grant", err)
+	}
+	if err := deaf.svc.Access(ctx, bob.ID, team.ID); !errors.Is(err, chats.ErrNotAMember) {
+		t.Errorf("access check of the removed member on a replica holding his grant: %v, want ErrNotAMember", err)
 	}
 	// Replica b refuses bob's sends once the chat event arrives (its cache
 	// holds his grant for an hour otherwise).
