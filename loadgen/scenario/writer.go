@@ -426,6 +426,14 @@ func (r *writerRun) latency(ctx context.Context, rep *WriterReport) error {
 	fmt.Fprintf(cfg.Log, "writer: publishing %.0f/s for %s ...\n", cfg.Rate, cfg.Duration)
 	var acked, errs atomic.Int64
 	var publishing sync.WaitGroup
+	fail := func(err error) {
+		r.noteErr(err)
+		errs.Add(1)
+	}
+	ok := func(i int64) {
+		ackAt[i].Store(time.Now().UnixNano())
+		acked.Add(1)
+	}
 	var publish func(i int64, text []byte)
 	switch cfg.Ingress {
 	case IngressChat:
@@ -438,36 +446,30 @@ func (r *writerRun) latency(ctx context.Context, rep *WriterReport) error {
 		publish = func(i int64, text []byte) {
 			msg, err := r.message(prefix, i, text)
 			if err != nil {
-				r.noteErr(err)
-				errs.Add(1)
+				fail(err)
 				return
 			}
 			publishing.Go(func() {
 				if _, err := pub.Publish(ctx, msg); err != nil {
-					r.noteErr(err)
-					errs.Add(1)
+					fail(err)
 					return
 				}
-				ackAt[i].Store(time.Now().UnixNano())
-				acked.Add(1)
+				ok(i)
 			})
 		}
 	default:
 		publish = func(i int64, text []byte) {
 			f, err := r.publish(prefix, i, text)
 			if err != nil {
-				r.noteErr(err)
-				errs.Add(1)
+				fail(err)
 				return
 			}
 			publishing.Go(func() {
 				select {
 				case <-f.Ok():
-					ackAt[i].Store(time.Now().UnixNano())
-					acked.Add(1)
+					ok(i)
 				case err := <-f.Err():
-					r.noteErr(err)
-					errs.Add(1)
+					fail(err)
 				}
 			})
 		}

@@ -43,7 +43,8 @@ type Config struct {
 	DuplicateWindow time.Duration `env:"DUPLICATE_WINDOW" envDefault:"2m"`
 	// MemberCacheTTL bounds how long a granted membership is reused for
 	// further sends without a query (0: every send queries); a removal
-	// drops it at once (subjects.ChatEvents).
+	// drops it at once on this replica, and on the others when its chat
+	// event (subjects.ChatEvents) arrives.
 	MemberCacheTTL  time.Duration `env:"MEMBER_CACHE_TTL" envDefault:"30s"`
 	MemberCacheSize int           `env:"MEMBER_CACHE_SIZE" envDefault:"200000"`
 	OTLPEndpoint    string        `env:"OTLP_ENDPOINT"`

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,8 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/grantcache"
-	"github.com/communications/communications/libs/pgdb"
+	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
 	"github.com/communications/communications/libs/subjects"
 	"github.com/communications/communications/libs/telemetry"
@@ -22,6 +22,8 @@ import (
 	"github.com/communications/communications/services/chat/internal/chats"
 	"github.com/communications/communications/services/chat/internal/chatstore"
 	"github.com/communications/communications/services/chat/internal/msgstream"
+	"github.com/communications/communications/services/chat/internal/userdir"
+	"github.com/communications/communications/services/chat/internal/userdir/userdirtest"
 )
 
 // countingStore counts the membership reads of a send.
@@ -33,21 +35,6 @@ type countingStore struct {
 func (s *countingStore) InChat(ctx context.Context, chatID, userID int64) (bool, error) {
 	s.inChat.Add(1)
 	return s.Store.InChat(ctx, chatID, userID)
-}
-
-// directory resolves usernames from a fixed set.
-type directory map[string]chats.Member
-
-func (d directory) Lookup(_ context.Context, names []string) ([]chats.Member, error) {
-	out := make([]chats.Member, len(names))
-	for i, n := range names {
-		m, ok := d[strings.ToLower(n)]
-		if !ok {
-			return nil, &chats.RequestError{Err: chats.ErrUnknownUser, Msg: fmt.Sprintf("unknown user %q", n)}
-		}
-		out[i] = m
-	}
-	return out, nil
 }
 
 // replica is one chat service replica as chatsvc wires it: its own NATS
@@ -72,28 +59,23 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := telemetry.NewLogger(io.Discard, 0)
-	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 4, sdktrace.NewTracerProvider())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := pgdb.Migrate(ctx, pool, chatstore.Migrations(), chatstore.MigrationTable, log); err != nil {
-		t.Fatal(err)
-	}
-	alice := chats.Member{ID: 1, Username: "alice"}
-	bob := chats.Member{ID: 2, Username: "bob"}
-	carol := chats.Member{ID: 3, Username: "carol"}
-	dir := directory{"alice": alice, "bob": bob, "carol": carol}
-
-	// subscribed: whether the replica hears the chat events (replica a,
-	// which makes the edits, does not: its own removal must take effect
-	// without its event).
-	newReplica := func(name string, subscribed bool) *replica {
+	pool := migratedPool(t, log)
+	connect := func(name string) *nats.Conn {
 		nc, err := nats.Connect(ns.ClientURL(), nats.Name(name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(nc.Close)
+		return nc
+	}
+	userdirtest.Serve(t, connect("auth"), subj, alice, bob, carol)
+	tp := sdktrace.NewTracerProvider()
+
+	// subscribed: whether the replica hears the chat events (replica a,
+	// which makes the edits, does not: its own removal must take effect
+	// without its event).
+	newReplica := func(name string, subscribed bool) *replica {
+		nc := connect(name)
 		stream, err := msgstream.Ensure(ctx, nc, subj, msgstream.Config{})
 		if err != nil {
 			t.Fatal(err)
@@ -107,7 +89,8 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		svc := chats.NewService(store, stream, nil, dir, NewEvents(nc, subj), log, chats.Config{MemberCache: cache})
+		users := userdir.New(natsbus.NewClient(nc, tp), subj)
+		svc := chats.NewService(store, stream, nil, users, NewEvents(nc, subj), log, chats.Config{MemberCache: cache})
 		return &replica{svc: svc, store: store}
 	}
 	a, b := newReplica("chat a", false), newReplica("chat b", true)
@@ -119,7 +102,7 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	send := func(r *replica, from chats.Member) error {
+	send := func(r *replica, from busapi.User) error {
 		n++
 		_, err := r.svc.Send(ctx, chats.Message{
 			ChatID: team.ID, SenderID: from.ID, Sender: from.Username, Kind: protocol.KindMessage,

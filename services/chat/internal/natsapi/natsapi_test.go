@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -103,6 +105,22 @@ type harness struct {
 	history *historydirtest.History // the history service's stored entries
 }
 
+// migratedPool opens a pool on a fresh test database with the chat
+// service's tables.
+func migratedPool(t *testing.T, log *slog.Logger) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 4, sdktrace.NewTracerProvider())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := pgdb.Migrate(ctx, pool, chatstore.Migrations(), chatstore.MigrationTable, log); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
 // start runs the chat service's handlers on a fresh database and an
 // embedded NATS server, with the auth service's users lookup answered by a
 // test double unless noAuth.
@@ -123,14 +141,7 @@ func start(t *testing.T, noAuth bool) *harness {
 		t.Fatal(err)
 	}
 	log := telemetry.NewLogger(io.Discard, 0)
-	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 4, sdktrace.NewTracerProvider())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := pgdb.Migrate(ctx, pool, chatstore.Migrations(), chatstore.MigrationTable, log); err != nil {
-		t.Fatal(err)
-	}
+	pool := migratedPool(t, log)
 
 	tp := sdktrace.NewTracerProvider()
 	service := connect("chat")
