@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/communications/communications/libs/busapi"
@@ -60,14 +59,7 @@ func TestMemberCacheAcrossReplicas(t *testing.T) {
 	}
 	log := telemetry.NewLogger(io.Discard, 0)
 	pool := migratedPool(t, log)
-	connect := func(name string) *nats.Conn {
-		nc, err := nats.Connect(ns.ClientURL(), nats.Name(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
+	connect := connector(t, ns.ClientURL())
 	userdirtest.Serve(t, connect("auth"), subj, alice, bob, carol)
 	tp := sdktrace.NewTracerProvider()
 

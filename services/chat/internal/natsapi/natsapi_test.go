@@ -105,6 +105,20 @@ type harness struct {
 	history *historydirtest.History // the history service's stored entries
 }
 
+// connector returns a function that connects to the NATS server at url
+// under a client name, closing the connection when the test ends.
+func connector(t *testing.T, url string) func(name string) *nats.Conn {
+	return func(name string) *nats.Conn {
+		t.Helper()
+		nc, err := nats.Connect(url, nats.Name(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+}
+
 // migratedPool opens a pool on a fresh test database with the chat
 // service's tables.
 func migratedPool(t *testing.T, log *slog.Logger) *pgxpool.Pool {
@@ -128,14 +142,7 @@ func start(t *testing.T, noAuth bool) *harness {
 	t.Helper()
 	ctx := context.Background()
 	ns := testenv.NATS(t)
-	connect := func(name string) *nats.Conn {
-		nc, err := nats.Connect(ns.ClientURL(), nats.Name(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
+	connect := connector(t, ns.ClientURL())
 	subj, err := subjects.New(testenv.SubjectPrefix())
 	if err != nil {
 		t.Fatal(err)
