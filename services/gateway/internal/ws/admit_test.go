@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -34,6 +35,24 @@ func newAdmitServer(t *testing.T, cfg Config, up Upstream) *Server {
 func waitQueued(t *testing.T, s *Server, n int64) {
 	t.Helper()
 	testenv.Eventually(t, 10*time.Second, func() bool { return s.admission.queued.Load() == n }, "%d set-ups queued", n)
+}
+
+// waitParked waits until n goroutines started by the test named test are
+// parked in the semaphore's wait, which they reach only after joining its
+// FIFO list.
+func waitParked(t *testing.T, test string, n int) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		parked := 0
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, " [select") && strings.Contains(g, "semaphore.(*Weighted).Acquire") && strings.Contains(g, "ws."+test+".") {
+				parked++
+			}
+		}
+		return parked == n
+	}, "%d set-ups parked in the semaphore", n)
 }
 
 // TestAdmitInOrder: with every slot taken, set-ups wait and are admitted
@@ -72,8 +91,11 @@ func TestAdmitInOrder(t *testing.T) {
 			}
 			in <- admitted{i: i, release: release}
 		}()
-		// Each waits before the next comes.
+		// Each waits in the semaphore's queue before the next comes: the
+		// queued count alone is raised before Acquire is entered, so the
+		// next could still overtake it.
 		waitQueued(t, s, int64(i+1))
+		waitParked(t, "TestAdmitInOrder", i+1)
 	}
 	// Slots free up one at a time (the held ones first, then each admitted
 	// waiter's): each lets exactly the longest waiting one in.
