@@ -54,9 +54,10 @@ func BenchmarkDispatch(b *testing.B) {
 	}
 	m := &redis.Message{Channel: fanout.Channel("bench", 7), Payload: string(payload)}
 	ctx := context.Background()
+	var flush []Flusher
 	b.ReportAllocs()
 	for b.Loop() {
-		h.dispatch(ctx, m)
+		flush = h.dispatch(ctx, m, flush[:0])
 	}
 	b.StopTimer()
 	if sinks[0].n != b.N {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,14 @@ type Sink interface {
 	// UserID is the connection's user; events marked duplicate go to
 	// their sender's connections only, ephemeral ones to everyone else's.
 	UserID() int64
+}
+
+// Flusher is a Sink that may keep the messages handed to it under the
+// hub's lock until Flush, which the hub calls once the lock is released:
+// writing to sockets there would hold the lock for a system call per
+// member.
+type Flusher interface {
+	Flush()
 }
 
 type channelState struct {
@@ -191,9 +200,38 @@ func (h *Hub) Leave(s Sink, chatIDs []int64) {
 	}
 }
 
+// dispatchQueue is how many events each dispatcher holds before Run waits
+// for it.
+const dispatchQueue = 1024
+
 // Run dispatches events until ctx ends, then closes the subscription.
+// Events are handed to the local connections by one dispatcher per
+// processor (at least two), each taking the chats whose id falls to it:
+// a chat's events keep their order, and the connections' writes, which
+// the dispatchers make themselves while the sockets have room, run in
+// parallel (on a busy machine the kernel gives one thread a share of the
+// cores, not the cores; one dispatcher for all fell behind by seconds at
+// 25,000 deliveries a second, docs/benchmarks.md).
 func (h *Hub) Run(ctx context.Context) error {
 	defer h.ps.Close()
+	queues := make([]chan *redis.Message, max(2, runtime.GOMAXPROCS(0)))
+	var wg sync.WaitGroup
+	for i := range queues {
+		q := make(chan *redis.Message, dispatchQueue)
+		queues[i] = q
+		wg.Go(func() {
+			var flush []Flusher
+			for m := range q {
+				flush = h.dispatch(ctx, m, flush[:0])
+			}
+		})
+	}
+	defer func() {
+		for _, q := range queues {
+			close(q)
+		}
+		wg.Wait()
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -213,20 +251,31 @@ func (h *Hub) Run(ctx context.Context) error {
 					}
 				}
 			case *redis.Message:
-				h.dispatch(ctx, m)
+				chatID, ok := h.chatOf(m.Channel)
+				if !ok {
+					h.dispatch(ctx, m, nil) // counted as malformed
+					continue
+				}
+				select {
+				case queues[uint64(chatID)%uint64(len(queues))] <- m:
+				case <-ctx.Done():
+					return nil
+				}
 			}
 		}
 	}
 }
 
-func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
+// dispatch hands m to its chat's local members and returns flush, the
+// buffer of Flushers to call, for the next dispatch.
+func (h *Hub) dispatch(ctx context.Context, m *redis.Message, flush []Flusher) []Flusher {
 	h.received.Inc()
 	chatID, ok := h.chatOf(m.Channel)
 	var env fanout.Envelope
 	if !ok || json.Unmarshal([]byte(m.Payload), &env) != nil || len(env.Event) == 0 || env.ChatID != chatID {
 		h.dropped.Inc()
 		h.log.Warn("malformed fanout event", "channel", m.Channel)
-		return
+		return flush
 	}
 	ctx = telemetry.Propagator().Extract(ctx, propagation.MapCarrier(env.Trace))
 	_, span := h.tracer.Start(ctx, "fanout deliver", trace.WithSpanKind(trace.SpanKindConsumer))
@@ -243,7 +292,7 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 		h.mu.RUnlock()
 		h.delivered.Add(float64(n))
 		span.SetAttributes(attribute.Int64("chat.id", chatID), attribute.Int("fanout.recipients", n))
-		return
+		return flush
 	}
 	for s := range h.chats[chatID] {
 		// A stored message published again for its retrying sender
@@ -252,9 +301,16 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 			continue
 		}
 		s.DeliverMessage(env.ChatID, env.Seq, env.Duplicate, env.Event)
+		if f, ok := s.(Flusher); ok {
+			flush = append(flush, f)
+		}
 		n++
 	}
 	h.mu.RUnlock()
+	for i, f := range flush {
+		f.Flush()
+		flush[i] = nil
+	}
 	h.delivered.Add(float64(n))
 	if env.AcceptedAt > 0 && !env.Duplicate {
 		// The time was taken on the chat service's host, whose clock
@@ -267,6 +323,7 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message) {
 		h.latency.Observe(d.Seconds())
 	}
 	span.SetAttributes(attribute.Int64("chat.id", chatID), attribute.Int("fanout.recipients", n))
+	return flush
 }
 
 // PublishEphemeral sends an event that is not part of the chat's history

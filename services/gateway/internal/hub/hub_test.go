@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -88,11 +90,12 @@ func publishEnvelope(t *testing.T, rdb *redis.Client, prefix string, env fanout.
 	}
 }
 
-func TestFanout(t *testing.T) {
-	t.Parallel()
+// twoSinks starts a hub with sink a in chats 1 and 2 and sink b in chat 2,
+// and returns it with a function that publishes an event to a chat.
+func twoSinks(t *testing.T) (h *Hub, a, b *sink, publish func(chat int64, event string)) {
+	t.Helper()
 	h, rdb, prefix := startHub(t)
-
-	a, b := &sink{}, &sink{}
+	a, b = &sink{}, &sink{}
 	jctx, jcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer jcancel()
 	if err := h.Join(jctx, a, []int64{1, 2}); err != nil {
@@ -101,18 +104,26 @@ func TestFanout(t *testing.T) {
 	if err := h.Join(jctx, b, []int64{2}); err != nil {
 		t.Fatal(err)
 	}
-	publish := func(chat int64, event string) {
+	publish = func(chat int64, event string) {
 		t.Helper()
 		publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: chat, Event: json.RawMessage(event)})
 	}
+	return h, a, b, publish
+}
+
+func TestFanout(t *testing.T) {
+	t.Parallel()
+	h, a, b, publish := twoSinks(t)
 	// Join returned after Redis confirmed the subscriptions, so nothing
 	// published from now on is missed.
 	publish(1, `{"n":1}`)
 	publish(2, `{"n":2}`)
 	publish(3, `{"n":3}`) // nobody local is in chat 3
 	testenv.EventuallyDescribe(t, 5*time.Second, func() bool { return len(a.got()) == 2 && len(b.got()) == 1 }, func() string { return fmt.Sprintf("deliveries: a=%v b=%v", a.got(), b.got()) })
-	if got := a.got(); got[0] != `{"n":1}` || got[1] != `{"n":2}` {
-		t.Errorf("a got %v, want events 1 then 2 as published", got)
+	// Chats are dispatched side by side: each keeps its order, chats
+	// between them need not.
+	if got := a.got(); !slices.Contains(got, `{"n":1}`) || !slices.Contains(got, `{"n":2}`) {
+		t.Errorf("a got %v, want events 1 and 2", got)
 	}
 
 	// After a leaves chat 2, only b gets its events; chat 1 is unsubscribed.
@@ -124,11 +135,38 @@ func TestFanout(t *testing.T) {
 		t.Errorf("a got %v after leaving, want no more events", got)
 	}
 	h.mu.RLock()
-	_, still := h.channels[fanout.Channel(prefix, 1)]
+	_, still := h.channels[fanout.Channel(h.prefix, 1)]
 	h.mu.RUnlock()
 	if still {
 		t.Error("chat 1 still subscribed after its last local member left")
 	}
+}
+
+// TestFanoutKeepsEachChatsOrder: the dispatchers take chats side by side,
+// and every connection gets each chat's events in the order published.
+func TestFanoutKeepsEachChatsOrder(t *testing.T) {
+	t.Parallel()
+	_, a, b, publish := twoSinks(t)
+	var want1, want2 []string
+	for i := range 50 {
+		want1 = append(want1, fmt.Sprintf(`{"c":1,"i":%d}`, i))
+		want2 = append(want2, fmt.Sprintf(`{"c":2,"i":%d}`, i))
+		publish(1, want1[i])
+		publish(2, want2[i])
+	}
+	testenv.EventuallyDescribe(t, 5*time.Second, func() bool { return len(a.got()) == 100 }, func() string { return fmt.Sprintf("a got %d of 100", len(a.got())) })
+	var got1, got2 []string
+	for _, ev := range a.got() {
+		if strings.HasPrefix(ev, `{"c":1`) {
+			got1 = append(got1, ev)
+		} else {
+			got2 = append(got2, ev)
+		}
+	}
+	if !slices.Equal(got1, want1) || !slices.Equal(got2, want2) {
+		t.Errorf("a got chat 1 %v and chat 2 %v, want each in the order published", got1, got2)
+	}
+	testenv.EventuallyDescribe(t, 5*time.Second, func() bool { return slices.Equal(b.got(), want2) }, func() string { return fmt.Sprintf("b got %v, want chat 2's in order", b.got()) })
 }
 
 // TestDuplicateGoesToSenderOnly: a message published again because its
@@ -243,7 +281,7 @@ func TestFanoutLatency(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h.dispatch(context.Background(), &redis.Message{Channel: fanout.Channel("lat", 7), Payload: string(b)})
+		h.dispatch(context.Background(), &redis.Message{Channel: fanout.Channel("lat", 7), Payload: string(b)}, nil)
 	}
 	if got := s.got(); len(got) != 3 {
 		t.Fatalf("sink got %v, want the two messages and the duplicate", got)
@@ -284,7 +322,7 @@ func TestFanoutLatencyClampedAndLong(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h.dispatch(context.Background(), &redis.Message{Channel: fanout.Channel("skew", 7), Payload: string(b)})
+		h.dispatch(context.Background(), &redis.Message{Channel: fanout.Channel("skew", 7), Payload: string(b)}, nil)
 	}
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -59,9 +61,29 @@ type Conn struct {
 	// pingDue: the server's clock asked for a ping, which the writer
 	// sends before anything else.
 	pingDue bool
+	// pongDue: the client sent a ping; the writer answers it with
+	// pongData.
+	pongDue  bool
+	pongData []byte
 	// started is set once hello is queued; events queued before it wait
 	// behind it (the writer starts with hello).
 	started atomic.Bool
+
+	// flushDue: the hub queued a message without starting a writer and
+	// calls Flush once its locks are released (direct.go); under qmu.
+	flushDue bool
+
+	// Direct writes (direct.go). raw is the socket's raw connection (nil:
+	// every event goes through a writer), guard the socket as gorilla
+	// sees it. rest is what is left of a frame written in part (restBuf
+	// its pooled buffer), which the writer sends first; broken: a frame
+	// was left unfinished, so nothing more may be sent. Only the holder
+	// of the writer's role touches rest, restBuf and broken.
+	raw     syscall.RawConn
+	guard   *guardedConn
+	rest    []byte
+	restBuf *[]byte
+	broken  bool
 
 	// nextPing is when the server's clock queues the next ping (unix
 	// nanoseconds); expiresAt when the session expires and the connection
@@ -116,12 +138,24 @@ func newConn(s *Server, ws *websocket.Conn, session busapi.Session, token string
 		c.expiresAt = session.ExpiresAt.UnixNano()
 	}
 	c.nextPing.Store(time.Now().Add(s.cfg.PingInterval).UnixNano())
+	if ws != nil {
+		if g, ok := ws.NetConn().(*guardedConn); ok {
+			c.guard, c.raw = g, rawConn(g.Conn)
+			g.allow.Store(false) // from now on only while a writer runs
+		}
+	}
 	return c
 }
 
 // Deliver queues an event without blocking; a full queue disconnects the
 // client with CloseSlowConsumer (it then resumes).
-func (c *Conn) Deliver(event []byte) {
+func (c *Conn) Deliver(event []byte) { c.queueEvent(event, false) }
+
+// deliverDeferred is Deliver for the hub's dispatch: when no writer runs
+// and the connection can write directly, the event waits for Flush.
+func (c *Conn) deliverDeferred(event []byte) { c.queueEvent(event, true) }
+
+func (c *Conn) queueEvent(event []byte, deferred bool) {
 	c.qmu.Lock()
 	if c.closing {
 		c.qmu.Unlock()
@@ -138,7 +172,11 @@ func (c *Conn) Deliver(event []byte) {
 	}
 	c.queue = append(c.queue, event)
 	if c.started.Load() {
-		c.startWriter()
+		if deferred && c.raw != nil && !c.writing {
+			c.flushDue = true
+		} else {
+			c.startWriter()
+		}
 	}
 	c.qmu.Unlock()
 }
@@ -325,6 +363,8 @@ func (c *Conn) write() {
 			c.endOnce.Do(func() { close(c.ended) })
 		}
 	}()
+	// gorilla may write while this writer runs, and only then (direct.go).
+	c.allowGorilla(true)
 	// batch holds a frame's events; its array and the queue's take turns,
 	// so that a writer that sends one event at a time allocates nothing.
 	var batch [][]byte
@@ -340,6 +380,16 @@ func (c *Conn) write() {
 			c.finish(rest)
 			return
 		}
+		if c.rest != nil && !c.closing {
+			// The rest of a frame written directly goes first (finish
+			// sends it when closing).
+			c.qmu.Unlock()
+			if err := c.flushRest(time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
+				c.broken = true
+				c.Close(protocol.CloseServerError, "write failed")
+			}
+			continue
+		}
 		if c.pingDue {
 			c.pingDue = false
 			c.qmu.Unlock()
@@ -349,9 +399,20 @@ func (c *Conn) write() {
 			}
 			continue
 		}
+		if c.pongDue {
+			data := c.pongData
+			c.pongDue, c.pongData = false, nil
+			c.qmu.Unlock()
+			err := c.ws.WriteControl(websocket.PongMessage, data, time.Now().Add(c.srv.cfg.WriteTimeout))
+			if err != nil {
+				c.Close(protocol.CloseServerError, "pong failed")
+			}
+			continue
+		}
 		if len(c.queue) == 0 || !c.started.Load() {
 			// Nothing to send, or only a ping before hello: the events
 			// queued before hello wait for start.
+			c.allowGorilla(false)
 			c.writing = false
 			if len(c.queue) == 0 {
 				switch {
@@ -428,6 +489,12 @@ const maxPooledFrame = 64 << 10
 func (c *Conn) finish(rest [][]byte) {
 	defer c.endOnce.Do(func() { close(c.ended) })
 	defer c.ws.Close()
+	if c.rest != nil && c.flushRest(time.Now().Add(time.Second)) != nil {
+		c.broken = true
+	}
+	if c.broken {
+		return // a frame begun was not ended: anything more would corrupt it
+	}
 	if len(rest) > 0 && c.closeCode != protocol.CloseSlowConsumer {
 		if c.ws.SetWriteDeadline(time.Now().Add(time.Second)) == nil {
 			_ = c.writeEvents(rest)
@@ -454,13 +521,52 @@ func (c *Conn) queuePing() {
 func (c *Conn) prepareRead() {
 	pongWait := c.srv.cfg.PongWait
 	// Frames up to MaxFrameBytes are read; larger ones up to the hard limit
-	// get an error event and the connection stays open; beyond it gorilla
-	// closes the connection with 1009 (message too big).
-	c.ws.SetReadLimit(protocol.HardFrameLimit)
+	// get an error event and the connection stays open; beyond it the
+	// connection is closed with 1009 (message too big), by the writer
+	// (readFrame): gorilla's own read limit would write the close frame
+	// from the reader, which may not write (direct.go).
 	_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	c.ws.SetPongHandler(func(string) error {
 		return c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	})
+	// gorilla would answer a ping and a close frame itself, from the
+	// reader, in the middle of a frame written directly: the writer
+	// answers them instead.
+	c.ws.SetPingHandler(func(data string) error {
+		c.queuePong([]byte(data))
+		return nil
+	})
+	c.ws.SetCloseHandler(func(code int, _ string) error {
+		c.Close(code, "")
+		return nil
+	})
+}
+
+// queuePong has the writer answer a client's ping (only the last one
+// unanswered, as RFC 6455 allows).
+func (c *Conn) queuePong(data []byte) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.closing {
+		return
+	}
+	c.pongDue, c.pongData = true, data
+	c.startWriter()
+}
+
+// readFrame reads the next message, failing with websocket.ErrReadLimit
+// once it passes protocol.HardFrameLimit (the rest is not read: the
+// connection is closed).
+func (c *Conn) readFrame() (int, []byte, error) {
+	typ, r, err := c.ws.NextReader()
+	if err != nil {
+		return typ, nil, err
+	}
+	frame, err := io.ReadAll(io.LimitReader(r, protocol.HardFrameLimit+1))
+	if err == nil && len(frame) > protocol.HardFrameLimit {
+		err = websocket.ErrReadLimit
+	}
+	return typ, frame, err
 }
 
 // serveFrame handles what one read returned; false ends the reader.

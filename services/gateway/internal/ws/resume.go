@@ -49,6 +49,7 @@ type heldMessage struct {
 // from history and sent first. A duplicate (a retried send published again
 // for its sender) is delivered if unseen; it moves a known position like a
 // live message (it is the same message), but never sets an unknown one.
+// The hub calls Flush after it (see deliverDeferred).
 func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	c.posMu.Lock()
 	pos := c.positions[chatID]
@@ -77,7 +78,7 @@ func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 		// With no position yet, a retried (old) message must not become
 		// one: the next live message would look like a gap back to it.
 		c.posMu.Unlock()
-		c.Deliver(event)
+		c.deliverDeferred(event)
 		return
 	case pos.known && seq > pos.last+1 && c.started.Load():
 		// A live message (or a duplicate: the original was lost here) past
@@ -93,7 +94,7 @@ func (c *Conn) DeliverMessage(chatID, seq int64, duplicate bool, event []byte) {
 	}
 	pos.known, pos.last = true, seq
 	c.posMu.Unlock()
-	c.Deliver(event)
+	c.deliverDeferred(event)
 }
 
 // fillGap sends the stored messages of a chat after from, then the ones

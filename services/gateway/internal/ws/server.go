@@ -78,15 +78,20 @@ type Upstream interface {
 }
 
 type metrics struct {
-	connections   prometheus.Gauge
-	usersOnline   prometheus.Gauge
-	framesIn      prometheus.Counter
-	framesOut     prometheus.Counter
-	eventsIn      prometheus.Counter
-	eventsOut     prometheus.Counter
-	slowConsumers prometheus.Counter
-	gapsFilled    prometheus.Counter
-	pagesShared   prometheus.Counter
+	connections prometheus.Gauge
+	usersOnline prometheus.Gauge
+	framesIn    prometheus.Counter
+	framesOut   prometheus.Counter
+	// framesDirect counts frames written at once by the goroutine that
+	// delivered the event; framesDeferred those of them the socket took
+	// only in part, whose rest a writer sent once the socket had room.
+	framesDirect   prometheus.Counter
+	framesDeferred prometheus.Counter
+	eventsIn       prometheus.Counter
+	eventsOut      prometheus.Counter
+	slowConsumers  prometheus.Counter
+	gapsFilled     prometheus.Counter
+	pagesShared    prometheus.Counter
 	// rateLimited counts requests refused by the per-connection rate
 	// limit, rateLimitCloses the connections closed for it.
 	rateLimited     prometheus.Counter
@@ -236,10 +241,14 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		base:          base, cancel: cancel,
 		admission: newAdmission(cfg.SetupConcurrency, cfg.SetupQueue),
 		metrics: metrics{
-			connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
-			usersOnline:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_users_online", Help: "Users with at least one open websocket on this gateway."}),
-			framesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
-			framesOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_out_total", Help: "Websocket frames sent."}),
+			connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open websocket connections."}),
+			usersOnline: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_users_online", Help: "Users with at least one open websocket on this gateway."}),
+			framesIn:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Websocket frames received."}),
+			framesOut:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_out_total", Help: "Websocket frames sent."}),
+			framesDirect: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_direct_total",
+				Help: "Frames written at once by the goroutine that delivered the event, without a writer (part of gateway_frames_out_total)."}),
+			framesDeferred: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_deferred_total",
+				Help: "Frames the socket took only in part when written at once; a writer sent the rest when the socket had room."}),
 			eventsIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_in_total", Help: "Protocol events received."}),
 			eventsOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_out_total", Help: "Protocol events sent."}),
 			slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send queue was full."}),
@@ -267,7 +276,7 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		log.Warn("frame pool unavailable; frames served by their readers", "err", err)
 	}
 	s.jobs.New = func() any { return &frameJob{done: make(chan struct{}, 1)} }
-	reg.MustRegister(s.metrics.connections, s.metrics.usersOnline, s.metrics.framesIn, s.metrics.framesOut, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
+	reg.MustRegister(s.metrics.connections, s.metrics.usersOnline, s.metrics.framesIn, s.metrics.framesOut, s.metrics.framesDirect, s.metrics.framesDeferred, s.metrics.eventsIn, s.metrics.eventsOut, s.metrics.slowConsumers, s.metrics.gapsFilled,
 		s.metrics.pagesShared, s.metrics.rateLimited, s.metrics.rateLimitCloses, s.metrics.setupsWaiting, s.metrics.setupsRefused)
 	go s.runClock()
 	return s
@@ -312,7 +321,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	if r.Context().Err() != nil {
 		return // the client went away: nothing to set up, no one to answer
 	}
-	wsConn, err := s.upgrader.Upgrade(w, r, nil)
+	wsConn, err := s.upgrade(w, r)
 	if err != nil {
 		return // the upgrader answered the client
 	}
@@ -320,6 +329,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	// Registered first: a logout or a chat change from now on reaches the
 	// connection, and the checks below see everything before.
 	if !s.add(c) {
+		c.allowGorilla(true) // no writer runs, nor ever will
 		_ = wsConn.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(protocol.CloseGoingAway, "gateway is shutting down"), time.Now().Add(time.Second))
 		_ = wsConn.Close()
@@ -380,7 +390,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, session busapi.Se
 	handedOff = true
 	go func() {
 		for {
-			typ, frame, err := c.ws.ReadMessage()
+			typ, frame, err := c.readFrame()
 			if !c.serve(typ, frame, err) {
 				break
 			}

@@ -31,7 +31,7 @@ func socketConn(t *testing.T, s *Server) (*Conn, *websocket.Conn) {
 	t.Helper()
 	conns := make(chan *Conn, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sock, err := s.upgrader.Upgrade(w, r, nil)
+		sock, err := s.upgrade(w, r)
 		if err != nil {
 			return
 		}
