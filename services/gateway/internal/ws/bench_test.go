@@ -203,7 +203,7 @@ func upgradeOn(tb testing.TB, s *Server, sock net.Conn) *websocket.Conn {
 	r.Header.Set("Upgrade", "websocket")
 	r.Header.Set("Sec-WebSocket-Version", "13")
 	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	c, err := s.upgrader.Upgrade(hijackRecorder{httptest.NewRecorder(), sock}, r, nil)
+	c, err := s.upgrade(hijackRecorder{httptest.NewRecorder(), sock}, r)
 	if err != nil {
 		tb.Fatal(err)
 	}

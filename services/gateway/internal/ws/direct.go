@@ -276,6 +276,13 @@ func (h guardingHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	g := &guardedConn{Conn: nc}
 	g.allow.Store(true)
+	if brw.Reader.Buffered() == 0 {
+		// gorilla reads through this reader (the upgrader's
+		// ReadBufferSize is 0), straight from the socket: a read through
+		// the guard would add a frame to every idle reader's stack, which
+		// must fit the smallest goroutine stack (2 KiB).
+		brw = bufio.NewReadWriter(bufio.NewReaderSize(nc, readBufferSize), brw.Writer)
+	}
 	return g, brw, nil
 }
 

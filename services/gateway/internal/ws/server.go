@@ -223,9 +223,11 @@ func NewServer(cfg Config, up Upstream, h Hub, log *slog.Logger, tp trace.Tracer
 		tracer: tp.Tracer("github.com/communications/communications/services/gateway/internal/ws"),
 		upgrader: websocket.Upgrader{
 			// Clients send small frames: a small read buffer per connection
-			// (a larger frame is read through it). Write buffers are taken
-			// from a pool for each frame, so an idle connection holds none.
-			ReadBufferSize:  readBufferSize,
+			// (a larger frame is read through it), which upgrade hands
+			// gorilla with the hijacked socket (direct.go), hence 0 here.
+			// Write buffers are taken from a pool for each frame, so an
+			// idle connection holds none.
+			ReadBufferSize:  0,
 			WriteBufferSize: writeBufferSize,
 			WriteBufferPool: &sync.Pool{},
 			// The HTTP layer checked the Origin before calling Serve.
