@@ -363,8 +363,6 @@ func (c *Conn) write() {
 			c.endOnce.Do(func() { close(c.ended) })
 		}
 	}()
-	// gorilla may write while this writer runs, and only then (direct.go).
-	c.allowGorilla(true)
 	// batch holds a frame's events; its array and the queue's take turns,
 	// so that a writer that sends one event at a time allocates nothing.
 	var batch [][]byte
@@ -390,6 +388,9 @@ func (c *Conn) write() {
 			}
 			continue
 		}
+		// gorilla may write while this writer runs, once the rest of a
+		// direct frame is out, and only then (direct.go).
+		c.allowGorilla(true)
 		if c.pingDue {
 			c.pingDue = false
 			c.qmu.Unlock()
@@ -495,6 +496,7 @@ func (c *Conn) finish(rest [][]byte) {
 	if c.broken {
 		return // a frame begun was not ended: anything more would corrupt it
 	}
+	c.allowGorilla(true)
 	if len(rest) > 0 && c.closeCode != protocol.CloseSlowConsumer {
 		if c.ws.SetWriteDeadline(time.Now().Add(time.Second)) == nil {
 			_ = c.writeEvents(rest)

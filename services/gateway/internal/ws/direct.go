@@ -8,12 +8,13 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
-	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/communications/communications/services/gateway/internal/hub"
 
 	"github.com/communications/communications/libs/protocol"
 )
@@ -70,23 +71,27 @@ func (c *Conn) Flush() {
 	if c.writing || c.closing || len(c.queue) == 0 {
 		return // a writer runs, or Close started one
 	}
-	if c.pingDue || c.pongDue {
+	if c.pingDue || c.pongDue || c.guard.busy.Load() != 0 {
+		// A ping or pong first, or a write of gorilla's from the reader
+		// let in while the last writer ran is still under way: a writer
+		// (gorilla's own lock orders the two writes).
 		c.startWriter()
 		return
 	}
+	// The events stay queued while they are written, so the queue's bound
+	// counts them; only the holder of the writer's role takes events out,
+	// and others only append, so c.queue[:n] stays these events.
 	n := min(len(c.queue), maxEventsPerFrame)
-	events := slices.Clone(c.queue[:n])
-	left := copy(c.queue, c.queue[n:])
-	clear(c.queue[left:])
-	c.queue = c.queue[:left]
+	events := c.queue[:n:n]
 	c.writing = true
 	c.qmu.Unlock()
 	written := c.writeDirect(events)
 	c.qmu.Lock()
 	c.writing = false
-	if !written {
-		// Events queued meanwhile came after these.
-		c.queue = slices.Insert(c.queue, 0, events...)
+	if written {
+		left := copy(c.queue, c.queue[n:])
+		clear(c.queue[left:])
+		c.queue = c.queue[:left]
 	}
 	if len(c.queue) > 0 || c.rest != nil || c.closing || c.pingDue || c.pongDue {
 		c.startWriter()
@@ -144,6 +149,9 @@ func (c *Conn) writeDirect(events [][]byte) (written bool) {
 	*bp = frame
 	return true
 }
+
+// Conn is the hub's Flusher: DeliverMessage leaves messages for Flush.
+var _ hub.Flusher = (*Conn)(nil)
 
 // putFrame returns a frame's buffer to the pool (a large one is let go).
 func (c *Conn) putFrame(bp *[]byte, frame []byte) {
@@ -226,12 +234,18 @@ func rawConn(nc net.Conn) syscall.RawConn {
 type guardedConn struct {
 	net.Conn
 	allow atomic.Bool
+	// busy counts gorilla's writes under way: one let in just before a
+	// writer ended may still run when Flush takes the role, which then
+	// starts a writer instead of writing directly.
+	busy atomic.Int32
 }
 
 // errWriteOutsideWriter is what gorilla gets for a write outside a writer.
 var errWriteOutsideWriter = errors.New("websocket write outside the connection's writer")
 
 func (g *guardedConn) Write(p []byte) (int, error) {
+	g.busy.Add(1)
+	defer g.busy.Add(-1)
 	if !g.allow.Load() {
 		return 0, errWriteOutsideWriter
 	}
@@ -239,6 +253,8 @@ func (g *guardedConn) Write(p []byte) (int, error) {
 }
 
 func (g *guardedConn) SetWriteDeadline(t time.Time) error {
+	g.busy.Add(1)
+	defer g.busy.Add(-1)
 	if !g.allow.Load() {
 		return errWriteOutsideWriter
 	}
@@ -266,11 +282,7 @@ type guardingHijacker struct {
 }
 
 func (h guardingHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := h.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("websocket: the response cannot be hijacked")
-	}
-	nc, brw, err := hj.Hijack()
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}

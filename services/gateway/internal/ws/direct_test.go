@@ -209,3 +209,20 @@ func TestClientPingAndCloseAnsweredByTheWriter(t *testing.T) {
 		t.Errorf("after the client's close: %v, want close 4321 echoed", err)
 	}
 }
+
+// TestFlushLeavesAGorillaWriteToAWriter: while a write of gorilla's is
+// under way (let in before the last writer ended), a flush does not write
+// directly beside it but starts a writer.
+func TestFlushLeavesAGorillaWriteToAWriter(t *testing.T) {
+	t.Parallel()
+	s, c, client := startedSocket(t)
+	c.guard.busy.Add(1) // as gorilla's write from the reader
+	deliverFlushed(c, 1, "through a writer")
+	c.guard.busy.Add(-1)
+	if got, _ := readEvents(t, client, 1); got[0] != "through a writer" {
+		t.Fatalf("event %q, want the message", got[0])
+	}
+	if d := testutil.ToFloat64(s.metrics.framesDirect); d != 0 {
+		t.Errorf("%v direct frames beside gorilla's write, want 0", d)
+	}
+}
