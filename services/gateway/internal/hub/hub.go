@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -266,6 +267,33 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 }
 
+// flushChunk is how many members' flushes (a system call each) a
+// dispatcher makes itself for one event; a larger fanout's are spread over
+// goroutines, so that one large chat does not hold up the dispatcher's
+// other chats for thousands of calls. Order holds either way: each
+// connection's events are queued in order before its flush, which only
+// writes what is queued.
+const flushChunk = 256
+
+// flushAll flushes fs: the first flushChunk here, the rest in chunks on
+// goroutines of their own.
+func flushAll(fs []Flusher) {
+	if len(fs) > flushChunk {
+		// fs is the dispatcher's buffer, reused by its next event.
+		for chunk := range slices.Chunk(slices.Clone(fs[flushChunk:]), flushChunk) {
+			go func() {
+				for _, f := range chunk {
+					f.Flush()
+				}
+			}()
+		}
+		fs = fs[:flushChunk]
+	}
+	for _, f := range fs {
+		f.Flush()
+	}
+}
+
 // dispatch hands m to its chat's local members and returns flush, the
 // buffer of Flushers to call, for the next dispatch.
 func (h *Hub) dispatch(ctx context.Context, m *redis.Message, flush []Flusher) []Flusher {
@@ -307,10 +335,8 @@ func (h *Hub) dispatch(ctx context.Context, m *redis.Message, flush []Flusher) [
 		n++
 	}
 	h.mu.RUnlock()
-	for i, f := range flush {
-		f.Flush()
-		flush[i] = nil
-	}
+	flushAll(flush)
+	clear(flush)
 	h.delivered.Add(float64(n))
 	if env.AcceptedAt > 0 && !env.Duplicate {
 		// The time was taken on the chat service's host, whose clock

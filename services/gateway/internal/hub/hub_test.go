@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,4 +361,41 @@ func TestFanoutLatencyClampedAndLong(t *testing.T) {
 	if first := buckets[0]; first.GetCumulativeCount() != 1 {
 		t.Errorf("first bucket le=%v holds %d, want the clamped 0", first.GetUpperBound(), first.GetCumulativeCount())
 	}
+}
+
+// flushSink is a sink that counts its flushes.
+type flushSink struct {
+	sink
+	flushes atomic.Int64
+}
+
+func (s *flushSink) Flush() { s.flushes.Add(1) }
+
+// TestLargeFanoutIsFlushedOnce: every member of a chat larger than one
+// flush chunk is flushed once per event, the ones past the chunk on
+// goroutines of their own.
+func TestLargeFanoutIsFlushedOnce(t *testing.T) {
+	t.Parallel()
+	h, rdb, prefix := startHub(t)
+	sinks := make([]*flushSink, 2*flushChunk+10)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range sinks {
+		sinks[i] = &flushSink{}
+		if err := h.Join(ctx, sinks[i], []int64{9}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishEnvelope(t, rdb, prefix, fanout.Envelope{ChatID: 9, Seq: 1, Event: json.RawMessage(`{"n":1}`)})
+	flushed := func() (n int) {
+		for _, s := range sinks {
+			if len(s.got()) == 1 && s.flushes.Load() == 1 {
+				n++
+			}
+		}
+		return n
+	}
+	testenv.EventuallyDescribe(t, 5*time.Second, func() bool { return flushed() == len(sinks) }, func() string {
+		return fmt.Sprintf("%d of %d sinks got the event and one flush", flushed(), len(sinks))
+	})
 }
