@@ -101,9 +101,10 @@ func (c *Conn) Flush() {
 // writeDirect writes events as one frame, newline-delimited, with
 // non-blocking writes, on the caller's goroutine; call it in the writer's
 // role, with nothing queued before the events. It reports false when the
-// socket took none of the frame (the caller queues the events again for a
-// writer). Part of the frame written leaves the rest in c.rest for the
-// writer, which sends it before anything else.
+// socket took none of the frame (the events stay queued for a writer).
+// Part of the frame written leaves the rest in c.rest for the writer,
+// which sends it before anything else. A failed write closes the
+// connection and counts as written (nothing more goes out).
 func (c *Conn) writeDirect(events [][]byte) (written bool) {
 	defer func() {
 		// As in a writer: a panic ends the connection, not the gateway.
