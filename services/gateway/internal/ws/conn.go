@@ -69,10 +69,6 @@ type Conn struct {
 	// behind it (the writer starts with hello).
 	started atomic.Bool
 
-	// flushDue: the hub queued a message without starting a writer and
-	// calls Flush once its locks are released (direct.go); under qmu.
-	flushDue bool
-
 	// Direct writes (direct.go). raw is the socket's raw connection (nil:
 	// every event goes through a writer), guard the socket as gorilla
 	// sees it. rest is what is left of a frame written in part (restBuf
@@ -172,11 +168,10 @@ func (c *Conn) queueEvent(event []byte, deferred bool) {
 	}
 	c.queue = append(c.queue, event)
 	if c.started.Load() {
-		if deferred && c.raw != nil && !c.writing {
-			c.flushDue = true
-		} else {
+		if !deferred || c.raw == nil {
 			c.startWriter()
 		}
+		// Deferred: left for Flush (direct.go), unless a writer runs.
 	}
 	c.qmu.Unlock()
 }
@@ -378,7 +373,7 @@ func (c *Conn) write() {
 			c.finish(rest)
 			return
 		}
-		if c.rest != nil && !c.closing {
+		if c.rest != nil {
 			// The rest of a frame written directly goes first (finish
 			// sends it when closing).
 			c.qmu.Unlock()

@@ -64,12 +64,10 @@ func directFrame(b []byte, n int) []byte {
 func (c *Conn) Flush() {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	if !c.flushDue {
-		return
-	}
-	c.flushDue = false
-	if c.writing || c.closing || len(c.queue) == 0 {
-		return // a writer runs, or Close started one
+	// Without a writer, what is queued after hello was left for a flush
+	// (every other way of queuing starts a writer).
+	if c.raw == nil || c.writing || c.closing || len(c.queue) == 0 || !c.started.Load() {
+		return // nothing left for a flush, a writer runs, or Close started one
 	}
 	if c.pingDue || c.pongDue || c.guard.busy.Load() != 0 {
 		// A ping or pong first, or a write of gorilla's from the reader
