@@ -43,7 +43,7 @@ type Config struct {
 	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
 	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
-	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"20ms"`
+	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"10ms"`
 	// LeaderTTL is how long the writers' lock outlives its holder's last
 	// renewal: a standby replica takes over within about this after the
 	// storing one dies (at once after a clean shutdown).

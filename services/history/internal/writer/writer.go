@@ -84,7 +84,7 @@ type Config struct {
 	ID string
 	// BatchSize is the most messages stored at once. Default 500.
 	BatchSize int
-	// BatchWait is the longest a batch waits to fill. Default 20ms.
+	// BatchWait is the longest a batch waits to fill. Default 10ms.
 	BatchWait time.Duration
 	// LeaderTTL is how long the lock outlives its holder's last renewal: a
 	// standby takes over within about that after the holder dies. Default
@@ -112,7 +112,7 @@ func (c *Config) setDefaults() {
 		c.BatchSize = 500
 	}
 	if c.BatchWait <= 0 {
-		c.BatchWait = 20 * time.Millisecond
+		c.BatchWait = 10 * time.Millisecond
 	}
 	if c.LeaderTTL <= 0 {
 		c.LeaderTTL = 5 * time.Second
