@@ -156,6 +156,60 @@ func (a *api) chatNamed(ctx context.Context, token, name string, members []strin
 	return c, fmt.Errorf("chat %q exists but its creator is not in it", name)
 }
 
+// runChat is a chat a run created: its id, its creator's token and the
+// usernames of its other members.
+type runChat struct {
+	id      int64
+	token   string
+	members []string
+}
+
+// retireChats removes every member but the creator from each of chats once
+// a run is over. Every run against a bench state reuses the same users, so
+// members left in earlier runs' chats would make each later connection
+// subscribe to all of them and each chat list longer: the figures would
+// drift with the state's age. Failures are reported on log, not returned:
+// the run's figures stand either way.
+func (a *api) retireChats(ctx context.Context, log io.Writer, setup int, chats []runChat) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	var (
+		mu       sync.Mutex
+		failed   int
+		firstErr error
+	)
+	_ = parallel(ctx, len(chats), setup, func(ctx context.Context, i int) error {
+		if err := a.removeMembers(ctx, i, chats[i]); err != nil {
+			mu.Lock()
+			if failed++; firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}
+		return nil
+	})
+	if failed > 0 {
+		fmt.Fprintf(log, "%d of %d chats of the run not retired (members left in them): %v\n", failed, len(chats), firstErr)
+		return
+	}
+	fmt.Fprintf(log, "%d chats of the run retired (members removed) in %s\n", len(chats), time.Since(start).Round(time.Millisecond))
+}
+
+// removeMembers removes c's members (all but its creator), at most 100
+// per request as the API takes them.
+func (a *api) removeMembers(ctx context.Context, i int, c runChat) error {
+	for m := c.members; len(m) > 0; {
+		n := min(len(m), 100)
+		in := map[string]any{"remove_members": m[:n]}
+		if err := a.do(ctx, i, http.MethodPatch, fmt.Sprintf("/api/v1/chats/%d", c.id), c.token, in, nil); err != nil {
+			return err
+		}
+		m = m[n:]
+	}
+	return nil
+}
+
 // dialers open websockets from several loopback source addresses, so that
 // many connections to one gateway do not run out of ephemeral ports.
 type dialers []*websocket.Dialer

@@ -293,6 +293,14 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fanout: chats: %w", err)
 	}
+	// Deferred before the connections' close, so it runs after it: the
+	// removed members get no events.
+	retire := make([]runChat, cfg.Chats)
+	for c, id := range chatIDs {
+		first := c * cfg.Members
+		retire[c] = runChat{id: id, token: tokens[first], members: usernames[first+1 : first+cfg.Members]}
+	}
+	defer a.retireChats(ctx, cfg.Log, cfg.Setup, retire)
 	slowConns := 0
 	for c, id := range chatIDs {
 		fast := 0

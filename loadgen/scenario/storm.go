@@ -353,6 +353,14 @@ func RunStorm(ctx context.Context, cfg StormConfig) (*StormReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storm: chats: %w", err)
 	}
+	// After the connections' close (deferred below), through the gateway
+	// that stays up.
+	retire := make([]runChat, cfg.Chats)
+	for c, id := range chatIDs {
+		first := c * cfg.Members
+		retire[c] = runChat{id: id, token: tokens[first], members: names[first+1 : first+cfg.Members]}
+	}
+	defer r.resumeAPI.retireChats(ctx, cfg.Log, cfg.Setup, retire)
 
 	// Client k is user k mod users (of chat (k mod users) / members).
 	fmt.Fprintf(cfg.Log, "storm: opening %d websockets to %s and %d senders to %s ...\n",

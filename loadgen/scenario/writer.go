@@ -131,6 +131,7 @@ type writerRun struct {
 	pool     *pgxpool.Pool
 	chats    []protocol.Chat
 	senders  []protocol.Member
+	retire   []runChat // the chats, for retireChats
 }
 
 // RunWriter runs the writer scenario: a backlog drained by the history
@@ -161,6 +162,7 @@ func RunWriter(ctx context.Context, cfg WriterConfig) (*WriterReport, error) {
 	if err := r.setup(ctx); err != nil {
 		return nil, err
 	}
+	defer newAPI(cfg.Gateways).retireChats(ctx, cfg.Log, cfg.Setup, r.retire)
 	if cfg.Ingress != IngressChat && cfg.Ingress != IngressSingle {
 		return nil, fmt.Errorf("writer: ingress %q: want %s or %s", cfg.Ingress, IngressChat, IngressSingle)
 	}
@@ -195,12 +197,14 @@ func (r *writerRun) setup(ctx context.Context) error {
 	}
 	r.chats = make([]protocol.Chat, cfg.Chats)
 	r.senders = make([]protocol.Member, cfg.Chats)
+	r.retire = make([]runChat, cfg.Chats)
 	return parallel(ctx, cfg.Chats, cfg.Setup, func(ctx context.Context, c int) error {
 		ch, err := a.createChatFull(ctx, c, tokens[2*c], fmt.Sprintf("lg-w-%s-%d", cfg.RunID, c), names[2*c+1:2*c+2])
 		if err != nil {
 			return fmt.Errorf("writer: chat: %w", err)
 		}
 		r.chats[c] = ch
+		r.retire[c] = runChat{id: ch.ID, token: tokens[2*c], members: names[2*c+1 : 2*c+2]}
 		for _, m := range ch.Members {
 			if m.Username == names[2*c] {
 				r.senders[c] = m

@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string) error {
 	subjectPrefix := fs.String("subject-prefix", "comms", "the services' NATS subject prefix (writer)")
 	redisPrefix := fs.String("redis-prefix", "comms", "the services' Redis key prefix (writer)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|slow|idle|writer|history|storm|broadcast [scenario flags]")
+		fmt.Fprintln(fs.Output(), "usage: loadgen [flags] fanout|slow|idle|writer|history|storm|broadcast|cleanup [scenario flags]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -183,6 +183,16 @@ func run(ctx context.Context, args []string) error {
 		}
 		rep.WriteTable(os.Stdout)
 		return writeJSON(*jsonPath, rep)
+	case "cleanup":
+		sf := flag.NewFlagSet("cleanup", flag.ContinueOnError)
+		cfg := scenario.CleanupConfig{Target: target, Setup: *setup, Log: os.Stderr, TokenFile: *tokens}
+		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix of the users whose chats are retired")
+		sf.IntVar(&cfg.Users, "count", 10000, "users looked at: prefix followed by 000000 to count-1 (those with a token in -tokens)")
+		if err := sf.Parse(scenarioArgs); err != nil {
+			return err
+		}
+		_, err := scenario.Cleanup(ctx, cfg)
+		return err
 	case "storm":
 		sf := flag.NewFlagSet("storm", flag.ContinueOnError)
 		cfg := scenario.StormConfig{Target: target, Sources: *sources, Setup: *setup, Password: *password, Log: os.Stderr, TokenFile: *tokens}
