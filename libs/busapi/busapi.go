@@ -224,7 +224,12 @@ type HistoryRequest struct {
 	Limit     int   `json:"limit"`
 }
 
-// LatestRequest asks for the newest stored sequence of each chat.
+// MaxLatestChats bounds the chats of one LatestRequest; a caller with more
+// splits them over several requests.
+const MaxLatestChats = 10000
+
+// LatestRequest asks for the newest stored sequence of each chat (at most
+// MaxLatestChats).
 type LatestRequest struct {
 	ChatIDs []int64 `json:"chat_ids"`
 }

@@ -5,6 +5,8 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/communications/communications/libs/busapi"
@@ -122,8 +124,17 @@ func (c *Client) GetChat(ctx context.Context, userID, chatID int64) (busapi.Chat
 	return call[busapi.Chat](ctx, c, c.subj.ChatGet(), busapi.ChatRequest{UserID: userID, ChatID: chatID})
 }
 
-// Latest returns the newest stored sequence of each of the chats.
+// Latest returns the newest stored sequence of each of the chats, asking
+// history for at most busapi.MaxLatestChats at a time (a gateway's
+// connections may be in many more chats than that together).
 func (c *Client) Latest(ctx context.Context, chatIDs []int64) (map[string]int64, error) {
-	r, err := call[busapi.Latest](ctx, c, c.subj.HistoryLatest(), busapi.LatestRequest{ChatIDs: chatIDs})
-	return r.Seqs, err
+	seqs := make(map[string]int64, len(chatIDs))
+	for part := range slices.Chunk(chatIDs, busapi.MaxLatestChats) {
+		r, err := call[busapi.Latest](ctx, c, c.subj.HistoryLatest(), busapi.LatestRequest{ChatIDs: part})
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(seqs, r.Seqs)
+	}
+	return seqs, nil
 }

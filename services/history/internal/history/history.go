@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/protocol"
 )
 
@@ -129,7 +130,7 @@ type PageStore interface {
 }
 
 // MaxLatestChats bounds the chats of one Latest request.
-const MaxLatestChats = 10000
+const MaxLatestChats = busapi.MaxLatestChats
 
 // Service answers history page requests. Who may read a chat is decided by
 // the chat service, which the transport asks (through a short cache of
