@@ -54,21 +54,34 @@ func (f *fakeChats) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(path, "/api/v1/chats/"):
 		id, _ := strconv.ParseInt(strings.TrimPrefix(path, "/api/v1/chats/"), 10, 64)
 		c, ok := f.chats[id]
-		if !ok || !isMember(c) {
+		if !ok {
+			http.Error(w, `{"error":{"code":"chat_not_found"}}`, http.StatusNotFound)
+			return
+		}
+		if !isMember(c) {
 			http.Error(w, `{"error":{"code":"not_a_member"}}`, http.StatusForbidden)
 			return
 		}
 		if r.Method == http.MethodPatch {
+			if c.CreatorID != me.ID {
+				http.Error(w, `{"error":{"code":"not_creator"}}`, http.StatusForbidden)
+				return
+			}
 			var in struct {
 				RemoveMembers []string `json:"remove_members"`
 			}
 			if err := json.NewDecoder(r.Body).Decode(&in); err != nil || len(in.RemoveMembers) > 100 {
-				http.Error(w, `{"error":{"code":"invalid"}}`, http.StatusBadRequest)
+				http.Error(w, `{"error":{"code":"invalid_input"}}`, http.StatusBadRequest)
 				return
 			}
-			if c.CreatorID != me.ID {
-				http.Error(w, `{"error":{"code":"not_creator"}}`, http.StatusForbidden)
-				return
+			// As the chat service: naming the creator or someone who is
+			// not a member refuses the whole request.
+			for _, name := range in.RemoveMembers {
+				i := slices.IndexFunc(c.Members, func(m protocol.Member) bool { return m.Username == name })
+				if i < 0 || c.Members[i].ID == c.CreatorID {
+					http.Error(w, `{"error":{"code":"invalid_input"}}`, http.StatusBadRequest)
+					return
+				}
 			}
 			f.patches++
 			c.Members = slices.DeleteFunc(c.Members, func(m protocol.Member) bool {
@@ -115,7 +128,7 @@ func TestRetireChatsRemovesAllButTheCreatorInChunks(t *testing.T) {
 		name    string
 		creator int
 		size    int
-	}{1: {"lg-a-0", 0, 250}, 2: {"lg-a-1", 0, 3}, 3: {"lg-a-2", 1, 3}})
+	}{1: {"lg-a-0", 0, 250}, 2: {"lg-a-1", 0, 3}, 3: {"lg-a-2", 1, 3}, 4: {"lg-a-3", 0, 3}})
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	names := func(from, to int) []string {
@@ -127,11 +140,14 @@ func TestRetireChatsRemovesAllButTheCreatorInChunks(t *testing.T) {
 	}
 	var log bytes.Buffer
 	a := newAPI([]string{srv.URL})
-	// Chat 3 is not u000000's: its retirement fails and is reported.
+	// Chat 3 is not u000000's, and chat 4's list names its creator: their
+	// retirement fails and is reported. Entry 0 is a chat never created.
 	a.retireChats(context.Background(), &log, 4, []runChat{
+		{},
 		{id: 1, token: "t0", members: names(1, 250)},
 		{id: 2, token: "t0", members: names(1, 3)},
 		{id: 3, token: "t0", members: names(0, 1)},
+		{id: 4, token: "t0", members: names(0, 3)},
 	})
 	if got := f.members(1); got != 1 {
 		t.Errorf("chat 1 has %d members after retiring, want its creator only", got)
@@ -142,10 +158,16 @@ func TestRetireChatsRemovesAllButTheCreatorInChunks(t *testing.T) {
 	if got := f.members(3); got != 3 {
 		t.Errorf("chat 3 (someone else's) has %d members, want 3", got)
 	}
-	if f.patches != 4 { // 249 members: 100 + 100 + 49; then 2
-		t.Errorf("%d PATCH requests, want 4", f.patches)
+	if got := f.members(4); got != 3 {
+		t.Errorf("chat 4 (a list with its creator) has %d members, want 3", got)
 	}
-	if !strings.Contains(log.String(), "1 of 3 chats of the run not retired") || !strings.Contains(log.String(), "not_creator") {
+	f.mu.Lock()
+	patches := f.patches
+	f.mu.Unlock()
+	if patches != 4 { // 249 members: 100 + 100 + 49; then 2
+		t.Errorf("%d PATCH requests done, want 4", patches)
+	}
+	if !strings.Contains(log.String(), "2 of 4 chats of the run not retired") {
 		t.Errorf("log does not report the failure: %q", log.String())
 	}
 }

@@ -284,23 +284,21 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	}
 	fmt.Fprintf(cfg.Log, "fanout: users ready in %s; creating %d chats ...\n", time.Since(start).Round(time.Millisecond), cfg.Chats)
 	chatIDs := make([]int64, cfg.Chats)
+	// Deferred before the connections' close, so it runs after it (the
+	// removed members get no events), and before the chats are made, so a
+	// set-up that fails half way retires those it made.
+	retire := make([]runChat, cfg.Chats)
+	defer func() { a.retireChats(ctx, cfg.Log, cfg.Setup, retire) }()
 	err = parallel(ctx, cfg.Chats, cfg.Setup, func(ctx context.Context, c int) error {
 		first := c * cfg.Members
 		id, err := a.createChat(ctx, c, tokens[first], fmt.Sprintf("lg-%s-%d", cfg.RunID, c), usernames[first+1:first+cfg.Members])
 		chatIDs[c] = id
+		retire[c] = runChat{id: id, token: tokens[first], members: usernames[first+1 : first+cfg.Members]}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fanout: chats: %w", err)
 	}
-	// Deferred before the connections' close, so it runs after it: the
-	// removed members get no events.
-	retire := make([]runChat, cfg.Chats)
-	for c, id := range chatIDs {
-		first := c * cfg.Members
-		retire[c] = runChat{id: id, token: tokens[first], members: usernames[first+1 : first+cfg.Members]}
-	}
-	defer a.retireChats(ctx, cfg.Log, cfg.Setup, retire)
 	slowConns := 0
 	for c, id := range chatIDs {
 		fast := 0

@@ -344,23 +344,21 @@ func RunStorm(ctx context.Context, cfg StormConfig) (*StormReport, error) {
 	}
 	r.tokens = tokens
 	chatIDs := make([]int64, cfg.Chats)
+	// After the connections' close (deferred below), through the gateway
+	// that stays up; registered first, so a failed set-up retires what it
+	// made.
+	retire := make([]runChat, cfg.Chats)
+	defer func() { r.resumeAPI.retireChats(ctx, cfg.Log, cfg.Setup, retire) }()
 	err = parallel(ctx, cfg.Chats, cfg.Setup, func(ctx context.Context, c int) error {
 		first := c * cfg.Members
 		id, err := a.createChat(ctx, c, tokens[first], fmt.Sprintf("lg-s-%s-%d", cfg.RunID, c), names[first+1:first+cfg.Members])
 		chatIDs[c] = id
+		retire[c] = runChat{id: id, token: tokens[first], members: names[first+1 : first+cfg.Members]}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("storm: chats: %w", err)
 	}
-	// After the connections' close (deferred below), through the gateway
-	// that stays up.
-	retire := make([]runChat, cfg.Chats)
-	for c, id := range chatIDs {
-		first := c * cfg.Members
-		retire[c] = runChat{id: id, token: tokens[first], members: names[first+1 : first+cfg.Members]}
-	}
-	defer r.resumeAPI.retireChats(ctx, cfg.Log, cfg.Setup, retire)
 
 	// Client k is user k mod users (of chat (k mod users) / members).
 	fmt.Fprintf(cfg.Log, "storm: opening %d websockets to %s and %d senders to %s ...\n",

@@ -159,12 +159,14 @@ func RunWriter(ctx context.Context, cfg WriterConfig) (*WriterReport, error) {
 		return nil, fmt.Errorf("writer: %w", err)
 	}
 	defer r.pool.Close()
-	if err := r.setup(ctx); err != nil {
-		return nil, err
-	}
-	defer newAPI(cfg.Gateways).retireChats(ctx, cfg.Log, cfg.Setup, r.retire)
 	if cfg.Ingress != IngressChat && cfg.Ingress != IngressSingle {
 		return nil, fmt.Errorf("writer: ingress %q: want %s or %s", cfg.Ingress, IngressChat, IngressSingle)
+	}
+	// Registered before the set-up, so one that fails half way retires
+	// the chats it made.
+	defer func() { newAPI(cfg.Gateways).retireChats(ctx, cfg.Log, cfg.Setup, r.retire) }()
+	if err := r.setup(ctx); err != nil {
+		return nil, err
 	}
 	rep := &WriterReport{Scenario: "writer", Chats: cfg.Chats, Rate: max(cfg.Rate, 0), Ingress: cfg.Ingress, DurationSec: cfg.Duration.Seconds()}
 	before := snapshot(cfg.Pids)
@@ -200,11 +202,11 @@ func (r *writerRun) setup(ctx context.Context) error {
 	r.retire = make([]runChat, cfg.Chats)
 	return parallel(ctx, cfg.Chats, cfg.Setup, func(ctx context.Context, c int) error {
 		ch, err := a.createChatFull(ctx, c, tokens[2*c], fmt.Sprintf("lg-w-%s-%d", cfg.RunID, c), names[2*c+1:2*c+2])
+		r.retire[c] = runChat{id: ch.ID, token: tokens[2*c], members: names[2*c+1 : 2*c+2]}
 		if err != nil {
 			return fmt.Errorf("writer: chat: %w", err)
 		}
 		r.chats[c] = ch
-		r.retire[c] = runChat{id: ch.ID, token: tokens[2*c], members: names[2*c+1 : 2*c+2]}
 		for _, m := range ch.Members {
 			if m.Username == names[2*c] {
 				r.senders[c] = m
