@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -98,10 +99,14 @@ type FanoutReport struct {
 	// OtherChats counts messages of chats outside this run that the
 	// connections received (a backlog of an earlier run on the same
 	// users); they are not counted elsewhere.
-	OtherChats int64     `json:"messages_of_other_chats"`
-	OutOfOrder int64     `json:"out_of_order"`
-	Latency    Latency   `json:"latency"`
-	Processes  []Process `json:"processes"`
+	OtherChats int64   `json:"messages_of_other_chats"`
+	OutOfOrder int64   `json:"out_of_order"`
+	Latency    Latency `json:"latency"`
+	// WorstSeconds are the three seconds of intended send time whose
+	// slowest delivery was slowest: when the tail happened, to match
+	// against the services' logs.
+	WorstSeconds []WorstSecond `json:"worst_seconds"`
+	Processes    []Process     `json:"processes"`
 	// CPU per delivered message, in microseconds: of the gateways, of all
 	// server processes, and of the load generator.
 	GatewayCPUPerDeliveryUs float64 `json:"gateway_cpu_us_per_delivery"`
@@ -114,6 +119,30 @@ type FanoutReport struct {
 	// GatewayRSSKiB holds each gateway's resident memory sampled every
 	// second while sending and draining.
 	GatewayRSSKiB map[string][]int64 `json:"gateway_rss_kib_samples"`
+}
+
+// WorstSecond is one second of intended send time and its slowest
+// delivery.
+type WorstSecond struct {
+	At    time.Time `json:"at"`
+	MaxMs float64   `json:"max_ms"`
+}
+
+// worstSeconds returns the n seconds of shards' records with the highest
+// latency, the highest first.
+func worstSeconds(shards []shard, n int) []WorstSecond {
+	all := map[int64]int64{}
+	for i := range shards {
+		for sec, us := range shards[i].worst {
+			all[sec] = max(all[sec], us)
+		}
+	}
+	secs := slices.SortedFunc(maps.Keys(all), func(a, b int64) int { return cmp.Compare(all[b], all[a]) })
+	out := make([]WorstSecond, 0, n)
+	for _, sec := range secs[:min(n, len(secs))] {
+		out = append(out, WorstSecond{At: time.Unix(sec, 0).UTC(), MaxMs: float64(all[sec]) / 1e3})
+	}
+	return out
 }
 
 // isSlow reports whether connection k is one of the fraction slow that
@@ -129,6 +158,9 @@ const latencyShards = 32
 type shard struct {
 	mu sync.Mutex
 	h  *hdrhistogram.Histogram
+	// worst holds the highest latency (µs) of the sends intended in each
+	// second (unix seconds), to find when a stall happened.
+	worst map[int64]int64
 }
 
 // fanoutRun is the state of one run shared by its goroutines.
@@ -417,6 +449,7 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	ms := func(us int64) float64 { return float64(us) / 1e3 }
 	rep.Latency = Latency{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
 		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
+	rep.WorstSeconds = worstSeconds(r.shards[:], 3)
 	rep.Processes = processes(cfg.Pids, before, after)
 	if rep.Received > 0 {
 		per := func(cpu float64) float64 { return cpu * 1e6 / float64(rep.Received) }
@@ -570,6 +603,16 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 	}
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
+	if len(rep.WorstSeconds) > 0 {
+		var b strings.Builder
+		for i, ws := range rep.WorstSeconds {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s %.0f", ws.At.Format("15:04:05"), ws.MaxMs)
+		}
+		row("worst seconds (UTC, max ms)", b.String())
+	}
 	if rep.SlowConnections > 0 {
 		row("slow connections", rep.SlowConnections)
 		for _, how := range ErrorCodes(rep.SlowClosed) {

@@ -197,8 +197,14 @@ func (sh *shard) recordStamp(text []byte, now int64) {
 		return
 	}
 	if at, ok := stamp.Parse(text[1 : len(text)-1]); ok {
+		us := max((now-at)/1e3, 1)
+		sec := at / 1e9
 		sh.mu.Lock()
-		_ = sh.h.RecordValue(max((now-at)/1e3, 1))
+		_ = sh.h.RecordValue(us)
+		if sh.worst == nil {
+			sh.worst = map[int64]int64{}
+		}
+		sh.worst[sec] = max(sh.worst[sec], us)
 		sh.mu.Unlock()
 	}
 }

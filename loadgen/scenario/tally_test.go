@@ -3,8 +3,13 @@ package scenario
 import (
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 func TestSeqTally(t *testing.T) {
@@ -114,5 +119,27 @@ func TestTokenCache(t *testing.T) {
 	}
 	if _, err := loadTokens(path); err == nil {
 		t.Error("no error for a corrupt file")
+	}
+}
+
+func TestWorstSeconds(t *testing.T) {
+	shards := make([]shard, 2)
+	for i := range shards {
+		shards[i].h = hdrhistogram.New(1, 60_000_000, 3)
+	}
+	at := func(sec int64) []byte { return []byte(`"lg:` + strconv.FormatInt(sec*1e9+5e8, 10) + `"`) }
+	// Sends intended in seconds 100 to 103, received 1 ms to 400 ms later.
+	shards[0].recordStamp(at(100), 100*1e9+5e8+1e6)
+	shards[1].recordStamp(at(100), 100*1e9+5e8+300e6)
+	shards[0].recordStamp(at(101), 101*1e9+5e8+2e6)
+	shards[1].recordStamp(at(102), 102*1e9+5e8+400e6)
+	shards[0].recordStamp(at(103), 103*1e9+5e8+50e6)
+	got := worstSeconds(shards, 3)
+	want := []WorstSecond{{time.Unix(102, 0).UTC(), 400}, {time.Unix(100, 0).UTC(), 300}, {time.Unix(103, 0).UTC(), 50}}
+	if !slices.Equal(got, want) {
+		t.Errorf("worst seconds %v, want %v", got, want)
+	}
+	if n := len(worstSeconds(shards[:1], 10)); n != 3 {
+		t.Errorf("%d seconds from one shard, want 3", n)
 	}
 }
