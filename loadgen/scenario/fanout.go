@@ -137,12 +137,24 @@ func worstSeconds(shards []shard, n int) []WorstSecond {
 			all[sec] = max(all[sec], us)
 		}
 	}
-	secs := slices.SortedFunc(maps.Keys(all), func(a, b int64) int { return cmp.Compare(all[b], all[a]) })
+	secs := slices.SortedFunc(maps.Keys(all), func(a, b int64) int { return cmp.Or(cmp.Compare(all[b], all[a]), cmp.Compare(a, b)) })
 	out := make([]WorstSecond, 0, n)
 	for _, sec := range secs[:min(n, len(secs))] {
 		out = append(out, WorstSecond{At: time.Unix(sec, 0).UTC(), MaxMs: float64(all[sec]) / 1e3})
 	}
 	return out
+}
+
+// worstText lists worst seconds as "15:04:05 MS, ...".
+func worstText(ws []WorstSecond) string {
+	var b strings.Builder
+	for i, w := range ws {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %.0f", w.At.Format("15:04:05"), w.MaxMs)
+	}
+	return b.String()
 }
 
 // isSlow reports whether connection k is one of the fraction slow that
@@ -604,14 +616,7 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
 	if len(rep.WorstSeconds) > 0 {
-		var b strings.Builder
-		for i, ws := range rep.WorstSeconds {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "%s %.0f", ws.At.Format("15:04:05"), ws.MaxMs)
-		}
-		row("worst seconds (UTC, max ms)", b.String())
+		row("worst seconds (UTC, max ms)", worstText(rep.WorstSeconds))
 	}
 	if rep.SlowConnections > 0 {
 		row("slow connections", rep.SlowConnections)

@@ -76,8 +76,11 @@ type HistoryReport struct {
 	ShortPages int64            `json:"short_pages"`
 	Errors     map[string]int64 `json:"errors"`
 	// Latency is from a request's intended start to its whole answer read.
-	Latency   Latency   `json:"latency"`
-	Processes []Process `json:"processes"`
+	Latency Latency `json:"latency"`
+	// WorstSeconds are the three seconds of intended start whose slowest
+	// request was slowest.
+	WorstSeconds []WorstSecond `json:"worst_seconds"`
+	Processes    []Process     `json:"processes"`
 }
 
 // RunHistory reads pages of a long chat through the gateways' HTTP API at a
@@ -163,11 +166,7 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 				mu.Unlock()
 				return
 			}
-			us := max(time.Since(intended).Microseconds(), 1)
-			sh := &shards[i%latencyShards]
-			sh.mu.Lock()
-			_ = sh.h.RecordValue(us)
-			sh.mu.Unlock()
+			shards[i%latencyShards].record(max(time.Since(intended).Microseconds(), 1), intended.UnixNano())
 			ok.Add(1)
 			if n < cfg.Limit {
 				shrt.Add(1)
@@ -183,6 +182,7 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 		h.Merge(shards[i].h)
 	}
 	rep.Latency = latencyOf(h)
+	rep.WorstSeconds = worstSeconds(shards[:], 3)
 	return rep, nil
 }
 
@@ -291,5 +291,8 @@ func (rep *HistoryReport) WriteTable(w io.Writer) {
 	}
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
+	if len(rep.WorstSeconds) > 0 {
+		row("worst seconds (UTC, max ms)", worstText(rep.WorstSeconds))
+	}
 	writeProcessesPer(w, rep.Processes, rep.OK, "request")
 }

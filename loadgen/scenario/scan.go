@@ -197,14 +197,21 @@ func (sh *shard) recordStamp(text []byte, now int64) {
 		return
 	}
 	if at, ok := stamp.Parse(text[1 : len(text)-1]); ok {
-		us := max((now-at)/1e3, 1)
-		sec := at / 1e9
-		sh.mu.Lock()
-		_ = sh.h.RecordValue(us)
-		if sh.worst == nil {
-			sh.worst = map[int64]int64{}
-		}
-		sh.worst[sec] = max(sh.worst[sec], us)
-		sh.mu.Unlock()
+		sh.record(max((now-at)/1e3, 1), at)
 	}
+}
+
+// record records a latency of us microseconds of something intended at
+// the unix nanosecond at.
+func (sh *shard) record(us, at int64) {
+	sec := at / 1e9
+	sh.mu.Lock()
+	_ = sh.h.RecordValue(us)
+	if sh.worst == nil {
+		sh.worst = map[int64]int64{}
+	}
+	if us > sh.worst[sec] {
+		sh.worst[sec] = us
+	}
+	sh.mu.Unlock()
 }
