@@ -2,21 +2,14 @@ package upstream
 
 import (
 	"context"
-	"io"
 	"slices"
 	"strconv"
 	"sync"
 	"testing"
-	"time"
-
-	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
-	"github.com/communications/communications/libs/subjects"
-	"github.com/communications/communications/libs/telemetry"
-	"github.com/communications/communications/libs/testenv"
 )
 
 // historyLatestStub answers latest-sequence requests on a real NATS server
@@ -26,17 +19,12 @@ import (
 // size of every request it got.
 func historyLatestStub(t *testing.T, refuse int64) (*Client, func() []int) {
 	t.Helper()
-	nc := testenv.NATSConn(t)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, srv, subj, client := natsStub(t)
 	var (
 		mu    sync.Mutex
 		sizes []int
 	)
-	srv := natsbus.NewServer(nc, noop.NewTracerProvider(), telemetry.NewLogger(io.Discard, 0), 5*time.Second)
-	_, err = natsbus.Handle(context.Background(), srv, subj.HistoryLatest(), "history",
+	_, err := natsbus.Handle(context.Background(), srv, subj.HistoryLatest(), "history",
 		func(_ context.Context, req busapi.LatestRequest) (busapi.Latest, error) {
 			mu.Lock()
 			sizes = append(sizes, len(req.ChatIDs))
@@ -58,7 +46,7 @@ func historyLatestStub(t *testing.T, refuse int64) (*Client, func() []int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(natsbus.NewClient(nc, noop.NewTracerProvider()), subj, 5*time.Second), func() []int {
+	return client, func() []int {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Clone(sizes)

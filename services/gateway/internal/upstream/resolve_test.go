@@ -2,19 +2,13 @@ package upstream
 
 import (
 	"context"
-	"io"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/trace/noop"
-
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
-	"github.com/communications/communications/libs/subjects"
-	"github.com/communications/communications/libs/telemetry"
-	"github.com/communications/communications/libs/testenv"
 )
 
 // authStub answers session lookups on a real NATS server as the auth
@@ -29,14 +23,9 @@ func authStub(t *testing.T) (*Client, *atomic.Int64) {
 // answers each lookup, before the answer leaves.
 func authStubDuring(t *testing.T, during func()) (*Client, *atomic.Int64) {
 	t.Helper()
-	nc := testenv.NATSConn(t)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, srv, subj, client := natsStub(t)
 	var lookups atomic.Int64
-	srv := natsbus.NewServer(nc, noop.NewTracerProvider(), telemetry.NewLogger(io.Discard, 0), 5*time.Second)
-	_, err = natsbus.Handle(context.Background(), srv, subj.AuthSession(), "auth",
+	_, err := natsbus.Handle(context.Background(), srv, subj.AuthSession(), "auth",
 		func(_ context.Context, req busapi.SessionRequest) (busapi.Session, error) {
 			lookups.Add(1)
 			if during != nil {
@@ -55,7 +44,7 @@ func authStubDuring(t *testing.T, during func()) (*Client, *atomic.Int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(natsbus.NewClient(nc, noop.NewTracerProvider()), subj, 5*time.Second), &lookups
+	return client, &lookups
 }
 
 // TestResolveSessionCurrent: a new websocket's lookup may stand for its own

@@ -2,18 +2,13 @@ package upstream
 
 import (
 	"context"
-	"io"
 	"sync"
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/trace/noop"
-
 	"github.com/communications/communications/libs/busapi"
 	"github.com/communications/communications/libs/natsbus"
 	"github.com/communications/communications/libs/protocol"
-	"github.com/communications/communications/libs/subjects"
-	"github.com/communications/communications/libs/telemetry"
 	"github.com/communications/communications/libs/testenv"
 )
 
@@ -249,13 +244,8 @@ func (a *fakeAuth) count() int {
 
 func startFakeAuth(t *testing.T) (*Client, *fakeAuth) {
 	t.Helper()
-	nc := testenv.NATSConn(t)
-	subj, err := subjects.New(testenv.SubjectPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, srv, subj, client := natsStub(t)
 	fa := &fakeAuth{}
-	srv := natsbus.NewServer(nc, noop.NewTracerProvider(), telemetry.NewLogger(io.Discard, 0), 5*time.Second)
 	if _, err := natsbus.Handle(context.Background(), srv, subj.AuthSession(), "auth",
 		func(_ context.Context, req busapi.SessionRequest) (busapi.Session, error) {
 			fa.mu.Lock()
@@ -284,7 +274,7 @@ func startFakeAuth(t *testing.T) (*Client, *fakeAuth) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return New(natsbus.NewClient(nc, noop.NewTracerProvider()), subj, 5*time.Second), fa
+	return client, fa
 }
 
 // TestCachedSessionsRefresh: CachedSessions resolves a session once, serves
