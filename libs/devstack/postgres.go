@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -153,6 +154,8 @@ func StartPostgres(ctx context.Context, dir string, opts PostgresOptions) (*Post
 		}
 		if opts.Ephemeral {
 			args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+		} else {
+			args = append(args, "-c", "shared_buffers="+sharedBuffers(memTotal()))
 		}
 		cmd := exec.Command(filepath.Join(bindir, "postgres"), args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
@@ -251,4 +254,34 @@ func reachableBy(dir string, cred *syscall.Credential) bool {
 			return true
 		}
 	}
+}
+
+// sharedBuffers sizes PostgreSQL's buffer cache for a durable stack on a
+// machine with mem bytes of memory (0: unknown): an eighth of it (every
+// service of the stack shares the machine), at least PostgreSQL's default
+// 128 MB and at most 2 GB. With the default, the history writer's inserts
+// into a grown messages table keep evicting the index pages they need
+// next (docs/benchmarks.md, "History writer, third round").
+func sharedBuffers(mem uint64) string {
+	const mb = 1 << 20
+	size := min(max(mem/8, 128*mb), 2048*mb)
+	return strconv.FormatUint(size/mb, 10) + "MB"
+}
+
+// memTotal returns the machine's memory in bytes from /proc/meminfo, or 0.
+func memTotal() uint64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -120,6 +120,10 @@ func runStack(ctx context.Context, root, stateDir, natsBin string, restartGatewa
 		{name: "history", pkg: "history", debugPort: ports[2], env: map[string]string{
 			"HISTORY_NATS_URL": nt.URL(), "HISTORY_POSTGRES_URL": pgURL, "HISTORY_REDIS_URL": rd.URL(),
 			"HISTORY_DEBUG_ADDR": addr(ports[2]),
+			// Collections four times rarer than Go's default: the
+			// writer allocates per message and keeps little
+			// (services/history/README.md, "Runtime settings").
+			"GOGC": "400",
 		}},
 	}
 	for i, port := range []int{ports[3], ports[4]} {

@@ -42,7 +42,7 @@ type Config struct {
 	DebugAddr       string        `env:"DEBUG_ADDR" envDefault:"127.0.0.1:9103"`
 	RequestTimeout  time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
-	BatchSize       int           `env:"BATCH_SIZE" envDefault:"500"`
+	BatchSize       int           `env:"BATCH_SIZE" envDefault:"2000"`
 	BatchWait       time.Duration `env:"BATCH_WAIT" envDefault:"10ms"`
 	// LeaderTTL is how long the writers' lock outlives its holder's last
 	// renewal: a standby replica takes over within about this after the

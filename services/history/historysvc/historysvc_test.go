@@ -57,7 +57,7 @@ func TestConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("load: %v", err)
 				}
-				if cfg.BatchSize != 500 || cfg.BatchWait != 10*time.Millisecond || cfg.LeaderTTL != 5*time.Second || cfg.RedisPrefix != "comms" {
+				if cfg.BatchSize != 2000 || cfg.BatchWait != 10*time.Millisecond || cfg.LeaderTTL != 5*time.Second || cfg.RedisPrefix != "comms" {
 					t.Errorf("defaults not applied: %+v", cfg)
 				}
 				return

@@ -13,6 +13,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,10 +36,18 @@ func Migrations() fs.FS {
 const MigrationTable = "history_schema_version"
 
 // Store implements the writer's batch store and history.PageStore.
-type Store struct{ pool *pgxpool.Pool }
+type Store struct {
+	pool *pgxpool.Pool
+	// lookups counts the batches stored again with the lookup of their
+	// keys (for tests).
+	lookups atomic.Int64
+}
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// pgUniqueViolation is PostgreSQL's SQLSTATE for a unique key refusing a row.
+const pgUniqueViolation = "23505"
 
 type msgKey struct {
 	chatID, senderID int64
@@ -131,34 +140,72 @@ func (s *Store) StoreBatch(ctx context.Context, msgs []history.Message) ([]histo
 // row lock makes this one wait for that commit) the batch fails with
 // history.ErrPositionMoved and nothing is stored.
 func (s *Store) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
-	out := make([]history.Stored, len(msgs))
 	if len(msgs) == 0 && adv.Stream == "" {
-		return out, nil
+		return make([]history.Stored, 0), nil
 	}
-	// Collapse duplicates inside the batch: first[k] is the index of the
-	// first message with key k; later ones point at it.
+	p := prepare(msgs)
+	// Most batches hold no message stored before (a retry within the
+	// stream's duplicate window never reaches the writer), so the batch
+	// is first stored without looking its keys up: the unique key then
+	// refuses a message stored before, the transaction is rolled back
+	// and the batch stored again with the lookup. A change that would be
+	// rejected may be a retry of one stored before (a deletion's retry
+	// finds its target deleted), so it is decided with the lookup too.
+	out, err := s.storeTx(ctx, p, adv, false)
+	if errors.Is(err, errNeedsLookup) {
+		s.lookups.Add(1)
+		out, err = s.storeTx(ctx, p, adv, true)
+	}
+	return out, err
+}
+
+// errNeedsLookup is storeTx's answer, without the lookup, when the unique
+// key refused a message of the batch stored before, or a change of the
+// batch would be rejected.
+var errNeedsLookup = errors.New("store batch: a message may have been stored before")
+
+// clientMsgKey is the unique key on (chat, sender, client message id).
+const clientMsgKey = "messages_client_msg_key"
+
+// prepared is a batch with the duplicates inside it collapsed.
+type prepared struct {
+	msgs []history.Message
+	// origin[i] is the index of the first message with msgs[i]'s key.
+	origin []int
+	// chats are the batch's chats, ascending.
+	chats                []int64
+	keyChats, keySenders []int64
+	keyClients           []string
+	tgtChats, tgtSeqs    []int64
+}
+
+func prepare(msgs []history.Message) *prepared {
+	p := &prepared{msgs: msgs, origin: make([]int, len(msgs))}
 	first := make(map[msgKey]int, len(msgs))
-	origin := make([]int, len(msgs))
-	var chats []int64
-	var keyChats, keySenders []int64
-	var keyClients []string
-	var tgtChats, tgtSeqs []int64
 	for i, m := range msgs {
 		k := keyOf(m)
 		if j, ok := first[k]; ok {
-			origin[i] = j
+			p.origin[i] = j
 			continue
 		}
-		first[k], origin[i] = i, i
-		chats = append(chats, m.ChatID)
-		keyChats, keySenders, keyClients = append(keyChats, k.chatID), append(keySenders, k.senderID), append(keyClients, k.clientMsgID)
+		first[k], p.origin[i] = i, i
+		p.chats = append(p.chats, m.ChatID)
+		p.keyChats, p.keySenders, p.keyClients = append(p.keyChats, k.chatID), append(p.keySenders, k.senderID), append(p.keyClients, k.clientMsgID)
 		if m.Kind != history.KindMessage {
-			tgtChats, tgtSeqs = append(tgtChats, m.ChatID), append(tgtSeqs, m.TargetSeq)
+			p.tgtChats, p.tgtSeqs = append(p.tgtChats, m.ChatID), append(p.tgtSeqs, m.TargetSeq)
 		}
 	}
-	slices.Sort(chats)
-	chats = slices.Compact(chats)
+	slices.Sort(p.chats)
+	p.chats = slices.Compact(p.chats)
+	return p
+}
 
+// storeTx stores p in one transaction; with lookup, it first finds the
+// batch's keys already stored, without it a key stored before or a
+// rejected change fails the transaction with errNeedsLookup.
+func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, lookup bool) ([]history.Stored, error) {
+	msgs, origin, chats := p.msgs, p.origin, p.chats
+	out := make([]history.Stored, len(msgs))
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store batch: begin: %w", err)
@@ -194,28 +241,30 @@ func (s *Store) StoreBatchAt(ctx context.Context, msgs []history.Message, adv hi
 			return err
 		})
 	stored := make(map[msgKey]history.Message)
-	b.Queue(`SELECT `+prefixed("m.", columns)+`
-		FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(chat_id, sender_id, client_msg_id)
-		JOIN messages m ON m.chat_id = k.chat_id AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id`,
-		keyChats, keySenders, keyClients).
-		Query(func(rows pgx.Rows) error {
-			var r row
-			_, err := pgx.ForEachRow(rows, r.dest(), func() error {
-				m := r.message()
-				stored[keyOf(m)] = m
-				return nil
+	if lookup {
+		b.Queue(`SELECT `+prefixed("m.", columns)+`
+			FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(chat_id, sender_id, client_msg_id)
+			JOIN messages m ON m.chat_id = k.chat_id AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id`,
+			p.keyChats, p.keySenders, p.keyClients).
+			Query(func(rows pgx.Rows) error {
+				var r row
+				_, err := pgx.ForEachRow(rows, r.dest(), func() error {
+					m := r.message()
+					stored[keyOf(m)] = m
+					return nil
+				})
+				return err
 			})
-			return err
-		})
+	}
 	// The current state of every target: loaded ones, then the batch's
 	// new messages; the batch's changes apply to it in order. Targets
 	// belong to the locked chats, so no other writer changes them.
 	state := make(map[chatSeq]*history.Message)
 	loaded := make(map[chatSeq]bool)
-	if len(tgtChats) > 0 {
+	if len(p.tgtChats) > 0 {
 		b.Queue(`SELECT `+prefixed("m.", columns)+`
 			FROM unnest($1::bigint[], $2::bigint[]) AS t(chat_id, seq)
-			JOIN messages m ON m.chat_id = t.chat_id AND m.seq = t.seq`, tgtChats, tgtSeqs).
+			JOIN messages m ON m.chat_id = t.chat_id AND m.seq = t.seq`, p.tgtChats, p.tgtSeqs).
 			Query(func(rows pgx.Rows) error {
 				var r row
 				_, err := pgx.ForEachRow(rows, r.dest(), func() error {
@@ -254,6 +303,9 @@ func (s *Store) StoreBatchAt(ctx context.Context, msgs []history.Message, adv hi
 		if m.Kind != history.KindMessage {
 			target = state[tk]
 			if err := checkChange(m, target); err != nil {
+				if !lookup {
+					return nil, errNeedsLookup
+				}
 				out[i] = history.Stored{Message: m, Rejected: err}
 				continue
 			}
@@ -349,6 +401,10 @@ func (s *Store) StoreBatchAt(ctx context.Context, msgs []history.Message, adv hi
 		b.Queue(clearEditsSQL, delChats, delSeqs)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		var pgErr *pgconn.PgError
+		if !lookup && errors.As(err, &pgErr) && pgErr.Code == pgUniqueViolation && pgErr.ConstraintName == clientMsgKey {
+			return nil, errNeedsLookup
+		}
 		return nil, fmt.Errorf("store batch: insert: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {

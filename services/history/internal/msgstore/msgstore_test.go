@@ -71,6 +71,9 @@ func TestStoreBatch(t *testing.T) {
 	if diff := cmp.Diff([]string{"1/1", "2/1", "1/2", "3/1", "2/2", "1/3"}, seqs(got)); diff != "" {
 		t.Errorf("first batch (-want +got):\n%s", diff)
 	}
+	if n := store.Lookups(); n != 0 {
+		t.Errorf("first batch: stored again with the lookup %d times, want 0 (nothing stored before)", n)
+	}
 
 	// A retry of a stored message (even with other text) and a message
 	// repeated inside the batch get the original back; no number is spent.
@@ -86,6 +89,11 @@ func TestStoreBatch(t *testing.T) {
 	}
 	if got[1].Text != "1c" || got[3].Text != "1g" {
 		t.Errorf("duplicates carry texts %q, %q; want the originals 1c, 1g", got[1].Text, got[3].Text)
+	}
+	// The unique key refused the retry, so the batch was stored again
+	// with the lookup, once.
+	if n := store.Lookups(); n != 1 {
+		t.Errorf("second batch: stored again with the lookup %d times, want 1", n)
 	}
 
 	// Only duplicates: nothing changes.

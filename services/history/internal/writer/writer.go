@@ -82,7 +82,7 @@ type Config struct {
 	// ID names this replica in the lock. Default: the host name and a
 	// random suffix.
 	ID string
-	// BatchSize is the most messages stored at once. Default 500.
+	// BatchSize is the most messages stored at once. Default 2000.
 	BatchSize int
 	// BatchWait is the longest a batch waits to fill. Default 10ms.
 	BatchWait time.Duration
@@ -109,7 +109,7 @@ func (c *Config) setDefaults() {
 		c.ID = host + "-" + rand.Text()[:10]
 	}
 	if c.BatchSize <= 0 {
-		c.BatchSize = 500
+		c.BatchSize = 2000
 	}
 	if c.BatchWait <= 0 {
 		c.BatchWait = 10 * time.Millisecond
