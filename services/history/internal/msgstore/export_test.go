@@ -4,5 +4,6 @@ package msgstore
 const ClearEditsSQL = clearEditsSQL
 
 // Lookups returns how many batches were stored again with the lookup of
-// their keys, because one of their messages had been stored before.
+// their keys: one of their messages had been stored before, or one of
+// their changes would be rejected.
 func (s *Store) Lookups() int64 { return s.lookups.Load() }

@@ -206,16 +206,28 @@ func prepare(msgs []history.Message) *prepared {
 func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, lookup bool) ([]history.Stored, error) {
 	msgs, origin, chats := p.msgs, p.origin, p.chats
 	out := make([]history.Stored, len(msgs))
-	tx, err := s.pool.Begin(ctx)
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("store batch: begin: %w", err)
+		return nil, fmt.Errorf("store batch: acquire: %w", err)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	defer conn.Release()
+	// BEGIN and COMMIT travel in the pipelines of the statements beside
+	// them: two round trips fewer than pgx's Begin and Commit, each a
+	// millisecond or more on a busy machine. Until the commit, a failure
+	// rolls back here (and a connection still in a transaction when
+	// released is closed by the pool).
+	committed := false
+	defer func() {
+		if !committed {
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
 
 	// One round trip: move the position, create missing counters, lock
 	// them in chat order, find the keys already stored and the targets of
 	// edits and deletions.
 	b := &pgx.Batch{}
+	b.Queue("BEGIN")
 	if adv.Stream != "" {
 		b.Queue(`UPDATE writer_positions SET last_seq = $4
 			WHERE stream = $1 AND epoch = $2 AND last_seq = $3`, adv.Stream, adv.Epoch, int64(adv.From), int64(adv.To)).
@@ -276,7 +288,7 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 				return err
 			})
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("store batch: lock counters: %w", err)
 	}
 
@@ -336,9 +348,10 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		// Only duplicates and rejected changes: nothing to write but the
 		// position.
 		if adv.Stream != "" {
-			if err := tx.Commit(ctx); err != nil {
+			if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 				return nil, fmt.Errorf("store batch: commit: %w", err)
 			}
+			committed = true
 		}
 		return out, nil
 	}
@@ -400,16 +413,20 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		}
 		b.Queue(clearEditsSQL, delChats, delSeqs)
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	b.Queue("COMMIT").Exec(func(ct pgconn.CommandTag) error {
+		if ct.String() != "COMMIT" {
+			return fmt.Errorf("store batch: the transaction ended with %s", ct)
+		}
+		return nil
+	})
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		var pgErr *pgconn.PgError
 		if !lookup && errors.As(err, &pgErr) && pgErr.Code == pgUniqueViolation && pgErr.ConstraintName == clientMsgKey {
 			return nil, errNeedsLookup
 		}
 		return nil, fmt.Errorf("store batch: insert: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("store batch: commit: %w", err)
-	}
+	committed = true
 	return out, nil
 }
 

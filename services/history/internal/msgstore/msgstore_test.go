@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -110,6 +111,62 @@ func TestStoreBatch(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"3/2"}, seqs(got)); diff != "" {
 		t.Errorf("after duplicates (-want +got):\n%s", diff)
+	}
+}
+
+// TestStoreBatchOtherConflict: only the unique key on the client message
+// id sends a batch back for the lookup; any other refusal is the batch's
+// error.
+func TestStoreBatchOtherConflict(t *testing.T) {
+	t.Parallel()
+	store, pool := newStore(t)
+	ctx := context.Background()
+	if _, err := store.StoreBatch(ctx, []history.Message{msg(1, 10, "a", "first")}); err != nil {
+		t.Fatal(err)
+	}
+	// A counter behind its chat's messages: the next number is taken.
+	if _, err := pool.Exec(ctx, `UPDATE chat_counters SET last_seq = 0 WHERE chat_id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.StoreBatch(ctx, []history.Message{msg(1, 10, "b", "second")})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.ConstraintName != "messages_pkey" {
+		t.Fatalf("store over a taken number: %v, want the primary key's refusal", err)
+	}
+	if n := store.Lookups(); n != 0 {
+		t.Errorf("stored again with the lookup %d times, want 0", n)
+	}
+	if _, err := store.BySender(ctx, 1, 10, "b"); !errors.Is(err, history.ErrNotFound) {
+		t.Errorf("refused message: %v, want ErrNotFound (nothing stored)", err)
+	}
+	// The failed batch's transaction (its BEGIN sent in a pipeline) was
+	// rolled back: no connection is left in it, the counter is as it was,
+	// and the next batch stores.
+	noOpenTransaction(t, pool)
+	if _, err := pool.Exec(ctx, `UPDATE chat_counters SET last_seq = 1 WHERE chat_id = 1 AND last_seq = 0`); err != nil {
+		t.Fatal(err)
+	}
+	got, err := store.StoreBatch(ctx, []history.Message{msg(1, 10, "b", "second")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"1/2"}, seqs(got)); diff != "" {
+		t.Errorf("after the failed batch (-want +got):\n%s", diff)
+	}
+}
+
+// noOpenTransaction fails t if a connection of the test's database is
+// still inside a transaction.
+func noOpenTransaction(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	var n int
+	err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND state LIKE 'idle in transaction%'`).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d connections left inside a transaction", n)
 	}
 }
 
@@ -388,13 +445,19 @@ func TestStoreChanges(t *testing.T) {
 		t.Errorf("chat 1 after the second batch (-want +got):\n%s", diff)
 	}
 
-	// Only rejected changes: nothing is written, no number spent.
+	// Only rejected changes: nothing is written, no number spent. A
+	// change that would be rejected is decided with the lookup (it may be
+	// a retry), so the batch is stored a second time.
+	lookups := store.Lookups()
 	got, err = store.StoreBatch(ctx, []history.Message{change(1, 11, "e8", 5, "not mine", 16)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff([]string{"not sender"}, outcomes(got)); diff != "" {
 		t.Errorf("rejected batch (-want +got):\n%s", diff)
+	}
+	if n := store.Lookups() - lookups; n != 1 {
+		t.Errorf("rejected batch: stored again with the lookup %d times, want 1", n)
 	}
 	var last int64
 	if err := pool.QueryRow(ctx, `SELECT last_seq FROM chat_counters WHERE chat_id = 1`).Scan(&last); err != nil {

@@ -15,7 +15,7 @@ import (
 // created again).
 func TestPosition(t *testing.T) {
 	t.Parallel()
-	store, _ := newStore(t)
+	store, pool := newStore(t)
 	ctx := context.Background()
 	if _, ok, err := store.StoredPosition(ctx, "S"); err != nil || ok {
 		t.Fatalf("stored position before any: ok=%v err=%v, want none", ok, err)
@@ -39,6 +39,7 @@ func TestPosition(t *testing.T) {
 	if _, err := store.StoreBatchAt(ctx, []history.Message{msg(1, 1, "b", "b")}, history.Advance{Stream: "S", Epoch: 100, From: 9, To: 10}); !errors.Is(err, history.ErrPositionMoved) {
 		t.Errorf("store under the old epoch: %v, want ErrPositionMoved", err)
 	}
+	noOpenTransaction(t, pool)
 	// A writer with the older epoch does not set the position back.
 	if _, err := store.StoreBatchAt(ctx, nil, history.Advance{Stream: "S", Epoch: 200, From: 0, To: 4}); err != nil {
 		t.Fatal(err)
