@@ -42,8 +42,10 @@ func imageName(ref string) string {
 }
 
 // goRuntimeEnv are the variables the Go runtime of every service reads
-// (the gateway is run with GOGC and GODEBUG set, see its README).
-var goRuntimeEnv = map[string]bool{"GOGC": true, "GOMEMLIMIT": true, "GODEBUG": true, "GOMAXPROCS": true, "GOTRACEBACK": true}
+// (the gateway is run with GOGC and GODEBUG set, see its README), and
+// AUTOMEMLIMIT, which the history service reads to set GOMEMLIMIT from its
+// container's limit (services/history/README.md, "Runtime settings").
+var goRuntimeEnv = map[string]bool{"GOGC": true, "GOMEMLIMIT": true, "GODEBUG": true, "GOMAXPROCS": true, "GOTRACEBACK": true, "AUTOMEMLIMIT": true}
 
 // serviceEnv checks that every variable in env is one svc reads (or the Go
 // runtime does) and that the configuration they make loads and validates;

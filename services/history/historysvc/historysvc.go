@@ -6,10 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
@@ -108,6 +111,7 @@ func (c *Config) Validate() error {
 // within cfg.ShutdownTimeout.
 func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	log := tel.Logger
+	setMemoryLimit(log)
 	subj, err := subjects.New(cfg.SubjectPrefix)
 	if err != nil {
 		return err
@@ -231,4 +235,20 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 		return debug.Shutdown(sctx)
 	})
 	return g.Wait()
+}
+
+// setMemoryLimit sets Go's soft memory limit to 90 % of the cgroup's
+// memory limit (a container's), unless GOMEMLIMIT is set or AUTOMEMLIMIT
+// is off or another ratio. The service runs with GOGC=400 (README,
+// "Runtime settings"), so its heap may grow to five times what is live;
+// the soft limit makes the collector run earlier as the heap nears the
+// container's limit.
+func setMemoryLimit(log *slog.Logger) {
+	limit, err := memlimit.Set(memlimit.WithLogger(log))
+	switch {
+	case err != nil:
+		log.Warn("Go memory limit not set from the cgroup", "err", err)
+	case limit != math.MaxInt64:
+		log.Info("Go memory limit", "bytes", limit)
+	}
 }

@@ -211,15 +211,18 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		return nil, fmt.Errorf("store batch: acquire: %w", err)
 	}
 	defer conn.Release()
-	// BEGIN and COMMIT travel in the pipelines of the statements beside
-	// them: two round trips fewer than pgx's Begin and Commit, each a
-	// millisecond or more on a busy machine. Until the commit, a failure
-	// rolls back here (and a connection still in a transaction when
-	// released is closed by the pool).
+	// BEGIN travels in the first pipeline: one round trip fewer than
+	// pgx's Begin. COMMIT goes on its own once every statement has
+	// succeeded, so that a batch given up on (its context ended) while a
+	// statement still runs is not committed behind the writer's back.
+	// Unless committed, the transaction is rolled back here (a
+	// connection still in one when released is closed by the pool).
 	committed := false
 	defer func() {
 		if !committed {
-			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			defer cancel()
+			_, _ = conn.Exec(ctx, "ROLLBACK")
 		}
 	}()
 
@@ -348,8 +351,8 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		// Only duplicates and rejected changes: nothing to write but the
 		// position.
 		if adv.Stream != "" {
-			if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-				return nil, fmt.Errorf("store batch: commit: %w", err)
+			if err := commit(ctx, conn); err != nil {
+				return nil, err
 			}
 			committed = true
 		}
@@ -413,12 +416,6 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		}
 		b.Queue(clearEditsSQL, delChats, delSeqs)
 	}
-	b.Queue("COMMIT").Exec(func(ct pgconn.CommandTag) error {
-		if ct.String() != "COMMIT" {
-			return fmt.Errorf("store batch: the transaction ended with %s", ct)
-		}
-		return nil
-	})
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		var pgErr *pgconn.PgError
 		if !lookup && errors.As(err, &pgErr) && pgErr.Code == pgUniqueViolation && pgErr.ConstraintName == clientMsgKey {
@@ -426,8 +423,28 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		}
 		return nil, fmt.Errorf("store batch: insert: %w", err)
 	}
+	if err := commit(ctx, conn); err != nil {
+		return nil, err
+	}
 	committed = true
 	return out, nil
+}
+
+// rollbackTimeout bounds the ROLLBACK of a failed batch, which runs even
+// when the batch's context has ended.
+const rollbackTimeout = 5 * time.Second
+
+// commit commits conn's transaction; one that had failed would answer
+// COMMIT with ROLLBACK, not an error.
+func commit(ctx context.Context, conn *pgxpool.Conn) error {
+	ct, err := conn.Exec(ctx, "COMMIT")
+	if err != nil {
+		return fmt.Errorf("store batch: commit: %w", err)
+	}
+	if ct.String() != "COMMIT" {
+		return fmt.Errorf("store batch: commit: the transaction ended with %s", ct)
+	}
+	return nil
 }
 
 func timeOrNil(t time.Time) *time.Time {

@@ -8,13 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/communications/communications/libs/pgdb"
 	"github.com/communications/communications/libs/testenv"
@@ -27,15 +28,44 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 func newStore(t testing.TB) (*msgstore.Store, *pgxpool.Pool) {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgdb.Open(ctx, testenv.Postgres(t), 8, noop.NewTracerProvider())
+	cfg, err := pgxpool.ParseConfig(testenv.Postgres(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
+	cfg.MaxConns = 8
+	rc := &releaseCheck{}
+	cfg.ConnConfig.Tracer = rc
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		if n := rc.inTx.Load(); n != 0 {
+			t.Errorf("%d connections were handed back to the pool inside a transaction", n)
+		}
+	})
 	if err := pgdb.Migrate(ctx, pool, msgstore.Migrations(), msgstore.MigrationTable, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 		t.Fatal(err)
 	}
 	return msgstore.New(pool), pool
+}
+
+// releaseCheck counts the connections handed back to the pool inside a
+// transaction (the pool closes them): the store ends every transaction it
+// begins, failed ones included, and keeps the connection.
+type releaseCheck struct{ inTx atomic.Int64 }
+
+func (*releaseCheck) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+
+func (*releaseCheck) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (r *releaseCheck) TraceRelease(_ *pgxpool.Pool, d pgxpool.TraceReleaseData) {
+	if d.Conn.PgConn().TxStatus() != 'I' {
+		r.inTx.Add(1)
+	}
 }
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -141,10 +171,15 @@ func TestStoreBatchOtherConflict(t *testing.T) {
 	}
 	// The failed batch's transaction (its BEGIN sent in a pipeline) was
 	// rolled back: no connection is left in it, the counter is as it was,
-	// and the next batch stores.
+	// and the next batch stores. (newStore's tracer checks that the
+	// connection was handed back outside the transaction.)
 	noOpenTransaction(t, pool)
-	if _, err := pool.Exec(ctx, `UPDATE chat_counters SET last_seq = 1 WHERE chat_id = 1 AND last_seq = 0`); err != nil {
+	ct, err := pool.Exec(ctx, `UPDATE chat_counters SET last_seq = 1 WHERE chat_id = 1 AND last_seq = 0`)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if ct.RowsAffected() != 1 {
+		t.Errorf("chat 1's counter moved in the failed batch")
 	}
 	got, err := store.StoreBatch(ctx, []history.Message{msg(1, 10, "b", "second")})
 	if err != nil {
