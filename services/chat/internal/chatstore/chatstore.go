@@ -91,13 +91,18 @@ func (s *Store) InChat(ctx context.Context, chatID, userID int64) (bool, error) 
 	return ok, nil
 }
 
-// UserChats lists a user's chats.
-func (s *Store) UserChats(ctx context.Context, userID int64) ([]int64, error) {
-	rows, err := s.pool.Query(ctx, `
+// userChatsSQL lists the ids of user $1's chats: the "everyone" chats
+// (through their partial index, chats_everyone) and the user's rows of
+// chat_members (through chat_members_user_idx).
+const userChatsSQL = `
 		SELECT id FROM chats WHERE everyone
 		UNION
 		SELECT chat_id FROM chat_members WHERE user_id = $1
-		ORDER BY 1`, userID)
+		ORDER BY 1`
+
+// UserChats lists a user's chats.
+func (s *Store) UserChats(ctx context.Context, userID int64) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, userChatsSQL, userID)
 	if err != nil {
 		return nil, fmt.Errorf("select user chats: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -469,5 +470,37 @@ func TestListChatsPlanWithManyChats(t *testing.T) {
 	}
 	if len(got) != 61 || !got[0].Everyone || len(got[1].Members) != 50 {
 		t.Errorf("user 7 has %d chats (first everyone: %v), want general and 60 of 50 members", len(got), len(got) > 0 && got[0].Everyone)
+	}
+}
+
+// TestChatListsUseIndexes: a user's chats are found through indexes, not
+// by reading every chat: the "everyone" chats through their partial index,
+// the memberships through the user's index. Every connection's set-up and
+// every chat list runs these, so a scan of chats would slow each of them as
+// chats accumulate (most of PostgreSQL's time in a reconnect storm).
+func TestChatListsUseIndexes(t *testing.T) {
+	// 5,000 chats, each user in two of them.
+	t.Parallel()
+	ctx := context.Background()
+	pool := openPool(t, Migrations())
+	if _, err := pool.Exec(ctx, `
+		INSERT INTO chats (name, creator_id) SELECT 'chat ' || s, 1 + s % 2500 FROM generate_series(1, 5000) AS s;
+		INSERT INTO chat_members (chat_id, user_id, username) SELECT id, 1 + id % 2500, 'user' || (1 + id % 2500) FROM chats WHERE NOT everyone;
+		ANALYZE chats; ANALYZE chat_members`); err != nil {
+		t.Fatal(err)
+	}
+	for name, sql := range map[string]string{"user chats": userChatsSQL, "chat list": selectChats + listChatsWhere} {
+		rows, err := pool.Query(ctx, "EXPLAIN "+sql, int64(7))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan := strings.Join(lines, "\n")
+		if !strings.Contains(plan, "chats_everyone") || strings.Contains(plan, "Seq Scan on chats") {
+			t.Errorf("%s does not find the everyone chats through chats_everyone:\n%s", name, plan)
+		}
 	}
 }
