@@ -119,6 +119,26 @@ func Postgres(t testing.TB) string {
 	return u.String()
 }
 
+// Querier runs a query: a pgx connection or pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Plan returns PostgreSQL's plan of sql with args (EXPLAIN), one line per
+// plan line, for tests that check a statement is served by an index.
+func Plan(t testing.TB, q Querier, sql string, args ...any) string {
+	t.Helper()
+	rows, err := q.Query(context.Background(), "EXPLAIN "+sql, args...)
+	if err != nil {
+		t.Fatalf("explain: %v", err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("explain: %v", err)
+	}
+	return strings.Join(lines, "\n")
+}
+
 // Redis returns the Redis URL and a key prefix unique to the test (letters
 // and digits, no separator). Tests keep all their keys and channels under
 // the prefix.

@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -490,16 +489,7 @@ func TestChatListsUseIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, sql := range map[string]string{"user chats": userChatsSQL, "chat list": selectChats + listChatsWhere} {
-		rows, err := pool.Query(ctx, "EXPLAIN "+sql, int64(7))
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan := strings.Join(lines, "\n")
-		if !strings.Contains(plan, "chats_everyone") || strings.Contains(plan, "Seq Scan on chats") {
+		if plan := testenv.Plan(t, pool, sql, int64(7)); !strings.Contains(plan, "chats_everyone") || strings.Contains(plan, "Seq Scan on chats") {
 			t.Errorf("%s does not find the everyone chats through chats_everyone:\n%s", name, plan)
 		}
 	}

@@ -5,8 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/communications/communications/libs/testenv"
 	"github.com/communications/communications/services/history/internal/msgstore"
 )
 
@@ -28,15 +27,7 @@ func TestClearEditsUsesIndex(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ANALYZE messages`); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, "EXPLAIN "+msgstore.ClearEditsSQL, []int64{3}, []int64{1003})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan := strings.Join(lines, "\n")
+	plan := testenv.Plan(t, pool, msgstore.ClearEditsSQL, []int64{3}, []int64{1003})
 	if !strings.Contains(plan, "messages_edits_by_target") || strings.Contains(plan, "Seq Scan on messages") {
 		t.Errorf("clearing edits does not use messages_edits_by_target:\n%s", plan)
 	}
