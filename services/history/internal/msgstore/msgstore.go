@@ -94,13 +94,6 @@ func (r *row) message() history.Message {
 // empty, as in the protocol).
 const dbKindMessage = "message"
 
-func dbKind(k history.Kind) string {
-	if k == history.KindMessage {
-		return dbKindMessage
-	}
-	return string(k)
-}
-
 // checkChange decides whether change may apply to target (its current
 // state; nil when there is no entry at its sequence).
 func checkChange(change history.Message, target *history.Message) error {
@@ -364,35 +357,18 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		counterChats, counterSeqs = append(counterChats, c), append(counterSeqs, lastSeq[c])
 	}
 
-	n := len(entries)
-	ins := struct {
-		chats, seqs, targets, senderIDs []int64
-		kinds, senders, clients, text   []string
-		sentAt                          []time.Time
-		editedAt                        []*time.Time
-		deleted                         []bool
-	}{
-		make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n),
-		make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n),
-		make([]time.Time, 0, n), make([]*time.Time, 0, n), make([]bool, 0, n),
+	// The entries go in with COPY, the rest in one pipeline after it.
+	if _, err := conn.Conn().CopyFrom(ctx, pgx.Identifier{"messages"}, copyColumns, &entryRows{entries: entries}); err != nil {
+		var pgErr *pgconn.PgError
+		if !lookup && errors.As(err, &pgErr) && pgErr.Code == pgUniqueViolation && pgErr.ConstraintName == clientMsgKey {
+			return nil, errNeedsLookup
+		}
+		return nil, fmt.Errorf("store batch: insert: %w", err)
 	}
-	for _, e := range entries {
-		ins.chats, ins.seqs, ins.targets, ins.senderIDs = append(ins.chats, e.ChatID), append(ins.seqs, e.Seq), append(ins.targets, e.TargetSeq), append(ins.senderIDs, e.SenderID)
-		ins.kinds, ins.senders, ins.clients, ins.text = append(ins.kinds, dbKind(e.Kind)), append(ins.senders, e.Sender), append(ins.clients, e.ClientMsgID), append(ins.text, e.Text)
-		ins.sentAt, ins.editedAt, ins.deleted = append(ins.sentAt, e.SentAt), append(ins.editedAt, timeOrNil(e.EditedAt)), append(ins.deleted, e.Deleted)
-	}
-
 	b = &pgx.Batch{}
 	b.Queue(`UPDATE chat_counters c SET last_seq = u.last_seq
 		FROM unnest($1::bigint[], $2::bigint[]) AS u(chat_id, last_seq)
 		WHERE c.chat_id = u.chat_id AND c.last_seq <> u.last_seq`, counterChats, counterSeqs)
-	b.Queue(`INSERT INTO messages (chat_id, seq, kind, target_seq, sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted)
-		SELECT chat_id, seq, kind, NULLIF(target_seq, 0), sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted
-		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[],
-			$9::timestamptz[], $10::timestamptz[], $11::boolean[])
-			AS u(chat_id, seq, kind, target_seq, sender_id, sender, client_msg_id, text, sent_at, edited_at, deleted)`,
-		ins.chats, ins.seqs, ins.kinds, ins.targets, ins.senderIDs, ins.senders, ins.clients, ins.text,
-		ins.sentAt, ins.editedAt, ins.deleted)
 	if len(changed) > 0 {
 		var upChats, upSeqs []int64
 		var upText []string
@@ -417,11 +393,7 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		b.Queue(clearEditsSQL, delChats, delSeqs)
 	}
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		var pgErr *pgconn.PgError
-		if !lookup && errors.As(err, &pgErr) && pgErr.Code == pgUniqueViolation && pgErr.ConstraintName == clientMsgKey {
-			return nil, errNeedsLookup
-		}
-		return nil, fmt.Errorf("store batch: insert: %w", err)
+		return nil, fmt.Errorf("store batch: update: %w", err)
 	}
 	if err := commit(ctx, conn); err != nil {
 		return nil, err
@@ -446,6 +418,50 @@ func commit(ctx context.Context, conn *pgxpool.Conn) error {
 	}
 	return nil
 }
+
+// copyColumns are the columns entryRows gives, in its order; stored_at
+// takes its default.
+var copyColumns = []string{"chat_id", "seq", "kind", "target_seq", "sender_id", "sender", "client_msg_id", "text", "sent_at", "edited_at", "deleted"}
+
+// kindValues are the kind column's values, boxed once.
+var kindValues = map[history.Kind]any{
+	history.KindMessage: dbKindMessage,
+	history.KindEdit:    string(history.KindEdit),
+	history.KindDelete:  string(history.KindDelete),
+}
+
+// entryRows is the pgx.CopyFromSource of numbered entries. Values points
+// into the entries (no copies), reusing one slice: pgx encodes each row
+// before asking for the next.
+type entryRows struct {
+	entries []*history.Message
+	i       int
+	vals    [11]any
+}
+
+func (r *entryRows) Next() bool {
+	r.i++
+	return r.i <= len(r.entries)
+}
+
+func (r *entryRows) Values() ([]any, error) {
+	e := r.entries[r.i-1]
+	kind, ok := kindValues[e.Kind]
+	if !ok {
+		return nil, fmt.Errorf("store batch: unknown kind %q", e.Kind)
+	}
+	var target, editedAt any // NULL unless set
+	if e.TargetSeq != 0 {
+		target = &e.TargetSeq
+	}
+	if !e.EditedAt.IsZero() {
+		editedAt = &e.EditedAt
+	}
+	r.vals = [11]any{&e.ChatID, &e.Seq, kind, target, &e.SenderID, &e.Sender, &e.ClientMsgID, &e.Text, &e.SentAt, editedAt, &e.Deleted}
+	return r.vals[:], nil
+}
+
+func (r *entryRows) Err() error { return nil }
 
 func timeOrNil(t time.Time) *time.Time {
 	if t.IsZero() {
