@@ -358,12 +358,16 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 	}
 
 	// The entries go in with COPY, the rest in one pipeline after it.
-	if _, err := conn.Conn().CopyFrom(ctx, pgx.Identifier{"messages"}, copyColumns, &entryRows{entries: entries}); err != nil {
+	copied, err := conn.Conn().CopyFrom(ctx, pgx.Identifier{"messages"}, copyColumns, &entryRows{entries: entries})
+	if err != nil {
 		var pgErr *pgconn.PgError
 		if !lookup && errors.As(err, &pgErr) && pgErr.Code == pgUniqueViolation && pgErr.ConstraintName == clientMsgKey {
 			return nil, errNeedsLookup
 		}
 		return nil, fmt.Errorf("store batch: insert: %w", err)
+	}
+	if copied != int64(len(entries)) {
+		return nil, fmt.Errorf("store batch: insert: %d rows copied of %d", copied, len(entries))
 	}
 	b = &pgx.Batch{}
 	b.Queue(`UPDATE chat_counters c SET last_seq = u.last_seq
@@ -430,9 +434,10 @@ var kindValues = map[history.Kind]any{
 	history.KindDelete:  string(history.KindDelete),
 }
 
-// entryRows is the pgx.CopyFromSource of numbered entries. Values points
-// into the entries (no copies), reusing one slice: pgx encodes each row
-// before asking for the next.
+// entryRows is the pgx.CopyFromSource of numbered entries. Values
+// reuses one slice: pgx (v5.12, copy_from.go buildCopyBuf) encodes each
+// row before it asks for the next, and the store tests would see every
+// row turn into the last one if that changed.
 type entryRows struct {
 	entries []*history.Message
 	i       int
@@ -448,16 +453,17 @@ func (r *entryRows) Values() ([]any, error) {
 	e := r.entries[r.i-1]
 	kind, ok := kindValues[e.Kind]
 	if !ok {
-		return nil, fmt.Errorf("store batch: unknown kind %q", e.Kind)
+		// Unreachable: the writer decodes only the three kinds.
+		return nil, fmt.Errorf("unknown kind %q", e.Kind)
 	}
 	var target, editedAt any // NULL unless set
 	if e.TargetSeq != 0 {
-		target = &e.TargetSeq
+		target = e.TargetSeq
 	}
 	if !e.EditedAt.IsZero() {
-		editedAt = &e.EditedAt
+		editedAt = e.EditedAt
 	}
-	r.vals = [11]any{&e.ChatID, &e.Seq, kind, target, &e.SenderID, &e.Sender, &e.ClientMsgID, &e.Text, &e.SentAt, editedAt, &e.Deleted}
+	r.vals = [11]any{e.ChatID, e.Seq, kind, target, e.SenderID, e.Sender, e.ClientMsgID, e.Text, e.SentAt, editedAt, e.Deleted}
 	return r.vals[:], nil
 }
 

@@ -451,6 +451,23 @@ func TestStoreChanges(t *testing.T) {
 		t.Errorf("chat 2 (-want +got):\n%s", diff)
 	}
 
+	// A message, its edit and its deletion in one batch: the deletion
+	// takes the text out of the edit the same batch inserted.
+	got, err = store.StoreBatch(ctx, []history.Message{
+		msg(3, 10, "x", "regret"),
+		change(3, 10, "xe", 1, "regret!", 20),
+		change(3, 10, "xd", 1, "", 21),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"3/1", "3/2", "3/3"}, outcomes(got)); diff != "" {
+		t.Errorf("chat 3's batch (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{`1 message "" edited +20m0s deleted`, `2 edit of 1 ""`, `3 delete of 1 ""`}, page(3)); diff != "" {
+		t.Errorf("chat 3 (-want +got):\n%s", diff)
+	}
+
 	// A later batch: targets loaded from the table.
 	got, err = store.StoreBatch(ctx, []history.Message{
 		change(1, 10, "d2", 1, "", 10),
