@@ -98,11 +98,13 @@ func TestLoadgenHistory(t *testing.T) {
 	s := startStack(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := scenario.HistoryConfig{Target: s.target(), Messages: 500, Members: 3, Limit: 50, Rate: 50, Duration: time.Second, Setup: 3}
+	cfg := scenario.HistoryConfig{Target: s.target(), Messages: 500, Members: 3, Limit: 50, Rate: 50, Duration: time.Second,
+		Warmup: 500 * time.Millisecond, Setup: 3}
 	rep, err := scenario.RunHistory(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The warm-up's 25 requests are not counted.
 	if rep.SeededNow != 500 || rep.Requests != 50 || rep.OK != 50 || rep.ShortPages != 0 || len(rep.Errors) != 0 {
 		t.Errorf("seeded %d, requests %d, ok %d, short pages %d, errors %v; want 500 seeded and 50 full pages",
 			rep.SeededNow, rep.Requests, rep.OK, rep.ShortPages, rep.Errors)
@@ -110,9 +112,15 @@ func TestLoadgenHistory(t *testing.T) {
 	if rep.Latency.Max <= 0 {
 		t.Errorf("latency %+v: want recorded values", rep.Latency)
 	}
-	// A second run finds the chat seeded.
-	if rep, err = scenario.RunHistory(ctx, cfg); err != nil || rep.SeededNow != 0 || rep.OK != 50 {
-		t.Errorf("second run: err %v, seeded %d, ok %d; want nothing seeded and 50 pages", err, rep.SeededNow, rep.OK)
+	if rep.WarmupSec != 0.5 || rep.WarmupConns < int64(len(cfg.Gateways)) {
+		t.Errorf("warm-up %v s with %d connections opened; want 0.5 s and at least one to each of %d gateways",
+			rep.WarmupSec, rep.WarmupConns, len(cfg.Gateways))
+	}
+	// A second run, without the warm-up at rate, finds the chat seeded.
+	cfg.Warmup = -1
+	if rep, err = scenario.RunHistory(ctx, cfg); err != nil || rep.SeededNow != 0 || rep.OK != 50 || rep.WarmupSec != 0 {
+		t.Errorf("second run: err %v, seeded %d, ok %d, warm-up %v s; want nothing seeded, 50 pages and no warm-up",
+			err, rep.SeededNow, rep.OK, rep.WarmupSec)
 	}
 }
 

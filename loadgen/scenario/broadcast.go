@@ -234,16 +234,8 @@ func RunBroadcast(ctx context.Context, cfg BroadcastConfig) (*BroadcastReport, e
 // (about the same size), with the intended time in its text.
 func (r *broadcastRun) send(ctx context.Context, conns []*conn) (sends, writeErrors int64, window time.Duration) {
 	cfg := r.cfg
-	interval := float64(time.Second) / cfg.Rate
-	total := int64(len(r.written))
-	start := time.Now().Add(10 * time.Millisecond)
 	frame := make([]byte, 0, 320)
-	var i int64
-	for ; i < total && ctx.Err() == nil; i++ {
-		intended := start.Add(time.Duration(float64(i) * interval))
-		if wait := time.Until(intended); wait > 0 {
-			time.Sleep(wait)
-		}
+	sends, window = openLoop(ctx, cfg.Rate, int64(len(r.written)), func(i int64, intended time.Time) {
 		room := i % int64(cfg.Rooms)
 		member := int(i/int64(cfg.Rooms)) % cfg.Members
 		k := int(room)*cfg.Members + member
@@ -264,11 +256,11 @@ func (r *broadcastRun) send(ctx context.Context, conns []*conn) (sends, writeErr
 		_ = c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 			writeErrors++
-			continue
+			return
 		}
 		r.written[i].Store(true)
-	}
-	return i, writeErrors, time.Since(start)
+	})
+	return sends, writeErrors, window
 }
 
 // dialRoom opens connection number i to the broadcast server at base in

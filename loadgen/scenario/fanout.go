@@ -488,17 +488,9 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 // shows up as latency rather than as a lower rate.
 func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (int64, time.Duration, error) {
 	cfg := r.cfg
-	interval := float64(time.Second) / cfg.Rate
-	total := int64(len(r.acked))
-	start := time.Now().Add(10 * time.Millisecond)
 	frame := make([]byte, 0, 256)
 	var text []byte
-	var i int64
-	for ; i < total && ctx.Err() == nil; i++ {
-		intended := start.Add(time.Duration(float64(i) * interval))
-		if wait := time.Until(intended); wait > 0 {
-			time.Sleep(wait)
-		}
+	n, took := openLoop(ctx, cfg.Rate, int64(len(r.acked)), func(i int64, intended time.Time) {
 		chat := int(i % int64(cfg.Chats))
 		member := int(i/int64(cfg.Chats)) % cfg.Members
 		for conns[chat*cfg.Members+member].slow {
@@ -518,8 +510,8 @@ func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (i
 		if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 			r.countError("write_failed")
 		}
-	}
-	return i, time.Since(start), nil
+	})
+	return n, took, nil
 }
 
 // sampleGatewayRSS samples the resident memory of the gateways in pids

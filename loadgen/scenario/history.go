@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -37,7 +38,10 @@ type HistoryConfig struct {
 	// (20s).
 	Rate     float64
 	Duration time.Duration
-	Setup    int // logins at once (32)
+	// Warmup is how long the same requests run at Rate before the
+	// measured Duration, not recorded (2s).
+	Warmup time.Duration
+	Setup  int // logins at once (32)
 	// UserPrefix starts every username ("lg_u"); Password is theirs.
 	UserPrefix, Password string
 	Log                  io.Writer
@@ -52,6 +56,7 @@ func (c *HistoryConfig) defaults() {
 	setDefault(&c.Limit, 50)
 	setDefault(&c.Rate, 1000)
 	setDefault(&c.Duration, 20*time.Second)
+	setDefault(&c.Warmup, 2*time.Second)
 	setDefault(&c.Setup, 32)
 	setDefault(&c.UserPrefix, "lg_u")
 	setDefault(&c.Password, "loadgen-password")
@@ -68,13 +73,20 @@ type HistoryReport struct {
 	Limit       int     `json:"page_size"`
 	Rate        float64 `json:"rate_per_second"`
 	DurationSec float64 `json:"duration_seconds"`
-	Requests    int64   `json:"requests"`
+	// WarmupSec is how long the requests ran at Rate before the measured
+	// phase, not recorded.
+	WarmupSec float64 `json:"warmup_seconds"`
+	Requests  int64   `json:"requests"`
 	// SendRate is the rate of requests actually started.
 	SendRate float64 `json:"achieved_rate"`
 	OK       int64   `json:"ok"`
 	// ShortPages counts answers with fewer messages than the page size.
 	ShortPages int64            `json:"short_pages"`
 	Errors     map[string]int64 `json:"errors"`
+	// WarmupConns and MeasuredConns count the connections to the gateways
+	// the load generator opened during the warm-up and the measured phase.
+	WarmupConns   int64 `json:"warmup_connections"`
+	MeasuredConns int64 `json:"measured_connections"`
 	// Latency is from a request's intended start to its whole answer read.
 	Latency Latency `json:"latency"`
 	// WorstSeconds are the three seconds of intended start whose slowest
@@ -110,10 +122,16 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 	}
 	rep.SeedSec = time.Since(t0).Seconds()
 
-	fmt.Fprintf(cfg.Log, "history: chat %d holds %d messages; reading pages of %d at %.0f/s for %s ...\n",
-		chat.ID, cfg.Messages, cfg.Limit, cfg.Rate, cfg.Duration)
+	fmt.Fprintf(cfg.Log, "history: chat %d holds %d messages; reading pages of %d at %.0f/s for %s after %s of warm-up ...\n",
+		chat.ID, cfg.Messages, cfg.Limit, cfg.Rate, cfg.Duration, cfg.Warmup)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 512
+	var dials atomic.Int64
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return dialer.DialContext(ctx, network, addr)
+	}
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 	// Warm up: one request per user and gateway, one after the other,
@@ -128,54 +146,63 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 		}
 	}
 
+	// Warm up at rate: the same stream of requests for cfg.Warmup, not
+	// recorded, so that the measured phase finds what steady traffic
+	// keeps ready (the load generator's connections to the gateways, the
+	// services' connection pools, their goroutines' stacks).
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	var (
 		mu       sync.Mutex
 		shards   [latencyShards]shard
 		ok, shrt atomic.Int64
-		wg       sync.WaitGroup
 	)
 	for i := range shards {
 		shards[i].h = hdrhistogram.New(1, 60_000_000, 3)
 	}
-	before := snapshot(cfg.Pids)
-	total := int64(cfg.Rate * cfg.Duration.Seconds())
-	interval := float64(time.Second) / cfg.Rate
-	start := time.Now().Add(10 * time.Millisecond)
-	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), 7))
-	var i int64
-	for ; i < total && ctx.Err() == nil; i++ {
-		intended := start.Add(time.Duration(float64(i) * interval))
-		if wait := time.Until(intended); wait > 0 {
-			time.Sleep(wait)
-		}
-		// A full page: before is in [limit+1, messages+1].
-		beforeSeq := int64(cfg.Limit) + 1 + rng.Int64N(int64(cfg.Messages-cfg.Limit)+1)
-		base, token := cfg.Gateways[int(i)%len(cfg.Gateways)], tokens[int(i)%len(tokens)]
-		wg.Add(1)
-		go func(i int64) {
-			defer wg.Done()
-			n, err := historyPage(ctx, client, base, token, chat.ID, beforeSeq, cfg.Limit)
-			if err != nil {
-				code := "request_failed"
-				var ae *apiError
-				if errors.As(err, &ae) {
-					code = ae.Code
+	stream := func(d time.Duration, record bool) (int64, float64) {
+		var wg sync.WaitGroup
+		sent, took := openLoop(ctx, cfg.Rate, int64(cfg.Rate*d.Seconds()), func(i int64, intended time.Time) {
+			// A full page: before is in [limit+1, messages+1].
+			beforeSeq := int64(cfg.Limit) + 1 + rng.Int64N(int64(cfg.Messages-cfg.Limit)+1)
+			base, token := cfg.Gateways[int(i)%len(cfg.Gateways)], tokens[int(i)%len(tokens)]
+			wg.Add(1)
+			go func(i int64) {
+				defer wg.Done()
+				n, err := historyPage(ctx, client, base, token, chat.ID, beforeSeq, cfg.Limit)
+				if !record {
+					return
 				}
-				mu.Lock()
-				rep.Errors[code]++
-				mu.Unlock()
-				return
-			}
-			shards[i%latencyShards].record(max(time.Since(intended).Microseconds(), 1), intended.UnixNano())
-			ok.Add(1)
-			if n < cfg.Limit {
-				shrt.Add(1)
-			}
-		}(i)
+				if err != nil {
+					code := "request_failed"
+					var ae *apiError
+					if errors.As(err, &ae) {
+						code = ae.Code
+					}
+					mu.Lock()
+					rep.Errors[code]++
+					mu.Unlock()
+					return
+				}
+				shards[i%latencyShards].record(max(time.Since(intended).Microseconds(), 1), intended.UnixNano())
+				ok.Add(1)
+				if n < cfg.Limit {
+					shrt.Add(1)
+				}
+			}(i)
+		})
+		wg.Wait()
+		return sent, float64(sent) / took.Seconds()
 	}
-	rep.SendRate = float64(i) / time.Since(start).Seconds()
-	wg.Wait()
+	if cfg.Warmup > 0 {
+		stream(cfg.Warmup, false)
+		rep.WarmupSec = cfg.Warmup.Seconds()
+	}
+	rep.WarmupConns = dials.Load()
+	before := snapshot(cfg.Pids)
+	i, rate := stream(cfg.Duration, true)
+	rep.SendRate = rate
 	rep.Processes = processes(cfg.Pids, before, snapshot(cfg.Pids))
+	rep.MeasuredConns = dials.Load() - rep.WarmupConns
 	rep.Requests, rep.OK, rep.ShortPages = i, ok.Load(), shrt.Load()
 	h := hdrhistogram.New(1, 60_000_000, 3)
 	for i := range shards {
@@ -276,8 +303,8 @@ func seedChat(ctx context.Context, pgURL string, chat protocol.Chat, n int, log 
 
 // WriteTable writes the report as a table.
 func (rep *HistoryReport) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "scenario history: pages of %d in chat %d of %d messages, %.0f requests/s for %.0f s\n",
-		rep.Limit, rep.ChatID, rep.Messages, rep.Rate, rep.DurationSec)
+	fmt.Fprintf(w, "scenario history: pages of %d in chat %d of %d messages, %.0f requests/s for %.0f s (after %.0f s not recorded)\n",
+		rep.Limit, rep.ChatID, rep.Messages, rep.Rate, rep.DurationSec, rep.WarmupSec)
 	row := func(k string, v any) { fmt.Fprintf(w, "  %-28s %v\n", k, v) }
 	if rep.SeededNow > 0 {
 		row("seeded now (s)", fmt.Sprintf("%d (%.1f)", rep.SeededNow, rep.SeedSec))
@@ -286,6 +313,7 @@ func (rep *HistoryReport) WriteTable(w io.Writer) {
 	row("achieved rate /s", fmt.Sprintf("%.1f", rep.SendRate))
 	row("ok", rep.OK)
 	row("short pages", rep.ShortPages)
+	row("connections warm-up/measured", fmt.Sprintf("%d / %d", rep.WarmupConns, rep.MeasuredConns))
 	for _, code := range ErrorCodes(rep.Errors) {
 		row("errors "+code, rep.Errors[code])
 	}

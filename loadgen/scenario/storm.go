@@ -521,15 +521,8 @@ func (r *stormRun) senderReader(ws *websocket.Conn) {
 // mod chats from its sender connection, stamped with its intended time.
 func (r *stormRun) send(ctx context.Context, senders []*websocket.Conn, chatIDs []int64) int64 {
 	cfg := r.cfg
-	interval := float64(time.Second) / cfg.Rate
-	start := time.Now().Add(10 * time.Millisecond)
 	frame := make([]byte, 0, 256)
-	var i int64
-	for ; i < int64(len(r.acked)) && ctx.Err() == nil; i++ {
-		intended := start.Add(time.Duration(float64(i) * interval))
-		if wait := time.Until(intended); wait > 0 && !sleepCtx(ctx, wait) {
-			break
-		}
+	n, _ := openLoop(ctx, cfg.Rate, int64(len(r.acked)), func(i int64, intended time.Time) {
 		chat := int(i % int64(cfg.Chats))
 		frame = append(frame[:0], `{"type":"send","chat_id":`...)
 		frame = strconv.AppendInt(frame, chatIDs[chat], 10)
@@ -544,8 +537,8 @@ func (r *stormRun) send(ctx context.Context, senders []*websocket.Conn, chatIDs 
 		if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 			r.countError("write_failed")
 		}
-	}
-	return i
+	})
+	return n
 }
 
 // WriteTable writes the report as a table.

@@ -480,16 +480,9 @@ func (r *writerRun) latency(ctx context.Context, rep *WriterReport) error {
 			})
 		}
 	}
-	interval := float64(time.Second) / cfg.Rate
-	start := time.Now().Add(10 * time.Millisecond)
-	var i int64
-	for ; i < total && ctx.Err() == nil; i++ {
-		intended := start.Add(time.Duration(float64(i) * interval))
-		if wait := time.Until(intended); wait > 0 {
-			time.Sleep(wait)
-		}
+	i, _ := openLoop(ctx, cfg.Rate, total, func(i int64, intended time.Time) {
 		publish(i, stamp.Append(nil, intended.UnixNano()))
-	}
+	})
 	publishing.Wait()
 	rep.Published, rep.Acked, rep.PublishErrs = i, acked.Load(), errs.Load()
 
