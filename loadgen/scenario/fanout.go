@@ -99,9 +99,13 @@ type FanoutReport struct {
 	// OtherChats counts messages of chats outside this run that the
 	// connections received (a backlog of an earlier run on the same
 	// users); they are not counted elsewhere.
-	OtherChats int64   `json:"messages_of_other_chats"`
-	OutOfOrder int64   `json:"out_of_order"`
+	OtherChats int64 `json:"messages_of_other_chats"`
+	OutOfOrder int64 `json:"out_of_order"`
+	// Latency runs from a send's intended time to each delivery of it,
+	// AckLatency to its acknowledgement to the sender (the message
+	// accepted: stored in the stream, not yet in PostgreSQL).
 	Latency    Latency `json:"latency"`
+	AckLatency Latency `json:"ack_latency"`
 	// WorstSeconds are the three seconds of intended send time whose
 	// slowest delivery was slowest: when the tail happened, to match
 	// against the services' logs.
@@ -173,6 +177,15 @@ type shard struct {
 	// worst holds the highest latency (µs) of the sends intended in each
 	// second (unix seconds), to find when a stall happened.
 	worst map[int64]int64
+	// acks, when set, records the latency of the senders' acknowledgements.
+	acks *hdrhistogram.Histogram
+}
+
+// recordAck records an acknowledgement's latency of us microseconds.
+func (sh *shard) recordAck(us int64) {
+	sh.mu.Lock()
+	_ = sh.acks.RecordValue(us)
+	sh.mu.Unlock()
 }
 
 // fanoutRun is the state of one run shared by its goroutines.
@@ -183,7 +196,10 @@ type fanoutRun struct {
 	// followed by the send's number.
 	idPrefix []byte
 	// acked[i] is set when send i is acknowledged.
-	acked    []atomic.Bool
+	acked []atomic.Bool
+	// intended[i] is send i's intended time (unix nanoseconds), set before
+	// it is written.
+	intended []atomic.Int64
 	shards   [latencyShards]shard
 	acks     atomic.Int64
 	expected atomic.Int64
@@ -272,6 +288,9 @@ func (r *fanoutRun) read(c *conn, sh *shard) {
 				r.expected.Add(r.members[ev.ChatID])
 				if i := sendIndex(ev.ClientMsgID, r.idPrefix); i >= 0 && i < int64(len(r.acked)) {
 					r.acked[i].Store(true)
+					if at := r.intended[i].Load(); at > 0 {
+						sh.recordAck(max((now-at)/1e3, 1))
+					}
 				}
 			case bytes.Equal(ev.Type, typeError):
 				r.countError(strings.Trim(string(ev.Code), `"`))
@@ -300,8 +319,10 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 	}
 	r := &fanoutRun{cfg: cfg, members: map[int64]int64{}, errors: map[string]int64{},
 		idPrefix: []byte("lg-" + cfg.RunID + "-"), acked: make([]atomic.Bool, int64(cfg.Duration.Seconds()*cfg.Rate))}
+	r.intended = make([]atomic.Int64, len(r.acked))
 	for i := range r.shards {
 		r.shards[i].h = hdrhistogram.New(1, 60_000_000, 3) // 1 us to 60 s
+		r.shards[i].acks = hdrhistogram.New(1, 60_000_000, 3)
 	}
 	a := newAPI(cfg.Gateways)
 
@@ -454,13 +475,12 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutReport, error) {
 		acked[i] = r.acked[i].Load()
 	}
 	rep.Lost, rep.UnackedDelivered = deliveries(got, chatOf, acked, cfg.Chats)
-	h := hdrhistogram.New(1, 60_000_000, 3)
+	h, ah := hdrhistogram.New(1, 60_000_000, 3), hdrhistogram.New(1, 60_000_000, 3)
 	for i := range r.shards {
 		h.Merge(r.shards[i].h)
+		ah.Merge(r.shards[i].acks)
 	}
-	ms := func(us int64) float64 { return float64(us) / 1e3 }
-	rep.Latency = Latency{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
-		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
+	rep.Latency, rep.AckLatency = latencyOf(h), latencyOf(ah)
 	rep.WorstSeconds = worstSeconds(r.shards[:], 3)
 	rep.Processes = processes(cfg.Pids, before, after)
 	if rep.Received > 0 {
@@ -498,6 +518,7 @@ func (r *fanoutRun) send(ctx context.Context, conns []*conn, chatIDs []int64) (i
 		}
 		c := conns[chat*cfg.Members+member]
 		text = stamp.Append(text[:0], intended.UnixNano())
+		r.intended[i].Store(intended.UnixNano())
 		frame = append(frame[:0], `{"type":"send","chat_id":`...)
 		frame = strconv.AppendInt(frame, chatIDs[chat], 10)
 		frame = append(frame, `,"client_msg_id":"`...)
@@ -606,6 +627,7 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 		row("messages of other chats", rep.OtherChats)
 	}
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
+	row("ack latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.AckLatency.P50, rep.AckLatency.P90, rep.AckLatency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
 	if len(rep.WorstSeconds) > 0 {
 		row("worst seconds (UTC, max ms)", worstText(rep.WorstSeconds))

@@ -39,7 +39,7 @@ type HistoryConfig struct {
 	Rate     float64
 	Duration time.Duration
 	// Warmup is how long the same requests run at Rate before the
-	// measured Duration, not recorded (2s).
+	// measured Duration, not recorded (2s; negative: none).
 	Warmup time.Duration
 	Setup  int // logins at once (32)
 	// UserPrefix starts every username ("lg_u"); Password is theirs.
@@ -73,18 +73,22 @@ type HistoryReport struct {
 	Limit       int     `json:"page_size"`
 	Rate        float64 `json:"rate_per_second"`
 	DurationSec float64 `json:"duration_seconds"`
-	// WarmupSec is how long the requests ran at Rate before the measured
-	// phase, not recorded.
-	WarmupSec float64 `json:"warmup_seconds"`
-	Requests  int64   `json:"requests"`
+	// WarmupRequests were sent at Rate for WarmupSec before the measured
+	// phase, not recorded; WarmupErrors counts their failures by code.
+	WarmupRequests int64            `json:"warmup_requests"`
+	WarmupSec      float64          `json:"warmup_seconds"`
+	WarmupErrors   map[string]int64 `json:"warmup_errors"`
+	Requests       int64            `json:"requests"`
 	// SendRate is the rate of requests actually started.
 	SendRate float64 `json:"achieved_rate"`
 	OK       int64   `json:"ok"`
 	// ShortPages counts answers with fewer messages than the page size.
 	ShortPages int64            `json:"short_pages"`
 	Errors     map[string]int64 `json:"errors"`
-	// WarmupConns and MeasuredConns count the connections to the gateways
-	// the load generator opened during the warm-up and the measured phase.
+	// WarmupConns counts the connections to the gateways the load
+	// generator began to dial before the measured phase (the first pages,
+	// one after the other, dial one per gateway; the warm-up at rate the
+	// rest), MeasuredConns those it dialed during it.
 	WarmupConns   int64 `json:"warmup_connections"`
 	MeasuredConns int64 `json:"measured_connections"`
 	// Latency is from a request's intended start to its whole answer read.
@@ -115,15 +119,15 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 		return nil, fmt.Errorf("history: chat: %w", err)
 	}
 	rep := &HistoryReport{Scenario: "history", ChatID: chat.ID, Messages: cfg.Messages, Limit: cfg.Limit,
-		Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Errors: map[string]int64{}}
+		Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Errors: map[string]int64{}, WarmupErrors: map[string]int64{}}
 	t0 := time.Now()
 	if rep.SeededNow, err = seedChat(ctx, cfg.Postgres, chat, cfg.Messages, cfg.Log); err != nil {
 		return nil, fmt.Errorf("history: seed: %w", err)
 	}
 	rep.SeedSec = time.Since(t0).Seconds()
 
-	fmt.Fprintf(cfg.Log, "history: chat %d holds %d messages; reading pages of %d at %.0f/s for %s after %s of warm-up ...\n",
-		chat.ID, cfg.Messages, cfg.Limit, cfg.Rate, cfg.Duration, cfg.Warmup)
+	fmt.Fprintf(cfg.Log, "history: chat %d holds %d messages; reading pages of %d at %.0f/s for %s (after a warm-up of %s) ...\n",
+		chat.ID, cfg.Messages, cfg.Limit, cfg.Rate, cfg.Duration, max(cfg.Warmup, 0))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 512
 	var dials atomic.Int64
@@ -159,7 +163,10 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 	for i := range shards {
 		shards[i].h = hdrhistogram.New(1, 60_000_000, 3)
 	}
-	stream := func(d time.Duration, record bool) (int64, float64) {
+	// stream requests pages at cfg.Rate for d, counts failures in errs
+	// and records latencies when record; it returns how many it sent and
+	// in what time.
+	stream := func(d time.Duration, errs map[string]int64, record bool) (int64, time.Duration) {
 		var wg sync.WaitGroup
 		sent, took := openLoop(ctx, cfg.Rate, int64(cfg.Rate*d.Seconds()), func(i int64, intended time.Time) {
 			// A full page: before is in [limit+1, messages+1].
@@ -169,9 +176,6 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 			go func(i int64) {
 				defer wg.Done()
 				n, err := historyPage(ctx, client, base, token, chat.ID, beforeSeq, cfg.Limit)
-				if !record {
-					return
-				}
 				if err != nil {
 					code := "request_failed"
 					var ae *apiError
@@ -179,8 +183,11 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 						code = ae.Code
 					}
 					mu.Lock()
-					rep.Errors[code]++
+					errs[code]++
 					mu.Unlock()
+					return
+				}
+				if !record {
 					return
 				}
 				shards[i%latencyShards].record(max(time.Since(intended).Microseconds(), 1), intended.UnixNano())
@@ -191,16 +198,16 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 			}(i)
 		})
 		wg.Wait()
-		return sent, float64(sent) / took.Seconds()
+		return sent, took
 	}
 	if cfg.Warmup > 0 {
-		stream(cfg.Warmup, false)
-		rep.WarmupSec = cfg.Warmup.Seconds()
+		n, took := stream(cfg.Warmup, rep.WarmupErrors, false)
+		rep.WarmupRequests, rep.WarmupSec = n, took.Seconds()
 	}
 	rep.WarmupConns = dials.Load()
 	before := snapshot(cfg.Pids)
-	i, rate := stream(cfg.Duration, true)
-	rep.SendRate = rate
+	i, took := stream(cfg.Duration, rep.Errors, true)
+	rep.SendRate = float64(i) / took.Seconds()
 	rep.Processes = processes(cfg.Pids, before, snapshot(cfg.Pids))
 	rep.MeasuredConns = dials.Load() - rep.WarmupConns
 	rep.Requests, rep.OK, rep.ShortPages = i, ok.Load(), shrt.Load()
@@ -303,11 +310,15 @@ func seedChat(ctx context.Context, pgURL string, chat protocol.Chat, n int, log 
 
 // WriteTable writes the report as a table.
 func (rep *HistoryReport) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "scenario history: pages of %d in chat %d of %d messages, %.0f requests/s for %.0f s (after %.0f s not recorded)\n",
-		rep.Limit, rep.ChatID, rep.Messages, rep.Rate, rep.DurationSec, rep.WarmupSec)
+	fmt.Fprintf(w, "scenario history: pages of %d in chat %d of %d messages, %.0f requests/s for %.0f s\n",
+		rep.Limit, rep.ChatID, rep.Messages, rep.Rate, rep.DurationSec)
 	row := func(k string, v any) { fmt.Fprintf(w, "  %-28s %v\n", k, v) }
 	if rep.SeededNow > 0 {
 		row("seeded now (s)", fmt.Sprintf("%d (%.1f)", rep.SeededNow, rep.SeedSec))
+	}
+	row("warm-up requests (s)", fmt.Sprintf("%d (%.1f), not recorded", rep.WarmupRequests, rep.WarmupSec))
+	for _, code := range ErrorCodes(rep.WarmupErrors) {
+		row("warm-up errors "+code, rep.WarmupErrors[code])
 	}
 	row("requests", rep.Requests)
 	row("achieved rate /s", fmt.Sprintf("%.1f", rep.SendRate))

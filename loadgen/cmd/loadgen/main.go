@@ -173,7 +173,7 @@ func run(ctx context.Context, args []string) error {
 		sf.IntVar(&cfg.Limit, "limit", 50, "page size")
 		sf.Float64Var(&cfg.Rate, "rate", 1000, "requests a second, open loop")
 		sf.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long to send requests")
-		sf.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "how long the same requests run first, not recorded (negative: none)")
+		sf.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "how long the same requests run first, not recorded (0: the default; negative: none)")
 		sf.StringVar(&cfg.UserPrefix, "users", "lg_u", "username prefix (existing users are reused)")
 		if err := sf.Parse(scenarioArgs); err != nil {
 			return err
