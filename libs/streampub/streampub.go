@@ -30,18 +30,25 @@ type Config struct {
 	AtomicMin int
 	// Timeout bounds the publish of one batch. Default 5s.
 	Timeout time.Duration
+	// InFlight is the most batches published at once: a batch goes out
+	// while up to InFlight-1 others wait for their acknowledgements.
+	// Default 1.
+	InFlight int
 }
 
 // Publisher publishes messages to a stream that allows atomic batches.
 //
-// Publishes that arrive while another is in flight are published together:
-// pipelined (every message sent, then every acknowledgement awaited), and
-// from Config.AtomicMin messages on as one atomic batch (ADR-50:
-// Nats-Batch-Id, Nats-Batch-Sequence, and Nats-Batch-Commit on the last),
-// which nats-server stores with one fsync and acknowledges once, after the
-// fsync. Batches go out one at a time, in arrival order, so one caller's
-// messages keep their order when it waits for each before the next. An
-// atomic batch the stream refuses as a whole (one of its message ids is a
+// Publishes that arrive while Config.InFlight batches are in flight are
+// published together: pipelined (every message sent, then every
+// acknowledgement awaited), and from Config.AtomicMin messages on as one
+// atomic batch (ADR-50: Nats-Batch-Id, Nats-Batch-Sequence, and
+// Nats-Batch-Commit on the last), which nats-server stores with one fsync
+// and acknowledges once, after the fsync. Batches are taken from the queue
+// in arrival order; with more than one in flight, messages of different
+// batches may be stored in either order, so only a caller that waits for
+// each message before its next keeps its order (the chat service's callers
+// do: one connection's sends are accepted one after the other). An atomic
+// batch the stream refuses as a whole (one of its message ids is a
 // duplicate, say) is published again one message at a time, which tells
 // each message apart.
 type Publisher struct {
@@ -50,10 +57,12 @@ type Publisher struct {
 	maxBatch  int
 	atomicMin int
 	timeout   time.Duration
+	inFlight  int
 
-	mu    sync.Mutex
-	queue []*pending
-	busy  bool // a goroutine is publishing the queue
+	mu      sync.Mutex
+	queue   []*pending
+	running int  // goroutines publishing the queue, at most inFlight
+	paused  bool // Pause holds the queue
 }
 
 // pending is one message waiting for its publish.
@@ -80,7 +89,8 @@ func New(nc *nats.Conn, cfg Config) (*Publisher, error) {
 	if cfg.AtomicMin <= 1 {
 		cfg.AtomicMin = 16
 	}
-	return &Publisher{js: js, nc: nc, maxBatch: cfg.MaxBatch, atomicMin: cfg.AtomicMin, timeout: cfg.Timeout}, nil
+	cfg.InFlight = max(cfg.InFlight, 1)
+	return &Publisher{js: js, nc: nc, maxBatch: cfg.MaxBatch, atomicMin: cfg.AtomicMin, timeout: cfg.Timeout, inFlight: cfg.InFlight}, nil
 }
 
 // Publish publishes msg and waits for the stream's acknowledgement. It
@@ -91,8 +101,10 @@ func (s *Publisher) Publish(ctx context.Context, msg *nats.Msg) (bool, error) {
 	p := &pending{msg: msg, done: make(chan struct{})}
 	s.mu.Lock()
 	s.queue = append(s.queue, p)
-	lead := !s.busy
-	s.busy = true
+	lead := !s.paused && s.running < s.inFlight
+	if lead {
+		s.running++
+	}
 	s.mu.Unlock()
 	if lead {
 		s.run(p)
@@ -132,11 +144,17 @@ func (p *pending) outcome() (bool, error) {
 func (s *Publisher) Pause() (resume func(), ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.busy || len(s.queue) > 0 {
+	if s.paused || s.running > 0 || len(s.queue) > 0 {
 		return nil, false
 	}
-	s.busy = true
-	return func() { s.run(nil) }, true
+	s.paused = true
+	return func() {
+		s.mu.Lock()
+		s.paused = false
+		s.running++
+		s.mu.Unlock()
+		s.run(nil)
+	}, true
 }
 
 // Queued returns how many messages wait for their publish, and whether a
@@ -144,7 +162,7 @@ func (s *Publisher) Pause() (resume func(), ok bool) {
 func (s *Publisher) Queued() (n int, busy bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.queue), s.busy
+	return len(s.queue), s.paused || s.running > 0
 }
 
 // run publishes the queue batch by batch until own is done, then hands the
@@ -154,7 +172,7 @@ func (s *Publisher) run(own *pending) {
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 {
-			s.busy = false
+			s.running--
 			s.mu.Unlock()
 			return
 		}

@@ -41,6 +41,7 @@ type Config struct {
 	StreamReplicas  int           `env:"STREAM_REPLICAS" envDefault:"1"`
 	StreamMaxBytes  int64         `env:"STREAM_MAX_BYTES" envDefault:"1073741824"`
 	DuplicateWindow time.Duration `env:"DUPLICATE_WINDOW" envDefault:"2m"`
+	PublishInFlight int           `env:"PUBLISH_IN_FLIGHT" envDefault:"4"`
 	// MemberCacheTTL bounds how long a granted membership is reused for
 	// further sends without a query (0: every send queries); a removal
 	// drops it at once on this replica, and on the others when its chat
@@ -109,6 +110,7 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry) error {
 	defer nc.Close()
 	stream, err := msgstream.Ensure(ctx, nc, subj, msgstream.Config{
 		Replicas: cfg.StreamReplicas, MaxBytes: cfg.StreamMaxBytes, DuplicateWindow: cfg.DuplicateWindow,
+		PublishInFlight: cfg.PublishInFlight,
 	})
 	if err != nil {
 		return err

@@ -45,14 +45,19 @@ type Config struct {
 	AtomicMin int
 	// PublishTimeout bounds the publish of one batch. Default 5s.
 	PublishTimeout time.Duration
+	// PublishInFlight is the most batches published at once (a batch goes
+	// out while others wait for their acknowledgements). Default 1; the
+	// service's default is 4.
+	PublishInFlight int
 }
 
 // Stream publishes accepted messages, concurrent sends batched together
-// (libs/streampub): sends that arrive while a publish is in flight go out
-// together, pipelined or from Config.AtomicMin on as one atomic batch that
-// nats-server stores with one fsync, one batch at a time in arrival order,
-// so a sender's messages keep their order (a sender's next send arrives
-// only after the previous one was answered).
+// (libs/streampub): sends that arrive while Config.PublishInFlight
+// publishes are in flight go out together, pipelined or from
+// Config.AtomicMin on as one atomic batch that nats-server stores with one
+// fsync, taken in arrival order. A sender's messages keep their order
+// because a sender's next send arrives only after the previous one was
+// answered.
 type Stream struct {
 	subj subjects.Subjects
 	pub  *streampub.Publisher
@@ -77,7 +82,8 @@ func Ensure(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, cfg Conf
 	if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 		return nil, fmt.Errorf("declare stream %s: %w", sc.Name, err)
 	}
-	pub, err := streampub.New(nc, streampub.Config{MaxBatch: cfg.MaxBatch, AtomicMin: cfg.AtomicMin, Timeout: cfg.PublishTimeout})
+	pub, err := streampub.New(nc, streampub.Config{MaxBatch: cfg.MaxBatch, AtomicMin: cfg.AtomicMin, Timeout: cfg.PublishTimeout,
+		InFlight: cfg.PublishInFlight})
 	if err != nil {
 		return nil, err
 	}

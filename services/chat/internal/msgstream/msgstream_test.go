@@ -263,11 +263,13 @@ func TestPublishBatches(t *testing.T) {
 // does: every message is stored once and each sender's in its order.
 func TestPublishConcurrentSendersKeepTheirOrder(t *testing.T) {
 	t.Parallel()
-	for _, atomicMin := range []int{2, 1000} {
-		t.Run(fmt.Sprintf("atomic from %d", atomicMin), func(t *testing.T) {
-			t.Parallel()
-			testConcurrentSenders(t, newStreamEnv(t, Config{AtomicMin: atomicMin, MaxBatch: 1000}), atomicMin == 2)
-		})
+	for _, inFlight := range []int{1, 4} {
+		for _, atomicMin := range []int{2, 1000} {
+			t.Run(fmt.Sprintf("atomic from %d, %d in flight", atomicMin, inFlight), func(t *testing.T) {
+				t.Parallel()
+				testConcurrentSenders(t, newStreamEnv(t, Config{AtomicMin: atomicMin, MaxBatch: 1000, PublishInFlight: inFlight}), atomicMin == 2)
+			})
+		}
 	}
 }
 
