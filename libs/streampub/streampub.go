@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -67,10 +68,11 @@ type Publisher struct {
 
 // pending is one message waiting for its publish.
 type pending struct {
-	msg  *nats.Msg
-	dup  bool
-	err  error
-	done chan struct{}
+	msg   *nats.Msg
+	dup   bool
+	err   error
+	done  chan struct{}
+	taken bool // cut into a batch (under Publisher.mu)
 }
 
 // New returns a Publisher on nc.
@@ -109,13 +111,16 @@ func (s *Publisher) Publish(ctx context.Context, msg *nats.Msg) (bool, error) {
 	if lead {
 		s.run(p)
 	}
-	return p.wait(ctx)
+	return s.wait(ctx, p)
 }
 
 // wait returns p's outcome once it is published, or when ctx ends first.
 // An outcome already known wins over an ended ctx, so a stored message is
 // never reported as failed because its caller's deadline passed meanwhile.
-func (p *pending) wait(ctx context.Context) (bool, error) {
+// A message still in the queue when its caller gives up is taken out of it
+// and never sent: its sender retries, and a later message of the sender
+// cannot be stored before it from a batch in flight beside.
+func (s *Publisher) wait(ctx context.Context, p *pending) (bool, error) {
 	select {
 	case <-p.done:
 		return p.outcome()
@@ -123,6 +128,13 @@ func (p *pending) wait(ctx context.Context) (bool, error) {
 		if isDone(p) {
 			return p.outcome()
 		}
+		s.mu.Lock()
+		if i := slices.Index(s.queue, p); i >= 0 {
+			s.queue = slices.Delete(s.queue, i, i+1)
+			s.mu.Unlock()
+			return false, fmt.Errorf("publish to stream: not sent: %w", ctx.Err())
+		}
+		s.mu.Unlock()
 		// The message may still be stored: the client retries with the
 		// same id, which the stream and the writer de-duplicate.
 		return false, fmt.Errorf("publish to stream: %w", ctx.Err())
@@ -138,9 +150,10 @@ func (p *pending) outcome() (bool, error) {
 
 // Pause holds every publish in the queue until resume is called, which
 // publishes what was queued, batch by batch in order (on the caller's
-// goroutine), and lets publishing go on as before. It reports false (and
-// no resume) when a publish is in flight or queued. Tests use it to build
-// a batch of known content.
+// goroutine, unless publishes that come meanwhile take part of it), and
+// lets publishing go on as before. It reports false (and no resume) when
+// a publish is in flight or queued. Tests use it to build a batch of known
+// content.
 func (s *Publisher) Pause() (resume func(), ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -148,12 +161,15 @@ func (s *Publisher) Pause() (resume func(), ok bool) {
 		return nil, false
 	}
 	s.paused = true
+	var once sync.Once
 	return func() {
-		s.mu.Lock()
-		s.paused = false
-		s.running++
-		s.mu.Unlock()
-		s.run(nil)
+		once.Do(func() {
+			s.mu.Lock()
+			s.paused = false
+			s.running++
+			s.mu.Unlock()
+			s.run(nil)
+		})
 	}, true
 }
 
@@ -165,9 +181,10 @@ func (s *Publisher) Queued() (n int, busy bool) {
 	return len(s.queue), s.paused || s.running > 0
 }
 
-// run publishes the queue batch by batch until own is done, then hands the
-// rest of the queue to a goroutine of its own, so that no caller waits for
-// others' batches after its own.
+// run publishes the queue batch by batch until own has left it (in a
+// batch of its own or of another runner's), then hands the rest of the
+// queue to a goroutine of its own, so that no caller waits for others'
+// batches after its own.
 func (s *Publisher) run(own *pending) {
 	for {
 		s.mu.Lock()
@@ -176,7 +193,7 @@ func (s *Publisher) run(own *pending) {
 			s.mu.Unlock()
 			return
 		}
-		if own != nil && isDone(own) {
+		if own != nil && own.taken {
 			s.mu.Unlock()
 			go s.run(nil)
 			return
@@ -184,6 +201,9 @@ func (s *Publisher) run(own *pending) {
 		n := min(len(s.queue), s.maxBatch)
 		batch := s.queue[:n:n]
 		s.queue = s.queue[n:]
+		for _, p := range batch {
+			p.taken = true
+		}
 		s.mu.Unlock()
 		s.publish(batch)
 	}

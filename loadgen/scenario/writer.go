@@ -58,8 +58,9 @@ type WriterConfig struct {
 
 // The ways the writer scenario's latency phase publishes.
 const (
-	// IngressChat publishes as the chat service does (libs/streampub):
-	// each message waits for its acknowledgement, and the messages due
+	// IngressChat publishes as the chat service does (libs/streampub,
+	// but with one batch in flight where the service has four): each
+	// message waits for its acknowledgement, and the messages due
 	// meanwhile go out together, from 16 on as one atomic batch that the
 	// stream syncs to disk once.
 	IngressChat = "chat"

@@ -79,6 +79,11 @@ func (c *Config) Validate() error {
 	if c.MemberCacheTTL < 0 || c.MemberCacheTTL > 5*time.Minute || c.MemberCacheSize < 1 {
 		errs = append(errs, errors.New("MEMBER_CACHE_TTL must be 0 (no cache) to 5m, MEMBER_CACHE_SIZE at least 1"))
 	}
+	if c.PublishInFlight < 1 || c.PublishInFlight > 32 {
+		// nats-server takes at most 50 atomic batches in flight per
+		// stream, from all chat replicas together.
+		errs = append(errs, errors.New("PUBLISH_IN_FLIGHT must be 1 to 32"))
+	}
 	if c.StreamMaxBytes < 1<<20 {
 		errs = append(errs, errors.New("STREAM_MAX_BYTES must be at least 1 MiB"))
 	}

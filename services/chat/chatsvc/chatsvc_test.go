@@ -38,6 +38,9 @@ func TestConfig(t *testing.T) {
 		{name: "zero timeout", env: map[string]string{"CHAT_REQUEST_TIMEOUT": "0s"}, wantErr: true},
 		{name: "no stream replicas", env: map[string]string{"CHAT_STREAM_REPLICAS": "0"}, wantErr: true},
 		{name: "tiny stream", env: map[string]string{"CHAT_STREAM_MAX_BYTES": "1024"}, wantErr: true},
+		{name: "one publish in flight", env: map[string]string{"CHAT_PUBLISH_IN_FLIGHT": "1"}},
+		{name: "no publish in flight", env: map[string]string{"CHAT_PUBLISH_IN_FLIGHT": "0"}, wantErr: true},
+		{name: "too many publishes in flight", env: map[string]string{"CHAT_PUBLISH_IN_FLIGHT": "33"}, wantErr: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -230,7 +230,7 @@ func TestPublishBatches(t *testing.T) {
 		for _, atomic := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/atomic=%v", tc.name, atomic), func(t *testing.T) {
 				t.Parallel()
-				cfg := Config{AtomicMin: 100}
+				cfg := Config{AtomicMin: 100, PublishInFlight: 4}
 				if atomic {
 					cfg.AtomicMin = 2
 				}
@@ -275,12 +275,15 @@ func TestPublishConcurrentSendersKeepTheirOrder(t *testing.T) {
 
 func testConcurrentSenders(t *testing.T, e streamEnv, wantAtomic bool) {
 	const senders, each = 20, 15
+	// A message left in the queue with no publisher would hang its sender.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	var wg sync.WaitGroup
 	for s := range senders {
 		wg.Go(func() {
 			for i := range each {
 				m := msg(int64(s%3+1), int64(s+1), fmt.Sprintf("m%03d", i))
-				if dup, err := e.s.Publish(context.Background(), m); err != nil || dup {
+				if dup, err := e.s.Publish(ctx, m); err != nil || dup {
 					t.Errorf("publish: duplicate=%v err=%v", dup, err)
 					return
 				}
@@ -396,7 +399,7 @@ func TestEnsureReplacesAnEmptyWorkQueue(t *testing.T) {
 func TestPublishWithoutAnswerFails(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	e := newStreamEnv(t, Config{AtomicMin: 2, PublishTimeout: 200 * time.Millisecond})
+	e := newStreamEnv(t, Config{AtomicMin: 2, PublishTimeout: 200 * time.Millisecond, PublishInFlight: 4})
 	if err := e.js.DeleteStream(ctx, e.subj.MessagesStream()); err != nil {
 		t.Fatal(err)
 	}
