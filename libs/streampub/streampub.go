@@ -1,7 +1,8 @@
 // Package streampub publishes to a JetStream stream with file storage and a
 // disk sync per write, batching concurrent publishes: the chat service
 // accepts messages with it, and the load generator puts messages into the
-// message stream the same way.
+// message stream the same way (with one batch in flight where the chat
+// service has four).
 package streampub
 
 import (

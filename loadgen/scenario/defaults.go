@@ -37,3 +37,19 @@ func openLoop(ctx context.Context, rate float64, total int64, each func(i int64,
 	}
 	return i, time.Since(start)
 }
+
+// sleepCtx waits for d, and reports false when ctx ended first (or had
+// already ended when d is not positive).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -177,7 +177,8 @@ type shard struct {
 	// worst holds the highest latency (µs) of the sends intended in each
 	// second (unix seconds), to find when a stall happened.
 	worst map[int64]int64
-	// acks, when set, records the latency of the senders' acknowledgements.
+	// acks records the latency of the senders' acknowledgements (the
+	// fanout scenario's shards only).
 	acks *hdrhistogram.Histogram
 }
 
@@ -627,8 +628,9 @@ func (rep *FanoutReport) WriteTable(w io.Writer) {
 		row("messages of other chats", rep.OtherChats)
 	}
 	row("latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.Latency.P50, rep.Latency.P90, rep.Latency.P99))
-	row("ack latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.AckLatency.P50, rep.AckLatency.P90, rep.AckLatency.P99))
 	row("latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.Latency.P999, rep.Latency.Max))
+	row("ack latency ms p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f", rep.AckLatency.P50, rep.AckLatency.P90, rep.AckLatency.P99))
+	row("ack latency ms p99.9/max", fmt.Sprintf("%.2f / %.2f", rep.AckLatency.P999, rep.AckLatency.Max))
 	if len(rep.WorstSeconds) > 0 {
 		row("worst seconds (UTC, max ms)", worstText(rep.WorstSeconds))
 	}

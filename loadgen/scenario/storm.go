@@ -294,20 +294,6 @@ func redialCause(err error) string {
 	return "dial_failed"
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // RunStorm opens Clients websockets on one gateway, sends into their chats
 // from connections on another, kills the first gateway and measures how
 // long its clients take to resume on the other, and what they lost.
