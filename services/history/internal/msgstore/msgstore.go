@@ -250,7 +250,10 @@ func (s *Store) storeTx(ctx context.Context, p *prepared, adv history.Advance, l
 		})
 	stored := make(map[msgKey]history.Message)
 	if lookup {
-		b.Queue(byKeysSQL, p.keyChats, p.keySenders, p.keyClients).
+		b.Queue(`SELECT `+prefixed("m.", columns)+`
+			FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(chat_id, sender_id, client_msg_id)
+			JOIN messages m ON m.chat_id = k.chat_id AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id`,
+			p.keyChats, p.keySenders, p.keyClients).
 			Query(func(rows pgx.Rows) error {
 				var r row
 				_, err := pgx.ForEachRow(rows, r.dest(), func() error {
@@ -597,43 +600,6 @@ func (s *Store) Position(ctx context.Context, stream string, epoch int64, firstS
 		return 0, fmt.Errorf("writer position of %s: %w", stream, err)
 	}
 	return uint64(last), nil
-}
-
-// byKeysSQL finds the entries stored under ($1 chats, $2 senders, $3
-// client message ids).
-var byKeysSQL = `SELECT ` + prefixed("m.", columns) + `
-	FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(chat_id, sender_id, client_msg_id)
-	JOIN messages m ON m.chat_id = k.chat_id AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id`
-
-// Stored returns msgs as they are stored, found by chat, sender and client
-// message id, each with its sequence number (a repeat of an earlier one of
-// msgs with Duplicate set, as StoreBatch answers it); one not stored (a
-// change rejected when its batch was stored) comes back with Rejected set
-// to history.ErrNotFound. It writes nothing.
-func (s *Store) Stored(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
-	p := prepare(msgs)
-	rows, err := s.pool.Query(ctx, byKeysSQL, p.keyChats, p.keySenders, p.keyClients)
-	if err != nil {
-		return nil, fmt.Errorf("stored entries: %w", err)
-	}
-	found := make(map[msgKey]history.Message, len(msgs))
-	var r row
-	if _, err := pgx.ForEachRow(rows, r.dest(), func() error {
-		m := r.message()
-		found[keyOf(m)] = m
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("stored entries: %w", err)
-	}
-	out := make([]history.Stored, len(msgs))
-	for i, m := range msgs {
-		if orig, ok := found[keyOf(m)]; ok {
-			out[i] = history.Stored{Message: orig, Duplicate: p.origin[i] != i}
-		} else {
-			out[i] = history.Stored{Message: m, Rejected: history.ErrNotFound}
-		}
-	}
-	return out, nil
 }
 
 // StoredPosition returns the last stream sequence stored from stream, and

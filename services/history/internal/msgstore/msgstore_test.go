@@ -533,39 +533,3 @@ func TestStoreChanges(t *testing.T) {
 		t.Errorf("rejected e4: %v, want ErrNotFound", err)
 	}
 }
-
-// Stored reads a batch back as it was stored, writing nothing: each entry
-// with its number, a repeat inside the batch as a duplicate, a change that
-// was rejected as not found.
-func TestStoredReadsABatchBack(t *testing.T) {
-	t.Parallel()
-	store, pool := newStore(t)
-	ctx := context.Background()
-	batch := []history.Message{
-		msg(1, 10, "a", "one"),
-		msg(1, 11, "b", "two"),
-		msg(1, 10, "a", "one"),               // a repeat
-		change(1, 11, "e", 1, "not mine", 1), // rejected: another user's message
-		change(1, 10, "f", 1, "one!", 2),
-	}
-	if _, err := store.StoreBatch(ctx, batch); err != nil {
-		t.Fatal(err)
-	}
-	got, err := store.Stored(ctx, batch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff([]string{"1/1", "1/2", "1/1 dup", "no such entry", "1/3"}, outcomes(got)); diff != "" {
-		t.Errorf("read back (-want +got):\n%s", diff)
-	}
-	if got[4].Kind != history.KindEdit || got[4].TargetSeq != 1 || got[4].Text != "one!" {
-		t.Errorf("edit read back as %+v", got[4].Message)
-	}
-	var last int64
-	if err := pool.QueryRow(ctx, `SELECT last_seq FROM chat_counters WHERE chat_id = 1`).Scan(&last); err != nil {
-		t.Fatal(err)
-	}
-	if last != 3 {
-		t.Errorf("counter %d after reading back, want 3: nothing written", last)
-	}
-}

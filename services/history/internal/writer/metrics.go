@@ -15,7 +15,6 @@ type metrics struct {
 	duplicates    prometheus.Counter
 	rejected      prometheus.Counter
 	failedBatches prometheus.Counter
-	recovered     prometheus.Counter
 	malformed     prometheus.Counter
 	skipped       prometheus.Counter
 	fanoutErrors  prometheus.Counter
@@ -54,10 +53,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "history_writer_failed_batches_total",
 			Help: "Batches whose transaction failed (tried again), or found the stream position moved by another writer.",
 		}),
-		recovered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "history_writer_recovered_batches_total",
-			Help: "Batches found stored after an attempt that failed without knowing (the COMMIT's answer lost), read back and published.",
-		}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "history_writer_malformed_messages_total",
 			Help: "Stream messages that could not be decoded and were skipped.",
@@ -75,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 while this replica holds the writers' lock (it is the one storing), else 0.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.batchMessages, m.commitSeconds, m.lag, m.stored, m.duplicates, m.rejected, m.failedBatches, m.recovered, m.malformed, m.skipped, m.fanoutErrors, m.leader} {
+	for _, c := range []prometheus.Collector{m.batchMessages, m.commitSeconds, m.lag, m.stored, m.duplicates, m.rejected, m.failedBatches, m.malformed, m.skipped, m.fanoutErrors, m.leader} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register writer metrics: %w", err)
 		}

@@ -53,10 +53,6 @@ type Store interface {
 	// StoredPosition returns the last stream sequence stored from stream
 	// (false: none yet).
 	StoredPosition(ctx context.Context, stream string) (uint64, bool, error)
-	// Stored returns msgs as they are stored, found by chat, sender and
-	// client message id; one not stored comes back with Rejected set to
-	// history.ErrNotFound.
-	Stored(ctx context.Context, msgs []history.Message) ([]history.Stored, error)
 }
 
 // Event is a stored message to fan out, with the W3C trace context of its
@@ -321,19 +317,11 @@ func (w *Writer) lead(ctx context.Context) (err error) {
 		// given up when the position moved or ctx ended during a retry.
 		var perr error
 		var job fanoutJob
-		unsure := false // an attempt failed, and may have committed
 		for {
 			job, perr = w.process(context.WithoutCancel(ctx), items, adv)
-			if perr == nil {
+			if perr == nil || errors.Is(perr, history.ErrPositionMoved) {
 				break
 			}
-			if errors.Is(perr, history.ErrPositionMoved) {
-				if unsure {
-					job, perr = w.recover(context.WithoutCancel(ctx), items, adv, perr)
-				}
-				break
-			}
-			unsure = true
 			if !sleep(ctx, retry.delay()) {
 				return nil
 			}
@@ -618,40 +606,6 @@ func (w *Writer) publishStored(jobs <-chan fanoutJob) {
 // published for fanout. It returns the store's error
 // (history.ErrPositionMoved when another writer stored meanwhile).
 func (w *Writer) process(ctx context.Context, items []item, adv history.Advance) (fanoutJob, error) {
-	return w.processWith(ctx, items, adv, false, func(ctx context.Context, msgs []history.Message) ([]history.Stored, error) {
-		return w.store.StoreBatchAt(ctx, msgs, adv)
-	})
-}
-
-// recover is for a batch whose earlier attempt failed without knowing
-// whether it committed (the connection broke while the COMMIT's answer
-// was on its way) and whose next attempt found the position moved
-// (moved). When the stored position is the batch's last sequence, the
-// batch was stored, by that attempt (or by another writer that read the
-// same range): its entries are read back and published, with the numbers
-// they were stored under, instead of waiting for the gateways' position
-// check. Otherwise, or when reading back fails, it returns moved.
-func (w *Writer) recover(ctx context.Context, items []item, adv history.Advance, moved error) (fanoutJob, error) {
-	rctx, cancel := context.WithTimeout(ctx, w.cfg.StoreTimeout)
-	defer cancel()
-	pos, ok, err := w.store.StoredPosition(rctx, adv.Stream)
-	if err != nil || !ok || pos != adv.To {
-		return fanoutJob{}, moved
-	}
-	job, err := w.processWith(ctx, items, adv, true, w.store.Stored)
-	if err != nil {
-		return fanoutJob{}, moved
-	}
-	w.m.recovered.Inc()
-	w.log.WarnContext(ctx, "a batch whose commit was not confirmed is stored; publishing it",
-		"from", adv.From+1, "to", adv.To, "messages", len(items))
-	return job, nil
-}
-
-// processWith is process with store doing the storing; recovering, it
-// reads back a batch stored before (entries not found were rejected then).
-func (w *Writer) processWith(ctx context.Context, items []item, adv history.Advance, recovering bool,
-	store func(context.Context, []history.Message) ([]history.Stored, error)) (fanoutJob, error) {
 	sctx, cancel := context.WithTimeout(ctx, w.cfg.StoreTimeout)
 	defer cancel()
 	links := make([]trace.Link, len(items))
@@ -689,7 +643,7 @@ func (w *Writer) processWith(ctx context.Context, items []item, adv history.Adva
 	}
 
 	start := time.Now()
-	stored, err := store(trace.ContextWithSpan(sctx, bspan), msgs)
+	stored, err := w.store.StoreBatchAt(trace.ContextWithSpan(sctx, bspan), msgs, adv)
 	if err != nil {
 		w.m.failedBatches.Inc()
 		bspan.RecordError(err)
@@ -698,14 +652,12 @@ func (w *Writer) processWith(ctx context.Context, items []item, adv history.Adva
 			it.span.SetStatus(codes.Error, "store batch failed")
 		}
 		if !errors.Is(err, history.ErrPositionMoved) {
-			w.log.ErrorContext(bctx, "store batch failed; trying it again", "messages", len(items), "recovering", recovering, "err", err)
+			w.log.ErrorContext(bctx, "store batch failed; trying it again", "messages", len(items), "err", err)
 		}
 		endSpans()
 		return fanoutJob{}, err
 	}
-	if !recovering {
-		w.m.commitSeconds.Observe(time.Since(start).Seconds())
-	}
+	w.m.commitSeconds.Observe(time.Since(start).Seconds())
 
 	// Committed: every stored message is to be published. Duplicates are marked, so
 	// that gateways send them to their sender only: a retrying sender
@@ -717,12 +669,6 @@ func (w *Writer) processWith(ctx context.Context, items []item, adv history.Adva
 	dups, rejected := 0, 0
 	for i, s := range stored {
 		it := items[i]
-		if recovering && errors.Is(s.Rejected, history.ErrNotFound) {
-			// Rejected when the batch was stored (the answer that
-			// would have said so was lost): nothing to publish.
-			rejected++
-			continue
-		}
 		if s.Rejected != nil {
 			rejected++
 			it.span.SetAttributes(attribute.String("history.rejected", s.Rejected.Error()))

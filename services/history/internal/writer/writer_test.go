@@ -456,58 +456,6 @@ func (s *flakyStore) StoreBatchAt(ctx context.Context, msgs []history.Message, a
 	return s.Store.StoreBatchAt(ctx, msgs, adv)
 }
 
-// fiveMessages creates the stream, subscribes to chat 9's fanout and
-// publishes five messages of user 1 into chat 9 (client ids "0" to "4").
-func (e *env) fiveMessages(t *testing.T) <-chan *redis.Message {
-	t.Helper()
-	streamtest.CreateStream(t, e.js, e.subj)
-	events := e.subscribe(t, 9)
-	for i := range 5 {
-		streamtest.Publish(context.Background(), t, e.js, e.subj, streamMsg(9, 1, fmt.Sprint(i), fmt.Sprint(i)), fmt.Sprint(i))
-	}
-	return events
-}
-
-// lostAnswerStore stores its first batch and then answers with an error,
-// as when the connection breaks while the COMMIT's answer is on its way.
-type lostAnswerStore struct {
-	writer.Store
-	lost atomic.Bool
-}
-
-func (s *lostAnswerStore) StoreBatchAt(ctx context.Context, msgs []history.Message, adv history.Advance) ([]history.Stored, error) {
-	out, err := s.Store.StoreBatchAt(ctx, msgs, adv)
-	if err == nil && s.lost.CompareAndSwap(false, true) {
-		return nil, errors.New("connection lost while reading the COMMIT's answer")
-	}
-	return out, err
-}
-
-// TestWriterPublishesABatchWhoseCommitAnswerWasLost: the batch was stored
-// though the writer saw an error; trying it again finds the position
-// moved to the batch's end, and its messages are published all the same,
-// with the sequence numbers they were stored under.
-func TestWriterPublishesABatchWhoseCommitAnswerWasLost(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	events := e.fiveMessages(t)
-	store := &lostAnswerStore{Store: e.store}
-	reg := e.startWriter(t, writerOpts{store: store, log: io.Discard})
-	got := e.collect(t, events, 5)
-	for i, ev := range got {
-		if ev.msg.Seq != int64(i+1) || ev.msg.ClientMsgID != fmt.Sprint(i) || ev.duplicate {
-			t.Errorf("event %d: %+v (duplicate %v), want seq %d, not a duplicate", i, ev.msg, ev.duplicate, i+1)
-		}
-	}
-	e.waitDrained(t)
-	if !store.lost.Load() {
-		t.Fatal("no answer was lost")
-	}
-	if got := metric(t, reg, "history_writer_recovered_batches_total"); got < 1 {
-		t.Errorf("recovered batches = %v, want at least 1", got)
-	}
-}
-
 // downStore fails every batch while down is set.
 type downStore struct {
 	writer.Store
@@ -571,7 +519,11 @@ func TestWriterLag(t *testing.T) {
 func TestWriterRetriesFailedBatches(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	events := e.fiveMessages(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	events := e.subscribe(t, 9)
+	for i := range 5 {
+		streamtest.Publish(context.Background(), t, e.js, e.subj, streamMsg(9, 1, fmt.Sprint(i), fmt.Sprint(i)), fmt.Sprint(i))
+	}
 	store := &flakyStore{Store: e.store}
 	store.failures.Store(2)
 	reg := e.startWriter(t, writerOpts{store: store})
