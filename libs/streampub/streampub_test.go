@@ -34,6 +34,15 @@ func heldStream(t *testing.T, inFlight int) (pub *streampub.Publisher, subj stri
 	return pub, subj, held
 }
 
+// waitIdle waits until pub has nothing queued and nothing in flight.
+func waitIdle(t *testing.T, pub *streampub.Publisher, why string) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		n, busy := pub.Queued()
+		return n == 0 && !busy
+	}, "the publisher idle (%s)", why)
+}
+
 // The stream is played by a subscriber that holds its acknowledgements:
 // with one batch in flight a second publish waits in the queue until the
 // first is acknowledged; with two it goes out at once.
@@ -94,10 +103,7 @@ func TestInFlight(t *testing.T) {
 					t.Errorf("publish: %v", err)
 				}
 			}
-			testenv.Eventually(t, 10*time.Second, func() bool {
-				n, busy := pub.Queued()
-				return n == 0 && !busy
-			}, "the publisher idle after both were acknowledged")
+			waitIdle(t, pub, "after both were acknowledged")
 		})
 	}
 }
@@ -140,10 +146,7 @@ func TestGivenUpInQueueNotSent(t *testing.T) {
 	}
 	// Had the second gone out, its acknowledgement (never given) would
 	// keep the publisher busy.
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		n, busy := pub.Queued()
-		return n == 0 && !busy
-	}, "the publisher idle, the second message not sent")
+	waitIdle(t, pub, "the second message not sent")
 	if len(held) != 0 {
 		t.Errorf("%d more messages reached the stream, want none", len(held))
 	}

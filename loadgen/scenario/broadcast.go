@@ -209,9 +209,7 @@ func RunBroadcast(ctx context.Context, cfg BroadcastConfig) (*BroadcastReport, e
 	for i := range r.shards {
 		h.Merge(r.shards[i].h)
 	}
-	ms := func(us int64) float64 { return float64(us) / 1e3 }
-	rep.Latency = Latency{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
-		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
+	rep.Latency = latencyOf(h)
 	rep.Processes = processes(cfg.Pids, before, after)
 	if rep.Received > 0 {
 		per := func(cpu float64) float64 { return cpu * 1e6 / float64(rep.Received) }

@@ -150,10 +150,6 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 		}
 	}
 
-	// Warm up at rate: the same stream of requests for cfg.Warmup, not
-	// recorded, so that the measured phase finds what steady traffic
-	// keeps ready (the load generator's connections to the gateways, the
-	// services' connection pools, their goroutines' stacks).
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	var (
 		mu       sync.Mutex
@@ -200,6 +196,10 @@ func RunHistory(ctx context.Context, cfg HistoryConfig) (*HistoryReport, error) 
 		wg.Wait()
 		return sent, took
 	}
+	// Warm up at rate: the same stream of requests for cfg.Warmup, not
+	// recorded, so that the measured phase finds what steady traffic
+	// keeps ready (the load generator's connections to the gateways, the
+	// services' connection pools, their goroutines' stacks).
 	if cfg.Warmup > 0 {
 		n, took := stream(cfg.Warmup, rep.WarmupErrors, false)
 		rep.WarmupRequests, rep.WarmupSec = n, took.Seconds()
