@@ -373,10 +373,12 @@ func Run(ctx context.Context, cfg Config, tel *telemetry.Telemetry, started chan
 		})
 		err := sg.Wait()
 		stopHub()
-		events.Wait()
+		// The drain lets the event handlers finish; then the chat events
+		// they started are waited for.
 		if derr := natsbus.Drain(sctx, nc); derr != nil {
 			log.Warn("nats drain", "err", derr)
 		}
+		events.Wait()
 		if derr := debug.Shutdown(sctx); derr != nil {
 			err = errors.Join(err, derr)
 		}

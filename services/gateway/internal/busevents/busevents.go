@@ -31,12 +31,33 @@ type Connections interface {
 
 // Events applies the events; Wait returns when the ones in progress are done.
 type Events struct {
+	mu      sync.Mutex
+	stopped bool // set by Wait: no chat event is started after it
 	running sync.WaitGroup
 }
 
-// Wait waits for the events being applied. Call it after ctx (given to
-// Subscribe) has ended and the NATS connection has been drained.
-func (e *Events) Wait() { e.running.Wait() }
+// Wait stops chat events from being started and waits for the ones being
+// applied. Call it after ctx (given to Subscribe) has ended and the NATS
+// connection has been drained; an event that arrives after it (a drain
+// that timed out leaves handlers running) is dropped.
+func (e *Events) Wait() {
+	e.mu.Lock()
+	e.stopped = true
+	e.mu.Unlock()
+	e.running.Wait()
+}
+
+// start counts a chat event in; false once Wait has begun. A WaitGroup's
+// Add from zero must not race with its Wait, hence the lock.
+func (e *Events) start() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped {
+		return false
+	}
+	e.running.Add(1)
+	return true
+}
 
 // Subscribe subscribes the event subjects until nc is drained or closed.
 // Events are applied under ctx.
@@ -74,8 +95,10 @@ func Subscribe(ctx context.Context, nc *nats.Conn, subj subjects.Subjects, conns
 		if err := json.Unmarshal(data, &ev); err != nil {
 			return err
 		}
+		if !e.start() {
+			return nil
+		}
 		slots <- struct{}{}
-		e.running.Add(1)
 		go func() {
 			defer func() {
 				<-slots
