@@ -768,6 +768,8 @@ func checkDescription(d string) error {
 	switch {
 	case !utf8.ValidString(d):
 		return refuse(ErrInvalidInput, "the description is not valid UTF-8")
+	case strings.IndexByte(d, 0) >= 0:
+		return refuse(ErrInvalidInput, "the description holds a NUL character")
 	case utf8.RuneCountInString(d) > MaxDescriptionRunes:
 		return refuse(ErrInvalidInput, "the description is longer than %d characters", MaxDescriptionRunes)
 	}
@@ -830,6 +832,10 @@ func validateText(text string) error {
 	switch {
 	case !utf8.ValidString(text):
 		return fmt.Errorf("%w: text is not valid UTF-8", ErrInvalidMessage)
+	case strings.IndexByte(text, 0) >= 0:
+		// PostgreSQL's text cannot hold it: the history writer could
+		// never store the message.
+		return fmt.Errorf("%w: text holds a NUL character", ErrInvalidMessage)
 	case strings.TrimSpace(text) == "":
 		return fmt.Errorf("%w: text is empty", ErrInvalidMessage)
 	case utf8.RuneCountInString(text) > protocol.MaxTextRunes:

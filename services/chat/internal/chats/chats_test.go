@@ -321,6 +321,7 @@ func TestCreateChat(t *testing.T) {
 		{name: "name too long", req: with(func(c *NewChat) { c.Name = strings.Repeat("é", 65) }), wantErr: ErrInvalidInput, wantMsg: "64"},
 		{name: "name with a newline", req: with(func(c *NewChat) { c.Name = "a\nb" }), wantErr: ErrInvalidInput, wantMsg: "control"},
 		{name: "name not UTF-8", req: with(func(c *NewChat) { c.Name = "\xff" }), wantErr: ErrInvalidInput, wantMsg: "UTF-8"},
+		{name: "description with a NUL", req: with(func(c *NewChat) { c.Description = "a\x00b" }), wantErr: ErrInvalidInput, wantMsg: "NUL"},
 		{name: "description too long", req: with(func(c *NewChat) { c.Description = strings.Repeat("é", 501) }),
 			wantErr: ErrInvalidInput, wantMsg: "500"},
 		{name: "too many members", req: with(func(c *NewChat) { c.Members = names(many(101)) }), wantErr: ErrInvalidInput, wantMsg: "100"},
@@ -711,6 +712,8 @@ func TestSend(t *testing.T) {
 		{name: "bad client id", msg: with(func(m *Message) { m.ClientMsgID = "a b" }), wantErr: ErrInvalidMessage},
 		{name: "missing client id", msg: with(func(m *Message) { m.ClientMsgID = "" }), wantErr: ErrInvalidMessage},
 		{name: "invalid utf8", msg: with(func(m *Message) { m.Text = "\xff" }), wantErr: ErrInvalidMessage},
+		{name: "NUL in the text", msg: with(func(m *Message) { m.Text = "a\x00b" }), wantErr: ErrInvalidMessage},
+		{name: "other control characters", msg: with(func(m *Message) { m.Text = "a\tb\r\nc\x1b" })},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -307,6 +307,12 @@ func TestChats(t *testing.T) {
 			protocol.CodeNotAMember, ""},
 		{"empty message", h.subj.ChatSend(), busapi.SendRequest{ChatID: team.ID, SenderID: bob.ID, Sender: "Bob", ClientMsgID: "b-1", Text: " "},
 			protocol.CodeInvalidMessage, "empty"},
+		// PostgreSQL's text cannot hold NUL: the chat's row could not be
+		// written, nor the message by the history writer.
+		{"NUL in a message", h.subj.ChatSend(), busapi.SendRequest{ChatID: team.ID, SenderID: bob.ID, Sender: "Bob", ClientMsgID: "b-2", Text: "a\x00b"},
+			protocol.CodeInvalidMessage, "NUL"},
+		{"NUL in a description", h.subj.ChatCreate(), create(func(r *busapi.CreateChatRequest) { r.Description = "a\x00b" }),
+			protocol.CodeInvalidInput, "NUL"},
 	}
 	for _, tc := range refusals {
 		t.Run(tc.name, func(t *testing.T) {

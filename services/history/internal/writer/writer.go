@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -719,6 +720,12 @@ func decode(r jetstream.Msg) (history.Message, error) {
 	text := sm.Text
 	if kind == history.KindDelete {
 		text = ""
+	}
+	if strings.IndexByte(text, 0) >= 0 {
+		// PostgreSQL's text cannot hold NUL, and a batch it refuses would
+		// be retried for ever. The chat service refuses such a text; one
+		// it accepted before it did is stored with U+FFFD in its place.
+		text = strings.ReplaceAll(text, "\x00", "\uFFFD")
 	}
 	return history.Message{
 		ChatID: sm.ChatID, Kind: kind, TargetSeq: sm.TargetSeq, SenderID: sm.SenderID, Sender: sm.Sender,

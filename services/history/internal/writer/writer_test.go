@@ -443,6 +443,32 @@ func TestWriterSkipsMalformedMessages(t *testing.T) {
 	}
 }
 
+// A text holding NUL, which PostgreSQL's text refuses, is stored with
+// U+FFFD in its place instead of failing its batch for ever (the chat
+// service refuses such texts; the stream may hold one accepted earlier).
+func TestWriterStoresTextWithNUL(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	streamtest.CreateStream(t, e.js, e.subj)
+	events := e.subscribe(t, 1)
+	ctx := context.Background()
+	streamtest.Publish(ctx, t, e.js, e.subj, streamMsg(1, 1, "nul", "a\x00b\x00"), "nul")
+	streamtest.Publish(ctx, t, e.js, e.subj, streamMsg(1, 1, "next", "after it"), "next")
+	e.startWriter(t, writerOpts{})
+	got := e.collect(t, events, 2)
+	if got[0].msg.Text != "a\uFFFDb\uFFFD" || got[1].msg.ClientMsgID != "next" || got[1].msg.Seq != 2 {
+		t.Fatalf("events %+v, %+v: want the text with U+FFFD at seq 1, then next at 2", got[0].msg, got[1].msg)
+	}
+	e.waitDrained(t)
+	page, err := e.store.Page(ctx, 1, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page) != 2 || page[0].Text != "a\uFFFDb\uFFFD" {
+		t.Fatalf("stored %+v, want two messages, the first with U+FFFD", page)
+	}
+}
+
 // flakyStore fails its first calls.
 type flakyStore struct {
 	writer.Store
