@@ -450,6 +450,9 @@ func TestUpdateChat(t *testing.T) {
 		{name: "description too long", edit: func(id int64) ChatEdit {
 			return ChatEdit{ActorID: alice.ID, ChatID: id, Description: ptr(strings.Repeat("d", 501))}
 		}, wantErr: ErrInvalidInput, wantMsg: "500"},
+		{name: "description with a NUL", edit: func(id int64) ChatEdit {
+			return ChatEdit{ActorID: alice.ID, ChatID: id, Description: ptr("a\x00b")}
+		}, wantErr: ErrInvalidInput, wantMsg: "NUL"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

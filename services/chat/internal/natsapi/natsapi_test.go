@@ -486,6 +486,7 @@ func TestChangeMessages(t *testing.T) {
 			protocol.CodeChatNotFound, ""},
 		{"empty text", chg(alice, protocol.KindEdit, 1, "x-9", " "), protocol.CodeInvalidMessage, "empty"},
 		{"text too long", chg(alice, protocol.KindEdit, 1, "x-10", strings.Repeat("é", protocol.MaxTextRunes+1)), protocol.CodeInvalidMessage, "longer"},
+		{"NUL in the text", chg(alice, protocol.KindEdit, 1, "x-14", "a\x00b"), protocol.CodeInvalidMessage, "NUL"},
 		{"delete with text", chg(alice, protocol.KindDelete, 1, "x-11", "why"), protocol.CodeInvalidMessage, "no text"},
 		{"no target", edit(alice, 0, "x-12"), protocol.CodeInvalidMessage, "seq"},
 		{"unknown kind", chg(alice, "shout", 1, "x-13", "x"), protocol.CodeInvalidMessage, "edit or a delete"},

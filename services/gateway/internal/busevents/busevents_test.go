@@ -114,7 +114,9 @@ func TestWaitWhileEventsArrive(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for i := int64(1); ; i++ {
+		// At most 20,000: well under the subscription's pending limit
+		// (65,536 messages), which would drop the marker published after.
+		for i := int64(1); i <= 20_000; i++ {
 			select {
 			case <-stop:
 				return

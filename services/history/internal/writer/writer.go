@@ -700,6 +700,11 @@ func decode(r jetstream.Msg) (history.Message, error) {
 	if sm.ChatID <= 0 || sm.ClientMsgID == "" {
 		return history.Message{}, errors.New("stream message lacks chat_id or client_msg_id")
 	}
+	if strings.IndexByte(sm.Sender, 0) >= 0 || strings.IndexByte(sm.ClientMsgID, 0) >= 0 {
+		// The chat service never writes these (usernames and client ids
+		// are printable ASCII); PostgreSQL could never store them.
+		return history.Message{}, errors.New("stream message's sender or client_msg_id holds NUL")
+	}
 	kind := history.Kind(sm.Kind)
 	switch {
 	case kind == history.KindMessage && sm.TargetSeq != 0:

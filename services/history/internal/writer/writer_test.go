@@ -425,6 +425,8 @@ func TestWriterSkipsMalformedMessages(t *testing.T) {
 	ctx := context.Background()
 	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte("{not json"), "bad-1")
 	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte(`{"chat_id":1}`), "bad-2")
+	// PostgreSQL's text cannot hold NUL.
+	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte(`{"chat_id":1,"sender_id":1,"sender":"u","client_msg_id":"a\u0000b","text":"x"}`), "bad-nul")
 	streamtest.Publish(ctx, t, e.js, e.subj, streamMsg(1, 1, "ok", "fine"), "ok")
 	reg := e.startWriter(t, writerOpts{})
 	if got := e.collect(t, events, 1); got[0].msg.Seq != 1 || got[0].msg.ClientMsgID != "ok" {
@@ -435,8 +437,8 @@ func TestWriterSkipsMalformedMessages(t *testing.T) {
 	// moves the position past it.
 	streamtest.PublishRaw(ctx, t, e.js, e.subj.Message(1), []byte(`{"chat_id":1,"client_msg_id":"x","kind":"shout"}`), "bad-3")
 	e.waitDrained(t)
-	if got := metric(t, reg, "history_writer_malformed_messages_total"); got != 3 {
-		t.Errorf("malformed counter = %v, want 3", got)
+	if got := metric(t, reg, "history_writer_malformed_messages_total"); got != 4 {
+		t.Errorf("malformed counter = %v, want 4", got)
 	}
 	if got := metric(t, reg, "history_writer_messages_stored_total"); got != 1 {
 		t.Errorf("stored counter = %v, want 1", got)
@@ -456,7 +458,7 @@ func TestWriterStoresTextWithNUL(t *testing.T) {
 	streamtest.Publish(ctx, t, e.js, e.subj, streamMsg(1, 1, "next", "after it"), "next")
 	e.startWriter(t, writerOpts{})
 	got := e.collect(t, events, 2)
-	if got[0].msg.Text != "a\uFFFDb\uFFFD" || got[1].msg.ClientMsgID != "next" || got[1].msg.Seq != 2 {
+	if got[0].msg.Text != "a\uFFFDb\uFFFD" || got[0].msg.Seq != 1 || got[1].msg.ClientMsgID != "next" || got[1].msg.Seq != 2 {
 		t.Fatalf("events %+v, %+v: want the text with U+FFFD at seq 1, then next at 2", got[0].msg, got[1].msg)
 	}
 	e.waitDrained(t)
